@@ -82,7 +82,8 @@ def _from_official_key(key: str) -> str:
     return key
 
 
-def _to_official_key(key: str) -> str:
+def official_key(key: str) -> str:
+    """Our state-dict key -> the official one (`layers.0.mlp...` -> `model.inner.L_level...`)."""
     key = re.sub(r"^layers\.", "L_level.layers.", key)
     key = re.sub(r"^puzzle_emb\.weight$", "puzzle_emb.weights", key)
     key = re.sub(r"^(embed_tokens|embed_pos)\.weight$", r"\1.embedding_weight", key)
@@ -115,4 +116,4 @@ def load_official_state_dict(model: TRM, sd: dict[str, torch.Tensor]) -> None:
 
 def to_official_state_dict(model: TRM) -> dict[str, torch.Tensor]:
     """`model.state_dict()` under the official key names (`model.inner.*`)."""
-    return {_to_official_key(k): v for k, v in model.state_dict().items()}
+    return {official_key(k): v for k, v in model.state_dict().items()}
