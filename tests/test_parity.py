@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from trm import TRM
-from trm.compat import official_key, load_official_state_dict, to_official_state_dict
+from trm.compat import load_official_state_dict, official_key, to_official_state_dict
 from trm.losses import act_loss
 
 FIXTURE = Path(__file__).parents[2] / "shared" / "fixtures" / "official_trm_att_learned.pt"
