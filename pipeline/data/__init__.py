@@ -1,0 +1,32 @@
+"""Puzzle datasets as Parquet shards on local disk or S3: build, describe, stream.
+
+    from pipeline.data import read_meta, ShardStream, build_sudoku
+    meta = build_sudoku("/tmp/sudoku4", size=4, num_train=2000, num_test=200, seed=0)
+    for batch in ShardStream("/tmp/sudoku4", split="train", batch_size=64, seed=0): ...
+
+Layout of a dataset: `<uri>/meta.json` (pipeline/data/meta.py) and `<uri>/{train,test}/*.parquet`
+(pipeline/data/shards.py). Encodings and augmentations live in `trm.puzzles`.
+"""
+
+from pipeline.data.builders import build_sudoku, generate_sudoku
+from pipeline.data.errors import DatasetError, InputError, StorageError
+from pipeline.data.meta import DatasetMeta, ShardMeta, SplitMeta, read_meta
+from pipeline.data.shards import DatasetWriter, verify_dataset
+from pipeline.data.storage import open_storage
+from pipeline.data.stream import ShardStream
+
+__all__ = [
+    "DatasetError",
+    "DatasetMeta",
+    "DatasetWriter",
+    "InputError",
+    "ShardMeta",
+    "ShardStream",
+    "SplitMeta",
+    "StorageError",
+    "build_sudoku",
+    "generate_sudoku",
+    "open_storage",
+    "read_meta",
+    "verify_dataset",
+]

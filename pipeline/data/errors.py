@@ -1,0 +1,25 @@
+"""Errors raised by the dataset code; each message names the input and what is wrong with it."""
+
+from __future__ import annotations
+
+
+class DatasetError(ValueError):
+    """A dataset's content is wrong: missing or invalid meta.json, a shard whose size, checksum,
+    schema or row count does not match its metadata, an unknown split."""
+
+
+class InputError(ValueError):
+    """A source record (CSV row, JSON task, puzzle) is malformed, unsolvable or ambiguous.
+
+    `source` names the file or URI, `row` the 1-based line/record number when there is one.
+    """
+
+    def __init__(self, source: str, row: int | None, problem: str):
+        self.source, self.row, self.problem = source, row, problem
+        where = f"{source}, row {row}" if row is not None else source
+        super().__init__(f"{where}: {problem}")
+
+
+class StorageError(OSError):
+    """Storage cannot be used: missing bucket, missing credentials, unreachable endpoint, a path
+    that is not a directory. The message names the bucket/endpoint/path."""
