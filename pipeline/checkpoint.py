@@ -1,0 +1,103 @@
+"""Checkpoint files: atomic writes with SHA-256 sidecars, verified on load; RNG capture.
+
+A training checkpoint is one directory (handed to Ray Train, which copies it to local or
+s3:// storage) holding:
+
+- `trainer.pt` (world rank 0): model (incl. the puzzle table), both optimisers, EMA, the
+  position in the schedule and data stream, the MLflow run id, the run config;
+- `rank{r}.pt` (every rank r): that rank's ACT carry (examples mid-way through their ACT
+  steps, so the resumed run continues them instead of restarting them) and its RNG states.
+
+Each file `f` is written to a temp name, fsynced and renamed, with `f.sha256` beside it; a
+load recomputes the digest and raises `CheckpointError` on a missing file or a mismatch, so a
+truncated or corrupted checkpoint is reported instead of silently resuming from garbage.
+Distinct file names per rank let Ray Train merge all ranks' files into one checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+TRAINER_FILE = "trainer.pt"
+
+
+def rank_file(rank: int) -> str:
+    return f"rank{rank}.pt"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file is missing or does not match its checksum."""
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save(directory: str | Path, name: str, state: dict[str, Any]) -> Path:
+    """Write `state` (torch-serialisable) to `directory/name` atomically with a checksum."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    data = buf.getvalue()
+    path = directory / name
+    _write_atomic(path, data)
+    _write_atomic(path.with_name(name + ".sha256"), (_sha256(data) + "\n").encode())
+    return path
+
+
+def load(directory: str | Path, name: str) -> dict[str, Any]:
+    """Read `directory/name`, verifying its checksum first."""
+    path = Path(directory) / name
+    sidecar = path.with_name(name + ".sha256")
+    if not path.is_file() or not sidecar.is_file():
+        raise CheckpointError(f"checkpoint {str(directory)!r} has no {name} (or its .sha256)")
+    data = path.read_bytes()
+    expected = sidecar.read_text().strip()
+    if _sha256(data) != expected:
+        raise CheckpointError(
+            f"checkpoint file {str(path)!r} is corrupted: sha256 {_sha256(data)[:12]}... "
+            f"!= recorded {expected[:12]}..."
+        )
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+
+
+def exists(directory: str | Path, name: str) -> bool:
+    return (Path(directory) / name).is_file()
+
+
+def capture_rng() -> dict[str, Any]:
+    """RNG states of python, numpy, torch CPU and (when present) CUDA."""
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

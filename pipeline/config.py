@@ -1,0 +1,558 @@
+"""`RunConfig`: the typed, validated config of one training run.
+
+One run = model (a `trm.TRMConfig` as a dict of its fields) + optimiser + data + schedule +
+evaluation + checkpointing + resources + tracking. A YAML file gives the sections; `--set
+section.key=value` overrides any field (values parsed as YAML: `--set model.H_cycles=2`,
+`--set optim.ema=false`). Unknown keys, wrong types and nonsense values raise `ValueError`
+naming the field, on construction, before anything starts.
+
+Across a Ray boundary the config travels as `cfg.to_dict()` and is rebuilt with
+`RunConfig.from_dict(d)` on the other side.
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import math
+import textwrap
+import types
+import typing
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+TASKS_WITH_VOTING = ("arc",)
+LOSS_TYPES = ("stablemax", "softmax")
+# Fields of TRMConfig that a dataset determines; a run config may omit them.
+DATASET_FIELDS = ("seq_len", "vocab_size", "num_puzzle_identifiers")
+
+
+class ConfigError(ValueError):
+    """A run config that cannot run; the message names the field and what is wrong."""
+
+
+def _need(ok: bool, where: str, msg: str) -> None:
+    if not ok:
+        raise ConfigError(f"{where}: {msg}")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+@dataclass
+class OptimConfig:
+    """Optimisers, learning-rate schedule and EMA (the paper's recipe by default)."""
+
+    lr: float = 1e-4
+    """Peak learning rate of AdamATan2 for the network parameters."""
+    lr_min_ratio: float = 1.0
+    """Cosine decay floor as a fraction of the peak (1.0 = constant after warm-up)."""
+    lr_warmup_steps: int = 2000
+    """Linear warm-up length in optimiser steps (0 = none)."""
+    weight_decay: float = 1.0
+    """Decoupled weight decay of AdamATan2 (paper: 1.0 Sudoku/Maze, 0.1 ARC)."""
+    beta1: float = 0.9
+    """AdamATan2 first-moment decay."""
+    beta2: float = 0.95
+    """AdamATan2 second-moment decay."""
+    puzzle_emb_lr: float = 1e-4
+    """Peak learning rate of the SignSGD puzzle-embedding table (paper: 1e-4 Sudoku/Maze, 1e-2 ARC)."""
+    puzzle_emb_weight_decay: float = 1.0
+    """Decoupled weight decay of the puzzle-embedding table."""
+    ema: bool = True
+    """Keep an exponential moving average of the parameters and evaluate with it."""
+    ema_rate: float = 0.999
+    """EMA decay per optimiser step."""
+    loss_type: str = "stablemax"
+    """Token loss: 'stablemax' (paper) or 'softmax'."""
+
+    def __post_init__(self) -> None:
+        w = "optim"
+        for name in ("lr", "puzzle_emb_lr"):
+            v = getattr(self, name)
+            _need(_is_num(v) and v > 0, f"{w}.{name}", f"must be a positive number, got {v!r}")
+        for name in ("weight_decay", "puzzle_emb_weight_decay"):
+            v = getattr(self, name)
+            _need(_is_num(v) and v >= 0, f"{w}.{name}", f"must be a number >= 0, got {v!r}")
+        _need(
+            _is_num(self.lr_min_ratio) and 0 <= self.lr_min_ratio <= 1,
+            f"{w}.lr_min_ratio",
+            f"must be in [0, 1], got {self.lr_min_ratio!r}",
+        )
+        _need(
+            _is_int(self.lr_warmup_steps) and self.lr_warmup_steps >= 0,
+            f"{w}.lr_warmup_steps",
+            f"must be an integer >= 0, got {self.lr_warmup_steps!r}",
+        )
+        for name in ("beta1", "beta2"):
+            v = getattr(self, name)
+            _need(_is_num(v) and 0 <= v < 1, f"{w}.{name}", f"must be in [0, 1), got {v!r}")
+        _need(isinstance(self.ema, bool), f"{w}.ema", f"must be true/false, got {self.ema!r}")
+        _need(
+            _is_num(self.ema_rate) and 0 < self.ema_rate < 1,
+            f"{w}.ema_rate",
+            f"must be in (0, 1), got {self.ema_rate!r}",
+        )
+        _need(
+            self.loss_type in LOSS_TYPES,
+            f"{w}.loss_type",
+            f"must be one of {LOSS_TYPES}, got {self.loss_type!r}",
+        )
+
+
+@dataclass
+class DataConfig:
+    """Which dataset and how it is batched."""
+
+    uri: str = ""
+    """Dataset directory: a local path or s3://bucket/prefix (with meta.json, train/, test/)."""
+    global_batch_size: int = 768
+    """Examples per optimiser step over all workers; must divide evenly by the worker count."""
+    eval_batch_size: int = 0
+    """Examples per evaluation batch per worker (0 = the per-worker training batch)."""
+    augment: bool = True
+    """Apply the dataset's on-the-fly training augmentation (Sudoku digit/band shuffles, ...)."""
+    seed: int = 0
+    """Seed of the data order and augmentation; also seeds model init and ACT exploration."""
+
+    def __post_init__(self) -> None:
+        _need(
+            isinstance(self.uri, str) and self.uri.strip() != "",
+            "data.uri",
+            "is required: a local dataset directory or s3://bucket/prefix",
+        )
+        _need(
+            _is_int(self.global_batch_size) and self.global_batch_size > 0,
+            "data.global_batch_size",
+            f"must be a positive integer, got {self.global_batch_size!r}",
+        )
+        _need(
+            _is_int(self.eval_batch_size) and self.eval_batch_size >= 0,
+            "data.eval_batch_size",
+            f"must be an integer >= 0, got {self.eval_batch_size!r}",
+        )
+        _need(isinstance(self.augment, bool), "data.augment", "must be true/false")
+        _need(_is_int(self.seed), "data.seed", f"must be an integer, got {self.seed!r}")
+
+
+@dataclass
+class ScheduleConfig:
+    """How long to train and how often to print progress."""
+
+    steps: int = 1000
+    """Total optimiser steps (one per ACT step: deep supervision)."""
+    log_every: int = 50
+    """Steps between progress lines and logged training metrics."""
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "log_every"):
+            v = getattr(self, name)
+            _need(
+                _is_int(v) and v > 0, f"schedule.{name}", f"must be a positive integer, got {v!r}"
+            )
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation on the test split."""
+
+    every: int = 500
+    """Steps between evaluations (the last step is always evaluated)."""
+    max_examples: int = 0
+    """Evaluate on at most this many test examples (0 = the whole test split)."""
+    depth_steps: int = 0
+    """Longest ACT rollout of the depth curve (exact accuracy after each step 1..K); may exceed
+    model.halt_max_steps to show test-time recursion; 0 = 2 * halt_max_steps."""
+    num_pictures: int = 4
+    """Test puzzles drawn step by step (grid at each ACT step) as an image artifact; 0 = none."""
+    pass_ks: list[int] = field(default_factory=lambda: [1, 2])
+    """ARC only: report pass@k of the official voting over augmented variants for these k."""
+
+    def __post_init__(self) -> None:
+        _need(
+            _is_int(self.every) and self.every > 0,
+            "eval.every",
+            f"must be a positive integer, got {self.every!r}",
+        )
+        for name in ("max_examples", "depth_steps", "num_pictures"):
+            v = getattr(self, name)
+            _need(_is_int(v) and v >= 0, f"eval.{name}", f"must be an integer >= 0, got {v!r}")
+        _need(
+            isinstance(self.pass_ks, list)
+            and len(self.pass_ks) > 0
+            and all(_is_int(k) and k > 0 for k in self.pass_ks),
+            "eval.pass_ks",
+            f"must be a non-empty list of positive integers, got {self.pass_ks!r}",
+        )
+
+
+@dataclass
+class CheckpointConfig:
+    """Checkpoints through Ray Train, fault tolerance and best-k retention."""
+
+    storage_path: str = "runs"
+    """Where runs and checkpoints go: a local directory (made absolute) or s3://bucket/prefix."""
+    every: int = 500
+    """Steps between checkpoints (the last step is always checkpointed)."""
+    num_to_keep: int = 2
+    """Checkpoints kept (best by `metric`, the latest always kept); 0 = keep all."""
+    metric: str = "eval/exact_accuracy"
+    """Metric that ranks checkpoints for `num_to_keep`; must be an eval metric, so checkpoints
+    are taken at evaluation steps (`every` must be a multiple of `eval.every`)."""
+    mode: str = "max"
+    """'max' or 'min': which direction of `metric` is better."""
+    max_failures: int = 3
+    """Worker-group restarts from the last checkpoint before the run fails (-1 = unlimited)."""
+
+    def __post_init__(self) -> None:
+        _need(
+            isinstance(self.storage_path, str) and self.storage_path.strip() != "",
+            "checkpoint.storage_path",
+            "must be a directory or s3:// URI",
+        )
+        _need(
+            _is_int(self.every) and self.every > 0,
+            "checkpoint.every",
+            f"must be a positive integer, got {self.every!r}",
+        )
+        _need(
+            _is_int(self.num_to_keep) and self.num_to_keep >= 0,
+            "checkpoint.num_to_keep",
+            f"must be an integer >= 0, got {self.num_to_keep!r}",
+        )
+        _need(
+            isinstance(self.metric, str) and self.metric.startswith("eval/"),
+            "checkpoint.metric",
+            f"must name an eval metric such as 'eval/exact_accuracy', got {self.metric!r}",
+        )
+        _need(
+            self.mode in ("max", "min"), "checkpoint.mode", f"must be max or min, got {self.mode!r}"
+        )
+        _need(
+            _is_int(self.max_failures) and self.max_failures >= -1,
+            "checkpoint.max_failures",
+            f"must be an integer >= -1, got {self.max_failures!r}",
+        )
+
+
+@dataclass
+class ResourcesConfig:
+    """Workers and devices."""
+
+    num_workers: int = 1
+    """Data-parallel workers (one process per device)."""
+    use_gpu: bool | None = None
+    """Train on GPUs (NCCL); None = whatever the Ray cluster has."""
+    cpus_per_worker: float = 1.0
+    """CPUs reserved per worker (fractions allowed; leave some for Ray itself on small boxes)."""
+    gpus_per_worker: float = 1.0
+    """GPUs per worker when use_gpu (fractions share a GPU)."""
+    peak_flops: float = 0.0
+    """Peak FLOP/s of one device for model-FLOPs utilisation; 0 = measure with a matmul probe."""
+    compile: bool = False
+    """torch.compile the model."""
+
+    def __post_init__(self) -> None:
+        _need(
+            _is_int(self.num_workers) and self.num_workers > 0,
+            "resources.num_workers",
+            f"must be a positive integer, got {self.num_workers!r}",
+        )
+        _need(
+            self.use_gpu is None or isinstance(self.use_gpu, bool),
+            "resources.use_gpu",
+            f"must be true, false or null, got {self.use_gpu!r}",
+        )
+        for name in ("cpus_per_worker", "gpus_per_worker"):
+            v = getattr(self, name)
+            _need(_is_num(v) and v > 0, f"resources.{name}", f"must be a number > 0, got {v!r}")
+        _need(
+            _is_num(self.peak_flops) and self.peak_flops >= 0,
+            "resources.peak_flops",
+            f"must be a number >= 0, got {self.peak_flops!r}",
+        )
+        _need(isinstance(self.compile, bool), "resources.compile", "must be true/false")
+
+
+@dataclass
+class TrackingConfig:
+    """MLflow tracking (world rank 0 only)."""
+
+    enabled: bool = True
+    """Log the run to MLflow."""
+    uri: str = ""
+    """Tracking URI; empty = $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db."""
+    experiment: str = "trm"
+    """MLflow experiment name."""
+    variant: str = ""
+    """Free-form variant tag (e.g. 'mlp-t', 'att'); empty = derived from the model."""
+    tags: dict[str, str] = field(default_factory=dict)
+    """Extra MLflow tags."""
+
+    def __post_init__(self) -> None:
+        _need(isinstance(self.enabled, bool), "tracking.enabled", "must be true/false")
+        _need(isinstance(self.uri, str), "tracking.uri", "must be a string")
+        _need(
+            isinstance(self.experiment, str) and self.experiment != "",
+            "tracking.experiment",
+            "must be a non-empty string",
+        )
+        _need(isinstance(self.variant, str), "tracking.variant", "must be a string")
+        _need(
+            isinstance(self.tags, dict) and all(isinstance(k, str) for k in self.tags),
+            "tracking.tags",
+            "must be a mapping of strings",
+        )
+        self.tags = {k: str(v) for k, v in self.tags.items()}
+
+
+@dataclass
+class RunConfig:
+    """One training run."""
+
+    name: str = "trm"
+    """Run name: Ray Train run directory under storage_path and the MLflow run name. Stable (no
+    timestamps): re-running the same name resumes from its latest checkpoint."""
+    model: dict[str, Any] = field(default_factory=dict)
+    """trm.TRMConfig fields (see `--help`); seq_len, vocab_size and num_puzzle_identifiers
+    default to the dataset's and must match it when given."""
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    """Optimisers, schedule and EMA."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Dataset and batching."""
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    """Training length and logging interval."""
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    """Evaluation."""
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    """Checkpoints and fault tolerance."""
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    """Workers and devices."""
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    """MLflow."""
+
+    def __post_init__(self) -> None:
+        _need(
+            isinstance(self.name, str)
+            and self.name != ""
+            and all(c.isalnum() or c in "-_." for c in self.name),
+            "name",
+            f"must be a non-empty string of letters, digits, '-', '_', '.', got {self.name!r}",
+        )
+        _need(isinstance(self.model, dict), "model", "must be a mapping of TRMConfig fields")
+        from trm.config import TRMConfig
+
+        try:
+            TRMConfig.from_dict({**self.model, "batch_size": None})
+        except ValueError as e:
+            raise ConfigError(f"model: {e}") from None
+        _need(
+            "batch_size" not in self.model,
+            "model.batch_size",
+            "is set by data.global_batch_size / resources.num_workers; remove it",
+        )
+        n = self.resources.num_workers
+        _need(
+            self.data.global_batch_size % n == 0,
+            "data.global_batch_size",
+            f"({self.data.global_batch_size}) must be divisible by resources.num_workers ({n})",
+        )
+        _need(
+            self.checkpoint.every % self.eval.every == 0,
+            "checkpoint.every",
+            f"({self.checkpoint.every}) must be a multiple of eval.every ({self.eval.every}): "
+            f"checkpoints are ranked by {self.checkpoint.metric!r}, measured at evaluations",
+        )
+
+    # ---- derived values ------------------------------------------------------------------
+    @property
+    def per_worker_batch(self) -> int:
+        return self.data.global_batch_size // self.resources.num_workers
+
+    @property
+    def halt_max_steps(self) -> int:
+        from trm.config import TRMConfig
+
+        return TRMConfig.from_dict(self.model).halt_max_steps
+
+    @property
+    def depth_steps(self) -> int:
+        return self.eval.depth_steps or 2 * self.halt_max_steps
+
+    # ---- (de)serialisation ---------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunConfig:
+        """Build from nested dicts; unknown keys raise `ConfigError` naming the dotted key."""
+        return _build(cls, d, "")
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+        """Load a YAML file and apply `key.sub=value` overrides (values parsed as YAML)."""
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist")
+        d = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(d, dict):
+            raise ConfigError(f"{path}: top level must be a mapping of sections")
+        return cls.from_dict(apply_overrides(d, overrides))
+
+    def with_overrides(self, overrides: list[str] | tuple[str, ...]) -> RunConfig:
+        return RunConfig.from_dict(apply_overrides(self.to_dict(), overrides))
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted keys -> leaf values (for MLflow params)."""
+        return flatten(self.to_dict())
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v and k != "tags":
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def apply_overrides(d: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """Return a copy of `d` with each 'a.b.c=value' applied; value parsed as YAML."""
+    import copy
+
+    d = copy.deepcopy(d)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like section.key=value")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        parts = key.split(".")
+        if not all(parts):
+            raise ConfigError(f"override {item!r}: bad key {key!r}")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() != "" else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {item!r}: value is not valid YAML ({e})") from None
+        node = d
+        for p in parts[:-1]:
+            nxt = node.setdefault(p, {})
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"override {item!r}: {p!r} is not a section")
+            node = nxt
+        node[parts[-1]] = value
+    return d
+
+
+def _build(cls: type, d: Any, where: str) -> Any:
+    if isinstance(d, cls):
+        return d
+    if not isinstance(d, dict):
+        raise ConfigError(f"{where or 'config'}: must be a mapping, got {type(d).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in fields(cls)}
+    kwargs = {}
+    for key, value in d.items():
+        dotted = f"{where}.{key}" if where else str(key)
+        if key not in known:
+            raise ConfigError(
+                f"unknown config key {dotted!r}; known keys here: {', '.join(sorted(known))}"
+            )
+        hint = hints[key]
+        if is_dataclass(hint):
+            kwargs[key] = _build(hint, value, dotted)
+        else:
+            kwargs[key] = _coerce(value, hint)
+    try:
+        return cls(**kwargs)
+    except TypeError as e:  # e.g. a required field missing
+        raise ConfigError(f"{where or 'config'}: {e}") from None
+
+
+def _coerce(value: Any, hint: Any) -> Any:
+    # YAML reads 1e-4 as a float but `1e4` as a string and `5` where a float is wanted as an
+    # int; accept those. Everything else is checked by the dataclass's own validation.
+    if hint is float and _is_int(value):
+        return float(value)
+    if hint is float and isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+# ---- documentation for --help ---------------------------------------------------------------
+def field_docs(cls: type) -> dict[str, str]:
+    """Attribute docstrings (the string literal under each field) of a dataclass."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs: dict[str, str] = {}
+    for node, nxt in zip(body, body[1:]):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(nxt, ast.Expr)
+            and isinstance(nxt.value, ast.Constant)
+            and isinstance(nxt.value.value, str)
+        ):
+            docs[node.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
+def _type_name(hint: Any) -> str:
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        return " | ".join(_type_name(a) for a in typing.get_args(hint))
+    if hint is type(None):
+        return "null"
+    return getattr(hint, "__name__", str(hint)).replace("NoneType", "null")
+
+
+def describe() -> str:
+    """Every config key with its type, default and meaning (used by `train.py --help`)."""
+    from trm.config import TRMConfig
+
+    lines: list[str] = []
+    for sec in fields(RunConfig):
+        hint = typing.get_type_hints(RunConfig)[sec.name]
+        if sec.name == "model":
+            lines.append("model:  (trm.TRMConfig; dataset fields default to the dataset's)")
+            sub_cls: type | None = TRMConfig
+        elif is_dataclass(hint):
+            lines.append(f"{sec.name}:  ({field_docs(RunConfig)[sec.name]})")
+            sub_cls = hint
+        else:
+            default = sec.default if sec.default is not MISSING else ""
+            lines.append(f"{sec.name} = {default!r}  {field_docs(RunConfig)[sec.name]}")
+            sub_cls = None
+        if sub_cls is None:
+            continue
+        docs = field_docs(sub_cls)
+        hints = typing.get_type_hints(sub_cls)
+        for f in fields(sub_cls):
+            if sub_cls is TRMConfig and f.name == "batch_size":
+                continue
+            if f.default is not MISSING:
+                default = f.default
+            elif f.default_factory is not MISSING:
+                default = f.default_factory()
+            else:
+                default = "<required>"
+            if sub_cls is DataConfig and f.name == "uri":
+                default = "<required>"
+            if sub_cls is TRMConfig and f.name in DATASET_FIELDS:
+                default = "<from dataset>"
+            lines.append(
+                f"  {sec.name}.{f.name}: {_type_name(hints[f.name])} = {default!r}\n"
+                f"      {docs.get(f.name, '')}"
+            )
+    return "\n".join(lines)

@@ -1,0 +1,275 @@
+"""Evaluation on the test split: accuracies, the test-time depth curve, pictures, ARC voting.
+
+One `model.rollout(..., num_steps=K)` per batch gives the logits after every ACT step 1..K,
+K = max(halt_max_steps, depth_steps). The headline metrics are those of step halt_max_steps
+(the official eval: every example runs exactly halt_max_steps steps); the depth curve is the
+exact accuracy after each step 1..K, so K > halt_max_steps shows what extra test-time
+recursion does. Sums are returned per rank; the caller adds them across ranks.
+
+Metric names (all fractions of evaluated examples unless said otherwise):
+  eval/exact_accuracy   every scored token right, at step halt_max_steps
+  eval/accuracy         token accuracy (mean over examples of the fraction of right tokens)
+  eval/q_halt_accuracy  (q_halt_logit >= 0) agrees with exact correctness, at halt_max_steps
+  eval/steps            mean ACT steps the model would take: first step with q_halt >= 0
+                        (halt_max_steps if none) — what ACT halting would use at test time
+  eval/exact_accuracy_at_halt   exact accuracy of the prediction at that first q_halt step
+  eval/exact_accuracy_at_{K}    exact accuracy after the deepest rollout step K
+  eval/count            examples evaluated (not a fraction)
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+IGNORE = -100
+
+
+@dataclass
+class EvalSums:
+    """Per-rank sums; `finish` turns the all-rank sums into metrics."""
+
+    sums: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    depth: list[float] = field(default_factory=list)
+    """Exactly-correct examples after each ACT step 1..K."""
+    pictures: list[dict[str, np.ndarray]] = field(default_factory=list)
+    predictions: list[dict[str, Any]] = field(default_factory=list)
+    """ARC: per example the puzzle id, predicted tokens and q_halt logit (for voting)."""
+
+    def flat(self) -> dict[str, float]:
+        out = dict(self.sums)
+        out.update({f"depth_{k + 1}": v for k, v in enumerate(self.depth)})
+        return out
+
+
+@torch.no_grad()
+def evaluate(
+    model: torch.nn.Module,
+    batches: Iterable[dict[str, np.ndarray]],
+    *,
+    device: torch.device,
+    halt_max_steps: int,
+    depth_steps: int,
+    max_examples: int = 0,
+    num_pictures: int = 0,
+    keep_predictions: bool = False,
+) -> EvalSums:
+    """Roll `model` (in eval mode) over `batches` and sum the metrics of this rank's share."""
+    K = max(halt_max_steps, depth_steps)
+    res = EvalSums(depth=[0.0] * K)
+    was_training = model.training
+    model.eval()
+    seen = 0
+    try:
+        for batch in batches:
+            if max_examples and seen >= max_examples:
+                break
+            # rows with no scored token are padding of the last batch: not examples
+            keep = np.nonzero((np.asarray(batch["labels"]) != IGNORE).any(-1))[0]
+            if max_examples:
+                keep = keep[: max_examples - seen]
+            take = len(keep)
+            if take == 0:
+                continue
+            inputs = torch.as_tensor(np.asarray(batch["inputs"])[keep], device=device).long()
+            labels = torch.as_tensor(np.asarray(batch["labels"])[keep], device=device).long()
+            pids = torch.as_tensor(
+                np.asarray(batch["puzzle_identifiers"])[keep], device=device
+            ).long()
+            seen += take
+            out = model.rollout(inputs, pids, num_steps=K)
+            preds_KBL = out.logits.argmax(-1)
+            q_KB = out.q_halt_logits.float()
+            valid_BL = labels != IGNORE
+            n_valid_B = valid_BL.sum(-1)
+            correct_KBL = (preds_KBL == labels) & valid_BL
+            exact_KB = correct_KBL.sum(-1) == n_valid_B
+            h = halt_max_steps - 1
+            res.sums["count"] += take
+            res.sums["exact_accuracy"] += exact_KB[h].sum().item()
+            res.sums["accuracy"] += (correct_KBL[h].sum(-1) / n_valid_B.clamp_min(1)).sum().item()
+            res.sums["q_halt_accuracy"] += ((q_KB[h] >= 0) == exact_KB[h]).sum().item()
+            # first step (within halt_max_steps) whose q_halt says "done"
+            wants_halt_KB = q_KB[:halt_max_steps] >= 0
+            wants_halt_KB[h] = True
+            first_B = wants_halt_KB.float().argmax(0)
+            res.sums["steps"] += (first_B + 1).sum().item()
+            res.sums["exact_accuracy_at_halt"] += (
+                exact_KB[:halt_max_steps].gather(0, first_B.unsqueeze(0)).sum().item()
+            )
+            for k in range(K):
+                res.depth[k] += exact_KB[k].sum().item()
+            if len(res.pictures) < num_pictures:
+                n = min(num_pictures - len(res.pictures), take)
+                for i in range(n):
+                    res.pictures.append(
+                        {
+                            "inputs": inputs[i].cpu().numpy(),
+                            "labels": labels[i].cpu().numpy(),
+                            "preds": preds_KBL[:, i].cpu().numpy(),
+                        }
+                    )
+            if keep_predictions:
+                preds = preds_KBL[h].cpu().numpy().astype(np.int8)
+                for i in range(take):
+                    res.predictions.append(
+                        {
+                            "puzzle_identifier": int(pids[i]),
+                            "inputs": inputs[i].cpu().numpy().astype(np.int8),
+                            "labels": labels[i].cpu().numpy().astype(np.int16),
+                            "pred": preds[i],
+                            "q_halt": float(q_KB[h, i]),
+                        }
+                    )
+    finally:
+        model.train(was_training)
+    return res
+
+
+def finish(sums: dict[str, float], halt_max_steps: int) -> tuple[dict[str, float], list[float]]:
+    """All-rank sums -> (eval/* metrics, depth curve)."""
+    n = max(sums.get("count", 0.0), 1.0)
+    depth_keys = sorted(
+        (k for k in sums if k.startswith("depth_")), key=lambda k: int(k.split("_")[1])
+    )
+    curve = [sums[k] / n for k in depth_keys]
+    metrics = {
+        "eval/count": sums.get("count", 0.0),
+        "eval/exact_accuracy": sums.get("exact_accuracy", 0.0) / n,
+        "eval/accuracy": sums.get("accuracy", 0.0) / n,
+        "eval/q_halt_accuracy": sums.get("q_halt_accuracy", 0.0) / n,
+        "eval/steps": sums.get("steps", 0.0) / n,
+        "eval/exact_accuracy_at_halt": sums.get("exact_accuracy_at_halt", 0.0) / n,
+    }
+    if curve:
+        metrics[f"eval/exact_accuracy_at_{len(curve)}"] = curve[-1]
+    return metrics, curve
+
+
+# ---- ARC voting -------------------------------------------------------------------------------
+def arc_pass_at_k(
+    predictions: list[dict[str, Any]],
+    identifiers: list[str],
+    ks: list[int],
+    unaugment: Any,
+) -> dict[str, float]:
+    """Official ARC scoring: undo each prediction's augmentation, vote over the variants of a
+    test input (count, then mean sigmoid(q_halt)), and score pass@k per task.
+
+    `identifiers[i]` is the name of puzzle id i ('<task>|||t<d>|||<colours>' for augmented
+    variants); `unaugment(name, grid_tokens_L) -> grid (H, W) int array` undoes the variant's
+    augmentation on a 30x30 token canvas and crops it to the grid (colours 0..9).
+    """
+    votes: dict[tuple[str, bytes], dict[bytes, list[float]]] = defaultdict(dict)
+    answers: dict[tuple[str, bytes], bytes] = {}
+    grids: dict[bytes, np.ndarray] = {}
+    for p in predictions:
+        name = identifiers[p["puzzle_identifier"]]
+        task = name.split("|||")[0]
+        question = unaugment(name, p["inputs"])
+        key = (task, _grid_key(question))
+        label = p["labels"].copy()
+        label[label == IGNORE] = 0
+        answers.setdefault(key, _grid_key(unaugment(name, label)))
+        pred = unaugment(name, p["pred"])
+        pk = _grid_key(pred)
+        grids[pk] = pred
+        entry = votes[key].setdefault(pk, [0.0, 0.0])
+        entry[0] += 1
+        entry[1] += 1 / (1 + math.exp(-p["q_halt"]))
+    per_task: dict[str, list[dict[int, bool]]] = defaultdict(list)
+    for key, cands in votes.items():
+        ranked = sorted(cands.items(), key=lambda kv: (kv[1][0], kv[1][1] / kv[1][0]), reverse=True)
+        top = [g for g, _ in ranked]
+        per_task[key[0]].append({k: answers[key] in top[:k] for k in ks})
+    out = {}
+    for k in ks:
+        scores = [np.mean([s[k] for s in inputs]) for inputs in per_task.values()]
+        out[f"eval/arc_pass@{k}"] = float(np.mean(scores)) if scores else 0.0
+    return out
+
+
+def _grid_key(grid: np.ndarray) -> bytes:
+    g = np.asarray(grid, dtype=np.int16)
+    return np.asarray(g.shape, dtype=np.int16).tobytes() + g.tobytes()
+
+
+# ---- pictures -------------------------------------------------------------------------------
+def _side(seq_len: int) -> tuple[int, int]:
+    s = math.isqrt(seq_len)
+    return (s, s) if s * s == seq_len else (1, seq_len)
+
+
+def refinement_figure(pictures: list[dict[str, np.ndarray]], task: str, max_columns: int = 8):
+    """Rows = test puzzles; columns = input, the prediction after ACT steps (evenly chosen up
+    to `max_columns`), target. Wrong cells are outlined in red."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    K = len(pictures[0]["preds"])
+    steps = sorted({round(x) for x in np.linspace(0, K - 1, min(K, max_columns))})
+    cols = ["input"] + [f"step {s + 1}" for s in steps] + ["target"]
+    H, W = _side(len(pictures[0]["inputs"]))
+    cell = 0.22 if H > 12 else 0.35
+    fig, axes = plt.subplots(
+        len(pictures),
+        len(cols),
+        figsize=(max(2.0, W * cell) * len(cols), max(2.0, H * cell) * len(pictures) + 0.4),
+        squeeze=False,
+    )
+    vmax = int(max(p["labels"].max() for p in pictures))
+    vmax = max(vmax, int(max(p["inputs"].max() for p in pictures)), 1)
+    for r, pic in enumerate(pictures):
+        labels = pic["labels"].reshape(H, W)
+        grids = [pic["inputs"].reshape(H, W)]
+        grids += [pic["preds"][s].reshape(H, W) for s in steps]
+        grids += [np.where(labels == IGNORE, 0, labels)]
+        for c, grid in enumerate(grids):
+            ax = axes[r][c]
+            ax.imshow(grid, cmap="tab20", vmin=0, vmax=max(vmax, 19), interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(cols[c], fontsize=9)
+            if task == "sudoku" and H <= 16:
+                for (i, j), v in np.ndenumerate(grid):
+                    if v >= 2:  # tokens: 0 pad, 1 blank, 2.. digits 1..
+                        ax.text(j, i, str(v - 1), ha="center", va="center", fontsize=7)
+            if 0 < c < len(grids) - 1:
+                wrong = (grid != labels) & (labels != IGNORE)
+                for i, j in zip(*np.nonzero(wrong)):
+                    ax.add_patch(
+                        Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", lw=1.2)
+                    )
+                ax.set_xlabel(f"{int(wrong.sum())} wrong", fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def depth_curve_figure(curve: list[float], halt_max_steps: int, step: int):
+    """Exact accuracy after each ACT step; the dashed line marks the training halt_max_steps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ks = list(range(1, len(curve) + 1))
+    ax.plot(ks, curve, marker="o", ms=3)
+    ax.axvline(halt_max_steps, ls="--", c="grey", lw=1, label=f"halt_max_steps={halt_max_steps}")
+    ax.set_xlabel("ACT steps at test time")
+    ax.set_ylabel("exact accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(f"Depth curve at training step {step}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

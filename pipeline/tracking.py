@@ -1,0 +1,269 @@
+"""MLflow tracking of training runs; the only module of the project that talks to MLflow.
+
+Only world rank 0 makes a `Tracker`; the other ranks get a `NullTracker` with the same
+methods. The tracking location is, in order: the run config's `tracking.uri`, the
+`MLFLOW_TRACKING_URI` environment variable, or an embedded store in the working directory:
+`sqlite:///<cwd>/mlflow.db` with artifacts in `<cwd>/mlruns/`, which
+`mlflow ui --backend-store-uri sqlite:///<cwd>/mlflow.db` opens. The URI is resolved once, on
+the driver, and sent to the workers (whose working directories differ).
+
+A run is identified by a `run_key` tag (storage path + run name): a restarted or resumed
+training run finds its MLflow run again and keeps logging into it.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+RUN_KEY_TAG = "trm.run_key"
+LOCAL_DB = "mlflow.db"
+LOCAL_ARTIFACTS = "mlruns"
+
+
+def resolve_tracking_uri(configured: str = "", cwd: str | Path | None = None) -> str:
+    """The tracking URI to use: `configured`, else $MLFLOW_TRACKING_URI, else the embedded
+    sqlite store in `cwd` (absolute path, so processes with other working dirs agree)."""
+    if configured:
+        return configured
+    env = os.environ.get("MLFLOW_TRACKING_URI", "")
+    if env:
+        return env
+    root = Path(cwd or os.getcwd()).resolve()
+    return f"sqlite:///{root / LOCAL_DB}"
+
+
+def ui_command(uri: str) -> str:
+    """The command that shows the runs of `uri` in a browser."""
+    if uri.startswith("sqlite:///"):
+        return f"mlflow ui --backend-store-uri {uri}"
+    return f"open {uri} in a browser"
+
+
+def code_version(repo_dir: str | Path | None = None) -> str:
+    """Git commit of the code (with '-dirty' when tracked files changed), else 'unknown'."""
+    repo_dir = Path(repo_dir or Path(__file__).resolve().parent.parent)
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=repo_dir, capture_output=True, text=True, timeout=10
+        )
+        if sha.returncode != 0:
+            return "unknown"
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=repo_dir,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _artifact_location(uri: str, experiment: str) -> str | None:
+    # MLflow puts sqlite-store artifacts under the creating process's CWD; Ray workers run in
+    # their own directories, so pin them next to the database instead.
+    if uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///") :])
+        return (db.parent / LOCAL_ARTIFACTS / experiment).as_uri()
+    return None
+
+
+class NullTracker:
+    """Tracker of ranks other than 0 and of runs with tracking disabled: does nothing."""
+
+    run_id: str | None = None
+    url: str = ""
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        pass
+
+    def log_series(self, key: str, values: list[float], start: int = 1) -> None:
+        pass
+
+    def log_figure(self, fig: Any, artifact_file: str) -> None:
+        pass
+
+    def log_dict(self, d: dict, artifact_file: str) -> None:
+        pass
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        pass
+
+    def finish(self, status: str = "FINISHED") -> None:
+        pass
+
+
+class Tracker(NullTracker):
+    """One MLflow run, logged through `MlflowClient` (no global active-run state, so several
+    runs can share a process, e.g. Tune function trainables)."""
+
+    def __init__(
+        self,
+        uri: str,
+        experiment: str,
+        run_name: str,
+        run_key: str,
+        params: dict[str, Any],
+        tags: dict[str, str],
+        parent_run_id: str | None = None,
+    ):
+        from mlflow.tracking import MlflowClient
+
+        self.uri = uri
+        self.client = MlflowClient(tracking_uri=uri)
+        exp_id = self._experiment_id(experiment)
+        existing = self.client.search_runs(
+            [exp_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{run_key}'", max_results=1
+        )
+        all_tags = {**tags, RUN_KEY_TAG: run_key}
+        if parent_run_id:
+            all_tags["mlflow.parentRunId"] = parent_run_id
+        if existing:
+            run = existing[0]
+            self.run_id = run.info.run_id
+            self.client.update_run(self.run_id, status="RUNNING")
+            self.resumed = True
+        else:
+            run = self.client.create_run(exp_id, run_name=run_name, tags=all_tags)
+            self.run_id = run.info.run_id
+            self.resumed = False
+        self.set_tags(all_tags)
+        self._log_params(params, skip=set(run.data.params) if existing else set())
+        self.url = f"{uri} experiment={experiment} run={self.run_id}"
+
+    def _experiment_id(self, name: str) -> str:
+        exp = self.client.get_experiment_by_name(name)
+        if exp is not None:
+            return exp.experiment_id
+        try:
+            return self.client.create_experiment(
+                name, artifact_location=_artifact_location(self.uri, name)
+            )
+        except Exception:
+            # another process created it between the lookup and the create
+            exp = self.client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+            return exp.experiment_id
+
+    def _log_params(self, params: dict[str, Any], skip: set[str]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)[:6000]) for k, v in sorted(params.items()) if k not in skip]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, params=items[i : i + 100])
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        items = [Metric(k, float(v), ts, int(step)) for k, v in metrics.items()]
+        for i in range(0, len(items), 1000):
+            self.client.log_batch(self.run_id, metrics=items[i : i + 1000])
+
+    def log_series(self, key: str, values: list[float], start: int = 1) -> None:
+        """A metric whose MLflow 'step' axis is an index (e.g. ACT steps of a depth curve)."""
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        items = [Metric(key, float(v), ts, start + i) for i, v in enumerate(values)]
+        self.client.log_batch(self.run_id, metrics=items)
+
+    def log_figure(self, fig: Any, artifact_file: str) -> None:
+        self.client.log_figure(self.run_id, fig, artifact_file)
+
+    def log_dict(self, d: dict, artifact_file: str) -> None:
+        self.client.log_dict(self.run_id, d, artifact_file)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def finish(self, status: str = "FINISHED") -> None:
+        self.client.set_terminated(self.run_id, status=status)
+
+
+def start_tracker(
+    enabled: bool,
+    *,
+    uri: str,
+    experiment: str,
+    run_name: str,
+    run_key: str,
+    params: dict[str, Any],
+    tags: dict[str, str],
+    parent_run_id: str | None = None,
+) -> NullTracker:
+    """A `Tracker` when `enabled` (call on world rank 0 only), else a `NullTracker`."""
+    if not enabled:
+        return NullTracker()
+    return Tracker(uri, experiment, run_name, run_key, params, tags, parent_run_id)
+
+
+def read_run(uri: str, run_id: str) -> dict[str, Any]:
+    """Params, tags, metric histories and artifact paths of a run (for reports and tests)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    run = client.get_run(run_id)
+    metrics = {
+        key: [(m.step, m.value) for m in client.get_metric_history(run_id, key)]
+        for key in run.data.metrics
+    }
+
+    def walk(path: str | None) -> list[str]:
+        out = []
+        for f in client.list_artifacts(run_id, path):
+            out.extend(walk(f.path) if f.is_dir else [f.path])
+        return out
+
+    return {
+        "status": run.info.status,
+        "params": dict(run.data.params),
+        "tags": dict(run.data.tags),
+        "metrics": metrics,
+        "artifacts": sorted(walk(None)),
+    }
+
+
+def find_run(uri: str, experiment: str, run_key: str) -> str | None:
+    """Run id of the run tagged with `run_key`, if any."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return None
+    runs = client.search_runs(
+        [exp.experiment_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{run_key}'", max_results=1
+    )
+    return runs[0].info.run_id if runs else None
+
+
+def download_artifact(uri: str, run_id: str, path: str) -> str:
+    """Local copy of one artifact (in a temp dir)."""
+    from mlflow.tracking import MlflowClient
+
+    dst = tempfile.mkdtemp(prefix="trm-artifact-")
+    return MlflowClient(tracking_uri=uri).download_artifacts(run_id, path, dst)
+
+
+def tag_run(uri: str, experiment: str, run_key: str, tags: dict[str, str]) -> str | None:
+    """Set tags on the run tagged with `run_key` (e.g. the final checkpoint, from the driver);
+    returns its id, or None when there is no such run."""
+    from mlflow.entities import RunTag
+    from mlflow.tracking import MlflowClient
+
+    run_id = find_run(uri, experiment, run_key)
+    if run_id is not None:
+        MlflowClient(tracking_uri=uri).log_batch(
+            run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()]
+        )
+    return run_id

@@ -1,0 +1,350 @@
+"""Train a TRM: data parallel on Ray Train, data streamed from a local or s3:// dataset,
+checkpoints to a local or s3:// storage path, metrics and pictures in MLflow.
+
+    python pipeline/train.py configs/sudoku_tiny.yaml
+    python pipeline/train.py configs/sudoku_tiny.yaml --set resources.num_workers=2 \
+        --set data.uri=s3://bucket/sudoku-4x4 --set checkpoint.storage_path=s3://bucket/runs
+    python pipeline/train.py configs/sudoku_tiny.yaml --local      # one process, no Ray
+    python pipeline/train.py --help                                # every config key
+
+Three layers (STYLE.md, Ray): `pipeline.worker.train_loop_per_worker` runs on each worker,
+`run_training` builds the `TorchTrainer` and fits it, and a sweep (pipeline/sweep.py) calls
+`run_training` (or `pipeline.worker.run_in_process` for 1-worker trials) per trial. Every check
+that can fail without a GPU or a worker (config values, dataset present and matching the
+model, storage writable, paths readable on every node) runs here, before any worker starts.
+
+Re-running the same `name` with the same storage path resumes from its latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import ConfigError, RunConfig, describe
+from pipeline.worker import RunInfo, loop_config, model_config, run_in_process
+
+
+# ---- checks before any worker starts ----------------------------------------------------------
+def resolve_storage_path(path: str) -> str:
+    """s3:// URIs as they are; local paths made absolute (Ray Train requires it)."""
+    if path.startswith("s3://"):
+        return path.rstrip("/")
+    return str(Path(path.removeprefix("file://")).expanduser().resolve())
+
+
+def is_local(uri: str) -> bool:
+    return "://" not in uri or uri.startswith("file://")
+
+
+def check_storage_writable(storage_path: str) -> None:
+    """Write and delete a marker under `storage_path`; `ConfigError` if that fails."""
+    from pipeline.data.storage import open_storage
+
+    key = f".trm-write-check-{uuid.uuid4().hex[:8]}"
+    try:
+        if is_local(storage_path):
+            Path(storage_path).mkdir(parents=True, exist_ok=True)
+        store = open_storage(storage_path)
+        store.write_bytes(key, b"ok")
+        store.delete(key)
+    except Exception as e:
+        raise ConfigError(
+            f"checkpoint.storage_path {storage_path!r} is not writable: {type(e).__name__}: {e}"
+        ) from None
+
+
+def check_dataset(cfg: RunConfig) -> Any:
+    """Read the dataset's metadata and check it against the model and batch; returns it."""
+    from pipeline.data.meta import read_meta
+
+    try:
+        meta = read_meta(cfg.data.uri)
+    except Exception as e:
+        raise ConfigError(f"data.uri {cfg.data.uri!r}: {e}") from None
+    for split in ("train", "test"):
+        if split not in meta.splits:
+            raise ConfigError(f"data.uri {cfg.data.uri!r} has no {split!r} split")
+    model_config(cfg, meta)  # raises on vocab/seq_len mismatch
+    rows = meta.splits["train"].num_rows // cfg.resources.num_workers
+    if rows < cfg.per_worker_batch:
+        raise ConfigError(
+            f"data.global_batch_size {cfg.data.global_batch_size}: each of "
+            f"{cfg.resources.num_workers} workers gets {rows} training rows, fewer than its "
+            f"batch of {cfg.per_worker_batch}"
+        )
+    return meta
+
+
+def check_readable_on_nodes(path: str, what: str) -> None:
+    """Every alive Ray node can see local `path`; `ConfigError` naming the nodes that cannot."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    @ray.remote(num_cpus=0)
+    def probe(p: str) -> bool:
+        return os.path.exists(p)
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    refs = {
+        n["NodeID"]: probe.options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
+        ).remote(path)
+        for n in nodes
+    }
+    blind = [
+        f"{node_id[:8]} ({n.get('NodeManagerAddress', '?')})"
+        for (node_id, ref), n in zip(refs.items(), nodes)
+        if not ray.get(ref, timeout=60)
+    ]
+    if blind:
+        raise ConfigError(
+            f"{what} {path!r} is a local path that Ray node(s) {', '.join(blind)} cannot read; "
+            f"on a multi-node cluster use s3:// (or a filesystem mounted on every node)"
+        )
+
+
+def preflight(cfg: RunConfig, storage_path: str, *, cluster: bool) -> Any:
+    """All checks that need no worker; `cluster`: also check paths against the Ray nodes."""
+    meta = check_dataset(cfg)
+    check_storage_writable(storage_path)
+    if cluster:
+        import ray
+
+        if len([n for n in ray.nodes() if n.get("Alive")]) > 1:
+            if is_local(cfg.data.uri):
+                check_readable_on_nodes(
+                    str(Path(cfg.data.uri.removeprefix("file://")) / "meta.json"), "data.uri"
+                )
+            if is_local(storage_path):
+                check_readable_on_nodes(storage_path, "checkpoint.storage_path")
+    return meta
+
+
+# ---- the driver -----------------------------------------------------------------------------
+def run_info(cfg: RunConfig, name: str, storage_path: str, parent_run_id: str = "") -> RunInfo:
+    """Resolve, on the driver, what workers cannot: tracking URI (absolute), code version."""
+    from pipeline.tracking import code_version, resolve_tracking_uri
+
+    return RunInfo(
+        name=name,
+        run_key=f"{storage_path}/{name}",
+        tracking_uri=resolve_tracking_uri(cfg.tracking.uri) if cfg.tracking.enabled else "",
+        code_version=code_version(),
+        parent_run_id=parent_run_id,
+    )
+
+
+def decide_use_gpu(cfg: RunConfig) -> bool:
+    """`resources.use_gpu` when set, else whether the Ray cluster has a GPU."""
+    import ray
+
+    if cfg.resources.use_gpu is not None:
+        return cfg.resources.use_gpu
+    return ray.cluster_resources().get("GPU", 0) >= 1
+
+
+def build_trainer(
+    cfg: RunConfig,
+    *,
+    name: str | None = None,
+    storage_path: str | None = None,
+    callbacks: Sequence[Any] = (),
+    parent_run_id: str = "",
+    check: bool = True,
+) -> Any:
+    """The `TorchTrainer` of a run (checks run first when `check`)."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from pipeline.worker import train_loop_per_worker
+
+    name = name or cfg.name
+    storage_path = resolve_storage_path(storage_path or cfg.checkpoint.storage_path)
+    if check:
+        preflight(cfg, storage_path, cluster=True)
+    info = run_info(cfg, name, storage_path, parent_run_id)
+    use_gpu = decide_use_gpu(cfg)
+    resources = {"CPU": cfg.resources.cpus_per_worker}
+    if use_gpu:
+        resources["GPU"] = cfg.resources.gpus_per_worker
+    ck = cfg.checkpoint
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config(cfg, info),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.resources.num_workers,
+            use_gpu=use_gpu,
+            resources_per_worker=resources,
+        ),
+        run_config=ray.train.RunConfig(
+            name=name,
+            storage_path=storage_path,
+            failure_config=ray.train.FailureConfig(max_failures=ck.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=ck.num_to_keep or None,
+                checkpoint_score_attribute=ck.metric,
+                checkpoint_score_order=ck.mode,
+            ),
+            callbacks=list(callbacks),
+        ),
+    )
+
+
+def checkpoint_uri(checkpoint: Any) -> str:
+    """A checkpoint's location as a URI (s3://... or an absolute path)."""
+    fs = type(checkpoint.filesystem).__name__
+    return f"s3://{checkpoint.path}" if fs == "S3FileSystem" else checkpoint.path
+
+
+def run_training(
+    cfg: RunConfig,
+    *,
+    name: str | None = None,
+    storage_path: str | None = None,
+    callbacks: Sequence[Any] = (),
+    parent_run_id: str = "",
+) -> Any:
+    """Check, then train `cfg` on a Ray Train worker group; returns the `ray.train.Result`.
+
+    Starts a local Ray cluster when none is connected. `name` (default `cfg.name`) and
+    `storage_path` (default `cfg.checkpoint.storage_path`) fix the run directory: the same
+    pair resumes from the latest checkpoint. The MLflow run gets the final and best checkpoint
+    locations as tags. Raises the run's error if it failed after all retries.
+    """
+    import ray
+
+    if not ray.is_initialized():
+        ray.init()
+    name = name or cfg.name
+    storage_path = resolve_storage_path(storage_path or cfg.checkpoint.storage_path)
+    trainer = build_trainer(
+        cfg, name=name, storage_path=storage_path, callbacks=callbacks, parent_run_id=parent_run_id
+    )
+    result = trainer.fit()
+    if cfg.tracking.enabled and result.checkpoint is not None:
+        from pipeline.tracking import resolve_tracking_uri, tag_run
+
+        tags = {"checkpoint.final": checkpoint_uri(result.checkpoint)}
+        if result.best_checkpoints:
+            sign = 1 if cfg.checkpoint.mode == "max" else -1
+            best = max(
+                result.best_checkpoints,
+                key=lambda cm: sign * float(cm[1].get(cfg.checkpoint.metric, float("-inf") * sign)),
+            )
+            tags["checkpoint.best"] = checkpoint_uri(best[0])
+        tag_run(
+            resolve_tracking_uri(cfg.tracking.uri),
+            cfg.tracking.experiment,
+            f"{storage_path}/{name}",
+            tags,
+        )
+    return result
+
+
+def run_local(cfg: RunConfig, *, name: str | None = None, storage_path: str | None = None):
+    """The same loop in this process (no Ray); checkpoints under a local storage path."""
+    name = name or cfg.name
+    storage_path = resolve_storage_path(storage_path or cfg.checkpoint.storage_path)
+    if not is_local(storage_path):
+        raise ConfigError("--local keeps checkpoints on a local checkpoint.storage_path only")
+    cfg = cfg.with_overrides(["resources.num_workers=1"])
+    preflight(cfg, storage_path, cluster=False)
+    cfg = cfg.with_overrides([f"checkpoint.storage_path={storage_path}"])
+    return run_in_process(cfg, run_info(cfg, name, storage_path))
+
+
+# ---- CLI ------------------------------------------------------------------------------------
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python pipeline/train.py",
+        description=(
+            "Train a Tiny Recursive Model (deep supervision, ACT, EMA) on Ray Train.\n"
+            "CONFIG is a YAML file with the sections below; --set overrides any key."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Config keys (section.key: type = default):\n\n" + describe()
+        + "\n\nMLflow: runs go to $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db; "
+        "open the latter with\n  mlflow ui --backend-store-uri sqlite:///$PWD/mlflow.db",
+    )  # fmt: skip
+    p.add_argument("config", help="run config YAML (see configs/)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set model.H_cycles=2 (repeatable; value is YAML)",
+    )
+    p.add_argument("--name", help="run name (default: the config's name)")
+    p.add_argument("--storage-path", help="override checkpoint.storage_path")
+    p.add_argument("--local", action="store_true", help="one process, no Ray (debugging)")
+    p.add_argument(
+        "--dry-run", action="store_true", help="check config, dataset and storage; print; exit"
+    )
+    p.add_argument(
+        "--address",
+        default=os.environ.get("RAY_ADDRESS"),
+        help="Ray cluster address (default: $RAY_ADDRESS, else a new local cluster)",
+    )
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = RunConfig.from_yaml(args.config, args.overrides)
+        if args.name:
+            cfg = cfg.with_overrides([f"name={args.name}"])
+        if args.storage_path:
+            cfg = cfg.with_overrides([f"checkpoint.storage_path={args.storage_path}"])
+        storage = resolve_storage_path(cfg.checkpoint.storage_path)
+        if args.dry_run:
+            import yaml
+
+            meta = preflight(cfg, storage, cluster=False)
+            print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+            print(f"# dataset: {meta.task}, seq_len {meta.seq_len}, vocab {meta.vocab_size}")
+            print(f"# storage: {storage}/{cfg.name}")
+            return 0
+        if args.local:
+            metrics = run_local(cfg)
+            print(_final_line(metrics, cfg))
+            return 0
+        import logging
+
+        import ray
+
+        os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+        ray.init(address=args.address, logging_level=logging.WARNING, configure_logging=True)
+        result = run_training(cfg)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # the worker's error, after all retries
+        print(f"error: training failed: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    print(_final_line(result.metrics or {}, cfg))
+    if result.checkpoint is not None:
+        print(f"final checkpoint: {checkpoint_uri(result.checkpoint)}")
+    if cfg.tracking.enabled:
+        from pipeline.tracking import resolve_tracking_uri, ui_command
+
+        print(f"MLflow: {ui_command(resolve_tracking_uri(cfg.tracking.uri))}")
+    return 0
+
+
+def _final_line(metrics: dict[str, Any], cfg: RunConfig) -> str:
+    keys = ("step", "train/loss", "eval/exact_accuracy", "eval/accuracy")
+    return f"[{cfg.name}] final: " + ", ".join(
+        f"{k}={metrics[k]:.4g}" for k in keys if k in metrics
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
