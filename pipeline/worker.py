@@ -189,7 +189,6 @@ def train_loop(cfg: RunConfig, info: RunInfo, session: Session) -> dict[str, flo
 
     step, epoch, batch_in_epoch = 0, 0, 0
     carry = None
-    resumed_run_id = ""
     last_eval: dict[str, float] = {}
     if session.resume_dir is not None:
         state = ckpt.load(session.resume_dir, ckpt.TRAINER_FILE)
@@ -201,7 +200,6 @@ def train_loop(cfg: RunConfig, info: RunInfo, session: Session) -> dict[str, flo
             ema.load_state_dict(state["ema"])
         step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         last_eval = state.get("last_eval", {})
-        resumed_run_id = state.get("mlflow_run_id", "")
         if ckpt.exists(session.resume_dir, ckpt.rank_file(rank)) and state["world_size"] == world:
             rs = ckpt.load(session.resume_dir, ckpt.rank_file(rank))
             ckpt.restore_rng(rs["rng"])
