@@ -1,0 +1,164 @@
+# Two managed node groups:
+#   core: on-demand CPU nodes for the Ray head, MLflow, the KubeRay operator and system pods.
+#   gpu:  NVIDIA nodes (EKS AL2023 NVIDIA AMI: driver and container toolkit included), tainted
+#         nvidia.com/gpu=true:NoSchedule so only pods that tolerate it (Ray GPU workers, the
+#         device plugin) land there; 0..gpu_max_nodes, scaled by the Cluster Autoscaler.
+# Both use a launch template that requires IMDSv2 with one hop, so pods cannot borrow the node's
+# role: they get credentials from EKS Pod Identity instead.
+
+data "aws_iam_policy_document" "node_assume" {
+  statement {
+    actions = ["sts:AssumeRole"]
+
+    principals {
+      type        = "Service"
+      identifiers = ["ec2.amazonaws.com"]
+    }
+  }
+}
+
+resource "aws_iam_role" "node" {
+  name               = "${var.name}-eks-node"
+  assume_role_policy = data.aws_iam_policy_document.node_assume.json
+}
+
+resource "aws_iam_role_policy_attachment" "node" {
+  for_each = toset([
+    "AmazonEKSWorkerNodePolicy",
+    "AmazonEKS_CNI_Policy",
+    "AmazonEC2ContainerRegistryReadOnly",
+  ])
+
+  role       = aws_iam_role.node.name
+  policy_arn = "arn:${local.partition}:iam::aws:policy/${each.value}"
+}
+
+resource "aws_launch_template" "node" {
+  for_each = toset(["core", "gpu"])
+
+  name_prefix            = "${var.name}-${each.key}-"
+  update_default_version = true
+
+  metadata_options {
+    http_endpoint               = "enabled"
+    http_tokens                 = "required"
+    http_put_response_hop_limit = 1
+  }
+
+  block_device_mappings {
+    device_name = "/dev/xvda"
+
+    ebs {
+      volume_size           = var.node_disk_gib
+      volume_type           = "gp3"
+      encrypted             = true
+      kms_key_id            = aws_kms_key.this.arn
+      delete_on_termination = true
+    }
+  }
+
+  tag_specifications {
+    resource_type = "instance"
+    tags          = merge(local.tags, { Name = "${var.name}-${each.key}" })
+  }
+}
+
+resource "aws_eks_node_group" "core" {
+  cluster_name    = aws_eks_cluster.this.name
+  node_group_name = "core"
+  node_role_arn   = aws_iam_role.node.arn
+  subnet_ids      = aws_subnet.private[*].id
+  ami_type        = "AL2023_x86_64_STANDARD"
+  capacity_type   = "ON_DEMAND"
+  instance_types  = var.core_instance_types
+
+  labels = { "node-pool" = "core" }
+
+  scaling_config {
+    min_size     = var.core_node_count.min
+    desired_size = var.core_node_count.min
+    max_size     = var.core_node_count.max
+  }
+
+  launch_template {
+    id      = aws_launch_template.node["core"].id
+    version = aws_launch_template.node["core"].latest_version
+  }
+
+  update_config {
+    max_unavailable = 1
+  }
+
+  lifecycle {
+    ignore_changes = [scaling_config[0].desired_size]
+  }
+
+  depends_on = [aws_iam_role_policy_attachment.node, aws_eks_addon.vpc_cni]
+}
+
+resource "aws_eks_node_group" "gpu" {
+  cluster_name    = aws_eks_cluster.this.name
+  node_group_name = "gpu"
+  node_role_arn   = aws_iam_role.node.arn
+  subnet_ids      = aws_subnet.private[*].id
+  ami_type        = "AL2023_x86_64_NVIDIA"
+  capacity_type   = var.gpu_capacity_type
+  instance_types  = var.gpu_instance_types
+
+  # nvidia.com/gpu.present is what the NVIDIA device plugin chart's default affinity selects.
+  labels = {
+    "node-pool"              = "gpu"
+    "nvidia.com/gpu.present" = "true"
+  }
+
+  taint {
+    key    = "nvidia.com/gpu"
+    value  = "true"
+    effect = "NO_SCHEDULE"
+  }
+
+  scaling_config {
+    min_size     = 0
+    desired_size = 0
+    max_size     = var.gpu_max_nodes
+  }
+
+  launch_template {
+    id      = aws_launch_template.node["gpu"].id
+    version = aws_launch_template.node["gpu"].latest_version
+  }
+
+  update_config {
+    max_unavailable = 1
+  }
+
+  # The autoscaler owns desired_size once the group exists.
+  lifecycle {
+    ignore_changes = [scaling_config[0].desired_size]
+  }
+
+  depends_on = [aws_iam_role_policy_attachment.node, aws_eks_addon.vpc_cni]
+}
+
+# Scale from zero: with no GPU node running, the Cluster Autoscaler learns what a new node
+# would offer (GPU count, label, taint) from these tags on the group's Auto Scaling group.
+locals {
+  gpu_node_template_tags = {
+    "k8s.io/cluster-autoscaler/node-template/resources/nvidia.com/gpu"     = tostring(var.gpu_per_node)
+    "k8s.io/cluster-autoscaler/node-template/label/node-pool"              = "gpu"
+    "k8s.io/cluster-autoscaler/node-template/label/nvidia.com/gpu.present" = "true"
+    "k8s.io/cluster-autoscaler/node-template/taint/nvidia.com/gpu"         = "true:NoSchedule"
+  }
+}
+
+resource "aws_autoscaling_group_tag" "gpu_node_template" {
+  for_each = local.gpu_node_template_tags
+
+  autoscaling_group_name = aws_eks_node_group.gpu.resources[0].autoscaling_groups[0].name
+
+  tag {
+    key                 = each.key
+    value               = each.value
+    propagate_at_launch = false
+  }
+}
