@@ -1,7 +1,7 @@
 """Optimisers of the TRM recipe, in plain PyTorch (any device).
 
 - `AdamATan2`: Adam with the update m̂ / sqrt(v̂) replaced by atan2(m̂, sqrt(v̂)) (no epsilon,
-  bounded update), decoupled weight decay; the semantics of the official `adam-atan2` CUDA
+  bounded update), decoupled weight decay; the semantics of the official `adam-atan2` GPU
   kernel (a = b = 1).
 - `SignSGD`: the puzzle-table optimiser. Sign of the (row-summed) gradient, decoupled weight
   decay, applied to the rows touched by the last forward only. An optional
