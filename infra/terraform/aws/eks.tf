@@ -30,6 +30,7 @@ resource "aws_cloudwatch_log_group" "cluster" {
 }
 
 resource "aws_eks_cluster" "this" {
+  #checkov:skip=CKV_AWS_38:public_access_cidrs is a variable whose validation refuses 0.0.0.0/0; empty (the default) turns the public endpoint off (terraform test asserts both).
   name     = var.name
   version  = var.kubernetes_version
   role_arn = aws_iam_role.cluster.arn
@@ -40,8 +41,7 @@ resource "aws_eks_cluster" "this" {
     subnet_ids              = aws_subnet.private[*].id
     endpoint_private_access = true
     endpoint_public_access  = length(var.api_public_access_cidrs) > 0
-    # With the public endpoint off this list is ignored; EKS still wants a value.
-    public_access_cidrs = length(var.api_public_access_cidrs) > 0 ? var.api_public_access_cidrs : ["0.0.0.0/0"]
+    public_access_cidrs     = var.api_public_access_cidrs
   }
 
   access_config {

@@ -41,6 +41,8 @@ resource "aws_db_parameter_group" "mlflow" {
 }
 
 resource "aws_db_instance" "mlflow" {
+  #checkov:skip=CKV_AWS_157:Multi-AZ is the variable mlflow_db_multi_az (off by default: it doubles the cost of a tracking store that backups cover).
+  #checkov:skip=CKV_AWS_118:Enhanced monitoring needs another IAM role for OS metrics of a small tracking database; Performance Insights and CloudWatch logs are on.
   identifier     = "${var.name}-mlflow"
   engine         = "postgres"
   engine_version = "16"

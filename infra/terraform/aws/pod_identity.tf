@@ -138,6 +138,8 @@ resource "aws_eks_pod_identity_association" "mlflow" {
 # --- Cluster Autoscaler -------------------------------------------------------------------
 
 data "aws_iam_policy_document" "cluster_autoscaler" {
+  # These read-only calls accept no resource but "*".
+  #checkov:skip=CKV_AWS_356:Describe* calls of Auto Scaling and EC2 support no resource-level scoping.
   statement {
     sid = "Describe"
     actions = [
@@ -150,9 +152,14 @@ data "aws_iam_policy_document" "cluster_autoscaler" {
       "ec2:DescribeInstanceTypes",
       "ec2:DescribeLaunchTemplateVersions",
       "ec2:GetInstanceTypesFromInstanceRequirements",
-      "eks:DescribeNodegroup",
     ]
     resources = ["*"]
+  }
+
+  statement {
+    sid       = "DescribeOwnNodegroups"
+    actions   = ["eks:DescribeNodegroup"]
+    resources = ["arn:${local.partition}:eks:${var.region}:${local.account_id}:nodegroup/${aws_eks_cluster.this.name}/*/*"]
   }
 
   statement {
