@@ -36,27 +36,27 @@ def make_batch(cfg: TRMConfig, B: int = 3, seed: int = 0) -> dict[str, torch.Ten
 
 
 @pytest.mark.parametrize(
-    "kw",
+    "kw,prefix",
     [
-        dict(pos_encodings="rope"),
-        dict(pos_encodings="learned"),
-        dict(pos_encodings="none"),
-        dict(mlp_t=True, pos_encodings="none"),
-        dict(puzzle_emb_ndim=0, puzzle_emb_len=0),  # no prefix at all
-        dict(puzzle_emb_ndim=0),  # zero prefix slots
-        dict(puzzle_emb_ndim=40, puzzle_emb_len=0),  # prefix = ceil(40 / 16) = 3
+        (dict(pos_encodings="rope"), 2),
+        (dict(pos_encodings="learned"), 2),
+        (dict(pos_encodings="none"), 2),
+        (dict(mlp_t=True, pos_encodings="none"), 2),
+        (dict(puzzle_emb_ndim=0, puzzle_emb_len=0), 0),  # no prefix at all
+        (dict(puzzle_emb_ndim=0), 2),  # zero prefix slots, no table
+        (dict(puzzle_emb_ndim=40, puzzle_emb_len=0), 3),  # ceil(40 / 16) slots
     ],
     ids=["rope", "learned", "none", "mlp_t", "no_prefix", "zero_prefix", "ceil_prefix"],
 )
-def test_step_shapes(kw):
+def test_step_shapes(kw, prefix):
     cfg = tiny(**kw)
     model = TRM(cfg)
     batch = make_batch(cfg, B=3)
     carry = model.initial_carry(batch)
     assert carry.halted.all() and carry.halted.shape == (3,)
     carry, out = model(carry, batch)
-    T = cfg.total_len
-    assert T == cfg.seq_len + {"no_prefix": 0, "ceil_prefix": 3}.get(_id(kw), 2)
+    T = cfg.seq_len + prefix
+    assert cfg.total_len == T
     assert out.logits.shape == (3, cfg.seq_len, cfg.vocab_size)
     assert out.q_halt_logits.shape == out.q_continue_logits.shape == (3,)
     assert out.q_halt_logits.dtype == torch.float32
@@ -64,12 +64,6 @@ def test_step_shapes(kw):
     assert carry.steps.dtype == torch.int32 and carry.steps.tolist() == [1, 1, 1]
     assert not carry.z_H.requires_grad and not carry.z_L.requires_grad
     assert out.target_q_continue is None
-
-
-def _id(kw: dict) -> str:
-    if kw.get("puzzle_emb_len") == 0:
-        return "no_prefix" if kw.get("puzzle_emb_ndim") == 0 else "ceil_prefix"
-    return ""
 
 
 def test_rollout_stacks_steps_and_equals_stepping():
@@ -169,7 +163,7 @@ def test_gradient_equals_one_step_approximation():
     torch.manual_seed(0)
     model = TRM(cfg).train()
     batch = make_batch(cfg)
-    carry, out = model(model.initial_carry(batch), batch)
+    _, out = model(model.initial_carry(batch), batch)
     out.logits.float().square().sum().backward()
     expected = {n: p.grad for n, p in model.named_parameters()}
     assert expected["q_head.weight"] is None  # the loss uses logits only
