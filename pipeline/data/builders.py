@@ -1,9 +1,15 @@
-"""Dataset builders: generate or import puzzles and write them with DatasetWriter.
+"""Dataset generators: Sudoku and Maze puzzles made offline and written as a dataset.
 
     build_sudoku("s3://bucket/sudoku-9x9", size=9, num_train=1000, num_test=1000, seed=0)
+    build_maze("/data/maze-30x30", num_train=1000, num_test=1000, min_path=110, workers=2)
 
-Builders are idempotent for sweeps: if a complete dataset with the same generator parameters is
-already at the URI it is returned untouched; different parameters raise unless overwrite=True.
+Candidate i is drawn from an rng seeded by (seed, i) and exact duplicates are skipped in candidate
+order, so the output depends on the parameters only, never on the number of workers; train takes
+the first num_train distinct puzzles and test the next num_test (no exact overlap).
+
+Builders are idempotent for sweeps: if a complete dataset made with the same generator
+parameters is already at the URI it is returned untouched; different parameters raise unless
+overwrite=True.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import math
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from functools import partial
 
 import numpy as np
 import pyarrow as pa
@@ -21,13 +28,14 @@ from pipeline.data.errors import DatasetError
 from pipeline.data.meta import META_FILE, DatasetMeta, read_meta
 from pipeline.data.shards import DatasetWriter
 from pipeline.data.storage import open_storage
-from trm.puzzles import sudoku
+from trm.puzzles import maze, sudoku
+from trm.puzzles.rng import example_keys
 
 GENERATOR_VERSION = "1"
 Progress = Callable[[str], None]
 
 
-def _existing(uri: str, generator: dict, overwrite: bool) -> DatasetMeta | None:
+def existing_dataset(uri: str, generator: dict, overwrite: bool) -> DatasetMeta | None:
     """The dataset at `uri` if it was built with exactly `generator`; None if there is none."""
     if overwrite:
         return None
@@ -43,16 +51,60 @@ def _existing(uri: str, generator: dict, overwrite: bool) -> DatasetMeta | None:
     )
 
 
-# --------------------------------------------------------------------------- sudoku
+def _chunk(make, seed: int, start: int, count: int) -> list:
+    return [make(np.random.default_rng([seed, i])) for i in range(start, start + count)]
 
 
-def _sudoku_chunk(args) -> list[tuple[list[int], list[int], int]]:
-    seed, start, count, size, min_clues, min_rating = args
-    out = []
-    for i in range(start, start + count):
-        rng = np.random.default_rng([seed, i])
-        out.append(sudoku.generate(rng, size, min_clues=min_clues, min_rating=min_rating))
+def draw_distinct(
+    make: Callable[[np.random.Generator], tuple],
+    count: int,
+    *,
+    seed: int,
+    workers: int = 1,
+    chunk: int = 64,
+    what: str = "puzzles",
+    progress: Progress | None = None,
+) -> list[tuple]:
+    """`count` results of `make(rng)` with distinct first elements (bytes-compared).
+
+    `make` must be picklable (a module-level function or a partial of one) when workers > 1.
+    """
+    if count < 0:
+        raise ValueError(f"count must be >= 0, got {count}")
+    seen: set[bytes] = set()
+    out: list[tuple] = []
+    next_i, dups, t0 = 0, 0, time.perf_counter()
+    pool = ProcessPoolExecutor(workers) if workers > 1 else None
+    try:
+        while len(out) < count:
+            n_chunks = max(1, min(workers * 4, math.ceil((count - len(out)) * 1.05 / chunk)))
+            starts = [next_i + k * chunk for k in range(n_chunks)]
+            next_i += n_chunks * chunk
+            job = partial(_chunk, make, seed, count=chunk)
+            parts = pool.map(job, starts) if pool else map(job, starts)
+            for part in parts:
+                for item in part:
+                    key = np.asarray(item[0]).tobytes()
+                    if key in seen:
+                        dups += 1
+                    elif len(out) < count:
+                        seen.add(key)
+                        out.append(item)
+            if dups > 20 * count + 1000:
+                raise ValueError(
+                    f"only {len(out)} distinct {what} after {next_i} draws; ask for fewer "
+                    "or loosen the difficulty settings"
+                )
+            if progress:
+                rate = len(out) / max(time.perf_counter() - t0, 1e-9)
+                progress(f"{what}: {len(out)}/{count} ({rate:.1f}/s)")
+    finally:
+        if pool:
+            pool.shutdown(cancel_futures=True)
     return out
+
+
+# --------------------------------------------------------------------------- sudoku
 
 
 def generate_sudoku(
@@ -65,58 +117,22 @@ def generate_sudoku(
     workers: int = 1,
     progress: Progress | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """`count` distinct puzzles: (questions [count, n*n] digits, solutions, ratings).
-
-    Candidate i is drawn from an rng seeded by (seed, i), so the result does not depend on the
-    number of workers; exact duplicates are skipped in candidate order.
-    """
-    if count < 0:
-        raise ValueError(f"count must be >= 0, got {count}")
-    sudoku.geometry(size)  # validates the size
-    chunk = 64 if size >= 9 else 512
-    seen: set[bytes] = set()
-    qs, ss, rs = [], [], []
-    next_i, misses, t0 = 0, 0, time.perf_counter()
-    pool = ProcessPoolExecutor(workers) if workers > 1 else None
-    try:
-        while len(qs) < count:
-            need = count - len(qs)
-            n_chunks = max(1, min(workers * 4, math.ceil(need * 1.05 / chunk)))
-            jobs = [
-                (seed, next_i + k * chunk, chunk, size, min_clues, min_rating)
-                for k in range(n_chunks)
-            ]
-            next_i += n_chunks * chunk
-            results = pool.map(_sudoku_chunk, jobs) if pool else map(_sudoku_chunk, jobs)
-            for part in results:
-                for q, s, r in part:
-                    key = bytes(q)
-                    if key in seen:
-                        misses += 1
-                        continue
-                    seen.add(key)
-                    if len(qs) < count:
-                        qs.append(q), ss.append(s), rs.append(r)
-            if misses > 20 * count + 1000:
-                raise ValueError(
-                    f"only {len(qs)} distinct {size}x{size} puzzles found after {next_i} draws "
-                    f"(min_clues={min_clues}); ask for fewer or lower min_clues"
-                )
-            if progress:
-                dt = time.perf_counter() - t0
-                progress(f"sudoku {len(qs)}/{count} puzzles ({len(qs) / max(dt, 1e-9):.0f}/s)")
-    finally:
-        if pool:
-            pool.shutdown()
+    """`count` distinct puzzles: (questions [count, n*n] digits 0..n, solutions, ratings)."""
+    sudoku.geometry(size)  # validates the size before any work
+    make = partial(sudoku.generate, n=size, min_clues=min_clues, min_rating=min_rating)
+    items = draw_distinct(
+        make, count, seed=seed, workers=workers, chunk=64 if size >= 9 else 512,
+        what=f"{size}x{size} sudoku puzzles", progress=progress,
+    )  # fmt: skip
     cells = size * size
     return (
-        np.array(qs, dtype=np.int8).reshape(-1, cells),
-        np.array(ss, dtype=np.int8).reshape(-1, cells),
-        np.array(rs, dtype=np.int32),
+        np.array([q for q, _, _ in items], dtype=np.int8).reshape(-1, cells),
+        np.array([s for _, s, _ in items], dtype=np.int8).reshape(-1, cells),
+        np.array([r for _, _, r in items], dtype=np.int32),
     )
 
 
-def _sudoku_meta_fields(size: int, augmentation: dict, generator: dict) -> dict:
+def sudoku_meta_fields(size: int, augmentation: dict, generator: dict) -> dict:
     g = sudoku.geometry(size)
     return dict(
         task="sudoku",
@@ -132,18 +148,14 @@ def _sudoku_meta_fields(size: int, augmentation: dict, generator: dict) -> dict:
     )
 
 
-def write_sudoku_split(w: DatasetWriter, split, q, s, ratings, group_start, num_aug, seed) -> None:
-    """Write puzzles (digits) and, with num_aug > 0, num_aug materialised symmetric copies each."""
-    n = sudoku.geometry(round(q.shape[1] ** 0.5)).n
-    x, y = sudoku.encode(q), sudoku.encode(s)
-    groups = np.arange(group_start, group_start + len(q), dtype=np.int64)
-    zeros = np.zeros(len(q), np.int32)
+def write_sudoku_rows(w: DatasetWriter, split, x, y, ratings, groups, num_aug=0, seed=0) -> None:
+    """Write token rows and, with num_aug > 0, num_aug materialised symmetric copies of each
+    (copy a of group g is keyed by (seed, a, g), like an on-the-fly draw at epoch a)."""
+    n = sudoku.geometry(round(x.shape[1] ** 0.5)).n
+    zeros = np.zeros(len(x), np.int32)
     w.add(split, inputs=x, labels=y, puzzle_identifier=zeros, group=groups, rating=ratings)
     for a in range(1, num_aug + 1):
-        from trm.puzzles.rng import example_keys
-
-        keys = example_keys(seed, a, groups)
-        xa, ya = sudoku.augment(x, y, keys, n=n)
+        xa, ya = sudoku.augment(x, y, example_keys(seed, a, groups), n=n)
         w.add(split, inputs=xa, labels=ya, puzzle_identifier=zeros, group=groups, rating=ratings)
 
 
@@ -163,28 +175,20 @@ def build_sudoku(
     overwrite: bool = False,
     progress: Progress | None = None,
 ) -> DatasetMeta:
-    """Generate a Sudoku dataset (unique solutions, rating column) at `out_uri`.
+    """Generate a Sudoku dataset (unique solutions, `rating` column) at `out_uri`.
 
     min_clues > 0 stops clue removal early (easier puzzles, faster); min_rating > 0 keeps only
     puzzles needing at least that many solver guesses (harder, slower). num_aug = 0 augments on
     the fly while streaming; num_aug > 0 materialises that many copies per training puzzle.
     """
     if num_train < 0 or num_test < 0 or num_aug < 0:
-        raise ValueError(f"counts must be >= 0: num_train={num_train}, num_test={num_test}")
-    generator = {
-        "name": "sudoku",
-        "version": GENERATOR_VERSION,
-        "seed": seed,
-        "params": {
-            "size": size,
-            "num_train": num_train,
-            "num_test": num_test,
-            "min_clues": min_clues,
-            "min_rating": min_rating,
-            "num_aug": num_aug,
-        },
-    }
-    if (meta := _existing(out_uri, generator, overwrite)) is not None:
+        raise ValueError(
+            f"counts must be >= 0: num_train={num_train}, num_test={num_test}, num_aug={num_aug}"
+        )
+    params = dict(size=size, num_train=num_train, num_test=num_test, min_clues=min_clues,
+                  min_rating=min_rating, num_aug=num_aug)  # fmt: skip
+    generator = {"name": "sudoku", "version": GENERATOR_VERSION, "seed": seed, "params": params}
+    if (meta := existing_dataset(out_uri, generator, overwrite)) is not None:
         return meta
     w = DatasetWriter(
         out_uri,
@@ -195,15 +199,95 @@ def build_sudoku(
         overwrite=overwrite,
     )
     q, s, r = generate_sudoku(
-        num_train + num_test,
-        size=size,
-        seed=seed,
-        min_clues=min_clues,
-        min_rating=min_rating,
-        workers=workers,
-        progress=progress,
-    )
-    write_sudoku_split(w, "train", q[:num_train], s[:num_train], r[:num_train], 0, num_aug, seed)
-    write_sudoku_split(w, "test", q[num_train:], s[num_train:], r[num_train:], 0, 0, seed)
+        num_train + num_test, size=size, seed=seed, min_clues=min_clues, min_rating=min_rating,
+        workers=workers, progress=progress,
+    )  # fmt: skip
+    x, y = sudoku.encode(q), sudoku.encode(s)
+    tr, te = slice(0, num_train), slice(num_train, None)
+    write_sudoku_rows(w, "train", x[tr], y[tr], r[tr], np.arange(num_train), num_aug, seed)
+    write_sudoku_rows(w, "test", x[te], y[te], r[te], np.arange(num_test))
     mode = {"mode": "materialised", "num_aug": num_aug} if num_aug else {"mode": "on_the_fly"}
-    return w.commit(**_sudoku_meta_fields(size, mode, generator))
+    return w.commit(**sudoku_meta_fields(size, mode, generator))
+
+
+# --------------------------------------------------------------------------- maze
+
+
+def maze_meta_fields(side: int, augmentation: dict, generator: dict) -> dict:
+    return dict(
+        task="maze",
+        seq_len=side * side,
+        vocab_size=maze.VOCAB_SIZE,
+        pad_id=0,
+        ignore_label_id=0,
+        blank_identifier_id=0,
+        num_puzzle_identifiers=1,
+        encoding={"side": side, "charset": maze.CHARSET, "tokens": "pad 0, charset index + 1"},
+        augmentation=augmentation,
+        generator=generator,
+    )
+
+
+def write_maze_rows(w: DatasetWriter, split, x, y, lengths, groups, materialise=False) -> None:
+    """Write token rows; with materialise, all 8 dihedral copies of each (official --aug)."""
+    side = maze.side_of(x.shape[1])
+    zeros = np.zeros(len(x), np.int32)
+    for tid in range(8 if materialise else 1):
+        t = np.full(len(x), tid)
+        xa = maze.dihedral(x.reshape(-1, side, side), t).reshape(len(x), -1)
+        ya = maze.dihedral(y.reshape(-1, side, side), t).reshape(len(x), -1)
+        w.add(
+            split, inputs=xa, labels=ya, puzzle_identifier=zeros, group=groups, path_length=lengths
+        )
+
+
+def build_maze(
+    out_uri: str,
+    side: int = 30,
+    num_train: int = 1000,
+    num_test: int = 1000,
+    seed: int = 0,
+    *,
+    min_path: int = 110,
+    wall_density: tuple[float, float] = (0.3, 0.5),
+    materialise: bool = False,
+    workers: int = 1,
+    rows_per_shard: int = 100_000,
+    row_group_rows: int = 1024,
+    overwrite: bool = False,
+    progress: Progress | None = None,
+) -> DatasetMeta:
+    """Generate mazes whose shortest S->G path is longer than `min_path` moves, each labelled
+    with a shortest path (`path_length` column). materialise=True writes the 8 dihedral copies
+    of each training maze (official --aug); otherwise dihedral augmentation is on the fly."""
+    if num_train < 0 or num_test < 0:
+        raise ValueError(f"counts must be >= 0: num_train={num_train}, num_test={num_test}")
+    lo, hi = wall_density
+    if not 0 <= lo <= hi < 1:
+        raise ValueError(
+            f"wall_density must be (low, high) with 0 <= low <= high < 1, got {wall_density}"
+        )
+    if not 0 <= min_path < side * side:
+        raise ValueError(f"min_path must be in 0..{side * side - 1}, got {min_path}")
+    params = dict(side=side, num_train=num_train, num_test=num_test, min_path=min_path,
+                  wall_density=[lo, hi], materialise=materialise)  # fmt: skip
+    generator = {"name": "maze", "version": GENERATOR_VERSION, "seed": seed, "params": params}
+    if (meta := existing_dataset(out_uri, generator, overwrite)) is not None:
+        return meta
+    w = DatasetWriter(
+        out_uri, seq_len=side * side, extra_columns={"path_length": pa.int32()},
+        rows_per_shard=rows_per_shard, row_group_rows=row_group_rows, overwrite=overwrite,
+    )  # fmt: skip
+    make = partial(maze.generate, side=side, min_path=min_path, density=(lo, hi))
+    items = draw_distinct(
+        make, num_train + num_test, seed=seed, workers=workers, chunk=8, what="mazes",
+        progress=progress,
+    )  # fmt: skip
+    x = np.stack([q for q, _, _ in items]) if items else np.zeros((0, side * side), np.uint8)
+    y = np.stack([a for _, a, _ in items]) if items else np.zeros((0, side * side), np.uint8)
+    lengths = np.array([n for _, _, n in items], dtype=np.int32)
+    tr, te = slice(0, num_train), slice(num_train, None)
+    write_maze_rows(w, "train", x[tr], y[tr], lengths[tr], np.arange(num_train), materialise)
+    write_maze_rows(w, "test", x[te], y[te], lengths[te], np.arange(num_test))
+    mode = {"mode": "materialised", "transforms": 8} if materialise else {"mode": "on_the_fly"}
+    return w.commit(**maze_meta_fields(side, mode, generator))

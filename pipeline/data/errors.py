@@ -11,13 +11,12 @@ class DatasetError(ValueError):
 class InputError(ValueError):
     """A source record (CSV row, JSON task, puzzle) is malformed, unsolvable or ambiguous.
 
-    `source` names the file or URI, `row` the 1-based line/record number when there is one.
+    `source` names the file or URI, `where` the record ('line 17', "task '007bbfc7' test pair 1").
     """
 
-    def __init__(self, source: str, row: int | None, problem: str):
-        self.source, self.row, self.problem = source, row, problem
-        where = f"{source}, row {row}" if row is not None else source
-        super().__init__(f"{where}: {problem}")
+    def __init__(self, source: str, where: str | None, problem: str):
+        self.source, self.where, self.problem = source, where, problem
+        super().__init__(f"{source}, {where}: {problem}" if where else f"{source}: {problem}")
 
 
 class StorageError(OSError):

