@@ -24,6 +24,14 @@ from torch.optim import Optimizer
 from trm.model import SparseEmbedding
 
 
+def _evaluate(closure: Callable | None):
+    """The optimiser-closure convention: re-evaluate the loss with grad enabled."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
+
+
 class AdamATan2(Optimizer):
     """Adam-atan2 with decoupled weight decay. Per step t, for each parameter p with grad g:
 
@@ -49,10 +57,7 @@ class AdamATan2(Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable | None = None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _evaluate(closure)
         for group in self.param_groups:
             lr, wd = group["lr"], group["weight_decay"]
             beta1, beta2 = group["betas"]
@@ -115,10 +120,7 @@ class SignSGD(Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable | None = None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _evaluate(closure)
         local = self.table.local_weight
         if local is None or local.grad is None:
             return loss
