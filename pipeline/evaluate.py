@@ -19,6 +19,7 @@ Metric names (all fractions of evaluated examples unless said otherwise):
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import defaultdict
 from collections.abc import Iterable
@@ -65,6 +66,11 @@ def evaluate(
     res = EvalSums(depth=[0.0] * K)
     was_training = model.training
     model.eval()
+    # An eval-mode carry halts (and the next step restarts the example) at halt_max_steps;
+    # for the depth curve the recursion must go on, so roll out with the limit at K. In eval
+    # mode halting ignores q, so steps 1..halt_max_steps are unchanged.
+    config = model.config
+    model.config = dataclasses.replace(config, halt_max_steps=K)
     seen = 0
     try:
         for batch in batches:
@@ -128,6 +134,7 @@ def evaluate(
                         }
                     )
     finally:
+        model.config = config
         model.train(was_training)
     return res
 

@@ -102,3 +102,71 @@ def use_s3(monkeypatch, endpoint: str, bucket: str | None = None) -> S3Env:
 def s3_env(s3_server, monkeypatch) -> S3Env:
     """AWS env vars pointed at the session's moto server, and a fresh empty bucket."""
     return use_s3(monkeypatch, s3_server)
+
+
+# ---- training (pipeline/train.py): a real MLflow tracking server and a local Ray cluster ----
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """URI (http://127.0.0.1:PORT) of a real `mlflow server` process with a sqlite backend and
+    proxied artifacts, running for the session; stopped by pid."""
+    root = tmp_path_factory.mktemp("mlflow-server")
+    exe = Path(sys.executable).with_name("mlflow")
+    exe = str(exe) if exe.exists() else shutil.which("mlflow")
+    if exe is None:
+        pytest.skip("mlflow not installed")
+    port = free_port()
+    cmd = [
+        exe, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+        "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+        "--artifacts-destination", str(root / "artifacts"),
+    ]  # fmt: skip
+    log = root / "server.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120  # cold start includes the DB migration (~20 s)
+    try:
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(
+                    f"mlflow server exited with {proc.returncode}: {log.read_text()}"
+                )
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"mlflow server not healthy: {log.read_text()}") from None
+                time.sleep(0.25)
+        yield url
+    finally:
+        # the server's own session: its uvicorn worker goes with it
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@dataclasses.dataclass
+class RayLocal:
+    s3: S3Env
+    """AWS variables of every Ray process point at the session's moto server; a fresh bucket."""
+
+
+@pytest.fixture(scope="module")
+def ray_local(s3_server):
+    """A real local Ray cluster (2 CPUs, dashboard on for the State API) for one test module.
+    Its processes inherit AWS variables pointed at the moto server, so workers reach S3."""
+    import ray
+
+    mp = pytest.MonkeyPatch()
+    env = use_s3(mp, s3_server)
+    mp.setenv("RAY_TRAIN_V2_ENABLED", "1")
+    ray.init(num_cpus=2, include_dashboard=True, log_to_driver=True)
+    try:
+        yield RayLocal(env)
+    finally:
+        ray.shutdown()
+        mp.undo()
