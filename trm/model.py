@@ -13,7 +13,7 @@ Architecture choices (each one matches the official implementation, see TRM-SEMA
 - Heads: lm_head on z_H (prefix dropped), q_head (halt, continue) on z_H's first slot,
   initialised to weight 0, bias -5.
 - ACT: the carry holds (z_H, z_L, steps, halted, current_data); halted rows are reset to the
-  learned-free initial states H_init/L_init and take the incoming batch row.
+  fixed (never trained) initial states H_init/L_init and take the incoming batch row.
 
 Shape legend: B batch, L tokens (seq_len), P prefix slots, T = P + L, D hidden, V vocab,
 H heads, K head dim, E puzzle-embedding width, S ACT steps (rollout).
