@@ -114,7 +114,7 @@ def test_checkpoint_files_are_checksummed(tmp_path):
     (tmp_path / "x.pt").write_bytes(bytes(data))
     with pytest.raises(ckpt.CheckpointError, match="corrupted"):
         ckpt.load(tmp_path, "x.pt")
-    with pytest.raises(ckpt.CheckpointError, match="no y.pt"):
+    with pytest.raises(ckpt.CheckpointError, match=r"no y\.pt"):
         ckpt.load(tmp_path, "y.pt")
     assert not list(tmp_path.glob(".*tmp*"))  # no temp files left behind
 
