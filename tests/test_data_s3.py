@@ -4,8 +4,8 @@ import time
 
 import numpy as np
 import pytest
-
 from conftest import free_port
+
 from pipeline.data import (
     ShardStream,
     StorageError,
@@ -20,7 +20,9 @@ def test_write_and_stream_a_dataset_through_s3(s3_env, tmp_path):
     uri = f"s3://{s3_env.bucket}/datasets/sudoku4"
     meta = build_sudoku(uri, size=4, num_train=300, num_test=40, seed=1, rows_per_shard=128,
                         row_group_rows=32)  # fmt: skip
-    keys = sorted(o["Key"] for o in s3_env.client().list_objects_v2(Bucket=s3_env.bucket)["Contents"])
+    keys = sorted(
+        o["Key"] for o in s3_env.client().list_objects_v2(Bucket=s3_env.bucket)["Contents"]
+    )
     assert keys[0] == "datasets/sudoku4/meta.json" and len(keys) == 1 + 3 + 1
     assert read_meta(uri) == meta
     verify_dataset(uri)

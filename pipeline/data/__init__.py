@@ -8,8 +8,10 @@ Layout of a dataset: `<uri>/meta.json` (pipeline/data/meta.py) and `<uri>/{train
 (pipeline/data/shards.py). Encodings and augmentations live in `trm.puzzles`.
 """
 
-from pipeline.data.builders import build_sudoku, generate_sudoku
+from pipeline.data.arc import build_arc
+from pipeline.data.builders import build_maze, build_sudoku, generate_sudoku
 from pipeline.data.errors import DatasetError, InputError, StorageError
+from pipeline.data.importers import import_csv
 from pipeline.data.meta import DatasetMeta, ShardMeta, SplitMeta, read_meta
 from pipeline.data.shards import DatasetWriter, verify_dataset
 from pipeline.data.storage import open_storage
@@ -24,8 +26,11 @@ __all__ = [
     "ShardStream",
     "SplitMeta",
     "StorageError",
+    "build_arc",
+    "build_maze",
     "build_sudoku",
     "generate_sudoku",
+    "import_csv",
     "open_storage",
     "read_meta",
     "verify_dataset",

