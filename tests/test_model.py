@@ -133,6 +133,12 @@ def test_unknown_keys_are_errors_naming_the_key():
     assert TRM(d).config == tiny()
 
 
+def test_puzzle_emb_width_defaults_to_hidden_size():
+    cfg = TRMConfig(hidden_size=24, num_heads=2)
+    assert cfg.puzzle_emb_ndim == 24 and cfg.prefix_len == 16
+    assert TRMConfig.from_dict(cfg.to_dict()) == cfg
+
+
 def test_mlp_t_ignores_head_count():
     # token-mixing variant has no attention: heads need not divide the width
     TRM(tiny(mlp_t=True, num_heads=3, pos_encodings="none"))

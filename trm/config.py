@@ -49,8 +49,9 @@ class TRMConfig:
     """Token vocabulary size (inputs and labels)."""
     num_puzzle_identifiers: int = 1
     """Rows of the sparse puzzle-embedding table."""
-    puzzle_emb_ndim: int = 512
-    """Width of a puzzle-table row; 0 disables the table (the prefix slots are then zeros)."""
+    puzzle_emb_ndim: int | None = None
+    """Width of a puzzle-table row; None means hidden_size (the paper's setting); 0 disables
+    the table (the prefix slots are then zeros)."""
     puzzle_emb_len: int = 16
     """Prefix slots before the tokens; 0 means ceil(puzzle_emb_ndim / hidden_size)."""
 
@@ -82,6 +83,8 @@ class TRMConfig:
                 _is_int(getattr(self, name)) and getattr(self, name) > 0,
                 f"{name} must be a positive integer, got {getattr(self, name)!r}",
             )
+        if self.puzzle_emb_ndim is None:
+            self.puzzle_emb_ndim = self.hidden_size
         for name in ("H_layers", "puzzle_emb_ndim", "puzzle_emb_len", "num_puzzle_identifiers"):
             need(
                 _is_int(getattr(self, name)) and getattr(self, name) >= 0,
