@@ -134,3 +134,10 @@ def test_maze_import_and_errors(maze_rows, tmp_path):
     row = ["m", "".join(walled), a, "0"]
     with pytest.raises(InputError, match=r"line 3: unsolvable maze|line 3: answer"):
         import_csv(str(tmp_path / "bad"), "maze", _write(tmp_path / "w.csv", [maze_rows[1], row]))
+
+
+def test_row_errors_cross_worker_processes(sudoku_rows, tmp_path):
+    rows = [*sudoku_rows[:5], _bad(sudoku_rows[5], 1, "x" + sudoku_rows[5][1][1:])]
+    path = _write(tmp_path / "bad.csv", rows)
+    with pytest.raises(InputError, match=r"bad.csv, line 7: question: character 'x'"):
+        import_csv(str(tmp_path / "out"), "sudoku", path, workers=2)

@@ -18,6 +18,9 @@ class InputError(ValueError):
         self.source, self.where, self.problem = source, where, problem
         super().__init__(f"{source}, {where}: {problem}" if where else f"{source}: {problem}")
 
+    def __reduce__(self):  # rebuilt from its fields when it crosses a process boundary
+        return (InputError, (self.source, self.where, self.problem))
+
 
 class StorageError(OSError):
     """Storage cannot be used: missing bucket, missing credentials, unreachable endpoint, a path
