@@ -101,7 +101,7 @@ variable "core_instance_types" {
 variable "core_node_count" {
   description = "Size of the CPU node group (on-demand, always on)."
   type        = object({ min = number, max = number })
-  default     = { min = 2, max = 4 }
+  default     = { min = 1, max = 4 }
 
   validation {
     condition     = var.core_node_count.min >= 1 && var.core_node_count.max >= var.core_node_count.min
