@@ -125,3 +125,19 @@ def test_bad_arguments(sudoku4, tmp_path):
         ShardStream(sudoku4, split="valid")
     with pytest.raises(DatasetError, match=r"no dataset at .*meta.json not found"):
         read_meta(str(tmp_path / "nothing"))
+
+
+def test_prefetch_thread_gives_the_same_batches_and_stops_early(sudoku4):
+    import threading
+
+    kw = dict(batch_size=16, rank=0, world_size=1, seed=8, epoch=2)
+    plain = list(ShardStream(sudoku4, prefetch=0, **kw))
+    ahead = list(ShardStream(sudoku4, prefetch=3, **kw))
+    assert len(plain) == len(ahead) == 31
+    for a, b in zip(plain, ahead):
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k])
+    it = iter(ShardStream(sudoku4, prefetch=2, **kw))
+    next(it)
+    it.close()  # a consumer that stops early leaves no thread behind
+    assert not [t for t in threading.enumerate() if t.name == "ShardStream-prefetch"]

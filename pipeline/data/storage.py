@@ -36,7 +36,7 @@ class Storage(Protocol):
     def size(self, key: str) -> int: ...
     def list(self, prefix: str = "") -> list[str]: ...
     def delete(self, key: str) -> None: ...
-    def open_input(self, key: str): ...
+    def open_input(self, key: str, length: int | None = None): ...
     def check_writable(self) -> None: ...
 
 
@@ -97,7 +97,7 @@ class LocalStorage:
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
 
-    def open_input(self, key: str):
+    def open_input(self, key: str, length: int | None = None):
         import pyarrow as pa
 
         return pa.memory_map(str(self._path(key)), "r")
@@ -235,10 +235,15 @@ class S3Storage:
     def delete(self, key: str) -> None:
         self._call("delete", self.client.delete_object, Key=self._key(key))
 
-    def open_input(self, key: str):
+    def open_input(self, key: str, length: int | None = None):
+        """A seekable pyarrow file over ranged GETs; `length` (if known) saves a HEAD request."""
         import pyarrow as pa
 
-        return pa.PythonFile(_RangeReader(self, key), mode="r")
+        return pa.PythonFile(self.open_ranged(key, length), mode="r")
+
+    def open_ranged(self, key: str, length: int | None = None) -> _RangeReader:
+        """The raw reader behind open_input; its `prefetch(start, stop)` loads a range at once."""
+        return _RangeReader(self, key, length)
 
     def check_writable(self) -> None:
         """Fail early (before any work) on a missing bucket, credentials or endpoint."""
@@ -253,9 +258,9 @@ class _RangeReader(io.RawIOBase):
 
     block = 1 << 20
 
-    def __init__(self, store: S3Storage, key: str):
+    def __init__(self, store: S3Storage, key: str, length: int | None = None):
         self.store, self.key = store, key
-        self.length = store.size(key)
+        self.length = store.size(key) if length is None else length
         self.pos = 0
         self.buf_start, self.buf = 0, b""
 
@@ -275,6 +280,12 @@ class _RangeReader(io.RawIOBase):
 
     def size(self) -> int:
         return self.length
+
+    def prefetch(self, start: int, stop: int) -> None:
+        """Load bytes [start, stop) with one request (a whole row group before parquet reads it)."""
+        start, stop = max(0, start), min(self.length, stop)
+        if not (self.buf_start <= start and stop <= self.buf_start + len(self.buf)):
+            self.buf_start, self.buf = start, self.store.read_range(self.key, start, stop)
 
     def readinto(self, b) -> int:
         n = min(len(b), self.length - self.pos)

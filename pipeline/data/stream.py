@@ -26,13 +26,16 @@ How an epoch is laid out, all a pure function of (seed, epoch, world_size):
    the split), so a row's augmentation does not depend on the batch or the rank that reads it.
    Datasets built with materialised augmentation are read as they are (augment is a no-op).
 `start_batch=k` skips k batches without reading the windows before them (resume mid-epoch).
-Nothing beyond one window and one row group is held in memory.
+Nothing beyond one window, one row group and `prefetch` ready batches is held in memory; a
+background thread prepares those batches while the consumer trains on the current one.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+import queue
+import threading
 
 import numpy as np
 import pyarrow as pa
@@ -86,7 +89,13 @@ class _Shard:
                 digest = hashlib.sha256(store.read_bytes(sh.path)).hexdigest()
                 if digest != sh.sha256:
                     raise DatasetError(f"shard {self.name}: checksum mismatch with meta.json")
-            self.file = pq.ParquetFile(store.open_input(sh.path), page_checksum_verification=True)
+            self.raw = None
+            if hasattr(store, "open_ranged"):  # S3: lets a row group load in one request
+                self.raw = store.open_ranged(sh.path, length=size)
+                f = pa.PythonFile(self.raw, mode="r")
+            else:
+                f = store.open_input(sh.path)
+            self.file = pq.ParquetFile(f, page_checksum_verification=True)
         except FileNotFoundError:
             raise DatasetError(f"shard {self.name} is missing") from None
         except (OSError, pa.ArrowException) as e:
@@ -108,6 +117,17 @@ class _Shard:
 
     def read(self, row_group: int, seq_len: int) -> dict[str, np.ndarray]:
         try:
+            if self.raw is not None:
+                rg = self.file.metadata.row_group(row_group)
+                spans = []
+                for j in range(rg.num_columns):
+                    col = rg.column(j)
+                    if col.path_in_schema.split(".")[0] in _COLUMNS:
+                        start = col.data_page_offset
+                        if col.has_dictionary_page and col.dictionary_page_offset:
+                            start = min(start, col.dictionary_page_offset)
+                        spans.append((start, start + col.total_compressed_size))
+                self.raw.prefetch(min(a for a, _ in spans), max(b for _, b in spans))
             t = self.file.read_row_group(row_group, columns=_COLUMNS)
         except (OSError, pa.ArrowException) as e:
             if isinstance(e, StorageError):
@@ -141,6 +161,7 @@ class ShardStream:
         shuffle_buffer: int = 16384,
         verify_checksums: bool = False,
         with_index: bool = False,
+        prefetch: int = 2,
         meta: DatasetMeta | None = None,
     ):
         if batch_size < 1:
@@ -159,6 +180,7 @@ class ShardStream:
         self.shuffle, self.epoch, self.drop_last = shuffle, epoch, drop_last
         self.augment = augment and self.meta.augmentation.get("mode") == "on_the_fly"
         self.verify_checksums, self.with_index = verify_checksums, with_index
+        self.prefetch = prefetch
         self.window = batch_size * max(1, math.ceil(shuffle_buffer / batch_size))
         n = self.split_meta.num_rows
         if drop_last:
@@ -189,7 +211,7 @@ class ShardStream:
             self.uri, self.split, self.batch_size, self.rank, self.world_size, self.seed,
             self.shuffle, self.augment, epoch, start_batch, self.drop_last,
             shuffle_buffer=self.window, verify_checksums=self.verify_checksums,
-            with_index=self.with_index, meta=self.meta,
+            with_index=self.with_index, prefetch=self.prefetch, meta=self.meta,
         )  # fmt: skip
 
     # ------------------------------------------------------------------ layout
@@ -201,6 +223,47 @@ class ShardStream:
         return self._units[random_permutations(key, len(self._units), stream=101)[0]]
 
     def __iter__(self):
+        if self.prefetch <= 0:
+            yield from self._batches()
+            return
+        # Prepare batches in a thread, `prefetch` ahead: reading and numpy augmentation mostly
+        # release the GIL, so they overlap with the training step that consumes the batch.
+        q: queue.Queue = queue.Queue(self.prefetch)
+        stop = threading.Event()
+
+        def put(item) -> bool:
+            while not stop.is_set():
+                try:
+                    q.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def work():
+            try:
+                for b in self._batches():
+                    if not put(("batch", b)):
+                        return
+                put(("end", None))
+            except BaseException as e:  # re-raised in the consumer
+                put(("error", e))
+
+        t = threading.Thread(target=work, name="ShardStream-prefetch", daemon=True)
+        t.start()
+        try:
+            while True:
+                kind, value = q.get()
+                if kind == "end":
+                    return
+                if kind == "error":
+                    raise value
+                yield value
+        finally:
+            stop.set()
+            t.join(timeout=10)
+
+    def _batches(self):
         units = self._unit_order()
         ends = np.cumsum(units[:, 3]) if len(units) else np.zeros(0, np.int64)
         n, B = self.split_meta.num_rows, self.batch_size

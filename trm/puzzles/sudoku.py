@@ -109,14 +109,16 @@ def _fix(cand: list[int], todo: list[int], g: Geometry) -> None:
                     if not m & (m - 1):
                         todo.append(p)
         for u in units:
-            once = twice = 0
+            once = twice = placed = 0
             for c in u:
                 m = cand[c]
                 twice |= once & m
                 once |= m
+                if not m & (m - 1):
+                    placed |= m
             if once != full:
                 raise Contradiction
-            hidden = once & ~twice
+            hidden = once & ~twice & ~placed  # digits with one place, not yet placed there
             while hidden:
                 b = hidden & -hidden
                 hidden ^= b
@@ -222,19 +224,29 @@ def is_solution(board, n: int = 9) -> bool:
     return all({b[c] for c in u} == want for u in g.units)
 
 
-def _differs_somewhere(cand, cell, value_bit, g) -> bool:
-    """Is there a solution whose `cell` is not `value_bit`? (cand: state with `cell` blanked)."""
-    new = cand[:]
-    new[cell] &= ~value_bit
-    if not new[cell]:
-        return False
-    todo = [cell] if not new[cell] & (new[cell] - 1) else []
+def _differs_somewhere(puzzle, cell, value_bit, g) -> bool:
+    """Is there a solution of `puzzle` (digits, `cell` blank) whose `cell` is not `value_bit`?
+
+    One propagation from the raw clues with the cell's value excluded: this is the inner loop of
+    the generator, so the clue state is not propagated separately first.
+    """
+    full = (1 << g.n) - 1
+    cand = [full] * g.cells
+    todo = []
+    for c, v in enumerate(puzzle):
+        if v:
+            cand[c] = 1 << (v - 1)
+            todo.append(c)
+    m = full & ~value_bit
+    cand[cell] = m
+    if not m & (m - 1):
+        todo.append(cell)
     try:
-        _fix(new, todo, g)
+        _fix(cand, todo, g)
     except Contradiction:
         return False
     out: list = []
-    _search(new, g, 1, out, [0])
+    _search(cand, g, 1, out, [0])
     return bool(out)
 
 
@@ -262,11 +274,7 @@ def generate(
             cell = int(cell)
             v = puzzle[cell]
             puzzle[cell] = 0
-            try:
-                cand = _candidates(puzzle, g)
-            except Contradiction:  # cannot happen: the puzzle is a subset of a solution
-                raise AssertionError("clues of a solution contradict") from None
-            if _differs_somewhere(cand, cell, 1 << (v - 1), g):
+            if _differs_somewhere(puzzle, cell, 1 << (v - 1), g):
                 puzzle[cell] = v
             else:
                 clues -= 1
