@@ -98,7 +98,9 @@ class _Shard:
             self.file = pq.ParquetFile(f, page_checksum_verification=True)
         except FileNotFoundError:
             raise DatasetError(f"shard {self.name} is missing") from None
-        except (OSError, pa.ArrowException) as e:
+        # a damaged footer can hold names that are not UTF-8: pyarrow's decode error says
+        # nothing about which file it came from
+        except (OSError, pa.ArrowException, UnicodeDecodeError) as e:
             if isinstance(e, StorageError):
                 raise
             raise DatasetError(f"shard {self.name} is unreadable: {e}") from e
@@ -129,7 +131,7 @@ class _Shard:
                         spans.append((start, start + col.total_compressed_size))
                 self.raw.prefetch(min(a for a, _ in spans), max(b for _, b in spans))
             t = self.file.read_row_group(row_group, columns=_COLUMNS)
-        except (OSError, pa.ArrowException) as e:
+        except (OSError, pa.ArrowException, UnicodeDecodeError) as e:
             if isinstance(e, StorageError):
                 raise
             raise DatasetError(f"shard {self.name}, row group {row_group}: {e}") from e
