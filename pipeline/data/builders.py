@@ -90,7 +90,7 @@ def draw_distinct(
                     elif len(out) < count:
                         seen.add(key)
                         out.append(item)
-            if dups > 20 * count + 1000:
+            if dups > 4 * count + 200:  # the space is (nearly) exhausted
                 raise ValueError(
                     f"only {len(out)} distinct {what} after {next_i} draws; ask for fewer "
                     "or loosen the difficulty settings"
