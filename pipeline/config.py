@@ -152,6 +152,9 @@ class ScheduleConfig:
     """Total optimiser steps (one per ACT step: deep supervision)."""
     log_every: int = 50
     """Steps between progress lines and logged training metrics."""
+    report_every: int = 0
+    """Steps between metric reports to Ray (what Tune schedulers see); 0 = at evaluations only.
+    A report is a barrier across workers, so keep it sparse in worker groups."""
 
     def __post_init__(self) -> None:
         for name in ("steps", "log_every"):
@@ -159,6 +162,11 @@ class ScheduleConfig:
             _need(
                 _is_int(v) and v > 0, f"schedule.{name}", f"must be a positive integer, got {v!r}"
             )
+        _need(
+            _is_int(self.report_every) and self.report_every >= 0,
+            "schedule.report_every",
+            f"must be an integer >= 0, got {self.report_every!r}",
+        )
 
 
 @dataclass

@@ -12,10 +12,12 @@ checkpoints every `checkpoint.every` steps. A `Session` says where it runs:
   `--local` mode and 1-worker sweep trials (a plain Tune function trainable passes a `report`
   that calls `tune.report`), without the ~20 s a `TorchTrainer` costs per trial.
 
-`report(metrics, checkpoint_dir)` is called by every rank at the same steps: at each logging
-step (no checkpoint) and at each checkpoint step (checkpoint_dir = a temp directory holding this
-rank's files, deleted after `report` returns). Metric names: see `METRICS` below and
-`pipeline/evaluate.py`.
+`report(metrics, checkpoint_dir)` is called by every rank at the same steps: at each
+evaluation step, every `schedule.report_every` steps (if set), and at each checkpoint step with
+checkpoint_dir = a temp directory holding this rank's files (deleted after `report` returns).
+`metrics` holds `step`, `epoch`, the `train/*` metrics of the last logging interval and the
+latest `eval/*` metrics: see `METRICS` below and `pipeline/evaluate.py`. Console lines and
+MLflow step metrics come every `schedule.log_every` steps, independently of reports.
 
 Resume is exact: the checkpoint holds the model, optimisers, EMA, step, data position
 (epoch, batch in epoch), every rank's ACT carry and RNG state, so the resumed run takes the
@@ -26,9 +28,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import math
 import os
 import shutil
+import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -91,6 +95,8 @@ class Session:
     """A local directory holding the checkpoint to resume from, or None."""
     wrap_model: Callable[[torch.nn.Module], torch.nn.Module] = lambda m: m
     """Ray Train's prepare_model (DDP) in a worker group; identity in one process."""
+    say: Callable[[str], None] = print
+    """Where rank 0's progress lines go."""
 
 
 # ---- model and data checks ----------------------------------------------------------------
@@ -157,6 +163,7 @@ def train_loop(cfg: RunConfig, info: RunInfo, session: Session) -> dict[str, flo
     from trm.optim import EMA, AdamATan2, SignSGD, lr_lambda
 
     rank, world, device = session.world_rank, session.world_size, session.device
+    say = session.say
     is_main = rank == 0
     if world != cfg.resources.num_workers:
         raise ConfigError(
@@ -206,12 +213,12 @@ def train_loop(cfg: RunConfig, info: RunInfo, session: Session) -> dict[str, flo
             if rs["carry"] is not None:
                 carry = _carry_from_state(rs["carry"], device)
         elif is_main:
-            print(
+            say(
                 f"[{info.name}] checkpoint was written by {state['world_size']} workers, now "
                 f"{world}: examples mid-way through their ACT steps restart"
             )
         if is_main:
-            print(f"[{info.name}] resumed from step {step} (epoch {epoch}, batch {batch_in_epoch})")
+            say(f"[{info.name}] resumed from step {step} (epoch {epoch}, batch {batch_in_epoch})")
 
     net = session.wrap_model(model)
     run_net = torch.compile(net) if cfg.resources.compile else net
@@ -247,8 +254,8 @@ def train_loop(cfg: RunConfig, info: RunInfo, session: Session) -> dict[str, flo
             parent_run_id=info.parent_run_id or None,
         )
         if tracker.run_id:
-            print(f"[{info.name}] MLflow: {tracker.url}")
-        print(
+            say(f"[{info.name}] MLflow: {tracker.url}")
+        say(
             f"[{info.name}] {model.num_params():,} params, {world} worker(s) x {B} rows, "
             f"{total} steps, device {device.type}"
         )
@@ -288,7 +295,7 @@ def train_loop(cfg: RunConfig, info: RunInfo, session: Session) -> dict[str, flo
         metrics, curve = evaluate.finish(sums, mcfg.halt_max_steps)
         if is_main:
             depth = " ".join(f"{k}:{v:.2f}" for k, v in enumerate(curve, 1) if _show(k, len(curve)))
-            print(
+            say(
                 f"[{info.name}] eval step {step}: exact {metrics['eval/exact_accuracy']:.4f} "
                 f"token {metrics['eval/accuracy']:.4f} q_halt {metrics['eval/q_halt_accuracy']:.3f}"
                 f" steps {metrics['eval/steps']:.2f} (n={int(metrics['eval/count'])}) | depth {depth}"
@@ -357,7 +364,9 @@ def train_loop(cfg: RunConfig, info: RunInfo, session: Session) -> dict[str, flo
 
             do_eval = step % cfg.eval.every == 0 or step == total
             do_ckpt = step % cfg.checkpoint.every == 0 or step == total
-            do_log = step % cfg.schedule.log_every == 0 or do_eval or do_ckpt
+            every = cfg.schedule.report_every
+            do_report = do_eval or do_ckpt or (every > 0 and step % every == 0)
+            do_log = step % cfg.schedule.log_every == 0 or do_report
             if not do_log:
                 continue
 
@@ -382,7 +391,7 @@ def train_loop(cfg: RunConfig, info: RunInfo, session: Session) -> dict[str, flo
             }
             if is_main:
                 eta = (total - step) * elapsed / max(steps_interval, 1)
-                print(
+                say(
                     f"[{info.name}] step {step}/{total} ep {epoch} | loss {train['train/loss']:.4f}"
                     f" | exact {train['train/exact_accuracy']:.3f} | {ex_s:,.0f} ex/s"
                     f" | wait {wait_frac:.0%} | mfu {train['train/mfu']:.1%} | lr {lr_now:.2e}"
@@ -412,7 +421,7 @@ def train_loop(cfg: RunConfig, info: RunInfo, session: Session) -> dict[str, flo
                         "carry": _carry_state(carry),
                     })  # fmt: skip
                     session.report(last_metrics, d)
-            else:
+            elif do_report:
                 session.report(last_metrics, None)
             # time spent evaluating / checkpointing is not training throughput
             t_interval = time.perf_counter()
@@ -420,7 +429,7 @@ def train_loop(cfg: RunConfig, info: RunInfo, session: Session) -> dict[str, flo
         tracker.finish("FAILED")
         raise
     if is_main:
-        print(f"[{info.name}] done: step {step}, {_summary(last_metrics)}")
+        say(f"[{info.name}] done: step {step}, {_summary(last_metrics)}")
     tracker.finish("FINISHED")
     return last_metrics
 
@@ -475,6 +484,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     cfg = RunConfig.from_dict(config["run"])
     info = RunInfo(**config["info"])
     ctx = ray.train.get_context()
+    for name in ("ray.train", "botocore", "boto3", "urllib3"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
     def report(metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
         if checkpoint_dir is None:
@@ -496,10 +507,25 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             report=report,
             resume_dir=resume_dir,
             wrap_model=lambda m: ray.train.torch.prepare_model(
-                m, parallel_strategy_kwargs={"broadcast_buffers": False}
+                m, parallel_strategy_kwargs=_no_buffer_sync()
             ),
+            # Ray Train routes print() through its logger (twice when stdout is wrapped)
+            say=lambda msg: print(msg, file=sys.__stdout__, flush=True),
         )
         train_loop(cfg, info, session)
+
+
+def _no_buffer_sync() -> dict[str, bool]:
+    """DDP kwargs that keep the puzzle table (a buffer, updated identically on every rank by
+    SignSGD) from being re-broadcast each forward; torch 2.13 renamed the flag."""
+    import inspect
+
+    from torch.nn.parallel import DistributedDataParallel
+
+    params = inspect.signature(DistributedDataParallel.__init__).parameters
+    if "forward_sync_buffers" in params:
+        return {"forward_sync_buffers": False}
+    return {"broadcast_buffers": False}
 
 
 def default_device() -> torch.device:

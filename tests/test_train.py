@@ -26,7 +26,7 @@ TINY = {
     "optim": {"lr": 3e-3, "lr_warmup_steps": 3, "lr_min_ratio": 0.2, "puzzle_emb_lr": 1e-2,
               "ema_rate": 0.9},
     "data": {"global_batch_size": 16},
-    "schedule": {"steps": 12, "log_every": 1},
+    "schedule": {"steps": 12, "log_every": 1, "report_every": 1},
     "eval": {"every": 4, "max_examples": 32, "depth_steps": 5, "num_pictures": 2},
     "checkpoint": {"every": 4, "num_to_keep": 0},
     "tracking": {"experiment": "trm-test"},
