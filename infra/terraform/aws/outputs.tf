@@ -50,12 +50,12 @@ output "ecr_repository_url" {
 
 output "ray_role_arn" {
   description = "IAM role the Ray pods get through EKS Pod Identity."
-  value       = aws_iam_role.ray.arn
+  value       = aws_iam_role.pod["ray"].arn
 }
 
 output "mlflow_role_arn" {
   description = "IAM role the MLflow server gets through EKS Pod Identity."
-  value       = aws_iam_role.mlflow.arn
+  value       = aws_iam_role.pod["mlflow"].arn
 }
 
 output "mlflow_db_endpoint" {

@@ -65,24 +65,6 @@ data "aws_iam_policy_document" "ray" {
   }
 }
 
-resource "aws_iam_role" "ray" {
-  name               = "${var.name}-ray"
-  assume_role_policy = data.aws_iam_policy_document.pod_identity_assume.json
-}
-
-resource "aws_iam_role_policy" "ray" {
-  name   = "s3-datasets-and-results"
-  role   = aws_iam_role.ray.id
-  policy = data.aws_iam_policy_document.ray.json
-}
-
-resource "aws_eks_pod_identity_association" "ray" {
-  cluster_name    = aws_eks_cluster.this.name
-  namespace       = var.ray_namespace
-  service_account = var.ray_service_account
-  role_arn        = aws_iam_role.ray.arn
-}
-
 # --- MLflow ---------------------------------------------------------------------------------
 
 data "aws_iam_policy_document" "mlflow" {
@@ -115,24 +97,6 @@ data "aws_iam_policy_document" "mlflow" {
     actions   = ["kms:Decrypt", "kms:GenerateDataKey"]
     resources = [aws_kms_key.this.arn]
   }
-}
-
-resource "aws_iam_role" "mlflow" {
-  name               = "${var.name}-mlflow"
-  assume_role_policy = data.aws_iam_policy_document.pod_identity_assume.json
-}
-
-resource "aws_iam_role_policy" "mlflow" {
-  name   = "s3-mlflow-and-db-secret"
-  role   = aws_iam_role.mlflow.id
-  policy = data.aws_iam_policy_document.mlflow.json
-}
-
-resource "aws_eks_pod_identity_association" "mlflow" {
-  cluster_name    = aws_eks_cluster.this.name
-  namespace       = var.mlflow_namespace
-  service_account = var.mlflow_service_account
-  role_arn        = aws_iam_role.mlflow.arn
 }
 
 # --- Cluster Autoscaler -------------------------------------------------------------------
@@ -175,20 +139,51 @@ data "aws_iam_policy_document" "cluster_autoscaler" {
   }
 }
 
-resource "aws_iam_role" "cluster_autoscaler" {
-  name               = "${var.name}-cluster-autoscaler"
+# --- One role per service account ---------------------------------------------------------
+
+locals {
+  pod_roles = {
+    ray = {
+      namespace       = var.ray_namespace
+      service_account = var.ray_service_account
+      policy_name     = "s3-datasets-and-results"
+      policy          = data.aws_iam_policy_document.ray.json
+    }
+    mlflow = {
+      namespace       = var.mlflow_namespace
+      service_account = var.mlflow_service_account
+      policy_name     = "s3-mlflow-and-db-secret"
+      policy          = data.aws_iam_policy_document.mlflow.json
+    }
+    cluster-autoscaler = {
+      namespace       = "kube-system"
+      service_account = "cluster-autoscaler"
+      policy_name     = "scale-node-groups"
+      policy          = data.aws_iam_policy_document.cluster_autoscaler.json
+    }
+  }
+}
+
+resource "aws_iam_role" "pod" {
+  for_each = local.pod_roles
+
+  name               = "${var.name}-${each.key}"
   assume_role_policy = data.aws_iam_policy_document.pod_identity_assume.json
 }
 
-resource "aws_iam_role_policy" "cluster_autoscaler" {
-  name   = "scale-node-groups"
-  role   = aws_iam_role.cluster_autoscaler.id
-  policy = data.aws_iam_policy_document.cluster_autoscaler.json
+resource "aws_iam_role_policy" "pod" {
+  for_each = local.pod_roles
+
+  name   = each.value.policy_name
+  role   = aws_iam_role.pod[each.key].id
+  policy = each.value.policy
 }
 
-resource "aws_eks_pod_identity_association" "cluster_autoscaler" {
+resource "aws_eks_pod_identity_association" "pod" {
+  for_each = local.pod_roles
+
   cluster_name    = aws_eks_cluster.this.name
-  namespace       = "kube-system"
-  service_account = "cluster-autoscaler"
-  role_arn        = aws_iam_role.cluster_autoscaler.arn
+  namespace       = each.value.namespace
+  service_account = each.value.service_account
+  role_arn        = aws_iam_role.pod[each.key].arn
 }

@@ -213,10 +213,10 @@ run "no_static_keys" {
 
   assert {
     condition = alltrue([
-      aws_eks_pod_identity_association.ray.namespace == "trm",
-      aws_eks_pod_identity_association.ray.service_account == "ray",
-      aws_eks_pod_identity_association.mlflow.namespace == "mlflow",
-      aws_eks_pod_identity_association.mlflow.service_account == "mlflow",
+      aws_eks_pod_identity_association.pod["ray"].namespace == "trm",
+      aws_eks_pod_identity_association.pod["ray"].service_account == "ray",
+      aws_eks_pod_identity_association.pod["mlflow"].namespace == "mlflow",
+      aws_eks_pod_identity_association.pod["mlflow"].service_account == "mlflow",
     ])
     error_message = "The pod identities must name the service accounts of infra/k8s and k8s-addons."
   }
