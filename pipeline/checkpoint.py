@@ -63,8 +63,7 @@ def save(directory: str | Path, name: str, state: dict[str, Any]) -> Path:
     return path
 
 
-def load(directory: str | Path, name: str) -> dict[str, Any]:
-    """Read `directory/name`, verifying its checksum first."""
+def _read_verified(directory: str | Path, name: str) -> bytes:
     path = Path(directory) / name
     sidecar = path.with_name(name + ".sha256")
     if not path.is_file() or not sidecar.is_file():
@@ -76,7 +75,22 @@ def load(directory: str | Path, name: str) -> dict[str, Any]:
             f"checkpoint file {str(path)!r} is corrupted: sha256 {_sha256(data)[:12]}... "
             f"!= recorded {expected[:12]}..."
         )
+    return data
+
+
+def load(directory: str | Path, name: str) -> dict[str, Any]:
+    """Read `directory/name`, verifying its checksum first."""
+    data = _read_verified(directory, name)
     return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+
+
+def verify(directory: str | Path) -> None:
+    """`CheckpointError` unless `directory` is a complete checkpoint: `trainer.pt` and the rank
+    file of every rank that wrote it, each present and matching its checksum. A checkpoint
+    whose upload stopped part-way (some rank files missing) is incomplete, not resumable."""
+    world = load(directory, TRAINER_FILE)["world_size"]
+    for r in range(int(world)):
+        _read_verified(directory, rank_file(r))
 
 
 def exists(directory: str | Path, name: str) -> bool:

@@ -36,7 +36,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -272,6 +272,7 @@ def train_loop(cfg: RunConfig, info: RunInfo, session: Session) -> dict[str, flo
             f"worker than the per-worker batch ({B}); lower data.global_batch_size"
         )
     eval_bs = cfg.data.eval_batch_size or B
+    arc_names = _arc_identifiers(cfg.data.uri, meta)
     K = max(cfg.depth_steps, mcfg.halt_max_steps)
 
     acc: dict[str, float] = defaultdict(float)
@@ -293,6 +294,14 @@ def train_loop(cfg: RunConfig, info: RunInfo, session: Session) -> dict[str, flo
         )  # fmt: skip
         sums = distributed.sum_across_ranks(res.flat(), device)
         metrics, curve = evaluate.finish(sums, mcfg.halt_max_steps)
+        if meta.task == "arc":
+            records = evaluate.arc_records(
+                eval_model, stream.set_epoch(0), device=device, meta=meta,
+                identifiers=arc_names, num_variants=cfg.eval.arc_variants,
+                max_examples=per_rank_max,
+            )  # fmt: skip
+            everyone = [r for part in distributed.gather_objects(records) for r in part]
+            metrics.update(evaluate.arc_pass_at_k(everyone, cfg.eval.pass_ks))
         if is_main:
             depth = " ".join(f"{k}:{v:.2f}" for k, v in enumerate(curve, 1) if _show(k, len(curve)))
             say(
@@ -434,6 +443,17 @@ def train_loop(cfg: RunConfig, info: RunInfo, session: Session) -> dict[str, flo
     return last_metrics
 
 
+def _arc_identifiers(uri: str, meta: Any) -> list[str] | None:
+    """Names of a materialised ARC dataset's puzzle identifiers (its identifiers.json)."""
+    if meta.task != "arc" or meta.augmentation.get("mode") == "on_the_fly":
+        return None
+    import json
+
+    from pipeline.data.storage import open_storage
+
+    return json.loads(open_storage(uri).read_bytes(meta.augmentation["identifiers"]))
+
+
 def _show(k: int, n: int) -> bool:
     return n <= 12 or k in (1, 2, 4, 8, 16, 32, 64, n) or k % 16 == 0
 
@@ -497,9 +517,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 checkpoint_dir_name=f"checkpoint_{int(metrics['step']):08d}",
             )
 
+    say = lambda msg: print(msg, file=sys.__stdout__, flush=True)  # noqa: E731
     checkpoint = ray.train.get_checkpoint()
-    with checkpoint.as_directory() if checkpoint else contextlib.nullcontext() as resume_dir:
+    with contextlib.ExitStack() as stack:
         # the directory is only valid inside this block; train_loop reads it before training
+        resume_dir = None
+        if checkpoint is not None:
+            resume_dir = first_complete_checkpoint(_ray_checkpoints(checkpoint), stack, say)
         session = Session(
             world_rank=ctx.get_world_rank(),
             world_size=ctx.get_world_size(),
@@ -510,9 +534,57 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 m, parallel_strategy_kwargs=_no_buffer_sync()
             ),
             # Ray Train routes print() through its logger (twice when stdout is wrapped)
-            say=lambda msg: print(msg, file=sys.__stdout__, flush=True),
+            say=say,
         )
         train_loop(cfg, info, session)
+
+
+def _ray_checkpoints(checkpoint: Any) -> Iterator[tuple[str, Any]]:
+    """(name, context giving a local directory) of the checkpoint Ray Train hands over, then of
+    the run's older checkpoints in the same storage, newest first (names sort by step)."""
+    import pyarrow.fs as pafs
+    import ray.train
+
+    yield checkpoint.path, checkpoint.as_directory()
+    parent, _, name = checkpoint.path.rstrip("/").rpartition("/")
+    infos = checkpoint.filesystem.get_file_info(pafs.FileSelector(parent))
+    older = [
+        i.path
+        for i in infos
+        if i.type == pafs.FileType.Directory
+        and i.base_name.startswith("checkpoint_")
+        and i.base_name < name
+    ]
+    for path in sorted(older, reverse=True):
+        yield path, ray.train.Checkpoint(path, filesystem=checkpoint.filesystem).as_directory()
+
+
+def first_complete_checkpoint(
+    candidates: Iterable[tuple[str, Any]],
+    stack: contextlib.ExitStack,
+    say: Callable[[str], None] = print,
+) -> str | None:
+    """Local directory of the newest complete checkpoint (`checkpoint.verify`) among
+    `candidates`, (name, context giving a local directory) newest first, kept open by `stack`.
+    Damaged or half-written ones are named and skipped; `CheckpointError` when there are
+    checkpoints but none is complete (starting over silently would lose the run)."""
+    bad = []
+    for name, opener in candidates:
+        with contextlib.ExitStack() as inner:
+            directory = inner.enter_context(opener)
+            try:
+                ckpt.verify(directory)
+            except ckpt.CheckpointError as e:
+                bad.append(f"{name}: {e}")
+                say(f"skipping checkpoint {name}: {e}")
+                continue
+            stack.enter_context(inner.pop_all())
+            if bad:
+                say(f"resuming from the previous complete checkpoint {name}")
+            return directory
+    if bad:
+        raise ckpt.CheckpointError("no complete checkpoint to resume from: " + "; ".join(bad))
+    return None
 
 
 def _no_buffer_sync() -> dict[str, bool]:
@@ -548,13 +620,14 @@ def run_in_process(
     """
     if cfg.resources.num_workers != 1:
         cfg = cfg.with_overrides(["resources.num_workers=1"])
-    if report is None:
-        store = Path(cfg.checkpoint.storage_path) / info.name
-        if resume_dir is None:
-            resume_dir = latest_local_checkpoint(store)
-        report = LocalCheckpoints(store, cfg.checkpoint.num_to_keep)
-    session = Session(0, 1, device or default_device(), report, resume_dir)
-    return train_loop(cfg, info, session)
+    with contextlib.ExitStack() as stack:
+        if report is None:
+            store = Path(cfg.checkpoint.storage_path) / info.name
+            if resume_dir is None:
+                resume_dir = first_complete_checkpoint(local_checkpoints(store), stack)
+            report = LocalCheckpoints(store, cfg.checkpoint.num_to_keep)
+        session = Session(0, 1, device or default_device(), report, resume_dir)
+        return train_loop(cfg, info, session)
 
 
 class LocalCheckpoints:
@@ -584,6 +657,14 @@ class LocalCheckpoints:
                 shutil.rmtree(old, ignore_errors=True)
 
 
-def latest_local_checkpoint(directory: str | Path) -> str | None:
+def local_checkpoints(directory: str | Path) -> Iterator[tuple[str, Any]]:
+    """Candidates for `first_complete_checkpoint` under a local run directory, newest first."""
     found = sorted(Path(directory).glob("checkpoint_*")) if Path(directory).is_dir() else []
-    return str(found[-1]) if found else None
+    for path in reversed(found):
+        yield str(path), contextlib.nullcontext(str(path))
+
+
+def latest_local_checkpoint(directory: str | Path) -> str | None:
+    """The newest complete checkpoint under a local run directory, or None."""
+    with contextlib.ExitStack() as stack:
+        return first_complete_checkpoint(local_checkpoints(directory), stack)
