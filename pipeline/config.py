@@ -184,6 +184,9 @@ class EvalConfig:
     """Test puzzles drawn step by step (grid at each ACT step) as an image artifact; 0 = none."""
     pass_ks: list[int] = field(default_factory=lambda: [1, 2])
     """ARC only: report pass@k of the official voting over augmented variants for these k."""
+    arc_variants: int = 16
+    """ARC datasets augmented on the fly: variants voted over per test input (official data:
+    up to 1000, materialised as rows, all of which are used)."""
 
     def __post_init__(self) -> None:
         _need(
@@ -191,7 +194,7 @@ class EvalConfig:
             "eval.every",
             f"must be a positive integer, got {self.every!r}",
         )
-        for name in ("max_examples", "depth_steps", "num_pictures"):
+        for name in ("max_examples", "depth_steps", "num_pictures", "arc_variants"):
             v = getattr(self, name)
             _need(_is_int(v) and v >= 0, f"eval.{name}", f"must be an integer >= 0, got {v!r}")
         _need(

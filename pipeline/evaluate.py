@@ -15,6 +15,9 @@ Metric names (all fractions of evaluated examples unless said otherwise):
   eval/exact_accuracy_at_halt   exact accuracy of the prediction at that first q_halt step
   eval/exact_accuracy_at_{K}    exact accuracy after the deepest rollout step K
   eval/count            examples evaluated (not a fraction)
+  eval/arc_pass@{k}     ARC only: official voting over augmented variants, un-augmented first;
+                        mean over tasks of the fraction of test inputs solved within k attempts
+  eval/arc_tasks        ARC only: tasks scored
 """
 
 from __future__ import annotations
@@ -160,36 +163,98 @@ def finish(sums: dict[str, float], halt_max_steps: int) -> tuple[dict[str, float
 
 
 # ---- ARC voting -------------------------------------------------------------------------------
-def arc_pass_at_k(
-    predictions: list[dict[str, Any]],
-    identifiers: list[str],
-    ks: list[int],
-    unaugment: Any,
-) -> dict[str, float]:
-    """Official ARC scoring: undo each prediction's augmentation, vote over the variants of a
-    test input (count, then mean sigmoid(q_halt)), and score pass@k per task.
+def _variant_of(name: str) -> tuple[str, int, np.ndarray]:
+    """'<task>|||t<tid>|||<colour map digits>' (official names) -> (task, tid, cmap)."""
+    parts = name.split("|||")
+    if len(parts) == 1:
+        return parts[0], 0, np.arange(10, dtype=np.uint8)
+    return parts[0], int(parts[1][1:]), np.array([int(c) for c in parts[2]], dtype=np.uint8)
 
-    `identifiers[i]` is the name of puzzle id i ('<task>|||t<d>|||<colours>' for augmented
-    variants); `unaugment(name, grid_tokens_L) -> grid (H, W) int array` undoes the variant's
-    augmentation on a 30x30 token canvas and crops it to the grid (colours 0..9).
+
+@torch.no_grad()
+def arc_records(
+    model: torch.nn.Module,
+    batches: Iterable[dict[str, np.ndarray]],
+    *,
+    device: torch.device,
+    meta: Any,
+    identifiers: list[str] | None = None,
+    num_variants: int = 16,
+    max_examples: int = 0,
+) -> list[dict[str, Any]]:
+    """Predictions on ARC test inputs, mapped back to each task's original frame, for voting.
+
+    On-the-fly datasets (ids 1 + task * (num_aug + 1) + k): every test input is evaluated under
+    variants k = 0..num_variants-1 (its own augmentation and puzzle id each). Materialised
+    datasets (the official layout) already hold every variant as a row; `identifiers` are the
+    names from identifiers.json. One record per prediction: task, original input and label
+    grids and the un-augmented predicted grid (as bytes keys), and its q_halt logit.
     """
+    from trm.puzzles import arc
+
+    on_the_fly = meta.augmentation.get("mode") == "on_the_fly"
+    if not on_the_fly and identifiers is None:
+        raise ValueError("a materialised ARC dataset needs its identifiers.json names")
+    was_training = model.training
+    model.eval()
+    out: list[dict[str, Any]] = []
+    seen = 0
+    try:
+        for batch in batches:
+            rows = []  # (task, tid, cmap, pid, input tokens, input key, label key)
+            for x, y, pid in zip(batch["inputs"], batch["labels"], batch["puzzle_identifiers"]):
+                if max_examples and seen >= max_examples:
+                    break
+                y = np.where(y == IGNORE, 0, y)
+                if not (y >= 2).any():
+                    continue  # padding row
+                seen += 1
+                if on_the_fly:
+                    num_aug = meta.augmentation["num_aug"]
+                    base, _ = arc.split_identifier(int(pid), num_aug)
+                    task = meta.extra["tasks"][int(base)]
+                    grid_in, grid_out = arc.decode(x), arc.decode(y)
+                    for k in range(min(num_variants, num_aug + 1)):
+                        tid, cmap = arc.variant(base, k, meta.augmentation["aug_seed"])
+                        tokens = arc.encode(arc.apply(grid_in, tid, cmap))
+                        rows.append((task, int(tid), cmap, int(arc.identifier(base, k, num_aug)),
+                                     tokens, _grid_key(grid_in), _grid_key(grid_out)))  # fmt: skip
+                else:
+                    task, tid, cmap = _variant_of(identifiers[int(pid)])
+                    grid_in = arc.inverse(arc.decode(x), tid, cmap)
+                    grid_out = arc.inverse(arc.decode(y), tid, cmap)
+                    rows.append((task, tid, cmap, int(pid), np.asarray(x), _grid_key(grid_in),
+                                 _grid_key(grid_out)))  # fmt: skip
+            if not rows:
+                continue
+            inputs = torch.as_tensor(np.stack([r[4] for r in rows]), device=device).long()
+            pids = torch.as_tensor([r[3] for r in rows], device=device).long()
+            res = model.rollout(inputs, pids)
+            preds = res.logits[-1].argmax(-1).cpu().numpy()
+            q = res.q_halt_logits[-1].float().cpu().numpy()
+            for r, pred, qv in zip(rows, preds, q):
+                grid = arc.inverse(arc.crop(pred), r[1], r[2])
+                out.append({"task": r[0], "input": r[5], "label": r[6], "pred": _grid_key(grid),
+                            "q": float(qv)})  # fmt: skip
+            if max_examples and seen >= max_examples:
+                break
+    finally:
+        model.train(was_training)
+    return out
+
+
+def arc_pass_at_k(records: list[dict[str, Any]], ks: list[int]) -> dict[str, float]:
+    """Official ARC scoring: per (task, test input) the distinct predicted grids are ranked by
+    (votes, mean sigmoid(q_halt)); a test input is solved at k if its label is among the top k;
+    a task scores the fraction of its test inputs solved; pass@k is the mean over tasks."""
     votes: dict[tuple[str, bytes], dict[bytes, list[float]]] = defaultdict(dict)
     answers: dict[tuple[str, bytes], bytes] = {}
-    grids: dict[bytes, np.ndarray] = {}
-    for p in predictions:
-        name = identifiers[p["puzzle_identifier"]]
-        task = name.split("|||")[0]
-        question = unaugment(name, p["inputs"])
-        key = (task, _grid_key(question))
-        label = p["labels"].copy()
-        label[label == IGNORE] = 0
-        answers.setdefault(key, _grid_key(unaugment(name, label)))
-        pred = unaugment(name, p["pred"])
-        pk = _grid_key(pred)
-        grids[pk] = pred
-        entry = votes[key].setdefault(pk, [0.0, 0.0])
+    for r in records:
+        key = (r["task"], r["input"])
+        answers[key] = r["label"]
+        entry = votes[key].setdefault(r["pred"], [0.0, 0.0])
         entry[0] += 1
-        entry[1] += 1 / (1 + math.exp(-p["q_halt"]))
+        entry[1] += 1 / (1 + math.exp(-r["q"]))
     per_task: dict[str, list[dict[int, bool]]] = defaultdict(list)
     for key, cands in votes.items():
         ranked = sorted(cands.items(), key=lambda kv: (kv[1][0], kv[1][1] / kv[1][0]), reverse=True)
@@ -197,8 +262,9 @@ def arc_pass_at_k(
         per_task[key[0]].append({k: answers[key] in top[:k] for k in ks})
     out = {}
     for k in ks:
-        scores = [np.mean([s[k] for s in inputs]) for inputs in per_task.values()]
+        scores = [float(np.mean([s[k] for s in inputs])) for inputs in per_task.values()]
         out[f"eval/arc_pass@{k}"] = float(np.mean(scores)) if scores else 0.0
+    out["eval/arc_tasks"] = float(len(per_task))
     return out
 
 

@@ -172,3 +172,83 @@ def test_tiny_model_learns_4x4_sudoku(sudoku4, tmp_path):
     assert final["step"] == 300
     assert final["eval/exact_accuracy"] >= 0.5, final
     shutil.rmtree(tmp_path / "runs", ignore_errors=True)
+
+
+# ---- ARC voting --------------------------------------------------------------------------------
+def test_arc_pass_at_k_votes_by_count_then_q():
+    from pipeline.evaluate import arc_pass_at_k
+
+    def rec(task, inp, label, pred, q=0.0):
+        return {"task": task, "input": inp, "label": label, "pred": pred, "q": q}
+
+    records = [
+        # task A, input 1: the right grid has 2 votes, a wrong one 1 -> solved at k=1
+        rec("A", b"i1", b"L", b"L"), rec("A", b"i1", b"L", b"L"), rec("A", b"i1", b"L", b"W"),
+        # task A, input 2: one vote each; q breaks the tie in favour of the wrong grid
+        rec("A", b"i2", b"M", b"M", q=-3.0), rec("A", b"i2", b"M", b"X", q=3.0),
+        # task B: never right
+        rec("B", b"i1", b"N", b"Y"),
+    ]  # fmt: skip
+    out = arc_pass_at_k(records, [1, 2])
+    assert out["eval/arc_pass@1"] == pytest.approx((0.5 + 0.0) / 2)
+    assert out["eval/arc_pass@2"] == pytest.approx((1.0 + 0.0) / 2)
+    assert out["eval/arc_tasks"] == 2
+
+
+class _EchoModel:
+    """Predicts its input canvas (right exactly for tasks whose output is their input)."""
+
+    def __init__(self, halt_max_steps: int = 2, vocab: int = 12):
+        from trm import TRMConfig
+
+        self.config = TRMConfig(halt_max_steps=halt_max_steps, seq_len=900, vocab_size=vocab)
+        self.training = False
+
+    def eval(self):
+        return self
+
+    def train(self, mode: bool = True):
+        self.training = mode
+
+    def rollout(self, inputs, puzzle_identifiers, num_steps=None):
+        import torch
+        import torch.nn.functional as F
+
+        from trm import Output
+
+        S = num_steps or self.config.halt_max_steps
+        logits = F.one_hot(inputs, self.config.vocab_size).float()
+        q = torch.zeros(inputs.shape[0])
+        return Output(logits=logits.expand(S, *logits.shape), q_halt_logits=q.expand(S, -1),
+                      q_continue_logits=q.expand(S, -1))  # fmt: skip
+
+
+def test_arc_records_undo_each_variants_augmentation(tmp_path):
+    import json
+
+    import torch
+
+    from pipeline.data import ShardStream, build_arc, read_meta
+    from pipeline.evaluate import arc_pass_at_k, arc_records
+
+    grids = {  # asymmetric grids and colours, so every dihedral/colour variant differs
+        "e1": [[1, 2, 0], [0, 0, 3]],
+        "e2": [[4, 4], [5, 0], [0, 6]],
+        "t1": [[7, 0], [0, 8]],
+    }
+    for subset, names in (("training", ["t1"]), ("evaluation", ["e1", "e2"])):
+        (tmp_path / "src" / subset).mkdir(parents=True)
+        for n in names:
+            pair = {"input": grids[n], "output": grids[n]}
+            task = {"train": [pair], "test": [pair]}
+            (tmp_path / "src" / subset / f"{n}.json").write_text(json.dumps(task))
+    uri = str(tmp_path / "arc")
+    build_arc(uri, source=f"tasks:{tmp_path / 'src'}", num_aug=7, seed=3)
+    meta = read_meta(uri)
+    stream = ShardStream(uri, "test", batch_size=4, shuffle=False, augment=False, drop_last=False)
+    records = arc_records(
+        _EchoModel(), stream, device=torch.device("cpu"), meta=meta, num_variants=8
+    )
+    assert len(records) == 2 * 8  # two test inputs x eight variants
+    assert all(r["pred"] == r["label"] for r in records)  # un-augmented back to the answer
+    assert arc_pass_at_k(records, [1, 2])["eval/arc_pass@1"] == 1.0
