@@ -92,6 +92,9 @@ class NullTracker:
     def log_dict(self, d: dict, artifact_file: str) -> None:
         pass
 
+    def log_text(self, text: str, artifact_file: str) -> None:
+        pass
+
     def set_tags(self, tags: dict[str, str]) -> None:
         pass
 
@@ -181,6 +184,9 @@ class Tracker(NullTracker):
     def log_dict(self, d: dict, artifact_file: str) -> None:
         self.client.log_dict(self.run_id, d, artifact_file)
 
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self.client.log_text(self.run_id, text, artifact_file)
+
     def set_tags(self, tags: dict[str, str]) -> None:
         from mlflow.entities import RunTag
 
@@ -267,3 +273,61 @@ def tag_run(uri: str, experiment: str, run_key: str, tags: dict[str, str]) -> st
             run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()]
         )
     return run_id
+
+
+# ---- sweeps (pipeline/sweep.py): a parent run per sweep, a child run per trial ---------------
+def child_runs(uri: str, experiment: str, parent_run_id: str) -> dict[str, str]:
+    """`run_key` -> run id of every run nested under `parent_run_id`."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return {}
+    out: dict[str, str] = {}
+    token = None
+    while True:
+        page = client.search_runs(
+            [exp.experiment_id],
+            filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'",
+            max_results=1000,
+            page_token=token,
+        )
+        for run in page:
+            out[run.data.tags.get(RUN_KEY_TAG, run.info.run_id)] = run.info.run_id
+        token = page.token
+        if not token:
+            return out
+
+
+def end_run(uri: str, run_id: str, status: str, tags: dict[str, str]) -> None:
+    """Set tags and the final status (FINISHED, KILLED, FAILED) of a run that another process
+    logged, e.g. a trial that the sweep stopped early."""
+    from mlflow.entities import RunTag
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+    client.set_terminated(run_id, status=status)
+
+
+def list_artifacts(uri: str, run_id: str, path: str | None = None) -> list[str]:
+    """Paths of the artifacts directly under `path` of a run."""
+    from mlflow.tracking import MlflowClient
+
+    return [f.path for f in MlflowClient(tracking_uri=uri).list_artifacts(run_id, path)]
+
+
+def load_dict_artifact(uri: str, run_id: str, path: str) -> dict:
+    """A JSON artifact of a run (as written by `Tracker.log_dict`)."""
+    import json
+    import shutil
+
+    from mlflow.tracking import MlflowClient
+
+    dst = tempfile.mkdtemp(prefix="trm-artifact-")
+    try:
+        local = MlflowClient(tracking_uri=uri).download_artifacts(run_id, path, dst)
+        return json.loads(Path(local).read_text())
+    finally:
+        shutil.rmtree(dst, ignore_errors=True)
