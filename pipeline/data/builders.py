@@ -35,16 +35,19 @@ GENERATOR_VERSION = "1"
 Progress = Callable[[str], None]
 
 
-def existing_dataset(uri: str, generator: dict, overwrite: bool) -> DatasetMeta | None:
-    """The dataset at `uri` if it was built with exactly `generator`; None if there is none."""
-    if overwrite:
-        return None
+def existing_dataset(
+    uri: str, name: str, seed: int, params: dict, overwrite: bool
+) -> tuple[dict, DatasetMeta | None]:
+    """The generator record for meta.json, and the dataset already at `uri` if it was built
+    with exactly that record (None if there is none or overwrite is set)."""
+    generator = {"name": name, "version": GENERATOR_VERSION, "seed": seed, "params": params}
+    generator = json.loads(json.dumps(generator))  # as it reads back from meta.json
     store = open_storage(uri)
-    if not store.exists(META_FILE):
-        return None
+    if overwrite or not store.exists(META_FILE):
+        return generator, None
     meta = read_meta(uri)
-    if meta.generator == json.loads(json.dumps(generator)):
-        return meta
+    if meta.generator == generator:
+        return generator, meta
     raise DatasetError(
         f"{store.uri} holds a dataset built with {meta.generator}, not {generator}; "
         "use another URI or overwrite=True (--overwrite)"
@@ -187,8 +190,8 @@ def build_sudoku(
         )
     params = dict(size=size, num_train=num_train, num_test=num_test, min_clues=min_clues,
                   min_rating=min_rating, num_aug=num_aug)  # fmt: skip
-    generator = {"name": "sudoku", "version": GENERATOR_VERSION, "seed": seed, "params": params}
-    if (meta := existing_dataset(out_uri, generator, overwrite)) is not None:
+    generator, meta = existing_dataset(out_uri, "sudoku", seed, params, overwrite)
+    if meta is not None:
         return meta
     w = DatasetWriter(
         out_uri,
@@ -271,8 +274,8 @@ def build_maze(
         raise ValueError(f"min_path must be in 0..{side * side - 1}, got {min_path}")
     params = dict(side=side, num_train=num_train, num_test=num_test, min_path=min_path,
                   wall_density=[lo, hi], materialise=materialise)  # fmt: skip
-    generator = {"name": "maze", "version": GENERATOR_VERSION, "seed": seed, "params": params}
-    if (meta := existing_dataset(out_uri, generator, overwrite)) is not None:
+    generator, meta = existing_dataset(out_uri, "maze", seed, params, overwrite)
+    if meta is not None:
         return meta
     w = DatasetWriter(
         out_uri, seq_len=side * side, extra_columns={"path_length": pa.int32()},

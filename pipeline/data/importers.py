@@ -22,7 +22,6 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.data.builders import (
-    GENERATOR_VERSION,
     Progress,
     existing_dataset,
     maze_meta_fields,
@@ -154,8 +153,8 @@ def import_csv(
     params = dict(task=task, train_csv=str(train_csv), test_csv=str(test_csv) if test_csv else None,
                   subsample=subsample, min_difficulty=min_difficulty, num_aug=num_aug,
                   check_unique=check_unique)  # fmt: skip
-    generator = {"name": "import-csv", "version": GENERATOR_VERSION, "seed": seed, "params": params}
-    if (meta := existing_dataset(out_uri, generator, overwrite)) is not None:
+    generator, meta = existing_dataset(out_uri, "import-csv", seed, params, overwrite)
+    if meta is not None:
         return meta
     # Find the sizes (and check the framing of every row) before writing anything.
     keep_train = None
