@@ -101,7 +101,11 @@ def planted(aws_root: Path, tmp_path: Path, file: str, old: str, new: str) -> Pa
 
 
 def last_line(r: subprocess.CompletedProcess) -> str:
-    lines = [line for line in (r.stdout + r.stderr).splitlines() if line.strip()]
+    """terraform's closing summary ("Success! 10 passed, 0 failed."), else its last line."""
+    out = r.stdout + r.stderr
+    if m := re.search(r"^(Success|Failure)! .*$", out, flags=re.M):
+        return m.group(0)
+    lines = [line for line in out.splitlines() if line.strip()]
     return lines[-1] if lines else ""
 
 
@@ -147,9 +151,8 @@ def test_validate_catches_planted_error(tf_env, aws_root, tmp_path):
         "kms_master_key_id = aws_kms_key.data.arn",
     )
     r = tf(tf_env, root, "validate")
-    print(
-        f"terraform validate planted undeclared reference: rc={r.returncode} {r.stderr.strip().splitlines()[1:2]}"
-    )
+    error = next((line.strip() for line in r.stderr.splitlines() if "Error:" in line), "")
+    print(f"terraform validate planted undeclared reference: rc={r.returncode} {error}")
     assert r.returncode != 0 and "Reference to undeclared resource" in r.stderr
 
 
@@ -198,11 +201,17 @@ PLANTED_FOR_TERRAFORM_TEST = [
         'http_tokens                 = "optional"',
         "must require IMDSv2",
     ),
+    (
+        "pod_identity.tf",
+        '"${aws_s3_bucket.artifacts.arn}/${local.prefixes.datasets}*",',
+        '"${aws_s3_bucket.artifacts.arn}/*",',
+        "The Ray role may touch datasets/ and ray-results/",
+    ),
 ]
 
 
 def test_terraform_test_catches_planted_errors(tf_env, aws_root, tmp_path):
-    """Five errors planted in one copy, one `terraform test` run: each fails its own assertion."""
+    """Six errors planted in one copy, one `terraform test` run: each fails its own assertion."""
     root = tmp_path / "aws"
     shutil.copytree(aws_root, root, symlinks=True)
     for file, old, new, _ in PLANTED_FOR_TERRAFORM_TEST:

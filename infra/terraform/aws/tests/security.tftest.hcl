@@ -222,6 +222,38 @@ run "no_static_keys" {
   }
 }
 
+run "pod_roles_are_scoped_to_their_prefixes" {
+  command = apply
+
+  assert {
+    condition = alltrue(flatten([
+      for s in data.aws_iam_policy_document.ray.statement : [
+        for r in s.resources : contains([
+          "arn:aws:s3:::trm-artifacts-123456789012",
+          "arn:aws:s3:::trm-artifacts-123456789012/datasets/*",
+          "arn:aws:s3:::trm-artifacts-123456789012/ray-results/*",
+          aws_kms_key.this.arn,
+        ], r)
+      ]
+    ]))
+    error_message = "The Ray role may touch datasets/ and ray-results/ of the bucket (and its key), nothing else."
+  }
+
+  assert {
+    condition = alltrue(flatten([
+      for s in data.aws_iam_policy_document.mlflow.statement : [
+        for r in s.resources : contains([
+          "arn:aws:s3:::trm-artifacts-123456789012",
+          "arn:aws:s3:::trm-artifacts-123456789012/mlflow/*",
+          aws_db_instance.mlflow.master_user_secret[0].secret_arn,
+          aws_kms_key.this.arn,
+        ], r)
+      ]
+    ]))
+    error_message = "The MLflow role may touch mlflow/ of the bucket, its database secret and the key, nothing else."
+  }
+}
+
 run "data_encrypted_at_rest" {
   command = plan
 
