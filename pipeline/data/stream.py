@@ -24,6 +24,8 @@ How an epoch is laid out, all a pure function of (seed, epoch, world_size):
    only the row groups it overlaps, and with shuffle permutes the rows inside each window.
 4. With augment, each row gets the task's random symmetry keyed by (seed, epoch, row index in
    the split), so a row's augmentation does not depend on the batch or the rank that reads it.
+   (ARC test rows get variants but no translation; an evaluator pools epochs as votes and maps
+   each prediction back with trm.puzzles.arc.variant/inverse.)
    Datasets built with materialised augmentation are read as they are (augment is a no-op).
 `start_batch=k` skips k batches without reading the windows before them (resume mid-epoch).
 Nothing beyond one window, one row group and `prefetch` ready batches is held in memory; a
@@ -52,22 +54,26 @@ IGNORE = -100
 _COLUMNS = ["inputs", "labels", "puzzle_identifier"]
 
 
-def _augment_sudoku(x, y, pid, keys, meta: DatasetMeta):
+def _augment_sudoku(x, y, pid, keys, meta: DatasetMeta, split: str):
     x, y = sudoku.augment(x, y, keys, n=meta.encoding["size"])
     return x, y, pid
 
 
-def _augment_maze(x, y, pid, keys, meta: DatasetMeta):
+def _augment_maze(x, y, pid, keys, meta: DatasetMeta, split: str):
     from trm.puzzles import maze
 
     x, y = maze.augment(x, y, keys, side=meta.encoding["side"])
     return x, y, pid
 
 
-def _augment_arc(x, y, pid, keys, meta: DatasetMeta):
+def _augment_arc(x, y, pid, keys, meta: DatasetMeta, split: str):
     from trm.puzzles import arc
 
-    return arc.augment(x, y, pid, keys, **arc.augment_params(meta.augmentation))
+    params = arc.augment_params(meta.augmentation)
+    # As in the official data, only training examples are translated: predictions on the test
+    # split are read back with the top-left crop, and test-time variants are dihedral + colour.
+    params["translate"] = params["translate"] and split == "train"
+    return arc.augment(x, y, pid, keys, **params)
 
 
 AUGMENT = {"sudoku": _augment_sudoku, "maze": _augment_maze, "arc": _augment_arc}
@@ -287,7 +293,7 @@ class ShardStream:
             x, y, pid = cols["inputs"], cols["labels"], cols["puzzle_identifier"]
             if self.augment and len(rows):
                 keys = example_keys(self.seed, self.epoch, rows)
-                x, y, pid = AUGMENT[self.meta.task](x, y, pid, keys, self.meta)
+                x, y, pid = AUGMENT[self.meta.task](x, y, pid, keys, self.meta, self.split)
             x = x.astype(np.int64)
             y = y.astype(np.int64)
             if self.meta.ignore_label_id is not None:
