@@ -1,0 +1,114 @@
+"""Helpers shared by the fault drills (tests/test_drill_*.py): a tiny run config, a fault-injecting
+TCP proxy in front of the S3 server, a private local Ray cluster, and the drill record.
+
+Every drill prints one line `DRILL <name> key=value ...` (visible with `pytest -s`) with its
+recovery time, and appends the same numbers as JSON to $TRM_DRILL_LOG when that is set:
+
+    TRM_DRILL_LOG=/tmp/drills.jsonl pytest tests/test_drill_corruption.py -s
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+# A TRM small enough that a step takes milliseconds on one core; 4x4 Sudoku has a puzzle
+# table of one row, so the sparse optimiser still runs.
+TINY_RUN: dict[str, Any] = {
+    "name": "drill",
+    "model": {
+        "hidden_size": 16, "num_heads": 2, "expansion": 1.0, "L_layers": 1, "H_cycles": 1,
+        "L_cycles": 1, "puzzle_emb_ndim": 16, "puzzle_emb_len": 1, "halt_max_steps": 2,
+        "halt_exploration_prob": 0.3,
+    },
+    "optim": {"lr": 3e-3, "lr_warmup_steps": 2, "lr_min_ratio": 0.5, "puzzle_emb_lr": 1e-2,
+              "ema_rate": 0.9},
+    "data": {"global_batch_size": 16},
+    "schedule": {"steps": 12, "log_every": 1},
+    "eval": {"every": 4, "max_examples": 16, "depth_steps": 3, "num_pictures": 0},
+    "checkpoint": {"every": 4, "num_to_keep": 0, "max_failures": 2},
+    "resources": {"num_workers": 1, "cpus_per_worker": 0.5, "peak_flops": 1.0e9},
+    "tracking": {"enabled": False, "experiment": "trm-drill"},
+}  # fmt: skip
+
+
+def tiny_config(data_uri: str, storage: str | Path, *overrides: str, tracking_uri: str = ""):
+    """`RunConfig` of TINY_RUN on `data_uri`, checkpoints under `storage`; `tracking_uri` turns
+    MLflow on; `overrides` as in `--set`."""
+    from pipeline.config import RunConfig
+
+    d = json.loads(json.dumps(TINY_RUN))
+    d["data"]["uri"] = data_uri
+    d["checkpoint"]["storage_path"] = str(storage)
+    if tracking_uri:
+        d["tracking"].update(enabled=True, uri=tracking_uri)
+    return RunConfig.from_dict(d).with_overrides(list(overrides))
+
+
+def build_tiny_sudoku(uri: str, num_train: int = 96, num_test: int = 16, **kw) -> Any:
+    """A 4x4 Sudoku dataset of `num_train` rows in shards of 32 rows, row groups of 16."""
+    from pipeline.data import build_sudoku
+
+    kw.setdefault("rows_per_shard", 32)
+    kw.setdefault("row_group_rows", 16)
+    return build_sudoku(uri, size=4, num_train=num_train, num_test=num_test, seed=0,
+                        min_clues=10, **kw)  # fmt: skip
+
+
+def record(drill: str, **numbers: Any) -> None:
+    """Print the drill's outcome line and append it to $TRM_DRILL_LOG (JSON lines) if set."""
+    line = " ".join(
+        f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in numbers.items()
+    )
+    print(f"\nDRILL {drill} {line}")
+    if path := os.environ.get("TRM_DRILL_LOG"):
+        with open(path, "a") as f:
+            f.write(json.dumps({"drill": drill, "time": time.time(), **numbers}) + "\n")
+
+
+class LocalRay:
+    """A private local Ray cluster: its own short temp dir (session logs land there, so a drill
+    can read its workers' output), the given environment for every Ray process, and a
+    shutdown that stops only what it started."""
+
+    def __init__(self, num_cpus: int = 2, env: dict[str, str] | None = None, **init_kw: Any):
+        import tempfile
+
+        self.num_cpus, self.init_kw = num_cpus, init_kw
+        self.env = {"RAY_TRAIN_V2_ENABLED": "1", **(env or {})}
+        # AF_UNIX socket paths under it must stay short
+        self.temp_dir = tempfile.mkdtemp(prefix="rd-", dir="/tmp")
+        self._saved: dict[str, str | None] = {}
+
+    def __enter__(self) -> LocalRay:
+        import ray
+
+        for k, v in self.env.items():
+            self._saved[k] = os.environ.get(k)
+            os.environ[k] = v
+        ray.init(num_cpus=self.num_cpus, _temp_dir=self.temp_dir, include_dashboard=True,
+                 **self.init_kw)  # fmt: skip
+        return self
+
+    def worker_output(self) -> str:
+        """Everything Ray worker processes printed so far (their .out and .err logs)."""
+        logs = Path(self.temp_dir).glob("session_*/logs/worker-*")
+        return "\n".join(p.read_text(errors="replace") for p in sorted(logs))
+
+    def __exit__(self, *exc: Any) -> None:
+        import shutil
+
+        import ray
+
+        try:
+            ray.shutdown()
+        finally:
+            for k, v in self._saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+            shutil.rmtree(self.temp_dir, ignore_errors=True)
