@@ -11,6 +11,7 @@ credential chain and `AWS_ENDPOINT_URL`, exactly as it would to a real store.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shutil
@@ -153,6 +154,9 @@ def mlflow_server(tmp_path_factory):
 class RayLocal:
     s3: S3Env
     """AWS variables of every Ray process point at the session's moto server; a fresh bucket."""
+    dashboard: str
+    """http://host:port of this cluster's dashboard: pass as `address` to ray.util.state calls
+    (auto-detection fails when other Ray clusters run on the machine)."""
 
 
 @pytest.fixture(scope="module")
@@ -164,9 +168,86 @@ def ray_local(s3_server):
     mp = pytest.MonkeyPatch()
     env = use_s3(mp, s3_server)
     mp.setenv("RAY_TRAIN_V2_ENABLED", "1")
-    ray.init(num_cpus=2, include_dashboard=True, log_to_driver=True)
+    ctx = ray.init(num_cpus=2, include_dashboard=True, log_to_driver=True)
     try:
-        yield RayLocal(env)
+        yield RayLocal(env, f"http://{ctx.dashboard_url}")
     finally:
         ray.shutdown()
+        mp.undo()
+
+
+# ---- sweeps (pipeline/sweep.py): a `ray start --head` cluster on loopback --------------------
+@dataclasses.dataclass
+class RayHead:
+    address: str
+    """GCS address (127.0.0.1:PORT) for `ray.init(address=...)` / `sweep.py --address`."""
+    dashboard: str
+    """Job API address (http://127.0.0.1:PORT) for `ray job submit --address`."""
+    env: dict
+    """Environment for CLI calls against this cluster (venv first on PATH, token auth, S3)."""
+    s3: S3Env
+
+
+def _ray_head_processes(temp_dir: str) -> list:
+    """This head's processes: those naming its private temp dir, and their descendants."""
+    import psutil
+
+    found = {}
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if any(temp_dir in part for part in p.info["cmdline"] or []):
+                found[p.pid] = p
+                for c in p.children(recursive=True):
+                    found[c.pid] = c
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return list(found.values())
+
+
+@pytest.fixture(scope="module")
+def ray_head(s3_server):
+    """A real `ray start --head` cluster (2 CPUs, 4 `trial_driver` slots, dashboard and job
+    API) on loopback, in a private temp dir with free ports so it never meets another Ray on
+    the machine. Its processes see AWS variables pointed at the moto server and the venv's
+    python first on PATH (job entrypoints resolve `python` through the raylet's PATH). Stopped
+    by pid (never `ray stop`, which stops every Ray of the user)."""
+    import tempfile
+
+    import psutil
+
+    mp = pytest.MonkeyPatch()
+    s3 = use_s3(mp, s3_server)
+    temp_dir = tempfile.mkdtemp(prefix="trm-ray-", dir="/tmp")  # short: unix socket paths
+    venv_bin = str(Path(sys.executable).parent)
+    env = {
+        **os.environ,
+        "PATH": venv_bin + os.pathsep + os.environ.get("PATH", ""),
+        "RAY_AUTH_MODE": "token",
+        "RAY_TRAIN_V2_ENABLED": "1",
+    }
+    gcs, dash = free_port(), free_port()
+    cmd = [
+        str(Path(venv_bin) / "ray"), "start", "--head", "--node-ip-address=127.0.0.1",
+        f"--port={gcs}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
+        f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
+        f"--dashboard-agent-grpc-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
+        f"--metrics-export-port={free_port()}", "--num-cpus=2",
+        '--resources={"trial_driver": 4}', f"--temp-dir={temp_dir}", "--disable-usage-stats",
+    ]  # fmt: skip
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+    try:
+        if out.returncode != 0:
+            raise RuntimeError(f"ray start failed: {out.stdout}\n{out.stderr}")
+        yield RayHead(f"127.0.0.1:{gcs}", f"http://127.0.0.1:{dash}", env, s3)
+    finally:
+        procs = _ray_head_processes(temp_dir)
+        for p in procs:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.terminate()
+        _, alive = psutil.wait_procs(procs, timeout=15)
+        for p in alive:  # gcs_server and the autoscaler monitor ignore SIGTERM for a while
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.kill()
+        psutil.wait_procs(alive, timeout=10)
+        shutil.rmtree(temp_dir, ignore_errors=True)
         mp.undo()
