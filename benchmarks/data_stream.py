@@ -94,7 +94,7 @@ def make_stream_dataset(uri: str, rows: int, base: int = 500) -> float:
     w = DatasetWriter(uri, seq_len=81, extra_columns={"rating": __import__("pyarrow").int32()},
                       rows_per_shard=25_000, row_group_rows=4096)  # fmt: skip
     copies = max(0, rows // base - 1)
-    _, dt = timed(lambda: write_sudoku_rows(w, "train", x, y, r, np.arange(base), copies, 0))
+    _, dt, _ = timed(lambda: write_sudoku_rows(w, "train", x, y, r, np.arange(base), copies, 0))
     w.add("test", inputs=x, labels=y, puzzle_identifier=np.zeros(base, np.int32),
           group=np.arange(base), rating=r)  # fmt: skip
     gen = {"name": "sudoku", "version": "bench", "seed": 3, "params": {}}
@@ -220,13 +220,13 @@ def main() -> None:
     for r in result["generation"]:
         print(f"{r['what']:52s} {r['count']:6d} {r['seconds']:7.1f} {r['per_s']:8.2f} "
               f"{r['per_cpu_s']:9.2f}")  # fmt: skip
-    print(
-        f"\n{'streaming (batch 1024)':58s} {'rows/s':>9s} {'tokMB/s':>8s} {'fileMB/s':>8s} {'first':>6s}"
-    )
+    print(f"\n{'streaming (batch 1024)':52s} {'rows/s':>8s} {'rows/cpu-s':>10s} {'tokMB/s':>7s} "
+          f"{'fileMB/s':>8s} {'first s':>7s}")  # fmt: skip
     for r in result["stream"]:
         fm = "-" if r["file_MB_per_s"] is None else f"{r['file_MB_per_s']:.1f}"
-        print(f"{r['what']:58s} {r['rows_per_s']:9d} {r['token_MB_per_s']:8.1f} {fm:>8s} "
-              f"{r['first_batch_s']:6.2f}")  # fmt: skip
+        pc = "-" if r["rows_per_cpu_s"] is None else str(r["rows_per_cpu_s"])
+        print(f"{r['what']:52s} {r['rows_per_s']:8d} {pc:>10s} {r['token_MB_per_s']:7.1f} "
+              f"{fm:>8s} {r['first_batch_s']:7.2f}")  # fmt: skip
     result["host"]["load_avg_at_end"] = os.getloadavg()[0]
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(result, indent=1))
