@@ -121,9 +121,7 @@ class Tracker(NullTracker):
         self.uri = uri
         self.client = MlflowClient(tracking_uri=uri)
         exp_id = self._experiment_id(experiment)
-        existing = self.client.search_runs(
-            [exp_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{run_key}'", max_results=1
-        )
+        existing = _runs_with_key(self.client, exp_id, run_key)
         all_tags = {**tags, RUN_KEY_TAG: run_key}
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
@@ -196,21 +194,9 @@ class Tracker(NullTracker):
         self.client.set_terminated(self.run_id, status=status)
 
 
-def start_tracker(
-    enabled: bool,
-    *,
-    uri: str,
-    experiment: str,
-    run_name: str,
-    run_key: str,
-    params: dict[str, Any],
-    tags: dict[str, str],
-    parent_run_id: str | None = None,
-) -> NullTracker:
-    """A `Tracker` when `enabled` (call on world rank 0 only), else a `NullTracker`."""
-    if not enabled:
-        return NullTracker()
-    return Tracker(uri, experiment, run_name, run_key, params, tags, parent_run_id)
+def start_tracker(enabled: bool, **kwargs: Any) -> NullTracker:
+    """`Tracker(**kwargs)` when `enabled` (call on world rank 0 only), else a `NullTracker`."""
+    return Tracker(**kwargs) if enabled else NullTracker()
 
 
 def read_run(uri: str, run_id: str) -> dict[str, Any]:
@@ -247,10 +233,14 @@ def find_run(uri: str, experiment: str, run_key: str) -> str | None:
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         return None
-    runs = client.search_runs(
-        [exp.experiment_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{run_key}'", max_results=1
-    )
+    runs = _runs_with_key(client, exp.experiment_id, run_key)
     return runs[0].info.run_id if runs else None
+
+
+def _runs_with_key(client: Any, experiment_id: str, run_key: str) -> list[Any]:
+    return client.search_runs(
+        [experiment_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{run_key}'", max_results=1
+    )
 
 
 def download_artifact(uri: str, run_id: str, path: str) -> str:

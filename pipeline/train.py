@@ -27,7 +27,13 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import ConfigError, RunConfig, describe
-from pipeline.worker import RunInfo, loop_config, model_config, run_in_process
+from pipeline.worker import (
+    RunInfo,
+    latest_local_checkpoint,
+    loop_config,
+    model_config,
+    run_in_process,
+)
 
 
 # ---- checks before any worker starts ----------------------------------------------------------
@@ -256,7 +262,15 @@ def run_local(cfg: RunConfig, *, name: str | None = None, storage_path: str | No
     cfg = cfg.with_overrides(["resources.num_workers=1"])
     preflight(cfg, storage_path, cluster=False)
     cfg = cfg.with_overrides([f"checkpoint.storage_path={storage_path}"])
-    return run_in_process(cfg, run_info(cfg, name, storage_path))
+    info = run_info(cfg, name, storage_path)
+    metrics = run_in_process(cfg, info)
+    final = latest_local_checkpoint(Path(storage_path) / name)
+    if info.tracking_uri and final:
+        from pipeline.tracking import tag_run
+
+        tag_run(info.tracking_uri, cfg.tracking.experiment, info.run_key,
+                {"checkpoint.final": final})  # fmt: skip
+    return metrics
 
 
 # ---- CLI ------------------------------------------------------------------------------------
