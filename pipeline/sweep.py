@@ -46,6 +46,7 @@ if __package__ in (None, ""):  # run as a script (also by `ray job submit`): imp
 
 import yaml
 from ray import tune
+from ray.tune.integration.ray_train import TuneReportCallback
 
 from pipeline.config import ConfigError, RunConfig, apply_overrides
 from pipeline.sweep_config import SweepConfig, builders
@@ -147,18 +148,20 @@ class TuneReporter:
         tune.report(report, checkpoint=ck)  # copies the checkpoint to storage before returning
 
 
-def _report_callback(cfg: RunConfig, flops_per_row: float) -> Any:
-    """Forwards rank 0's evaluation reports of a TorchTrainer trial to Tune (with time axes)."""
-    from ray.tune.integration.ray_train import TuneReportCallback
+class SweepReportCallback(TuneReportCallback):
+    """Forwards rank 0's evaluation reports of a TorchTrainer trial to Tune, with time axes
+    (runs in the Train controller; made inside the trial, as Tune requires)."""
 
-    class SweepReportCallback(TuneReportCallback):
-        def after_report(self, run_context, metrics, checkpoint):
-            m = metrics[0]
-            if checkpoint is None and not is_eval_step(cfg, int(m["step"])):
-                return
-            super().after_report(run_context, [with_time_axes(m, cfg, flops_per_row)], checkpoint)
+    def __init__(self, cfg: RunConfig, flops_per_row: float):
+        super().__init__()
+        self.cfg, self.flops_per_row = cfg, flops_per_row
 
-    return SweepReportCallback()
+    def after_report(self, run_context, metrics, checkpoint):
+        m = metrics[0]
+        if checkpoint is None and not is_eval_step(self.cfg, int(m["step"])):
+            return
+        report = with_time_axes(m, self.cfg, self.flops_per_row)
+        super().after_report(run_context, [report], checkpoint)
 
 
 def run_trial(config: dict[str, Any], ctx: SweepContext) -> None:
@@ -175,7 +178,7 @@ def run_trial(config: dict[str, Any], ctx: SweepContext) -> None:
             cfg,
             name=cfg.name,
             storage_path=ctx.trials_path,
-            callbacks=[_report_callback(cfg, fpr)],
+            callbacks=[SweepReportCallback(cfg, fpr)],
             parent_run_id=ctx.parent_run_id,
         )
         return
@@ -243,15 +246,22 @@ class SweepMonitor(tune.Callback, tune.Stopper):
         if result.get("done") and int(result.get("step", 0)) < self.total_steps(trial.config):
             at_max = self.max_t and float(result.get(self.time_key, 0)) >= self.max_t
             result["stop_reason"] = "max_t" if at_max else "early-stopped"
-        self.spent = sum(float((t.last_result or {}).get("flops", 0)) for t in trials)
-        self.spent += float(result.get("flops", 0)) - float(
-            (trial.last_result or {}).get("flops", 0)
+        self._account(trials, trial, result)
+
+    def on_step_begin(self, iteration, trials, **info) -> None:
+        self._account(trials)  # before Tune starts more trials (a resumed sweep included)
+
+    def _account(self, trials, current: Any = None, result: dict | None = None) -> None:
+        """FLOPs spent = every trial's latest report (cumulative per trial); trip the budget."""
+        self.spent = sum(
+            float((result if t is current else t.last_result or {}).get("flops", 0)) for t in trials
         )
-        if self.budget_flops and self.spent >= self.budget_flops and not self.tripped:
+        if self.tripped:
+            return
+        if self.budget_flops and self.spent >= self.budget_flops:
             self.tripped = f"flops budget {self.budget_flops:.3g} spent ({self.spent:.3g})"
-        if self.budget_hours and not self.tripped:
-            if time.monotonic() - self.started >= self.budget_hours * 3600:
-                self.tripped = f"time budget {self.budget_hours:g} h spent"
+        elif self.budget_hours and time.monotonic() - self.started >= self.budget_hours * 3600:
+            self.tripped = f"time budget {self.budget_hours:g} h spent"
         if self.tripped:
             print(f"[sweep] {self.tripped}: stopping every trial", flush=True)
 
@@ -284,15 +294,12 @@ class SweepMonitor(tune.Callback, tune.Stopper):
             )
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        print(f"[sweep] trial {trial.trial_id} failed (error file: {trial.error_file})")
+        print(f"[sweep] trial {trial.trial_id} failed for good (retries used up)", flush=True)
 
     def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
-        return False
+        return False  # trials are stopped one by one by the scheduler, all at once by stop_all
 
     def stop_all(self) -> bool:
-        if self.budget_hours and not self.tripped:
-            if time.monotonic() - self.started >= self.budget_hours * 3600:
-                self.tripped = f"time budget {self.budget_hours:g} h spent"
         return bool(self.tripped)
 
 
@@ -413,17 +420,19 @@ def check_reachable(checks: list[tuple[str, str, str, str]]) -> None:
 
     probe = ray.remote(num_cpus=0, max_retries=0)(_probe)
     nodes = [n for n in ray.nodes() if n.get("Alive")]
-    for what, kind, uri, token in checks:
-        refs = [
-            probe.options(
-                scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
-            ).remote(kind, uri, token)
-            for n in nodes
-        ]
+    refs = {
+        (i, j): probe.options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
+        ).remote(kind, uri, token)
+        for i, (_, kind, uri, token) in enumerate(checks)
+        for j, n in enumerate(nodes)
+    }
+    got = dict(zip(refs, ray.get(list(refs.values()), timeout=300)))
+    for i, (what, _, uri, _) in enumerate(checks):
         errors = [
-            f"node {n['NodeID'][:8]} ({n.get('NodeManagerAddress', '?')}): {err}"
-            for n, err in zip(nodes, ray.get(refs, timeout=180))
-            if err
+            f"node {n['NodeID'][:8]} ({n.get('NodeManagerAddress', '?')}): {got[i, j]}"
+            for j, n in enumerate(nodes)
+            if got[i, j]
         ]
         if errors:
             raise ConfigError(
@@ -625,26 +634,37 @@ def run_sweep(
             f"a sweep named {sweep.name!r} already exists at {exp_path}: continue it with "
             "--resume, or start a new one under another --name"
         )
-    store = open_storage(exp_path)
-    if not resume:
+    was_interrupted = resume and not exists
+    if was_interrupted:  # stopped before Tune saved anything: nothing to restore
+        print("[sweep] no trial had started before the interruption; starting the sweep")
+        resume = False
+    parent_key = PARENT_KEY_PREFIX + exp_path
+    if not exists:
+        store = open_storage(exp_path)
         store.write_bytes(STORED_SWEEP, sweep_text.encode())
-        store.write_bytes(
-            STORED_RESOLVED, yaml.safe_dump(sweep.to_dict(), sort_keys=False).encode()
-        )
+        resolved = yaml.safe_dump(sweep.to_dict(), sort_keys=False)
+        store.write_bytes(STORED_RESOLVED, resolved.encode())
+        if base.tracking.enabled and not was_interrupted:
+            # a parent run of an earlier sweep whose storage was deleted is not continued
+            from pipeline.tracking import RUN_KEY_TAG, tag_run
+
+            tag_run(base.tracking.uri, base.tracking.experiment, parent_key,
+                    {RUN_KEY_TAG: f"{parent_key}#replaced-{uuid.uuid4().hex[:8]}"})  # fmt: skip
 
     tracker = start_tracker(
         base.tracking.enabled,
         uri=base.tracking.uri,
         experiment=base.tracking.experiment,
         run_name=sweep.name,
-        run_key=PARENT_KEY_PREFIX + exp_path,
+        run_key=parent_key,
         params=sweep_params(sweep, base, fits),
         tags={"trm.kind": "sweep", "trm.sweep": sweep.name, "trm.storage": exp_path},
     )
     if tracker.run_id:
-        verb = "continuing" if getattr(tracker, "resumed", False) else "created"
+        continuing = getattr(tracker, "resumed", False)
+        verb = "continuing" if continuing else "created"
         print(f"[sweep] MLflow parent run {tracker.run_id} ({verb}): {tracker.url}", flush=True)
-        if not getattr(tracker, "resumed", False) or not resume:
+        if not continuing:
             tracker.log_text(sweep_text, "sweep/sweep.yaml")
             tracker.log_text(
                 yaml.safe_dump(sweep.to_dict(), sort_keys=False), "sweep/resolved.yaml"

@@ -1,0 +1,199 @@
+"""`pipeline/sweep.py` on a real local Ray cluster with the embedded MLflow store: the smoke sweep
+end to end (data built on first use, ASHA stopping trials early, parent/child runs and summary
+artifacts consistent with the trials, --resume of a finished sweep rerunning nothing), the
+refusals that happen before any trial starts, and the compute budget. The `ray job submit` and
+driver-kill drills are in test_sweep_cluster.py."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from pipeline.config import ConfigError, RunConfig
+from pipeline.sweep import (
+    PARENT_KEY_PREFIX,
+    load_sweep,
+    main,
+    parse_args,
+    run_sweep,
+    stored_sweep,
+)
+from pipeline.tracking import child_runs, download_artifact, find_run, read_run
+
+SMOKE = Path(__file__).resolve().parents[1] / "sweeps" / "smoke.yaml"
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("sweep")
+
+
+def smoke_args(work: Path, name: str = "smoke", *extra: str) -> list[str]:
+    return [
+        "--sweep", str(SMOKE), "--name", name, "--storage-path", str(work / "runs"),
+        "--set", f"data.uri={work / 'data' / 'sudoku4'}",
+        "--set", f"tracking.uri=sqlite:///{work / 'mlflow.db'}", *extra,
+    ]  # fmt: skip
+
+
+def run(args: list[str], resume: bool = False):
+    """What `main(args)` does, returning the outcome (rows, parent run) instead of a status."""
+    a = parse_args(args)
+    sweep, text, exp_path = load_sweep(a.sweep, a.overrides, a.storage_path, a.name)
+    if resume:
+        sweep, text = stored_sweep(sweep, exp_path)
+    return run_sweep(sweep, text, exp_path, resume=resume)
+
+
+@pytest.mark.slow
+def test_smoke_sweep_end_to_end(ray_local, work, capfd):
+    """~2 min (4 trials, 2 at a time, then a resume): the whole sweep path in one Ray run."""
+    args = smoke_args(work)
+    out = run(args)
+    console = capfd.readouterr().out
+    uri = f"sqlite:///{work / 'mlflow.db'}"
+    exp_path = str(work / "runs" / "smoke")
+
+    # the dataset was built on first use
+    assert (work / "data" / "sudoku4" / "meta.json").is_file()
+    assert "[sweep] building dataset" in console
+
+    # four trials; ASHA stopped at least one early (the learning rate that cannot learn)
+    rows = {r.trial_id: r for r in out.rows}
+    assert len(rows) == 4 and out.exit_code == 0
+    reasons = [r.stop_reason for r in rows.values()]
+    assert "early-stopped" in reasons and "completed" in reasons, reasons
+    for r in rows.values():
+        if r.stop_reason == "completed":
+            assert r.step == r.total_steps == 24
+        else:
+            assert r.stop_reason == "early-stopped" and r.step < 24, r
+            assert r.params["optim.lr"] == 1e-6  # ASHA stopped a trial that could not learn
+        assert r.examples == r.step * 32 and r.flops > 0 and r.wall_s > 0
+        assert r.best is not None and 0 <= r.best <= 1
+    assert {(r.params["model.H_cycles"], r.params["optim.lr"]) for r in rows.values()} == {
+        (1, 3e-3), (1, 1e-6), (2, 3e-3), (2, 1e-6)}  # fmt: skip
+    assert {r.depth for r in rows.values()} == {2, 4}  # H_cycles x (L_cycles + 1) x L_layers
+
+    # the MLflow parent run and one child run per trial, consistent with the trials
+    parent_id = find_run(uri, "trm-sweeps", PARENT_KEY_PREFIX + exp_path)
+    assert parent_id == out.parent_run_id
+    parent = read_run(uri, parent_id)
+    assert parent["status"] == "FINISHED" and parent["tags"]["trm.kind"] == "sweep"
+    assert parent["params"]["sweep.num_trials"] == "4"
+    children = child_runs(uri, "trm-sweeps", parent_id)
+    assert len(children) == 4
+    for r in rows.values():
+        child = read_run(uri, children[f"{exp_path}/trials/smoke-{r.trial_id}"])
+        assert r.run_id == children[f"{exp_path}/trials/smoke-{r.trial_id}"]
+        assert child["tags"]["trm.stop_reason"] == r.stop_reason
+        assert child["status"] == ("FINISHED" if r.stop_reason == "completed" else "KILLED")
+        assert child["params"]["model.H_cycles"] == str(r.params["model.H_cycles"])
+        assert float(child["params"]["optim.lr"]) == r.params["optim.lr"]
+        evals = child["metrics"]["eval/accuracy"]
+        assert max(s for s, _ in evals) == r.step
+        assert max(v for _, v in evals) == pytest.approx(r.best)
+        assert any(a.startswith("depth_curve/") for a in child["artifacts"])
+
+    # parent artifacts: the sweep file, the summary, the best config, the plots
+    arts = parent["artifacts"]
+    for path in ("sweep/sweep.yaml", "sweep/resolved.yaml", "summary/summary.txt",
+                 "summary/summary.csv", "summary/summary.json", "best/best_config.yaml",
+                 "plots/exact_vs_depth.png", "plots/exact_vs_compute.png",
+                 "plots/depth_curves.png"):  # fmt: skip
+        assert path in arts, (path, arts)
+    assert Path(download_artifact(uri, parent_id, "sweep/sweep.yaml")).read_text() == (
+        SMOKE.read_text()
+    )
+    table = list(csv.DictReader(io.StringIO(
+        Path(download_artifact(uri, parent_id, "summary/summary.csv")).read_text())))  # fmt: skip
+    assert {t["trial_id"] for t in table} == set(rows)
+    for t in table:
+        r = rows[t["trial_id"]]
+        assert t["stop_reason"] == r.stop_reason and int(t["step"]) == r.step
+        assert float(t["best"]) == pytest.approx(r.best) and t["run_id"] == r.run_id
+    best = max(rows.values(), key=lambda r: (r.best, -r.flops))
+    assert parent["tags"]["trm.best_trial"] == best.trial_id
+    assert parent["metrics"]["best/eval/accuracy"][0][1] == pytest.approx(best.best)
+    cfg = RunConfig.from_yaml(download_artifact(uri, parent_id, "best/best_config.yaml"))
+    assert cfg.model["H_cycles"] == best.params["model.H_cycles"]
+    assert cfg.optim.lr == best.params["optim.lr"]
+    for png in ("exact_vs_depth", "exact_vs_compute", "depth_curves"):
+        data = Path(download_artifact(uri, parent_id, f"plots/{png}.png")).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+    summary = json.loads(
+        Path(download_artifact(uri, parent_id, "summary/summary.json")).read_text()
+    )
+    assert len(summary["trials"]) == 4 and summary["metric"] == "eval/accuracy"
+    assert any(t["curve"] for t in summary["trials"])  # depth curves of the best trials
+
+    # the same summary on the console and beside the experiment
+    assert out.summary_text in console
+    assert "exact accuracy by effective depth" in console and "early-stopped" in console
+    for name in ("summary.csv", "summary.txt", "best_config.yaml", "sweep.yaml"):
+        assert (work / "runs" / "smoke" / name).is_file(), name
+
+    # a second start under the same name is refused; --resume of a finished sweep reruns
+    # nothing and continues the same parent run
+    with pytest.raises(ConfigError, match=r"already exists.*--resume"):
+        run(args)
+    again = run(args, resume=True)
+    console = capfd.readouterr().out
+    assert "[smoke-" not in console  # no trial printed a line: none ran again
+    assert again.parent_run_id == parent_id
+    assert {r.trial_id: r.stop_reason for r in again.rows} == {
+        t: r.stop_reason for t, r in rows.items()
+    }
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("trm-sweeps")
+    assert len(client.search_runs([exp.experiment_id])) == 5  # one parent, four children
+
+
+def test_refused_before_any_trial_starts(ray_local, work, capsys):
+    (work / "a-file").write_text("not a directory")
+    cases = [
+        (["--set", "resources.cpus_per_worker=4"], "it would wait forever"),
+        (["--set", "resources.num_workers=2", "--set", "resources.cpus_per_worker=0.5"],
+         "no node offers 'trial_driver'"),
+        (["--set", "resources.use_gpu=true"], "GPU"),
+        (["--set", "data.global_batch_size=4096"], "fewer than its batch"),
+    ]  # fmt: skip
+    for i, (extra, needle) in enumerate(cases):
+        args = smoke_args(work, f"refused{i}", *extra)
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert needle in err, (extra, err)
+        assert not (work / "runs" / f"refused{i}").exists()  # nothing was started
+    args = smoke_args(work, "refused-storage")
+    args[args.index("--storage-path") + 1] = str(work / "a-file" / "runs")
+    assert main(args) == 2
+    assert "is not writable" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_compute_budget_stops_the_sweep(ray_local, work, tmp_path, capfd):
+    """~1 min: less than one trial's worth of FLOPs for a sweep of three, one at a time."""
+    sweep = yaml.safe_load(SMOKE.read_text())
+    sweep["scheduler"] = {"type": "fifo"}
+    sweep["space"] = {"model.H_cycles": {"grid": [1, 2, 3]}}
+    sweep["concurrency"] = 1
+    # a 24-step H_cycles=1 trial spends 768 examples x trm.flops = 2.2e9 FLOPs
+    sweep["budget"] = {"flops": 1.0e9}
+    path = tmp_path / "budget.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    args = smoke_args(work, "budget")
+    args[1] = str(path)
+    out = run(args)
+    assert "[sweep] flops budget 1e+09 spent" in capfd.readouterr().out
+    # the first trial stopped mid-way (step 16 of 24: 1.5e9 FLOPs); the others never ran
+    # (Tune creates trials as slots free up, so they may not be listed at all)
+    first, *rest = sorted(out.rows, key=lambda r: r.trial_id)
+    assert first.stop_reason == "budget" and 8 < first.step < 24, first
+    assert first.flops >= 1.0e9
+    assert all(r.stop_reason == "not started (budget)" for r in rest), rest

@@ -1,0 +1,200 @@
+"""`pipeline/sweep.py` against a `ray start --head` cluster on loopback (the `ray_head` fixture):
+
+- `ray job submit --working-dir . -- python pipeline/sweep.py --sweep sweeps/smoke.yaml` with
+  data and checkpoints on S3 (moto server) and MLflow on a real tracking server;
+- the sweep driver killed (SIGKILL) mid-sweep, then `--resume`: finished trials are not rerun,
+  the interrupted trial continues from its last checkpoint, the MLflow parent run is continued
+  (one parent, one child per trial).
+
+Both are slow (minutes on 2 shared cores): each starts real Ray trials."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from pipeline.sweep import PARENT_KEY_PREFIX
+from pipeline.tracking import child_runs, find_run, read_run
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE = REPO / "sweeps" / "smoke.yaml"
+
+pytestmark = pytest.mark.slow
+
+
+def test_ray_job_submit_smoke_sweep_on_s3_with_tracking_server(ray_head, mlflow_server):
+    s3 = ray_head.s3
+    storage = f"s3://{s3.bucket}/sweeps"
+    data = f"s3://{s3.bucket}/data/sudoku4"
+    env_vars = {k: os.environ[k] for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",
+                                           "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}  # fmt: skip
+    env_vars["MLFLOW_TRACKING_URI"] = mlflow_server
+    runtime_env = {
+        "env_vars": env_vars,
+        "excludes": [".git", ".venv", "data", "runs", "mlruns", "*.db", ".hypothesis"],
+    }
+    cmd = [
+        str(Path(sys.executable).with_name("ray")), "job", "submit",
+        "--address", ray_head.dashboard, "--working-dir", str(REPO),
+        "--runtime-env-json", json.dumps(runtime_env), "--",
+        "python", "pipeline/sweep.py", "--sweep", "sweeps/smoke.yaml",
+        "--set", f"data.uri={data}", "--storage-path", storage,
+    ]  # fmt: skip
+    out = subprocess.run(cmd, env=ray_head.env, capture_output=True, text=True, timeout=900)
+    log = out.stdout + out.stderr
+    assert out.returncode == 0, log[-6000:]
+    assert re.search(r"Job 'raysubmit_\w+' succeeded", log), log[-3000:]
+    assert "Sweep 'smoke': 4 trial(s)" in log and "early-stopped" in log, log[-3000:]
+
+    # data built on S3 on first use, trial checkpoints and the summary next to the experiment
+    keys = [o["Key"] for o in s3.client().list_objects_v2(Bucket=s3.bucket)["Contents"]]
+    assert "data/sudoku4/meta.json" in keys
+    for name in ("sweep.yaml", "sweep.resolved.yaml", "summary.csv", "best_config.yaml"):
+        assert f"sweeps/smoke/{name}" in keys, (name, keys)
+    checkpoints = {
+        k.split("/")[2] for k in keys if re.match(r"sweeps/smoke/trial_\w+/checkpoint_", k)
+    }
+    assert len(checkpoints) == 4, keys  # every trial checkpointed to S3
+
+    # the tracking server holds the parent run with its four children and artifacts
+    exp_path = f"{storage}/smoke"
+    parent_id = find_run(mlflow_server, "trm-sweeps", PARENT_KEY_PREFIX + exp_path)
+    assert parent_id is not None
+    parent = read_run(mlflow_server, parent_id)
+    assert parent["status"] == "FINISHED"
+    for path in ("summary/summary.csv", "best/best_config.yaml", "plots/exact_vs_depth.png",
+                 "plots/exact_vs_compute.png", "plots/depth_curves.png", "sweep/sweep.yaml"):  # fmt: skip
+        assert path in parent["artifacts"], path
+    children = child_runs(mlflow_server, "trm-sweeps", parent_id)
+    assert len(children) == 4
+    for key, run_id in children.items():
+        child = read_run(mlflow_server, run_id)
+        assert key.startswith(f"{exp_path}/trials/smoke-")
+        assert child["tags"]["trm.stop_reason"] in ("completed", "early-stopped")
+        assert child["tags"]["dataset"] == data
+        assert "eval/exact_accuracy" in child["metrics"]
+
+
+def _resume_sweep(tmp_path: Path) -> Path:
+    """Three trials one after another, 400 steps each, checkpoints every 40 steps, FIFO."""
+    d = yaml.safe_load(SMOKE.read_text())
+    d["name"] = "resume"
+    d["base"]["schedule"] = {"steps": 400, "log_every": 40}
+    d["base"]["eval"]["every"] = 40
+    d["base"]["checkpoint"]["every"] = 40
+    d["space"] = {"model.H_cycles": {"grid": [1, 2, 3]}}
+    d["scheduler"] = {"type": "fifo"}
+    d["concurrency"] = 1
+    path = tmp_path / "resume.yaml"
+    path.write_text(yaml.safe_dump(d))
+    return path
+
+
+def test_driver_killed_then_resume_continues_the_sweep(ray_head, tmp_path):
+    sweep = _resume_sweep(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    args = [
+        sys.executable, str(REPO / "pipeline" / "sweep.py"), "--sweep", str(sweep),
+        "--address", ray_head.address, "--storage-path", str(tmp_path / "runs"),
+        "--set", f"data.uri={tmp_path / 'data'}", "--set", f"tracking.uri={uri}",
+    ]  # fmt: skip
+    exp = tmp_path / "runs" / "resume"
+    log1 = tmp_path / "first.log"
+    with open(log1, "w") as f:
+        driver = subprocess.Popen(args, stdout=f, stderr=subprocess.STDOUT, env=ray_head.env)
+    # kill the driver once one trial has ended and the next one has written two checkpoints
+    # (Tune then has the trial's checkpoint in its experiment state: it snapshots the state
+    # every num_to_keep = 2 checkpoints)
+    ended: list[str] = []
+    victim = None
+    deadline = time.monotonic() + 600
+    try:
+        while victim is None:
+            assert driver.poll() is None, log1.read_text()[-4000:]
+            assert time.monotonic() < deadline, log1.read_text()[-4000:]
+            ended = re.findall(r"\[sweep\] trial (\w+) ended", log1.read_text())
+            running = [p.name.removeprefix("trial_") for p in exp.glob("trial_*")
+                       if len(list(p.glob("checkpoint_*"))) >= 2]  # fmt: skip
+            victim = next((t for t in running if t not in ended), None) if ended else None
+            time.sleep(0.5)
+        time.sleep(1.0)
+    finally:
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait()
+    first = log1.read_text()
+    parent_id = re.search(r"MLflow parent run (\w+) \(created\)", first).group(1)
+    assert "Sweep 'resume'" not in first  # it really was cut short
+
+    out = subprocess.run([*args, "--resume"], env=ray_head.env, capture_output=True, text=True,
+                         timeout=900)  # fmt: skip
+    second = out.stdout + out.stderr
+    assert out.returncode == 0, second[-6000:]
+    assert f"MLflow parent run {parent_id} (continuing)" in second
+    # finished trials did not run again; the interrupted one continued from its checkpoint
+    for t in ended:
+        assert f"[resume-{t}]" not in second, t
+    m = re.search(rf"\[resume-{victim}\] resumed from step (\d+)", second)
+    assert m and int(m.group(1)) >= 40, second[-4000:]
+    assert f"[resume-{victim}] step 40/400 " not in second  # not restarted from scratch
+    assert "Sweep 'resume': 3 trial(s) (3 completed)" in second, second[-3000:]
+
+    # one parent run (continued, finished) and exactly one child run per trial
+    assert find_run(uri, "trm-sweeps", PARENT_KEY_PREFIX + str(exp)) == parent_id
+    assert read_run(uri, parent_id)["status"] == "FINISHED"
+    children = child_runs(uri, "trm-sweeps", parent_id)
+    assert len(children) == 3
+    client = MlflowClient(uri)
+    exp_id = client.get_experiment_by_name("trm-sweeps").experiment_id
+    assert len(client.search_runs([exp_id])) == 4
+    # the interrupted trial's child run was continued: one run holding every logged step
+    victim_run = read_run(uri, children[f"{exp}/trials/resume-{victim}"])
+    steps = {s for s, _ in victim_run["metrics"]["train/loss"]}
+    assert steps == set(range(40, 401, 40)), steps
+    assert victim_run["status"] == "FINISHED"
+
+
+def test_multi_worker_trials_run_as_torchtrainer_runs(ray_head, tmp_path):
+    """Trials with resources.num_workers = 2: each trial's driver takes a `trial_driver` slot
+    and runs a data-parallel TorchTrainer whose evaluation reports reach Tune."""
+    d = yaml.safe_load(SMOKE.read_text())
+    d["name"] = "ddp"
+    d["base"]["resources"] = {"num_workers": 2, "cpus_per_worker": 0.5}
+    d["base"]["schedule"] = {"steps": 16, "log_every": 8}
+    d["space"] = {"model.H_cycles": {"grid": [1, 2]}}
+    d["scheduler"] = {"type": "fifo"}
+    sweep = tmp_path / "ddp.yaml"
+    sweep.write_text(yaml.safe_dump(d))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = subprocess.run(
+        [sys.executable, str(REPO / "pipeline" / "sweep.py"), "--sweep", str(sweep),
+         "--address", ray_head.address, "--storage-path", str(tmp_path / "runs"),
+         "--set", f"data.uri={tmp_path / 'data'}", "--set", f"tracking.uri={uri}"],
+        env=ray_head.env, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    log = out.stdout + out.stderr
+    assert out.returncode == 0, log[-6000:]
+    assert "Sweep 'ddp': 2 trial(s) (2 completed)" in log, log[-3000:]
+    assert "each {'CPU': 0, 'trial_driver': 1} + workers" in log
+    exp = tmp_path / "runs" / "ddp"
+    parent_id = find_run(uri, "trm-sweeps", PARENT_KEY_PREFIX + str(exp))
+    children = child_runs(uri, "trm-sweeps", parent_id)
+    assert len(children) == 2
+    for key, run_id in children.items():
+        child = read_run(uri, run_id)
+        assert child["params"]["resources.num_workers"] == "2"
+        assert child["status"] == "FINISHED"
+        assert max(s for s, _ in child["metrics"]["eval/exact_accuracy"]) == 16
+        # the Train run (checkpoints) lives under the sweep, named after the trial
+        assert list((exp / "trials" / key.rsplit("/", 1)[1]).glob("checkpoint_*")), key
+    table = (exp / "summary.csv").read_text().splitlines()
+    assert len(table) == 3 and all(",completed," in line for line in table[1:])
