@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import types
+import typing
 from dataclasses import asdict, dataclass, field
 
 from pipeline.data.errors import DatasetError
@@ -83,6 +85,42 @@ class DatasetMeta:
                 raise DatasetError(
                     f"split {name!r}: shard row counts do not add up to {s.num_rows}"
                 )
+            for sh in s.shards:
+                if (
+                    sh.num_bytes < 0
+                    or sum(sh.row_groups) != sh.num_rows
+                    or min(sh.row_groups, default=1) < 1
+                ):
+                    raise DatasetError(
+                        f"split {name!r} shard {sh.path!r}: row groups {sh.row_groups[:8]} do "
+                        f"not add up to its {sh.num_rows} rows (or a size is negative)"
+                    )
+        self._check_augmentation()
+
+    def _check_augmentation(self) -> None:
+        """What the reader's on-the-fly augmentation reads from meta is there and consistent."""
+        if self.augmentation.get("mode") != "on_the_fly":
+            return
+        if self.task in ("sudoku", "maze"):
+            key = "size" if self.task == "sudoku" else "side"
+            n = self.encoding.get(key)
+            if not _is_int(n) or n < 2 or n * n != self.seq_len:
+                raise DatasetError(
+                    f"encoding.{key} = {n!r} does not fit seq_len {self.seq_len} (a "
+                    f"{self.task} of side n has n*n cells)"
+                )
+        else:
+            a = self.augmentation
+            if not (
+                _is_int(a.get("num_aug"))
+                and a["num_aug"] >= 0
+                and _is_int(a.get("aug_seed"))
+                and isinstance(a.get("translate"), bool)
+            ):
+                raise DatasetError(
+                    "augmentation needs integer num_aug >= 0 and aug_seed and a boolean "
+                    f"translate for on-the-fly ARC, got {a}"
+                )
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1, sort_keys=True)
@@ -95,8 +133,8 @@ class DatasetMeta:
         for name, s in d.pop("splits").items():
             _check_keys(SplitMeta, s, f"{where} split {name!r}")
             shards = []
-            for sh in s["shards"]:
-                _check_keys(ShardMeta, sh, f"{where} split {name!r} shard")
+            for i, sh in enumerate(s["shards"]):
+                _check_keys(ShardMeta, sh, f"{where} split {name!r} shard {i}")
                 shards.append(ShardMeta(**sh))
             splits[name] = SplitMeta(s["num_rows"], s["num_groups"], shards)
         if d.get("format_version", FORMAT_VERSION) != FORMAT_VERSION:
@@ -104,12 +142,38 @@ class DatasetMeta:
                 f"{where}: format_version {d['format_version']} is not supported "
                 f"(this code reads {FORMAT_VERSION})"
             )
-        return cls(splits=splits, **d)
+        try:
+            return cls(splits=splits, **d)
+        except DatasetError as e:
+            raise DatasetError(f"{where}: {e}") from None
 
     def split(self, name: str) -> SplitMeta:
         if name not in self.splits:
             raise DatasetError(f"split {name!r} not in dataset; it has {sorted(self.splits)}")
         return self.splits[name]
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _fits(v, hint) -> bool:
+    """`v` (parsed JSON) has the type `hint` of a metadata field (nested dataclasses: a dict,
+    checked on its own)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is int:
+        return _is_int(v)
+    if hint is type(None):
+        return v is None
+    if origin in (types.UnionType, typing.Union):
+        return any(_fits(v, a) for a in args)
+    if dataclasses.is_dataclass(hint) or hint is dict:
+        return isinstance(v, dict)
+    if origin is list:
+        return isinstance(v, list) and all(_fits(x, args[0]) for x in v)
+    if origin is dict:
+        return isinstance(v, dict) and all(_fits(x, args[1]) for x in v.values())
+    return isinstance(v, hint)
 
 
 def _check_keys(cls, d, where: str) -> None:
@@ -125,6 +189,10 @@ def _check_keys(cls, d, where: str) -> None:
         raise DatasetError(f"{where}: unknown key(s) {sorted(unknown)}")
     if missing := required - set(d):
         raise DatasetError(f"{where}: missing key(s) {sorted(missing)}")
+    hints = typing.get_type_hints(cls)
+    for key, value in d.items():
+        if not _fits(value, hints[key]):
+            raise DatasetError(f"{where}: {key} must be {hints[key]}, got {value!r:.80}")
 
 
 def read_meta(uri: str) -> DatasetMeta:
