@@ -6,13 +6,14 @@
         ...                   #  "puzzle_identifiers": int64 [B]}
     len(stream)               # batches this iterator yields; equal on every rank
 
-Why plain pyarrow and not Ray Data: on a 2-core box the Ray Data path measured ~46k rows/s
-aggregate over 2 Train workers with 4-10 s of start-up per epoch, while pyarrow reading Parquet
-row groups directly measured 170k-360k rows/s per worker with a first batch in 0.2-0.5 s
-(../shared/RAY.md §2; our own numbers are in benchmarks/data_stream.py). TRM data is small (tens of
-MB) and the per-row work (augmentation) is cheap numpy, so Ray Data's distributed execution buys
-nothing and its per-epoch start-up dominates. Row groups also give us exact control of the
-split across ranks, which DDP needs (every rank must take the same number of steps).
+Why plain pyarrow and not Ray Data: measured on this 2-core box (benchmarks/data_stream.py, same
+200k-row Sudoku dataset, batch 1024), ShardStream gave 189k rows/s with the first batch after
+0.24 s, Ray Data `read_parquet(...).iter_batches` 14k rows/s with the first batch after 13.8 s
+(plus `ray.init`); ../shared/RAY.md saw the same ~10x inside Train workers. TRM data is small (tens
+of MB) and the per-row work (augmentation) is cheap numpy, so Ray Data's distributed execution
+buys nothing and its per-epoch start-up dominates. Reading Parquet row groups ourselves also gives
+exact control of the split across ranks, which DDP needs (every rank must take the same number
+of steps), and of the augmentation keys.
 
 How an epoch is laid out, all a pure function of (seed, epoch, world_size):
 1. Units are Parquet row groups. With shuffle, their order is permuted by (seed, epoch).
