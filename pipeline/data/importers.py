@@ -4,8 +4,10 @@ files): header `source,question,answer,rating`, one puzzle per row.
     import_csv("/data/sudoku-extreme-1k", "sudoku", "train.csv", "test.csv", subsample=1000)
     import_csv("s3://b/maze-hard", "maze", "maze/train.csv", "maze/test.csv")
 
-Every row is checked before anything is written, and a bad row raises InputError naming the file,
-the line and what is wrong: wrong field count, wrong length, a character outside the charset, an
+The framing of every row (header, field count, integer rating) is checked in a first pass before
+anything is written; then each row's content is checked as it is converted. A bad row raises
+InputError naming the file, the line and what is wrong, and leaves no meta.json, so nothing that
+looks like a dataset: wrong field count, wrong length, a character outside the charset, an
 answer that does not solve its question (Sudoku) or is not a shortest S->G path (Maze), a Sudoku
 with several solutions (`check_unique`, on by default: one solver run per puzzle, a few ms each;
 turn off for the 423k-row sudoku-extreme test file if minutes matter), a non-integer rating.
@@ -47,22 +49,31 @@ def scan_csv(path: str, min_difficulty: int | None = None):
         raise InputError(path, None, "file not found") from None
     with f:
         reader = csv.reader(f)
-        header = next(reader, None)
-        if header is None:
-            raise InputError(path, "line 1", "file is empty (expected a header row)")
-        if [h.strip() for h in header] != HEADER:
-            raise InputError(path, "line 1", f"header {header} is not {','.join(HEADER)}")
-        for row in reader:
-            line = reader.line_num
-            if len(row) != 4:
-                raise InputError(path, f"line {line}", f"expected 4 fields ({','.join(HEADER)}), got {len(row)}")  # fmt: skip
-            _, q, a, r = row
-            try:
-                rating = int(r)
-            except ValueError:
-                raise InputError(path, f"line {line}", f"rating {r!r} is not an integer") from None
-            if min_difficulty is None or rating >= min_difficulty:
-                yield line, q, a, rating
+        try:
+            yield from _rows(path, reader, min_difficulty)
+        # not UTF-8 text, a NUL byte, an unterminated quote: csv and the codec name no file
+        except (UnicodeDecodeError, csv.Error) as e:
+            where = f"line {reader.line_num + 1}"
+            raise InputError(path, where, f"not readable as UTF-8 CSV text: {e}") from None
+
+
+def _rows(path: str, reader, min_difficulty: int | None):
+    header = next(reader, None)
+    if header is None:
+        raise InputError(path, "line 1", "file is empty (expected a header row)")
+    if [h.strip() for h in header] != HEADER:
+        raise InputError(path, "line 1", f"header {header} is not {','.join(HEADER)}")
+    for row in reader:
+        line = reader.line_num
+        if len(row) != 4:
+            raise InputError(path, f"line {line}", f"expected 4 fields ({','.join(HEADER)}), got {len(row)}")  # fmt: skip
+        _, q, a, r = row
+        try:
+            rating = int(r)
+        except ValueError:
+            raise InputError(path, f"line {line}", f"rating {r!r} is not an integer") from None
+        if min_difficulty is None or rating >= min_difficulty:
+            yield line, q, a, rating
 
 
 def _check_sudoku(path, line, q, a, check_unique):
