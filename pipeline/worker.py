@@ -131,8 +131,10 @@ def _to_device(batch: dict[str, np.ndarray], device: torch.device) -> dict[str, 
 def probe_peak_flops(device: torch.device, dtype: torch.dtype = torch.float32) -> float:
     """Achieved FLOP/s of a square matmul on `device`: a quick stand-in for the peak."""
     n = 1024 if device.type == "cuda" else 512
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
+    # own generator: the global RNG state is part of a checkpoint (ACT exploration draws)
+    g = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn(n, n, device=device, dtype=dtype, generator=g)
+    b = torch.randn(n, n, device=device, dtype=dtype, generator=g)
     reps = 20 if device.type == "cuda" else 5
     for _ in range(2):
         a @ b

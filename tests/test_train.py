@@ -72,11 +72,16 @@ def test_resume_mid_act_is_exact_and_mlflow_holds_the_run(sudoku4, tmp_path):
                     "eval/accuracy", "train/lr"):  # fmt: skip
             if key in a:
                 assert math.isclose(a[key], b[key], rel_tol=1e-6, abs_tol=1e-9), (a["step"], key)
-    # model state after resuming equals the uninterrupted run's
+    # model, optimiser and RNG state after resuming equal the uninterrupted run's
     sd_full = ckpt.load(tmp_path / "runs/full/checkpoint_00000012", ckpt.TRAINER_FILE)
     sd_res = ckpt.load(tmp_path / "runs/resumed/checkpoint_00000012", ckpt.TRAINER_FILE)
     for k, v in sd_full["model"].items():
         assert (v == sd_res["model"][k]).all(), k
+    for k, v in sd_full["ema"]["shadow"].items():
+        assert (v == sd_res["ema"]["shadow"][k]).all(), k
+    rng_full = ckpt.load(tmp_path / "runs/full/checkpoint_00000012", ckpt.rank_file(0))["rng"]
+    rng_res = ckpt.load(tmp_path / "runs/resumed/checkpoint_00000012", ckpt.rank_file(0))["rng"]
+    assert (rng_full["torch"] == rng_res["torch"]).all()  # same exploration draws from here on
     assert sd_full["model"]["puzzle_emb.weight"].abs().sum() > 0  # SignSGD trained the table
 
     # the MLflow record (embedded sqlite store)
