@@ -77,6 +77,8 @@ def _load_json(path: Path):
             return json.load(f)
     except json.JSONDecodeError as e:
         raise InputError(str(path), f"line {e.lineno}", f"invalid JSON: {e.msg}") from None
+    except UnicodeDecodeError as e:
+        raise InputError(str(path), None, f"not UTF-8 text: {e}") from None
     except FileNotFoundError:
         raise InputError(str(path), None, "file not found") from None
 
