@@ -414,7 +414,10 @@ class RunConfig:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file {str(path)!r} does not exist")
-        d = yaml.safe_load(path.read_text()) or {}
+        try:
+            d = yaml.safe_load(path.read_text()) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path} is not a valid YAML file: {e}") from None
         if not isinstance(d, dict):
             raise ConfigError(f"{path}: top level must be a mapping of sections")
         return cls.from_dict(apply_overrides(d, overrides))
