@@ -158,24 +158,30 @@ def test_cli_dry_run_and_error_exit(sudoku4, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_tiny_model_learns_4x4_sudoku(sudoku4, tmp_path):
-    """~60 s on 2 cores: the paper's recipe (deep supervision, ACT, EMA, stablemax) takes a
-    small TRM from 0 to >= 50% exact accuracy on held-out easy 4x4 Sudoku in 300 steps."""
+def test_tiny_model_learns_4x4_sudoku(tmp_path):
+    """~1 min on 2 idle cores: the paper's recipe (deep supervision, ACT, EMA, stablemax,
+    AdamATan2) takes a 130k-parameter TRM from 0 to >= 35% exact accuracy on held-out 4x4
+    Sudoku (4 blanks) in 400 steps of 64 (measured: 50%; guessing 4 blanks: 0.4%)."""
+    from pipeline.data import build_sudoku
+
+    uri = str(tmp_path / "sudoku4-easy")
+    build_sudoku(uri, size=4, num_train=1024, num_test=128, seed=0, min_clues=12)
     cfg = tiny_cfg(
-        sudoku4, tmp_path,
+        uri, tmp_path,
         "model.hidden_size=64", "model.num_heads=4", "model.expansion=2.0", "model.L_layers=2",
         "model.H_cycles=2", "model.L_cycles=2", "model.puzzle_emb_ndim=0",
         "model.halt_max_steps=2", "model.halt_exploration_prob=0.1",
-        "optim.lr=3e-3", "optim.lr_warmup_steps=20", "optim.lr_min_ratio=1.0",
+        "optim.lr=5e-3", "optim.lr_warmup_steps=40", "optim.lr_min_ratio=1.0",
         "optim.weight_decay=0.1", "optim.ema_rate=0.99", "data.global_batch_size=64",
-        "schedule.steps=300", "schedule.log_every=50", "eval.every=300", "eval.max_examples=64",
-        "eval.depth_steps=4", "eval.num_pictures=0", "checkpoint.every=300",
-        "tracking.enabled=false",
+        "schedule.steps=400", "schedule.log_every=100", "schedule.report_every=0",
+        "eval.every=400", "eval.max_examples=128", "eval.depth_steps=4", "eval.num_pictures=0",
+        "checkpoint.every=400", "tracking.enabled=false",
     )  # fmt: skip
     report = LocalCheckpoints(tmp_path / "runs" / "learn")
     final = run_in_process(cfg, run_info(cfg, "learn", str(tmp_path / "runs")), report=report)
-    assert final["step"] == 300
-    assert final["eval/exact_accuracy"] >= 0.5, final
+    assert final["step"] == 400
+    assert final["eval/count"] == 128
+    assert final["eval/exact_accuracy"] >= 0.35, final
     shutil.rmtree(tmp_path / "runs", ignore_errors=True)
 
 
@@ -257,3 +263,14 @@ def test_arc_records_undo_each_variants_augmentation(tmp_path):
     assert len(records) == 2 * 8  # two test inputs x eight variants
     assert all(r["pred"] == r["label"] for r in records)  # un-augmented back to the answer
     assert arc_pass_at_k(records, [1, 2])["eval/arc_pass@1"] == 1.0
+
+
+def test_s3_storage_and_dataset_errors_before_start(sudoku4, tmp_path, s3_env):
+    ok = tiny_cfg(sudoku4, tmp_path, f"checkpoint.storage_path=s3://{s3_env.bucket}/runs")
+    preflight(ok, ok.checkpoint.storage_path, cluster=False)  # a writable bucket passes
+    bad = ok.with_overrides(["checkpoint.storage_path=s3://no-such-bucket-here/runs"])
+    with pytest.raises(ConfigError, match="no-such-bucket-here/runs' is not writable"):
+        preflight(bad, bad.checkpoint.storage_path, cluster=False)
+    missing = ok.with_overrides([f"data.uri=s3://{s3_env.bucket}/no/dataset"])
+    with pytest.raises(ConfigError, match="no dataset at"):
+        preflight(missing, missing.checkpoint.storage_path, cluster=False)
