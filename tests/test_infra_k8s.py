@@ -1,7 +1,7 @@
 """Offline checks of infra/k8s, infra/docker and how values flow into them.
 
 Validators, each run on the real tree and shown to catch a planted error in a copy:
-- KubeRay CRD schemas (v1.7.0, ../shared/schemas/kuberay) with unknown fields rejected, as the API
+- KubeRay CRD schemas (v1.7.0, vendored in infra/schemas/kuberay) with unknown fields rejected, as the API
   server's strict field validation would; skipped with the reason when the schemas are absent;
 - kubernetes-validate --strict (Kubernetes 1.32) for the core kinds;
 - yamllint (infra/.yamllint.yaml; catches duplicate keys);
@@ -43,7 +43,7 @@ JOB_MANIFEST = K8S / "sweep" / "ray-job.sweep.yaml"
 CORE_MANIFESTS = sorted(
     p for p in (REPO / K8S / "base").glob("*.yaml") if p.name != "kustomization.yaml"
 )
-SCHEMAS = REPO.parent / "shared" / "schemas" / "kuberay"
+SCHEMAS = REPO / "infra" / "schemas" / "kuberay"  # vendored KubeRay v1.7.0 CRDs (README there)
 KUBE_VERSION = "1.32"
 KUBECTL = shutil.which("kubectl")
 YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -111,7 +111,7 @@ def crd_validator(kind: str, version: str) -> jsonschema.Draft7Validator:
     """Loaded once per kind (the CRD files are megabytes of YAML)."""
     if not SCHEMAS.is_dir():
         pytest.skip(
-            f"KubeRay CRD schemas not found at {SCHEMAS} (a copy of shared/ sits beside the repo)"
+            f"KubeRay CRD schemas not found at {SCHEMAS}"
         )
     path = SCHEMAS / f"ray.io_{kind.lower()}s.yaml"
     if not path.exists():

@@ -339,7 +339,7 @@ def test_aws_root_uses_only_the_aws_provider_and_commits_its_lock():
 
 def test_kuberay_chart_matches_crd_schemas():
     """The operator chart is the KubeRay release whose CRDs the manifests are validated against."""
-    readme = REPO.parent / "shared" / "schemas" / "kuberay" / "README.md"
+    readme = REPO / "infra" / "schemas" / "kuberay" / "README.md"
     if not readme.exists():
         pytest.skip(f"{readme} not found")
     tag = re.search(r"tag \*\*v(\d+\.\d+\.\d+)\*\*", readme.read_text()).group(1)

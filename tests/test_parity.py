@@ -1,6 +1,6 @@
 """Parity with outputs recorded from the official TRM implementation (CPU, fp32).
 
-The fixture (shared/fixtures/official_trm_att_learned.pt, see its README) holds a small
+The fixture (tests/fixtures/official_trm_att_learned.pt, see its README) holds a small
 attention model with learned positions, its weights under the official key names, a batch,
 three eval-mode ACT steps and two train-mode ACT steps with gradients.
 """
@@ -16,7 +16,7 @@ from trm import TRM
 from trm.compat import load_official_state_dict, official_key, to_official_state_dict
 from trm.losses import act_loss
 
-FIXTURE = Path(__file__).parents[2] / "shared" / "fixtures" / "official_trm_att_learned.pt"
+FIXTURE = Path(__file__).parent / "fixtures" / "official_trm_att_learned.pt"
 
 pytestmark = pytest.mark.skipif(
     not FIXTURE.exists(), reason=f"official parity fixture not found at {FIXTURE}"
