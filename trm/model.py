@@ -14,6 +14,9 @@ Architecture choices (each one matches the official implementation, see TRM-SEMA
   initialised to weight 0, bias -5.
 - ACT: the carry holds (z_H, z_L, steps, halted, current_data); halted rows are reset to the
   fixed (never trained) initial states H_init/L_init and take the incoming batch row.
+- Test time: `rollout` / `predict(halt=False)` run every example halt_max_steps steps (the
+  official evaluation); `predict(halt=True)` stops each example at its first q_halt > 0 and
+  compacts the batch, so halted rows cost nothing more.
 
 Shape legend: B batch, L tokens (seq_len), P prefix slots, T = P + L, D hidden, V vocab,
 H heads, K head dim, E puzzle-embedding width, S ACT steps (rollout).
@@ -176,8 +179,12 @@ class SwiGLU(nn.Module):
         self.down_proj = CastedLinear(inner, width, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
-        return self.down_proj(F.silu(gate) * up)
+        # Two GEMMs on the halves of the fused weight rather than one and a chunk: gate and up
+        # come out contiguous (faster element-wise work) and the backward adds two [.., width]
+        # input grads instead of concatenating two [.., inner] halves (same values).
+        w = self.gate_up_proj.weight.to(x.dtype)
+        inner = w.shape[0] // 2
+        return self.down_proj(F.silu(F.linear(x, w[:inner])) * F.linear(x, w[inner:]))
 
 
 class Block(nn.Module):
@@ -232,8 +239,28 @@ class Output:
     """[B] bootstrapped q-continue target (train mode, `no_ACT_continue=False` only)."""
 
 
+@dataclass
+class Prediction:
+    """Test-time answers of `TRM.predict`, one row per example."""
+
+    preds: torch.Tensor
+    """[B, L] answer tokens (argmax of `logits`)."""
+    logits: torch.Tensor
+    """[B, L, V] logits of the step the example stopped at."""
+    q_halt_logits: torch.Tensor
+    """[B] fp32 q_halt at that step."""
+    steps: torch.Tensor
+    """[B] ACT steps the example took (int32)."""
+
+
 class TRM(nn.Module):
     """Tiny Recursive Model with ACT. `TRM(TRMConfig(...))` or `TRM(dict_of_official_fields)`."""
+
+    batch_chunk: int | None = None
+    """Run the recursion on slices of at most this many examples (a speed setting, not part of
+    the architecture: results are the same). The MLP intermediates of a whole batch are ~6x
+    the state; on a CPU, slices of ~8 keep them in cache (benchmarks/README.md has the
+    measurement). None: the whole batch at once (best on a GPU)."""
 
     def __init__(self, config: TRMConfig | dict):
         super().__init__()
@@ -297,13 +324,11 @@ class TRM(nn.Module):
             h_BTD = block(h_BTD, self.rotary)
         return h_BTD
 
-    def recurse(
-        self, zH_BTD: torch.Tensor, zL_BTD: torch.Tensor, batch: dict[str, torch.Tensor]
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One ACT step of the inner model: H_cycles x (L_cycles + 1) network calls, only the
-        last cycle with gradient. Returns (z_H, z_L, logits_BLV, q_B2)."""
+    def cycles(
+        self, zH_BTD: torch.Tensor, zL_BTD: torch.Tensor, x_BTD: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """H_cycles x (L_cycles + 1) network calls, only the last cycle with gradient."""
         cfg = self.config
-        x_BTD = self.embed(batch["inputs"], batch["puzzle_identifiers"])
         with torch.no_grad():
             for _ in range(cfg.H_cycles - 1):
                 for _ in range(cfg.L_cycles):
@@ -312,9 +337,36 @@ class TRM(nn.Module):
         for _ in range(cfg.L_cycles):
             zL_BTD = self.net(zL_BTD, zH_BTD + x_BTD)
         zH_BTD = self.net(zH_BTD, zL_BTD)
-        logits_BLV = self.lm_head(zH_BTD)[:, self.prefix_len :]
-        q_B2 = self.q_head(zH_BTD[:, 0]).float()
+        return zH_BTD, zL_BTD
+
+    def recurse(
+        self, zH_BTD: torch.Tensor, zL_BTD: torch.Tensor, batch: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One ACT step of the inner model: embed, `cycles`, heads.
+        Returns (z_H, z_L, logits_BLV, q_B2)."""
+        x_BTD = self.embed(batch["inputs"], batch["puzzle_identifiers"])
+        zH_BTD, zL_BTD = self.sliced_cycles(zH_BTD, zL_BTD, x_BTD)
+        logits_BLV, q_B2 = self.heads(zH_BTD)
         return zH_BTD, zL_BTD, logits_BLV, q_B2
+
+    def sliced_cycles(
+        self, zH_BTD: torch.Tensor, zL_BTD: torch.Tensor, x_BTD: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`cycles` on slices of at most `batch_chunk` examples."""
+        c = self.batch_chunk
+        if c is None or x_BTD.shape[0] <= c:
+            return self.cycles(zH_BTD, zL_BTD, x_BTD)
+        # examples never interact, so slices give the same results, cache-sized
+        parts = [
+            self.cycles(zh, zl, x)
+            for zh, zl, x in zip(zH_BTD.split(c), zL_BTD.split(c), x_BTD.split(c))
+        ]
+        return torch.cat([zh for zh, _ in parts]), torch.cat([zl for _, zl in parts])
+
+    def heads(self, zH_BTD: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token logits [B, L, V] (prefix dropped) and the q logits [B, 2] (fp32)."""
+        logits_BLV = self.lm_head(zH_BTD)[:, self.prefix_len :]
+        return logits_BLV, self.q_head(zH_BTD[:, 0]).float()
 
     # ---------------------------------------------------------------- ACT wrapper
     def initial_carry(self, batch: dict[str, torch.Tensor]) -> Carry:
@@ -398,6 +450,62 @@ class TRM(nn.Module):
             logits=torch.stack([o.logits for o in outs]),
             q_halt_logits=torch.stack([o.q_halt_logits for o in outs]),
             q_continue_logits=torch.stack([o.q_continue_logits for o in outs]),
+        )
+
+    @torch.inference_mode()
+    def predict(
+        self,
+        inputs: torch.Tensor,
+        puzzle_identifiers: torch.Tensor,
+        halt: bool = True,
+        max_steps: int | None = None,
+    ) -> Prediction:
+        """Test-time answers from a fresh start, up to `max_steps` ACT steps (default
+        halt_max_steps), without gradient, in any mode.
+
+        halt=True: ACT halting at test time. An example stops at the first step whose q head
+        says halt (q_halt > 0, or q_halt > q_continue when `no_ACT_continue` is False) and
+        leaves the batch: the states of the rows still running are compacted, so later steps
+        cost only what is left. halt=False: every example runs `max_steps` steps, the official
+        evaluation (the answer of the last step, as `rollout(...).logits[-1]`).
+        """
+        cfg = self.config
+        S = cfg.halt_max_steps if max_steps is None else max_steps
+        if not isinstance(S, int) or S < 1:
+            raise ValueError(f"max_steps must be a positive integer, got {max_steps!r}")
+        x_BTD = self.embed(inputs, puzzle_identifiers)
+        B = x_BTD.shape[0]
+        zH_BTD = self.H_init.expand_as(x_BTD)
+        zL_BTD = self.L_init.expand_as(x_BTD)
+        logits_out = torch.empty(
+            (B, cfg.seq_len, cfg.vocab_size), dtype=self.dtype, device=x_BTD.device
+        )
+        q_out = torch.empty(B, dtype=torch.float32, device=x_BTD.device)
+        steps_out = torch.full((B,), S, dtype=torch.int32, device=x_BTD.device)
+        rows_A = torch.arange(B, device=x_BTD.device)  # A: rows still running
+        for step in range(1, S + 1):
+            zH_BTD, zL_BTD = self.sliced_cycles(zH_BTD, zL_BTD, x_BTD)
+            if step < S and not halt:
+                continue  # only the last step's answer is used: skip the heads
+            logits_ALV, q_A2 = self.heads(zH_BTD)
+            if step == S:
+                logits_out[rows_A], q_out[rows_A] = logits_ALV, q_A2[:, 0]
+                break
+            q_halt_A, q_cont_A = q_A2[:, 0], q_A2[:, 1]
+            stop_A = q_halt_A > 0 if cfg.no_ACT_continue else q_halt_A > q_cont_A
+            if not bool(stop_A.any()):
+                continue
+            done = rows_A[stop_A]
+            logits_out[done] = logits_ALV[stop_A]
+            q_out[done] = q_halt_A[stop_A]
+            steps_out[done] = step
+            keep_A = ~stop_A
+            if not bool(keep_A.any()):
+                break
+            rows_A, x_BTD = rows_A[keep_A], x_BTD[keep_A]
+            zH_BTD, zL_BTD = zH_BTD[keep_A], zL_BTD[keep_A]
+        return Prediction(
+            preds=logits_out.argmax(-1), logits=logits_out, q_halt_logits=q_out, steps=steps_out
         )
 
     def num_params(self) -> int:
