@@ -17,6 +17,7 @@ import os
 import subprocess
 import tempfile
 import time
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +38,22 @@ def resolve_tracking_uri(configured: str = "", cwd: str | Path | None = None) ->
     return f"sqlite:///{root / LOCAL_DB}"
 
 
+def redact(uri: str) -> str:
+    """`uri` fit to print or log: a password in its user info (http://user:pw@host, which
+    MLflow's HTTP client accepts) replaced by '***'."""
+    parts = urllib.parse.urlsplit(uri)
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    if not at or ":" not in userinfo:
+        return uri
+    user = userinfo.split(":", 1)[0]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{hostport}"))
+
+
 def ui_command(uri: str) -> str:
     """The command that shows the runs of `uri` in a browser."""
     if uri.startswith("sqlite:///"):
         return f"mlflow ui --backend-store-uri {uri}"
-    return f"open {uri} in a browser"
+    return f"open {redact(uri)} in a browser"
 
 
 def code_version(repo_dir: str | Path | None = None) -> str:
@@ -136,7 +148,7 @@ class Tracker(NullTracker):
             self.resumed = False
         self.set_tags(all_tags)
         self._log_params(params, skip=set(run.data.params) if existing else set())
-        self.url = f"{uri} experiment={experiment} run={self.run_id}"
+        self.url = f"{redact(uri)} experiment={experiment} run={self.run_id}"
 
     def _experiment_id(self, name: str) -> str:
         exp = self.client.get_experiment_by_name(name)
@@ -191,7 +203,27 @@ class Tracker(NullTracker):
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def finish(self, status: str = "FINISHED") -> None:
-        self.client.set_terminated(self.run_id, status=status)
+        _set_terminated(self.client, self.uri, self.run_id, status)
+
+
+def _set_terminated(client: Any, uri: str, run_id: str, status: str) -> None:
+    """End a run. MLflow prints the run's URL to stdout when it does, with the URI's password:
+    not when the URI carries one."""
+    if redact(uri) == uri:
+        client.set_terminated(run_id, status=status)
+        return
+    key, old = (
+        "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT",
+        os.environ.get("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"),
+    )
+    os.environ[key] = "true"
+    try:
+        client.set_terminated(run_id, status=status)
+    finally:
+        if old is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = old
 
 
 def start_tracker(enabled: bool, **kwargs: Any) -> NullTracker:
@@ -298,7 +330,7 @@ def end_run(uri: str, run_id: str, status: str, tags: dict[str, str]) -> None:
 
     client = MlflowClient(tracking_uri=uri)
     client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
-    client.set_terminated(run_id, status=status)
+    _set_terminated(client, uri, run_id, status)
 
 
 def list_artifacts(uri: str, run_id: str, path: str | None = None) -> list[str]:
