@@ -123,7 +123,11 @@ def mlflow_server(tmp_path_factory):
     ]  # fmt: skip
     log = root / "server.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        # tracking needs no server-side job runner (it starts a pool of worker processes)
+        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        proc = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env
+        )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120  # cold start includes the DB migration (~20 s)
     try:
