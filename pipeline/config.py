@@ -352,13 +352,7 @@ class RunConfig:
     """MLflow."""
 
     def __post_init__(self) -> None:
-        _need(
-            isinstance(self.name, str)
-            and self.name != ""
-            and all(c.isalnum() or c in "-_." for c in self.name),
-            "name",
-            f"must be a non-empty string of letters, digits, '-', '_', '.', got {self.name!r}",
-        )
+        check_name(self.name, "name")
         _need(isinstance(self.model, dict), "model", "must be a mapping of TRMConfig fields")
         from trm.config import TRMConfig
 
@@ -428,6 +422,15 @@ class RunConfig:
     def flat(self) -> dict[str, Any]:
         """Dotted keys -> leaf values (for MLflow params)."""
         return flatten(self.to_dict())
+
+
+def check_name(name: Any, where: str) -> None:
+    """A run/sweep name that is safe as a directory and MLflow name; `ConfigError` if not."""
+    _need(
+        isinstance(name, str) and name != "" and all(c.isalnum() or c in "-_." for c in name),
+        where,
+        f"must be a non-empty string of letters, digits, '-', '_', '.', got {name!r}",
+    )
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
