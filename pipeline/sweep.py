@@ -293,6 +293,13 @@ class SweepMonitor(tune.Callback, tune.Stopper):
                 flush=True,
             )
 
+    def on_trial_recover(self, iteration, trials, trial, **info) -> None:
+        print(
+            f"[sweep] trial {trial.trial_id} failed; retrying it from its last checkpoint "
+            f"(failure {trial.num_failures})",
+            flush=True,
+        )
+
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         print(f"[sweep] trial {trial.trial_id} failed for good (retries used up)", flush=True)
 

@@ -35,7 +35,6 @@ from __future__ import annotations
 import difflib
 import inspect
 import json
-import math
 import os
 import re
 import typing
@@ -45,7 +44,15 @@ from typing import Any
 
 import yaml
 
-from pipeline.config import ConfigError, RunConfig, _build, apply_overrides
+from pipeline.config import (
+    ConfigError,
+    RunConfig,
+    _build,
+    _is_int,
+    _is_num,
+    _need,
+    apply_overrides,
+)
 
 DOMAINS = ("grid", "choice", "uniform", "loguniform", "randint")
 ALGORITHMS = ("grid", "random")
@@ -79,19 +86,6 @@ FIXED_KEYS = {
 }
 # more grid points than this are checked key by key instead of point by point
 MAX_CHECKED_POINTS = 2000
-
-
-def _need(ok: bool, where: str, msg: str) -> None:
-    if not ok:
-        raise ConfigError(f"{where}: {msg}")
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_num(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 @dataclass

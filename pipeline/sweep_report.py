@@ -65,6 +65,12 @@ def _trial_id(result: Any) -> str:
     return m.group(1) if m else "?"
 
 
+def _error_line(err: BaseException) -> str:
+    """The error's type and the last line of its message (Tune wraps the trial's traceback)."""
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[-1][:200] if lines else ''}"
+
+
 def collect_rows(sweep: SweepConfig, ctx: Any, results: Any, wall_s: float) -> list[TrialRow]:
     """One row per trial of Tune's `ResultGrid`."""
     metric, sign = sweep.search.metric, 1 if sweep.search.mode == "max" else -1
@@ -93,7 +99,7 @@ def collect_rows(sweep: SweepConfig, ctx: Any, results: Any, wall_s: float) -> l
         row.wall_s = float(m.get("time_total_s", 0.0))
         if result.error is not None:
             row.stop_reason = "error"
-            row.error = f"{type(result.error).__name__}: {str(result.error).strip().splitlines()[-1][:200] if str(result.error).strip() else ''}"
+            row.error = _error_line(result.error)
         elif "step" not in m:
             row.stop_reason = "not started"
         elif row.step >= row.total_steps:
@@ -170,21 +176,34 @@ def summary_table(rows: list[TrialRow], metric: str) -> tuple[list[str], list[li
     return headers, body
 
 
+def _layer_groups(rows: list[TrialRow]) -> dict[Any, list[TrialRow]]:
+    """Rows by L_layers when the sweep varies it (depth from layers and from recursion are not
+    the same thing), else one group."""
+    layers = {r.params.get("model.L_layers") for r in rows}
+    if len(layers) > 1 and None not in layers:
+        return {v: [r for r in rows if r.params["model.L_layers"] == v] for v in sorted(layers)}
+    return {None: rows}
+
+
 def by_depth(rows: list[TrialRow]) -> str:
-    """Best and mean exact accuracy per effective depth, with a bar per depth."""
-    depths = sorted({r.depth for r in rows})
-    lines = ["exact accuracy by effective depth = H_cycles x (L_cycles + 1) x L_layers:"]
-    for d in depths:
-        vals = [r.exact for r in rows if r.depth == d and r.exact is not None]
-        if not vals:
-            lines.append(f"  depth {d:>4}: no evaluation")
-            continue
-        best, mean = max(vals), sum(vals) / len(vals)
-        bar = "#" * round(40 * best)
-        lines.append(
-            f"  depth {d:>4}: best {best:.3f}  mean {mean:.3f}  ({len(vals)} trial(s)) |{bar}"
-        )
-    return "\n".join(lines)
+    """Best exact accuracy per effective depth (one column per layer count when the sweep
+    varies it), with a bar for the best at each depth."""
+    groups = _layer_groups(rows)
+    cols = [f"L_layers={k}" if k is not None else "best exact" for k in groups]
+    body = []
+    for d in sorted({r.depth for r in rows}):
+        cells, best_here = [], None
+        for members in groups.values():
+            vals = [r.exact for r in members if r.depth == d and r.exact is not None]
+            cells.append(f"{max(vals):.3f}" if vals else "-")
+            if vals:
+                best_here = max(vals) if best_here is None else max(best_here, *vals)
+        n = sum(r.depth == d for r in rows)
+        bar = "#" * round(40 * best_here) if best_here is not None else ""
+        body.append([str(d), *cells, str(n), "|" + bar])
+    title = "Best exact accuracy by effective depth = H_cycles x (L_cycles + 1) x L_layers:"
+    lines = table(["depth", *cols, "trials", "best"], body).splitlines()
+    return "\n".join([title, *("  " + line for line in lines)])
 
 
 def summary_text(
@@ -196,7 +215,8 @@ def summary_text(
     head = (
         f"Sweep {sweep.name!r}: {len(rows)} trial(s) ("
         + ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
-        + f") in {_clock(wall_s)}; {sum(r.flops for r in rows):.3g} training FLOPs"
+        + f"); {sum(r.flops for r in rows):.3g} training FLOPs; trial time "
+        + f"{_clock(sum(r.wall_s for r in rows))}, wall time of this invocation {_clock(wall_s)}"
     )
     headers, body = summary_table(rows, sweep.search.metric)
     parts = [head, "", table(headers, body), "", by_depth(rows), ""]
@@ -254,26 +274,37 @@ def _label(r: TrialRow) -> str:
     return ",".join(parts)
 
 
+def _depth_axis(ax: Any, depths: list[int]) -> None:
+    if len(depths) > 1 and depths[-1] / max(depths[0], 1) >= 16:
+        ax.set_xscale("log", base=2)
+    from matplotlib.ticker import MaxNLocator, ScalarFormatter
+
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def depth_figure(rows: list[TrialRow]):
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     done = [r for r in rows if r.exact is not None]
-    for stopped, marker in ((False, "o"), (True, "x")):
-        pts = [r for r in done if (r.stop_reason != "completed") == stopped]
-        if pts:
-            ax.scatter([r.depth for r in pts], [r.exact for r in pts], marker=marker,
-                       label="stopped early" if stopped else "completed")  # fmt: skip
-    depths = sorted({r.depth for r in done})
-    if depths:
-        ax.plot(depths, [max(r.exact for r in done if r.depth == d) for d in depths], c="grey",
-                lw=1, ls="--", label="best per depth")  # fmt: skip
-        if len(depths) > 1 and depths[-1] / max(depths[0], 1) >= 8:
-            ax.set_xscale("log", base=2)
+    for i, (layers, members) in enumerate(_layer_groups(done).items()):
+        name = f"L_layers={layers}" if layers is not None else "trials"
+        colour = f"C{i}"
+        for stopped, marker in ((False, "o"), (True, "x")):
+            pts = [r for r in members if (r.stop_reason != "completed") == stopped]
+            if pts:
+                ax.scatter([r.depth for r in pts], [r.exact for r in pts], marker=marker,
+                           c=colour, label=f"{name}{' (stopped early)' if stopped else ''}")  # fmt: skip
+        depths = sorted({r.depth for r in members})
+        best = [max(r.exact for r in members if r.depth == d) for d in depths]
+        ax.plot(depths, best, c=colour, lw=1, ls="--")
+    _depth_axis(ax, sorted({r.depth for r in done}))
     ax.set_xlabel("effective depth = H_cycles x (L_cycles + 1) x L_layers")
     ax.set_ylabel("best eval exact accuracy")
     ax.set_ylim(-0.02, 1.02)
-    ax.set_title("Exact accuracy vs effective depth")
-    ax.legend(fontsize=8)
+    ax.set_title("Exact accuracy vs effective depth (dashed: best per depth)")
+    if done:
+        ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -310,12 +341,15 @@ def compute_figure(rows: list[TrialRow]):
 
 def curves_figure(rows: list[TrialRow]):
     plt = _plt()
+    from matplotlib.ticker import MaxNLocator
+
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for r in rows:
         if r.curve:
             ax.plot(range(1, len(r.curve) + 1), r.curve, marker="o", ms=3,
                     label=f"{r.trial_id} (depth {r.depth}; {_label(r)})")  # fmt: skip
             ax.axvline(r.halt_max_steps, c="grey", ls=":", lw=0.8)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("ACT steps at test time (dotted: training halt_max_steps)")
     ax.set_ylabel("exact accuracy")
     ax.set_ylim(-0.02, 1.02)

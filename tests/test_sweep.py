@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -72,9 +73,10 @@ def test_smoke_sweep_end_to_end(ray_local, work, capfd):
     for r in rows.values():
         if r.stop_reason == "completed":
             assert r.step == r.total_steps == 24
-        else:
+        else:  # either good trial may lose to the other at the first rung; never both
             assert r.stop_reason == "early-stopped" and r.step < 24, r
-            assert r.params["optim.lr"] == 1e-6  # ASHA stopped a trial that could not learn
+        if r.params["optim.lr"] == 1e-6:  # cannot learn: below every rung's cutoff
+            assert r.stop_reason == "early-stopped" and r.step == 8, r
         assert r.examples == r.step * 32 and r.flops > 0 and r.wall_s > 0
         assert r.best is not None and 0 <= r.best <= 1
     assert {(r.params["model.H_cycles"], r.params["optim.lr"]) for r in rows.values()} == {
@@ -197,3 +199,58 @@ def test_compute_budget_stops_the_sweep(ray_local, work, tmp_path, capfd):
     assert first.stop_reason == "budget" and 8 < first.step < 24, first
     assert first.flops >= 1.0e9
     assert all(r.stop_reason == "not started (budget)" for r in rest), rest
+
+
+@pytest.mark.slow
+def test_failed_trial_is_retried_from_its_last_checkpoint(ray_local, work, tmp_path, capfd):
+    """~1 min: the trial's process is killed (SIGKILL) after its second checkpoint; Tune
+    retries it (max_failures) from that checkpoint and it finishes, in the same child run."""
+    import os
+    import signal
+    import threading
+    import time
+
+    import ray
+    from ray.util.state import list_actors
+
+    sweep = yaml.safe_load(SMOKE.read_text())
+    sweep["base"]["schedule"] = {"steps": 400, "log_every": 40}
+    sweep["base"]["eval"]["every"] = 40
+    sweep["base"]["checkpoint"]["every"] = 40
+    sweep["space"] = {"model.H_cycles": {"grid": [1]}, "optim.lr": {"grid": [3e-3]}}
+    sweep["scheduler"] = {"type": "fifo"}
+    sweep["max_failures"] = 1
+    path = tmp_path / "retry.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    args = smoke_args(work, "retry")
+    args[1] = str(path)
+    exp = work / "runs" / "retry"
+    killed: list[int] = []
+    gcs = ray.get_runtime_context().gcs_address  # this test's cluster, not another on the box
+
+    def kill_after_two_checkpoints():
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not killed:
+            if len(list(exp.glob("trial_*/checkpoint_*"))) >= 2:
+                actors = list_actors(address=gcs, filters=[("state", "=", "ALIVE")])
+                pids = [a.pid for a in actors if a.class_name == "ImplicitFunc"]  # Tune trials
+                if pids:
+                    os.kill(pids[0], signal.SIGKILL)
+                    killed.append(pids[0])
+            time.sleep(0.2)
+
+    killer = threading.Thread(target=kill_after_two_checkpoints, daemon=True)
+    killer.start()
+    out = run(args)
+    killer.join(timeout=10)
+    console = capfd.readouterr().out
+    assert killed, "the trial process was never killed"
+    (row,) = out.rows
+    assert row.stop_reason == "completed" and row.step == 400
+    m = re.search(rf"\[retry-{row.trial_id}\] resumed from step (\d+)", console)
+    assert m and int(m.group(1)) >= 80, console[-3000:]
+    uri = f"sqlite:///{work / 'mlflow.db'}"
+    children = child_runs(uri, "trm-sweeps", out.parent_run_id)
+    assert len(children) == 1  # the retry continued the trial's MLflow run
+    (run_id,) = children.values()
+    assert read_run(uri, run_id)["status"] == "FINISHED"

@@ -86,13 +86,13 @@ def test_ray_job_submit_smoke_sweep_on_s3_with_tracking_server(ray_head, mlflow_
 
 
 def _resume_sweep(tmp_path: Path) -> Path:
-    """Three trials one after another, 400 steps each, checkpoints every 40 steps, FIFO."""
+    """Two trials one after another, 400 steps each, checkpoints every 40 steps, FIFO."""
     d = yaml.safe_load(SMOKE.read_text())
     d["name"] = "resume"
     d["base"]["schedule"] = {"steps": 400, "log_every": 40}
     d["base"]["eval"]["every"] = 40
     d["base"]["checkpoint"]["every"] = 40
-    d["space"] = {"model.H_cycles": {"grid": [1, 2, 3]}}
+    d["space"] = {"model.H_cycles": {"grid": [1, 2]}}
     d["scheduler"] = {"type": "fifo"}
     d["concurrency"] = 1
     path = tmp_path / "resume.yaml"
@@ -146,16 +146,16 @@ def test_driver_killed_then_resume_continues_the_sweep(ray_head, tmp_path):
     m = re.search(rf"\[resume-{victim}\] resumed from step (\d+)", second)
     assert m and int(m.group(1)) >= 40, second[-4000:]
     assert f"[resume-{victim}] step 40/400 " not in second  # not restarted from scratch
-    assert "Sweep 'resume': 3 trial(s) (3 completed)" in second, second[-3000:]
+    assert "Sweep 'resume': 2 trial(s) (2 completed)" in second, second[-3000:]
 
     # one parent run (continued, finished) and exactly one child run per trial
     assert find_run(uri, "trm-sweeps", PARENT_KEY_PREFIX + str(exp)) == parent_id
     assert read_run(uri, parent_id)["status"] == "FINISHED"
     children = child_runs(uri, "trm-sweeps", parent_id)
-    assert len(children) == 3
+    assert len(children) == 2
     client = MlflowClient(uri)
     exp_id = client.get_experiment_by_name("trm-sweeps").experiment_id
-    assert len(client.search_runs([exp_id])) == 4
+    assert len(client.search_runs([exp_id])) == 3
     # the interrupted trial's child run was continued: one run holding every logged step
     victim_run = read_run(uri, children[f"{exp}/trials/resume-{victim}"])
     steps = {s for s, _ in victim_run["metrics"]["train/loss"]}
@@ -170,7 +170,7 @@ def test_multi_worker_trials_run_as_torchtrainer_runs(ray_head, tmp_path):
     d["name"] = "ddp"
     d["base"]["resources"] = {"num_workers": 2, "cpus_per_worker": 0.5}
     d["base"]["schedule"] = {"steps": 16, "log_every": 8}
-    d["space"] = {"model.H_cycles": {"grid": [1, 2]}}
+    d["space"] = {"model.H_cycles": {"grid": [2]}}
     d["scheduler"] = {"type": "fifo"}
     sweep = tmp_path / "ddp.yaml"
     sweep.write_text(yaml.safe_dump(d))
@@ -183,12 +183,12 @@ def test_multi_worker_trials_run_as_torchtrainer_runs(ray_head, tmp_path):
     )  # fmt: skip
     log = out.stdout + out.stderr
     assert out.returncode == 0, log[-6000:]
-    assert "Sweep 'ddp': 2 trial(s) (2 completed)" in log, log[-3000:]
+    assert "Sweep 'ddp': 1 trial(s) (1 completed)" in log, log[-3000:]
     assert "each {'CPU': 0, 'trial_driver': 1} + workers" in log
     exp = tmp_path / "runs" / "ddp"
     parent_id = find_run(uri, "trm-sweeps", PARENT_KEY_PREFIX + str(exp))
     children = child_runs(uri, "trm-sweeps", parent_id)
-    assert len(children) == 2
+    assert len(children) == 1
     for key, run_id in children.items():
         child = read_run(uri, run_id)
         assert child["params"]["resources.num_workers"] == "2"
@@ -197,4 +197,4 @@ def test_multi_worker_trials_run_as_torchtrainer_runs(ray_head, tmp_path):
         # the Train run (checkpoints) lives under the sweep, named after the trial
         assert list((exp / "trials" / key.rsplit("/", 1)[1]).glob("checkpoint_*")), key
     table = (exp / "summary.csv").read_text().splitlines()
-    assert len(table) == 3 and all(",completed," in line for line in table[1:])
+    assert len(table) == 2 and ",completed," in table[1]
