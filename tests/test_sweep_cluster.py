@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -198,3 +199,40 @@ def test_multi_worker_trials_run_as_torchtrainer_runs(ray_head, tmp_path):
         assert list((exp / "trials" / key.rsplit("/", 1)[1]).glob("checkpoint_*")), key
     table = (exp / "summary.csv").read_text().splitlines()
     assert len(table) == 2 and ",completed," in table[1]
+
+
+def test_storage_that_a_node_cannot_reach_is_refused(s3_env, tmp_path, monkeypatch, capsys):
+    """A two-node cluster (ray.cluster_utils) whose second node has the wrong S3 endpoint: the
+    sweep stops before any trial, naming the storage and that node."""
+    import tempfile
+
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from pipeline.sweep import main
+
+    # a private Ray temp dir: the simulated cluster must not become "the" local cluster of others
+    ray_tmp = tempfile.mkdtemp(prefix="trm-rt-", dir="/tmp")
+    monkeypatch.setenv("RAY_TMPDIR", ray_tmp)
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    blind = cluster.add_node(num_cpus=1, env_vars={"AWS_ENDPOINT_URL": "http://127.0.0.1:9"})
+    try:
+        ray.init(address=cluster.address)
+        args = [
+            "--sweep", str(SMOKE), "--address", cluster.address,
+            "--storage-path", f"s3://{s3_env.bucket}/sweeps",
+            "--set", f"data.uri=s3://{s3_env.bucket}/data/sudoku4",
+            "--set", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+        ]  # fmt: skip
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert f"storage path 's3://{s3_env.bucket}/sweeps/.trm-sweep-probe-" in err, err
+        assert "is not reachable from every Ray node" in err
+        assert f"node {blind.node_id[:8]}" in err  # the blind node, and only it
+        assert f"node {cluster.head_node.node_id[:8]}" not in err
+        objects = s3_env.client().list_objects_v2(Bucket=s3_env.bucket, Prefix="sweeps/")
+        assert objects.get("KeyCount", 0) == 0  # probe markers removed, no sweep started
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
