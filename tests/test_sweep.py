@@ -180,7 +180,8 @@ def test_refused_before_any_trial_starts(ray_local, work, capsys):
 
 @pytest.mark.slow
 def test_compute_budget_stops_the_sweep(ray_local, work, tmp_path, capfd):
-    """~1 min: less than one trial's worth of FLOPs for a sweep of three, one at a time."""
+    """~30 s: less than one trial's worth of FLOPs for a sweep of three, one at a time; with
+    MLflow off (the summary still prints and lands beside the experiment)."""
     sweep = yaml.safe_load(SMOKE.read_text())
     sweep["scheduler"] = {"type": "fifo"}
     sweep["space"] = {"model.H_cycles": {"grid": [1, 2, 3]}}
@@ -189,10 +190,13 @@ def test_compute_budget_stops_the_sweep(ray_local, work, tmp_path, capfd):
     sweep["budget"] = {"flops": 1.0e9}
     path = tmp_path / "budget.yaml"
     path.write_text(yaml.safe_dump(sweep))
-    args = smoke_args(work, "budget")
+    args = smoke_args(work, "budget", "--set", "tracking.enabled=false")
     args[1] = str(path)
     out = run(args)
-    assert "[sweep] flops budget 1e+09 spent" in capfd.readouterr().out
+    console = capfd.readouterr().out
+    assert "[sweep] flops budget 1e+09 spent" in console
+    assert out.parent_run_id == "" and "MLflow parent run" not in console
+    assert "budget" in (work / "runs" / "budget" / "summary.csv").read_text()
     # the first trial stopped mid-way (step 16 of 24: 1.5e9 FLOPs); the others never ran
     # (Tune creates trials as slots free up, so they may not be listed at all)
     first, *rest = sorted(out.rows, key=lambda r: r.trial_id)
