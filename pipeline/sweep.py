@@ -710,9 +710,7 @@ def run_sweep(
     except BaseException:
         tracker.set_tags({"trm.status": "interrupted"})
         raise
-    outcome = finish_sweep(
-        sweep, ctx, results, tracker, wall_s=time.time() - t_start, sweep_text=sweep_text
-    )
+    outcome = finish_sweep(sweep, ctx, results, tracker, time.time() - t_start)
     tracker.finish("FINISHED" if outcome.exit_code == 0 else "FAILED")
     return outcome
 

@@ -29,6 +29,8 @@ from pipeline.sweep_config import SweepConfig, effective_depth
 EXACT = "eval/exact_accuracy"
 TOP_CURVES = 3
 STATUS = {"completed": "FINISHED", "error": "FAILED"}  # anything else: KILLED
+STOP_REASONS = ("completed", "early-stopped", "max_t", "budget", "error", "interrupted",
+                "not started", "not started (budget)")  # fmt: skip
 
 
 @dataclass
@@ -382,9 +384,7 @@ def attach_runs(rows: list[TrialRow], ctx: Any, experiment: str, mode: str) -> N
             )
 
 
-def finish_sweep(
-    sweep: SweepConfig, ctx: Any, results: Any, tracker: Any, *, wall_s: float, sweep_text: str
-) -> Any:
+def finish_sweep(sweep: SweepConfig, ctx: Any, results: Any, tracker: Any, wall_s: float) -> Any:
     """Summarise, print, store and log the sweep; set each child run's final status."""
     from pipeline.data.storage import open_storage
     from pipeline.sweep import SweepOutcome
@@ -428,10 +428,13 @@ def finish_sweep(
             store.write_bytes(path.split("/")[-1], buf.getvalue())
         finally:
             plt.close(fig)
-    counts = {f"trials/{k.replace(' ', '_')}": float(sum(r.stop_reason == k for r in rows))
-              for k in {r.stop_reason for r in rows}}  # fmt: skip
+    # every reason, zeros included, so a resumed sweep overwrites the counts of the last run
+    counts = {f"trials/{re.sub(r'[^a-z_]+', '_', k).strip('_')}":
+              float(sum(r.stop_reason == k for r in rows)) for k in STOP_REASONS}  # fmt: skip
     metrics = {"trials/total": float(len(rows)), **counts,
-               "compute/flops": sum(r.flops for r in rows), "sweep/wall_s": wall_s}  # fmt: skip
+               "compute/flops": sum(r.flops for r in rows),
+               "sweep/trial_time_s": sum(r.wall_s for r in rows),
+               "sweep/invocation_wall_s": wall_s}  # fmt: skip
     if best is not None:
         metrics[f"best/{sweep.search.metric}"] = best.best
         tracker.set_tags({"trm.best_trial": best.trial_id, "trm.best_run_id": best.run_id})
