@@ -48,6 +48,15 @@ def is_local(uri: str) -> bool:
     return "://" not in uri or uri.startswith("file://")
 
 
+def with_absolute_paths(cfg: RunConfig) -> RunConfig:
+    """Local data and storage paths made absolute here: workers run in other directories."""
+    data = cfg.data.uri
+    if is_local(data):
+        data = str(Path(data.removeprefix("file://")).expanduser().resolve())
+    storage = resolve_storage_path(cfg.checkpoint.storage_path)
+    return cfg.with_overrides([f"data.uri={data}", f"checkpoint.storage_path={storage}"])
+
+
 def check_storage_writable(storage_path: str) -> None:
     """Write and delete a marker under `storage_path`; `ConfigError` if that fails."""
     from pipeline.data.storage import open_storage
@@ -171,6 +180,7 @@ def build_trainer(
     from pipeline.worker import train_loop_per_worker
 
     name = name or cfg.name
+    cfg = with_absolute_paths(cfg)
     storage_path = resolve_storage_path(storage_path or cfg.checkpoint.storage_path)
     if check:
         preflight(cfg, storage_path, cluster=True)
@@ -259,7 +269,7 @@ def run_local(cfg: RunConfig, *, name: str | None = None, storage_path: str | No
     storage_path = resolve_storage_path(storage_path or cfg.checkpoint.storage_path)
     if not is_local(storage_path):
         raise ConfigError("--local keeps checkpoints on a local checkpoint.storage_path only")
-    cfg = cfg.with_overrides(["resources.num_workers=1"])
+    cfg = with_absolute_paths(cfg.with_overrides(["resources.num_workers=1"]))
     preflight(cfg, storage_path, cluster=False)
     cfg = cfg.with_overrides([f"checkpoint.storage_path={storage_path}"])
     info = run_info(cfg, name, storage_path)

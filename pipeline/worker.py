@@ -506,8 +506,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     cfg = RunConfig.from_dict(config["run"])
     info = RunInfo(**config["info"])
     ctx = ray.train.get_context()
-    for name in ("ray.train", "botocore", "boto3", "urllib3"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    # Ray Train logs every report (with all metrics) at INFO; boto logs every S3 client
+    quiet = ("ray.train", "botocore", "boto3", "urllib3")
+    for name in [*quiet, *logging.root.manager.loggerDict]:
+        if name.startswith(quiet) or "/ray/train/" in name:  # some are named by file path
+            logging.getLogger(name).setLevel(logging.WARNING)
 
     def report(metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
         if checkpoint_dir is None:
