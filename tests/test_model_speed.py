@@ -4,6 +4,7 @@ with batch compaction, and fixed depth) and `TRM.batch_chunk` (the recursion on 
 from __future__ import annotations
 
 import pytest
+import test_model
 import torch
 
 from trm import TRM, TRMConfig
@@ -11,12 +12,7 @@ from trm.losses import act_loss
 
 
 def tiny(**kw) -> TRMConfig:
-    base = dict(
-        hidden_size=16, num_heads=2, expansion=2, L_layers=2, H_cycles=2, L_cycles=2,
-        seq_len=6, vocab_size=5, num_puzzle_identifiers=4, puzzle_emb_ndim=16,
-        puzzle_emb_len=2, halt_max_steps=5, halt_exploration_prob=0.0,
-    )  # fmt: skip
-    return TRMConfig(**{**base, **kw})
+    return test_model.tiny(**{"halt_max_steps": 5, **kw})
 
 
 def batch_of(cfg: TRMConfig, B: int, seed: int = 0) -> dict[str, torch.Tensor]:
