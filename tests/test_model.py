@@ -75,12 +75,16 @@ def test_rollout_stacks_steps_and_equals_stepping():
     assert out.q_halt_logits.shape == (4, 2)
     carry = model.initial_carry(batch)
     with torch.no_grad():
-        for k in range(4):
+        for k in range(3):
             carry, step = model(carry, batch)
             torch.testing.assert_close(out.logits[k], step.logits, atol=0, rtol=0)
-    # after halt_max_steps (3) the batch restarts: step 4 equals step 1
-    torch.testing.assert_close(out.logits[3], out.logits[0])
-    assert not torch.allclose(out.logits[1], out.logits[0])
+    assert carry.halted.all()  # halt_max_steps (3) reached: stepping on would restart
+    # rollout keeps refining past halt_max_steps: step 4 is what a model allowed 4 steps gives
+    deeper = TRM(cfg.to_dict() | {"halt_max_steps": 4}).eval()
+    deeper.load_state_dict(model.state_dict())
+    ref = deeper.rollout(batch["inputs"], batch["puzzle_identifiers"], num_steps=4)
+    torch.testing.assert_close(out.logits, ref.logits, atol=0, rtol=0)
+    assert not torch.allclose(out.logits[3], out.logits[0])
     with pytest.raises(ValueError, match="num_steps"):
         model.rollout(batch["inputs"], batch["puzzle_identifiers"], num_steps=0)
 

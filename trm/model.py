@@ -26,7 +26,7 @@ H heads, K head dim, E puzzle-embedding width, S ACT steps (rollout).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -435,8 +435,10 @@ class TRM(nn.Module):
         self, inputs: torch.Tensor, puzzle_identifiers: torch.Tensor, num_steps: int | None = None
     ) -> Output:
         """`num_steps` ACT steps (default halt_max_steps) from a fresh carry on one batch,
-        without gradient. Returns logits [S, B, L, V], q_*_logits [S, B]. Use in eval mode
-        (in train mode rows may halt, restart and explore as in training)."""
+        without gradient. Returns logits [S, B, L, V], q_*_logits [S, B]. Use in eval mode,
+        where every row keeps refining its own example for all S steps, also beyond
+        halt_max_steps (test-time depth); in train mode rows may halt, restart and explore
+        as in training."""
         S = self.config.halt_max_steps if num_steps is None else num_steps
         if not isinstance(S, int) or S < 1:
             raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}")
@@ -445,6 +447,9 @@ class TRM(nn.Module):
         outs = []
         for _ in range(S):
             carry, out = self(carry, batch)
+            if not self.training:
+                # halting at halt_max_steps would restart the example on the next call
+                carry = replace(carry, halted=torch.zeros_like(carry.halted))
             outs.append(out)
         return Output(
             logits=torch.stack([o.logits for o in outs]),
