@@ -148,9 +148,11 @@ class S3Storage:
             ConnectionClosedError,
             ConnectTimeoutError,
             EndpointConnectionError,
+            IncompleteReadError,
             NoCredentialsError,
             PartialCredentialsError,
             ReadTimeoutError,
+            ResponseStreamingError,
         )
 
         target = f"s3://{self.bucket}/{kwargs.get('Key', kwargs.get('Prefix', ''))}"
@@ -170,6 +172,8 @@ class S3Storage:
                 ConnectTimeoutError,
                 ReadTimeoutError,
                 ConnectionClosedError,
+                ResponseStreamingError,  # the connection dropped while the body streamed
+                IncompleteReadError,
             ) as e:
                 last = e
             except ClientError as e:
@@ -196,15 +200,17 @@ class S3Storage:
             f"{self.max_attempts} times; last error: {last}"
         ) from last
 
+    def _get_object_bytes(self, **kwargs) -> bytes:
+        # the body is read inside the retried call: a connection can drop mid-download too
+        return self.client.get_object(**kwargs)["Body"].read()
+
     def read_bytes(self, key: str) -> bytes:
-        resp = self._call("read", self.client.get_object, Key=self._key(key))
-        return resp["Body"].read()
+        return self._call("read", self._get_object_bytes, Key=self._key(key))
 
     def read_range(self, key: str, start: int, stop: int) -> bytes:
-        resp = self._call(
-            "read", self.client.get_object, Key=self._key(key), Range=f"bytes={start}-{stop - 1}"
+        return self._call(
+            "read", self._get_object_bytes, Key=self._key(key), Range=f"bytes={start}-{stop - 1}"
         )
-        return resp["Body"].read()
 
     def write_bytes(self, key: str, data: bytes) -> None:
         self._call("write", self.client.put_object, Key=self._key(key), Body=data)
