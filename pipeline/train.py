@@ -242,7 +242,10 @@ def run_training(
     trainer = build_trainer(
         cfg, name=name, storage_path=storage_path, callbacks=callbacks, parent_run_id=parent_run_id
     )
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except Exception as e:
+        raise _storage_named(e, storage_path) from e
     if cfg.tracking.enabled and result.checkpoint is not None:
         from pipeline.tracking import resolve_tracking_uri, tag_run
 
@@ -261,6 +264,22 @@ def run_training(
             tags,
         )
     return result
+
+
+def _storage_named(error: Exception, storage_path: str) -> Exception:
+    """`error`, or a StorageError naming the S3 endpoint when the run died on checkpoint storage:
+    Ray Train's uploads and its run snapshot go through pyarrow, whose errors name a bucket and
+    key but often not the endpoint ('Empty reply from server')."""
+    if not storage_path.startswith("s3://") or "AWS Error" not in str(error):
+        return error
+    from pipeline.data.errors import StorageError
+    from pipeline.data.storage import open_storage
+
+    endpoint = open_storage(storage_path).endpoint
+    return StorageError(
+        f"checkpoint storage {storage_path} at S3 endpoint {endpoint} failed: "
+        f"{type(error).__name__}: {error}"
+    )
 
 
 def run_local(cfg: RunConfig, *, name: str | None = None, storage_path: str | None = None):
