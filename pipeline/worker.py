@@ -526,9 +526,17 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     checkpoint = ray.train.get_checkpoint()
     with contextlib.ExitStack() as stack:
         # the directory is only valid inside this block; train_loop reads it before training
-        resume_dir = None
         if checkpoint is not None:
-            resume_dir = first_complete_checkpoint(_ray_checkpoints(checkpoint), stack, say)
+            candidates = _ray_checkpoints(checkpoint)
+        else:
+            # Ray Train knows of no checkpoint, yet its record (the run snapshot, written by
+            # the controller some time after a report) can be missing while complete
+            # checkpoints sit in storage, e.g. when storage failed before the snapshot was
+            # written. Starting over would silently drop them.
+            candidates = _stored_checkpoints(info.run_key)
+        resume_dir = first_complete_checkpoint(candidates, stack, say)
+        if checkpoint is None and resume_dir is not None and ctx.get_world_rank() == 0:
+            say(f"[{info.name}] Ray Train had no record of a checkpoint; found one in storage")
         session = Session(
             world_rank=ctx.get_world_rank(),
             world_size=ctx.get_world_size(),
@@ -547,21 +555,33 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 def _ray_checkpoints(checkpoint: Any) -> Iterator[tuple[str, Any]]:
     """(name, context giving a local directory) of the checkpoint Ray Train hands over, then of
     the run's older checkpoints in the same storage, newest first (names sort by step)."""
+    yield checkpoint.path, checkpoint.as_directory()
+    parent, _, name = checkpoint.path.rstrip("/").rpartition("/")
+    yield from _checkpoints_in(checkpoint.filesystem, parent, before=name)
+
+
+def _stored_checkpoints(run_dir: str) -> Iterator[tuple[str, Any]]:
+    """Candidates for `first_complete_checkpoint` in a run directory (local path or s3://)."""
+    import pyarrow.fs as pafs
+
+    fs, path = pafs.FileSystem.from_uri(run_dir if "://" in run_dir else f"file://{run_dir}")
+    yield from _checkpoints_in(fs, path)
+
+
+def _checkpoints_in(fs: Any, parent: str, before: str = "") -> Iterator[tuple[str, Any]]:
     import pyarrow.fs as pafs
     import ray.train
 
-    yield checkpoint.path, checkpoint.as_directory()
-    parent, _, name = checkpoint.path.rstrip("/").rpartition("/")
-    infos = checkpoint.filesystem.get_file_info(pafs.FileSelector(parent))
-    older = [
+    infos = fs.get_file_info(pafs.FileSelector(parent, allow_not_found=True))
+    found = [
         i.path
         for i in infos
         if i.type == pafs.FileType.Directory
         and i.base_name.startswith("checkpoint_")
-        and i.base_name < name
+        and (not before or i.base_name < before)
     ]
-    for path in sorted(older, reverse=True):
-        yield path, ray.train.Checkpoint(path, filesystem=checkpoint.filesystem).as_directory()
+    for path in sorted(found, reverse=True):
+        yield path, ray.train.Checkpoint(path, filesystem=fs).as_directory()
 
 
 def first_complete_checkpoint(
