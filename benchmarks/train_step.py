@@ -225,7 +225,8 @@ def show(row: dict[str, Any]) -> dict[str, str]:
         "config": row["config"],
         "batch": str(row["batch"]),
         "dtype": row["dtype"],
-        "mode": row["mode"] + (f" (chunk {row['batch_chunk']})" if row["batch_chunk"] else ""),
+        "mode": row["mode"]
+        + (f", slices of {c}" if (c := row["batch_chunk"]) and row["batch"] > c else ""),
         "step": fmt_spread(row["step_s"], digits=2, unit=" s"),
         "ex_s": fmt_spread(row["examples_per_s"], digits=2),
         "model": f"{row['model_flop_s']['median'] / g:.1f} {unit}",
