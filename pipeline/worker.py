@@ -526,17 +526,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     checkpoint = ray.train.get_checkpoint()
     with contextlib.ExitStack() as stack:
         # the directory is only valid inside this block; train_loop reads it before training
-        if checkpoint is not None:
-            candidates = _ray_checkpoints(checkpoint)
-        else:
-            # Ray Train knows of no checkpoint, yet its record (the run snapshot, written by
-            # the controller some time after a report) can be missing while complete
-            # checkpoints sit in storage, e.g. when storage failed before the snapshot was
-            # written. Starting over would silently drop them.
-            candidates = _stored_checkpoints(info.run_key)
+        candidates = _resume_candidates(checkpoint, info.run_key, say)
         resume_dir = first_complete_checkpoint(candidates, stack, say)
-        if checkpoint is None and resume_dir is not None and ctx.get_world_rank() == 0:
-            say(f"[{info.name}] Ray Train had no record of a checkpoint; found one in storage")
         session = Session(
             world_rank=ctx.get_world_rank(),
             world_size=ctx.get_world_size(),
@@ -550,6 +541,34 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             say=say,
         )
         train_loop(cfg, info, session)
+
+
+def _resume_candidates(
+    checkpoint: Any, run_dir: str, say: Callable[[str], None]
+) -> Iterator[tuple[str, Any]]:
+    """What a Ray Train worker may resume from, newest first: checkpoints in the run directory
+    newer than the one Ray Train hands over, then that one and the older ones.
+
+    Ray Train hands over the latest checkpoint its controller has recorded, and the controller
+    records a report up to a poll interval (2 s) after the workers made it: a group that dies
+    in that window, or storage that fails before the run snapshot is written, leaves complete
+    checkpoints in storage that Ray Train does not know of. Resuming from an older one would
+    lose more than a checkpoint interval; starting over (no record at all) would lose the run.
+    """
+    known = checkpoint.path.rstrip("/").rpartition("/")[2] if checkpoint is not None else ""
+    try:
+        stored = list(_stored_checkpoints(run_dir))
+    except OSError as e:  # fail (Ray Train retries the group) rather than resume from less
+        from pipeline.data.errors import StorageError
+
+        raise StorageError(f"cannot list the checkpoints in {run_dir}: {e}") from e
+    newer = [(name, opener) for name, opener in stored if name.rpartition("/")[2] > known]
+    if newer:
+        say(f"storage holds checkpoints newer than Ray Train's record ({known or 'none'}): "
+            f"{', '.join(n.rpartition('/')[2] for n, _ in newer)}")  # fmt: skip
+    yield from newer
+    if checkpoint is not None:
+        yield from _ray_checkpoints(checkpoint)
 
 
 def _ray_checkpoints(checkpoint: Any) -> Iterator[tuple[str, Any]]:
