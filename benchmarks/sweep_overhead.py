@@ -100,7 +100,9 @@ def read_trials(log: Path) -> list[dict[str, Any]]:
         if e["event"] == "report":
             t.setdefault("first_report", e["t"])
             t["last_report"], t["examples"] = e["t"], e["step"] * e["rows"]
-        elif e["event"] in ("start", "first_forward", "end"):
+        elif e["event"] == "end":
+            t["end"] = e["t"]  # a retried trial ends once more; the last end counts
+        else:
             t.setdefault(e["event"], e["t"])
     out = []
     for t in trials.values():
@@ -112,24 +114,55 @@ def read_trials(log: Path) -> list[dict[str, Any]]:
     return sorted(out, key=lambda t: t["start"])
 
 
+def _phase(fn, name: str, phases: dict[str, float]):
+    def timed(*a, **k):
+        t = time.time()
+        try:
+            return fn(*a, **k)
+        finally:
+            phases[name] = phases.get(name, 0.0) + time.time() - t
+
+    return timed
+
+
+def handover_gaps(trials: list[dict[str, Any]], slots: int) -> list[float]:
+    """Seconds from a trial's finish to the start of the trial that took its slot."""
+    free = sorted(t["finish"] for t in trials[:slots])
+    gaps = []
+    for t in trials[slots:]:
+        gaps.append(round(t["start"] - free.pop(0), 2))
+        free = sorted([*free, t["finish"]])
+    return gaps
+
+
 def run_once(sweep: SweepConfig, text: str, work: Path, label: str,
              num_cpus: int | None) -> dict[str, Any]:  # fmt: skip
     """Run `sweep` once under a fresh local Ray; timings and per-trial records."""
     import ray
 
     import pipeline.sweep as sw
+    import pipeline.sweep_report as report
+    import pipeline.tracking as tracking
 
     log = work / f"{label}.trials.jsonl"
     exp_path = str(work / "sweeps" / sweep.name)
     cpus = sweep.base_config().resources.cpus_per_worker
-    original = sw.run_trial
-    sw.run_trial = make_timed_trial(original, str(log))
+    # the driver's phases, timed where run_sweep looks them up
+    phases: dict[str, float] = {}
+    timed_fns = [(sw, "connect_ray"), (sw, "cluster_nodes"), (sw, "check_fits"),
+                 (sw, "preflight"), (tracking, "start_tracker"), (sw, "build_tuner"),
+                 (report, "finish_sweep"), (sw, "run_trial")]  # fmt: skip
+    originals = [(mod, name, getattr(mod, name)) for mod, name in timed_fns]
+    for mod, name, fn in originals[:-1]:
+        setattr(mod, name, _phase(fn, name, phases))
+    sw.run_trial = make_timed_trial(originals[-1][2], str(log))
     t0 = time.time()
     try:
         outcome = sw.run_sweep(sweep, text, exp_path, num_cpus=num_cpus)
     finally:
         t1 = time.time()
-        sw.run_trial = original
+        for mod, name, fn in originals:
+            setattr(mod, name, fn)
         ray.shutdown()
     trials = read_trials(log)
     if not trials:
@@ -151,6 +184,8 @@ def run_once(sweep: SweepConfig, text: str, work: Path, label: str,
         "ratio_wall_vs_busy": wall / ideal,
         "ratio_wall_vs_lower_bound": wall / max(ideal, max(busy)),
         "before_first_trial_s": trials[0]["start"] - t0,
+        "driver_phases_s": phases,
+        "handover_gaps_s": handover_gaps(trials, conc),
         "after_last_trial_s": t1 - max(t["finish"] for t in trials),
         "trial_to_first_step_s": _median(
             [t["first_forward"] - t["start"] for t in trials if "first_forward" in t]
