@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from drills import TINY_RUN, build_tiny_sudoku, record
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -131,7 +132,7 @@ json_values = st.recursive(
     ),
     max_leaves=12,
 )
-YAML_CHARS = ":-{}[]&*!|>'\"%@`\t\n #,?.=0123456789abcdeflmnorstuxyz_\\\x00\x85\u2028\ufeff"
+YAML_CHARS = "$:-{}[]&*!|>'\"%@`\t\n #,?.=0123456789abcdeflmnorstuxyz_\\\x00\x85\u2028\ufeff"
 
 
 def _config_dict(data_uri: str, storage: str) -> dict:
@@ -272,6 +273,78 @@ def test_cli_overrides(data, tmp_path, capsys, overrides):
 @given(overrides=_overrides)
 def test_cli_overrides_deep(data, tmp_path, capsys, overrides):
     _check_cli(data, tmp_path, overrides, capsys)
+
+
+# ---- sweep files ----------------------------------------------------------------------------
+_SWEEP = yaml.safe_load((Path(__file__).resolve().parents[1] / "sweeps" / "smoke.yaml").read_text())
+_DOMAIN_SPECS = st.one_of(
+    json_values,
+    st.builds(
+        lambda k, v: {k: v},
+        st.sampled_from(["grid", "choice", "uniform", "loguniform", "randint", "range"]),
+        json_values,
+    ),
+)
+
+
+def _sweep_paths() -> list[str]:
+    paths = [p for p in _paths(_SWEEP) if not p.startswith("space.")]
+    more = ["space.optim.lr", "space.model.H_cycles", "space.model.nope", "space.name",
+            "space.model.L_layers,model.L_cycles"]  # fmt: skip
+    return [*paths, *more]
+
+
+def _check_sweep(tmp: Path, edits, as_text: str | None) -> None:
+    from pipeline.sweep_config import SweepConfig
+
+    path = tmp / "sweep.yaml"
+    if as_text is None:
+        d = _SWEEP
+        for dotted, value in edits:
+            if dotted.startswith("space."):  # keys under space are dotted names themselves
+                d = json.loads(json.dumps(d))
+                d.setdefault("space", {})[dotted.removeprefix("space.")] = value
+            else:
+                d = _set(d, dotted, value)
+        path.write_text(yaml.safe_dump(d, allow_unicode=True))
+    else:
+        path.write_bytes(as_text.encode("utf-8", "surrogatepass"))
+    before = path.read_bytes()
+    sweep = outcome(lambda: SweepConfig.from_yaml(path), ConfigError, what="sweep file")
+    assert path.read_bytes() == before
+    if sweep is not None:  # accepted: every grid point makes a valid run config
+        for point in sweep.grid_points():
+            sweep.base_config(point)
+
+
+_sweep_edits = st.lists(
+    st.tuples(st.sampled_from(_sweep_paths()), st.one_of(json_values, _DOMAIN_SPECS)),
+    min_size=1,
+    max_size=3,
+)
+_sweep_text = st.one_of(
+    st.none(),
+    st.builds(
+        lambda pos, junk: (lambda t: t[: pos % (len(t) + 1)] + junk + t[pos % (len(t) + 1) :])(
+            yaml.safe_dump(_SWEEP)
+        ),
+        st.integers(0, 10_000),
+        st.text(alphabet=YAML_CHARS, min_size=1, max_size=6),
+    ),
+)
+
+
+@FAST
+@given(edits=_sweep_edits, as_text=_sweep_text)
+def test_sweep_files(tmp_path, edits, as_text):
+    _check_sweep(tmp_path, edits, as_text)
+
+
+@pytest.mark.slow
+@DEEP
+@given(edits=_sweep_edits, as_text=_sweep_text)
+def test_sweep_files_deep(tmp_path, edits, as_text):
+    _check_sweep(tmp_path, edits, as_text)
 
 
 # ---- CSV importers --------------------------------------------------------------------------
