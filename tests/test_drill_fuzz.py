@@ -44,7 +44,7 @@ FAST = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-DEEP = settings(FAST, max_examples=300)
+DEEP = settings(FAST, max_examples=150)
 HANG_S = 20
 failures: dict[str, int] = {}
 

@@ -5,8 +5,9 @@
    evaluations, seeded and replayable with TRM_DRILL_SEED): `--resume` completes the sweep;
    trials that had finished before the kill are not run again; the MLflow parent run is
    continued, not duplicated, and every trial has exactly one child run.
-8. Load: 50 tiny trials on 2 CPUs (0.5 CPU each, so at most 4 run at once) queue and all
-   complete, and the driver's memory stays bounded while they do.
+8. Load: more trials than fit (12 by default, TRM_DRILL_LOAD_TRIALS=50 for the full drill) of
+   0.5 CPU each on 2 CPUs (at most 4 at once) queue and all complete, and the driver's memory
+   stays bounded while they do.
 
 Both slow (each ~2-3 min on 2 shared cores).
 """
@@ -136,7 +137,7 @@ def test_driver_killed_at_a_random_moment_resume_completes_without_rerunning(ray
 
 # ---- drill 8: more trials than the cluster runs at once ---------------------------------------
 def test_many_trials_on_two_cpus_queue_and_complete_with_bounded_driver_memory(ray_head, tmp_path):
-    """TRM_DRILL_LOAD_TRIALS trials (default 16: four times what fits; each tiny trial still
+    """TRM_DRILL_LOAD_TRIALS trials (default 12: three times what fits; each tiny trial still
     costs ~20 s of process start-up on 2 shared cores, so 50 take ~8 min) of 0.5 CPU each on
     2 CPUs: they queue, at most 4 run at once, all complete, and the driver's memory does not
     grow with the number of trials done."""
@@ -144,7 +145,7 @@ def test_many_trials_on_two_cpus_queue_and_complete_with_bounded_driver_memory(r
 
     import psutil
 
-    n = int(os.environ.get("TRM_DRILL_LOAD_TRIALS", 16))
+    n = int(os.environ.get("TRM_DRILL_LOAD_TRIALS", 12))
     sweep = _sweep_file(
         tmp_path, "drill8",
         base__schedule={"steps": 8, "log_every": 8}, base__eval__every=8,
