@@ -59,6 +59,12 @@ DRIVER_RESOURCE = "trial_driver"
 STORED_SWEEP = "sweep.yaml"
 STORED_RESOLVED = "sweep.resolved.yaml"
 TRIALS_DIR = "trials"
+COMPLETED_DIR = "completed"
+# keys Tune adds to every result; a trial's own metrics are the rest
+_TUNE_KEYS = {"done", "training_iteration", "trial_id", "date", "timestamp", "time_this_iter_s",
+              "time_total_s", "pid", "hostname", "node_ip", "time_since_restore",
+              "iterations_since_restore", "checkpoint_dir_name", "config", "experiment_tag",
+              "should_checkpoint"}  # fmt: skip
 PARENT_KEY_PREFIX = "sweep:"
 
 
@@ -164,9 +170,30 @@ class SweepReportCallback(TuneReportCallback):
         super().after_report(run_context, [report], checkpoint)
 
 
+def record_completed(exp_path: str, trial_id: str, result: dict[str, Any]) -> None:
+    """Record (durably, beside the experiment) that a trial ended, with its final metrics."""
+    from pipeline.data.storage import open_storage
+
+    own = {k: v for k, v in result.items()
+           if k not in _TUNE_KEYS and isinstance(v, (int, float, str, bool))}  # fmt: skip
+    open_storage(exp_path).write_bytes(f"{COMPLETED_DIR}/{trial_id}.json", json.dumps(own).encode())
+
+
+def completed_result(exp_path: str, trial_id: str) -> dict[str, Any] | None:
+    text = _storage_text(exp_path, f"{COMPLETED_DIR}/{trial_id}.json")
+    return json.loads(text) if text is not None else None
+
+
 def run_trial(config: dict[str, Any], ctx: SweepContext) -> None:
     """One Tune trial: train the base config with this trial's values."""
     trial_id = tune.get_context().get_trial_id()
+    done = completed_result(ctx.exp_path, trial_id)
+    if done is not None:
+        # The trial ended before the sweep driver stopped, but Tune's saved experiment state
+        # (written at most every 10 s, synced to storage less often) still had it running:
+        # hand Tune its final result again instead of training it again.
+        tune.report(done)
+        return
     cfg = ctx.trial_config(config, trial_id)
     fpr = flops_per_example(cfg)
     if cfg.resources.num_workers > 1:
@@ -222,7 +249,10 @@ class SweepMonitor(tune.Callback, tune.Stopper):
         budget_flops: float = 0,
         budget_hours: float = 0,
         status_every_s: float = 30,
+        exp_path: str = "",
     ):
+        self.exp_path = exp_path
+        """Where ended trials are recorded (`record_completed`); empty = not recorded."""
         self.keys, self.base_steps, self.time_key, self.max_t = keys, base_steps, time_key, max_t
         self.metric, self.sign = metric, 1 if mode == "max" else -1
         self.status_every_s, self.last_status = status_every_s, 0.0
@@ -286,6 +316,9 @@ class SweepMonitor(tune.Callback, tune.Stopper):
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         r = trial.last_result or {}
+        exp_path = getattr(self, "exp_path", "")  # monitors pickled before it existed lack it
+        if exp_path:  # before the line below: an ended trial is never trained again
+            record_completed(exp_path, trial.trial_id, r)
         if self.metric in r:
             print(
                 f"[sweep] trial {trial.trial_id} ended at step {int(r.get('step', 0))}: "
@@ -765,6 +798,7 @@ def build_tuner(
         mode=sweep.search.mode,
         budget_flops=sweep.budget.flops,
         budget_hours=sweep.budget.hours,
+        exp_path=exp_path,
     )
     ck = base.checkpoint
     root, name = exp_path.rsplit("/", 1)
