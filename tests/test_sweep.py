@@ -214,9 +214,6 @@ def test_failed_trial_is_retried_from_its_last_checkpoint(ray_local, work, tmp_p
     import threading
     import time
 
-    import ray
-    from ray.util.state import list_actors
-
     sweep = yaml.safe_load(SMOKE.read_text())
     sweep["base"]["schedule"] = {"steps": 400, "log_every": 40}
     sweep["base"]["eval"]["every"] = 40
@@ -230,29 +227,26 @@ def test_failed_trial_is_retried_from_its_last_checkpoint(ray_local, work, tmp_p
     args[1] = str(path)
     exp = work / "runs" / "retry"
     killed: list[int] = []
-    gcs = ray.get_runtime_context().gcs_address  # this test's cluster, not another on the box
+    seen: list[str] = []
 
     def kill_after_two_checkpoints():
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and not killed:
-            if len(list(exp.glob("trial_*/checkpoint_*"))) >= 2:
-                try:
-                    actors = list_actors(address=gcs, filters=[("state", "=", "ALIVE")])
-                except Exception:  # the State API times out on a loaded box: poll again
-                    time.sleep(0.5)
-                    continue
-                pids = [a.pid for a in actors if a.class_name == "ImplicitFunc"]  # Tune trials
-                if pids:
-                    os.kill(pids[0], signal.SIGKILL)
-                    killed.append(pids[0])
-            time.sleep(0.2)
+            checkpoints = sorted(p.name for p in exp.glob("trial_*/checkpoint_*"))
+            if len(checkpoints) >= 2:
+                seen[:] = checkpoints
+                for pid in ray_local.actor_pids("ImplicitFunc"):  # the Tune trial
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+                    return
+            time.sleep(0.05)
 
     killer = threading.Thread(target=kill_after_two_checkpoints, daemon=True)
     killer.start()
     out = run(args)
     killer.join(timeout=10)
     console = capfd.readouterr().out
-    assert killed, "the trial process was never killed"
+    assert killed, f"the trial process was never killed (checkpoints seen: {seen})"
     (row,) = out.rows
     assert row.stop_reason == "completed" and row.step == 400
     m = re.search(rf"\[retry-{row.trial_id}\] resumed from step (\d+)", console)

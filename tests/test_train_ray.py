@@ -114,11 +114,9 @@ def test_local_path_unreadable_on_a_node_is_refused(ray_local, tmp_path):
         check_readable_on_nodes(str(tmp_path / "only-on-the-driver"), "data.uri")
 
 
-def _kill_a_worker_after(run_dir: Path, checkpoint: str, dashboard: str, done: dict) -> None:
+def _kill_a_worker_after(run_dir: Path, checkpoint: str, ray_local, done: dict) -> None:
     """SIGKILL a Train worker process once Ray has registered `checkpoint` (it is named in
     the run's checkpoint_manager_snapshot.json)."""
-    from ray.util.state import list_actors
-
     snapshot = run_dir / "checkpoint_manager_snapshot.json"
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
@@ -128,16 +126,10 @@ def _kill_a_worker_after(run_dir: Path, checkpoint: str, dashboard: str, done: d
         except OSError:
             pass
         time.sleep(0.02)
-    workers = list_actors(
-        address=dashboard,
-        filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")],
-    )
-    for a in workers:
-        pid = a.pid
-        if pid:
-            os.kill(pid, signal.SIGKILL)
-            done["pid"] = pid
-            return
+    for pid in ray_local.actor_pids("RayTrainWorker"):
+        os.kill(pid, signal.SIGKILL)
+        done["pid"] = pid
+        return
 
 
 @pytest.mark.slow
@@ -152,7 +144,7 @@ def test_killed_worker_resumes_from_checkpoint_exactly(
     killed: dict = {}
     killer = threading.Thread(
         target=_kill_a_worker_after,
-        args=(tmp_path / "runs" / "killed", "checkpoint_00000006", ray_local.dashboard, killed),
+        args=(tmp_path / "runs" / "killed", "checkpoint_00000006", ray_local, killed),
         daemon=True,
     )
     killer.start()
