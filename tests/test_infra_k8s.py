@@ -110,9 +110,7 @@ def strict(schema: dict) -> dict:
 def crd_validator(kind: str, version: str) -> jsonschema.Draft7Validator:
     """Loaded once per kind (the CRD files are megabytes of YAML)."""
     if not SCHEMAS.is_dir():
-        pytest.skip(
-            f"KubeRay CRD schemas not found at {SCHEMAS}"
-        )
+        pytest.skip(f"KubeRay CRD schemas not found at {SCHEMAS}")
     path = SCHEMAS / f"ray.io_{kind.lower()}s.yaml"
     if not path.exists():
         raise ValueError(f"no CRD schema for kind {kind!r} in {SCHEMAS}")
