@@ -128,24 +128,63 @@ def _to_device(batch: dict[str, np.ndarray], device: torch.device) -> dict[str, 
     }
 
 
+# Dense (no sparsity) datasheet peaks, FLOP/s per GPU, by a substring of the device name:
+# (bf16/fp16 tensor cores, tf32 tensor cores, plain fp32). First match wins, so the more
+# specific names come first.
+GPU_PEAKS: tuple[tuple[str, float, float, float], ...] = (
+    ("H200", 989e12, 494e12, 67e12),
+    ("H100 PCIe", 756e12, 378e12, 51e12),
+    ("H100", 989e12, 494e12, 67e12),
+    ("A100", 312e12, 156e12, 19.5e12),
+    ("L40S", 362e12, 183e12, 91.6e12),
+    ("L4", 121e12, 60e12, 30.3e12),
+)
+
+
+def datasheet_peak_flops(name: str, dtype: torch.dtype, tf32: bool) -> float:
+    """The datasheet peak of the GPU called `name` for matmuls in `dtype` (0 if unknown)."""
+    for key, half, tf32_peak, fp32 in GPU_PEAKS:
+        if key in name:
+            if dtype in (torch.bfloat16, torch.float16):
+                return half
+            return tf32_peak if tf32 else fp32
+    return 0.0
+
+
 def probe_peak_flops(device: torch.device, dtype: torch.dtype = torch.float32) -> float:
-    """Achieved FLOP/s of a square matmul on `device`: a quick stand-in for the peak."""
-    n = 1024 if device.type == "cuda" else 512
+    """Best achieved FLOP/s of a square matmul on `device` over several timed repetitions: a
+    stand-in for the peak where no datasheet number is known (CPUs). The best repetition, not
+    the mean, so that a burst of contention while probing does not lower the peak and push the
+    reported utilisation over 100%."""
+    n = 2048 if device.type == "cuda" else 1024
     # own generator: the global RNG state is part of a checkpoint (ACT exploration draws)
     g = torch.Generator(device=device).manual_seed(0)
     a = torch.randn(n, n, device=device, dtype=dtype, generator=g)
     b = torch.randn(n, n, device=device, dtype=dtype, generator=g)
-    reps = 20 if device.type == "cuda" else 5
-    for _ in range(2):
-        a @ b
+    inner = 10 if device.type == "cuda" else 1
+    a @ b  # warm-up
+    best = float("inf")
+    for _ in range(5):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t = time.perf_counter()
+        for _ in range(inner):
+            a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 * inner / max(best, 1e-9)
+
+
+def device_peak_flops(device: torch.device, dtype: torch.dtype) -> tuple[float, str]:
+    """(peak FLOP/s of one `device` for `dtype` matmuls, where the number comes from): the
+    datasheet for known GPUs, else a matmul probe."""
     if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    t = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return 2 * n**3 * reps / max(time.perf_counter() - t, 1e-9)
+        name = torch.cuda.get_device_name(device)
+        peak = datasheet_peak_flops(name, dtype, torch.backends.cuda.matmul.allow_tf32)
+        if peak:
+            return peak, f"datasheet: {name}"
+    return probe_peak_flops(device, dtype), "probe: best square matmul"
 
 
 def _fmt_eta(seconds: float) -> str:
@@ -226,10 +265,11 @@ def train_loop(cfg: RunConfig, info: RunInfo, session: Session) -> dict[str, flo
     run_net = torch.compile(net) if cfg.resources.compile else net
 
     tracker = NullTracker()
-    peak = cfg.resources.peak_flops
+    peak, peak_source = cfg.resources.peak_flops, "config: resources.peak_flops"
     if is_main:
         if peak == 0:
-            peak = probe_peak_flops(device, model.dtype if device.type == "cuda" else torch.float32)
+            dtype = model.dtype if device.type == "cuda" else torch.float32
+            peak, peak_source = device_peak_flops(device, dtype)
         resolved = cfg.to_dict()
         resolved["model"] = {k: v for k, v in mcfg.to_dict().items()}
         params = {
@@ -237,6 +277,7 @@ def train_loop(cfg: RunConfig, info: RunInfo, session: Session) -> dict[str, flo
             "num_params": model.num_params(),
             "dataset.task": meta.task,
             "resources.peak_flops_used": peak,
+            "resources.peak_flops_source": peak_source,
         }
         tags = {
             "task": meta.task,

@@ -14,7 +14,7 @@ from pipeline import checkpoint as ckpt
 from pipeline.config import ConfigError, RunConfig
 from pipeline.tracking import find_run, read_run
 from pipeline.train import main, preflight, run_info
-from pipeline.worker import LocalCheckpoints, run_in_process
+from pipeline.worker import LocalCheckpoints, datasheet_peak_flops, run_in_process
 
 TINY = {
     "name": "tiny",
@@ -100,6 +100,10 @@ def test_resume_mid_act_is_exact_and_mlflow_holds_the_run(sudoku4, tmp_path):
     assert [s for s, _ in m["eval/exact_accuracy"]] == [4, 8, 12]
     assert [s for s, _ in m["depth_curve/exact_accuracy"]] == [1, 2, 3, 4, 5]
     assert all(v > 0 for _, v in m["train/examples_per_s"])
+    # a peak probed on this CPU (best of several square matmuls): a tiny model uses a sliver of it
+    assert p["resources.peak_flops_source"] == "probe: best square matmul"
+    assert float(p["resources.peak_flops_used"]) > 1e8
+    assert all(0 < v < 1 for _, v in m["train/mfu"])
     arts = run["artifacts"]
     for step in (4, 8, 12):
         for path in (f"depth_curve/step_{step:08d}.png", f"depth_curve/step_{step:08d}.json",
@@ -281,3 +285,16 @@ def test_s3_storage_and_dataset_errors_before_start(sudoku4, tmp_path, s3_env):
     missing = ok.with_overrides([f"data.uri=s3://{s3_env.bucket}/no/dataset"])
     with pytest.raises(ConfigError, match="no dataset at"):
         preflight(missing, missing.checkpoint.storage_path, cluster=False)
+
+
+def test_gpu_peaks_come_from_the_datasheet_for_the_dtype():
+    import torch
+
+    bf16, fp32 = torch.bfloat16, torch.float32
+    assert datasheet_peak_flops("NVIDIA H200", bf16, tf32=False) == 989e12
+    assert datasheet_peak_flops("NVIDIA H100 PCIe", bf16, tf32=False) == 756e12  # not the SXM's
+    assert datasheet_peak_flops("NVIDIA H100 80GB HBM3", fp32, tf32=False) == 67e12
+    assert datasheet_peak_flops("NVIDIA A100-SXM4-80GB", fp32, tf32=True) == 156e12
+    assert datasheet_peak_flops("NVIDIA L40S", torch.float16, tf32=False) == 362e12
+    assert datasheet_peak_flops("NVIDIA L4", fp32, tf32=False) == 30.3e12
+    assert datasheet_peak_flops("Tesla T4", bf16, tf32=False) == 0.0  # unknown: probed instead
