@@ -35,16 +35,19 @@ class ConfigError(ValueError):
     """A run config that cannot run; the message names the field and what is wrong."""
 
 
-def _need(ok: bool, where: str, msg: str) -> None:
+def require(ok: bool, where: str, msg: str) -> None:
+    """Raise `ConfigError("<where>: <msg>")` unless `ok` (`where` names the config field)."""
     if not ok:
         raise ConfigError(f"{where}: {msg}")
 
 
-def _is_int(v: Any) -> bool:
+def is_int(v: Any) -> bool:
+    """An int that is not a bool (YAML `true` is not a count)."""
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _is_num(v: Any) -> bool:
+def is_num(v: Any) -> bool:
+    """A finite int or float that is not a bool."""
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
@@ -79,30 +82,30 @@ class OptimConfig:
         w = "optim"
         for name in ("lr", "puzzle_emb_lr"):
             v = getattr(self, name)
-            _need(_is_num(v) and v > 0, f"{w}.{name}", f"must be a positive number, got {v!r}")
+            require(is_num(v) and v > 0, f"{w}.{name}", f"must be a positive number, got {v!r}")
         for name in ("weight_decay", "puzzle_emb_weight_decay"):
             v = getattr(self, name)
-            _need(_is_num(v) and v >= 0, f"{w}.{name}", f"must be a number >= 0, got {v!r}")
-        _need(
-            _is_num(self.lr_min_ratio) and 0 <= self.lr_min_ratio <= 1,
+            require(is_num(v) and v >= 0, f"{w}.{name}", f"must be a number >= 0, got {v!r}")
+        require(
+            is_num(self.lr_min_ratio) and 0 <= self.lr_min_ratio <= 1,
             f"{w}.lr_min_ratio",
             f"must be in [0, 1], got {self.lr_min_ratio!r}",
         )
-        _need(
-            _is_int(self.lr_warmup_steps) and self.lr_warmup_steps >= 0,
+        require(
+            is_int(self.lr_warmup_steps) and self.lr_warmup_steps >= 0,
             f"{w}.lr_warmup_steps",
             f"must be an integer >= 0, got {self.lr_warmup_steps!r}",
         )
         for name in ("beta1", "beta2"):
             v = getattr(self, name)
-            _need(_is_num(v) and 0 <= v < 1, f"{w}.{name}", f"must be in [0, 1), got {v!r}")
-        _need(isinstance(self.ema, bool), f"{w}.ema", f"must be true/false, got {self.ema!r}")
-        _need(
-            _is_num(self.ema_rate) and 0 < self.ema_rate < 1,
+            require(is_num(v) and 0 <= v < 1, f"{w}.{name}", f"must be in [0, 1), got {v!r}")
+        require(isinstance(self.ema, bool), f"{w}.ema", f"must be true/false, got {self.ema!r}")
+        require(
+            is_num(self.ema_rate) and 0 < self.ema_rate < 1,
             f"{w}.ema_rate",
             f"must be in (0, 1), got {self.ema_rate!r}",
         )
-        _need(
+        require(
             self.loss_type in LOSS_TYPES,
             f"{w}.loss_type",
             f"must be one of {LOSS_TYPES}, got {self.loss_type!r}",
@@ -125,23 +128,23 @@ class DataConfig:
     """Seed of the data order and augmentation; also seeds model init and ACT exploration."""
 
     def __post_init__(self) -> None:
-        _need(
+        require(
             isinstance(self.uri, str) and self.uri.strip() != "",
             "data.uri",
             "is required: a local dataset directory or s3://bucket/prefix",
         )
-        _need(
-            _is_int(self.global_batch_size) and self.global_batch_size > 0,
+        require(
+            is_int(self.global_batch_size) and self.global_batch_size > 0,
             "data.global_batch_size",
             f"must be a positive integer, got {self.global_batch_size!r}",
         )
-        _need(
-            _is_int(self.eval_batch_size) and self.eval_batch_size >= 0,
+        require(
+            is_int(self.eval_batch_size) and self.eval_batch_size >= 0,
             "data.eval_batch_size",
             f"must be an integer >= 0, got {self.eval_batch_size!r}",
         )
-        _need(isinstance(self.augment, bool), "data.augment", "must be true/false")
-        _need(_is_int(self.seed), "data.seed", f"must be an integer, got {self.seed!r}")
+        require(isinstance(self.augment, bool), "data.augment", "must be true/false")
+        require(is_int(self.seed), "data.seed", f"must be an integer, got {self.seed!r}")
 
 
 @dataclass
@@ -159,11 +162,11 @@ class ScheduleConfig:
     def __post_init__(self) -> None:
         for name in ("steps", "log_every"):
             v = getattr(self, name)
-            _need(
-                _is_int(v) and v > 0, f"schedule.{name}", f"must be a positive integer, got {v!r}"
+            require(
+                is_int(v) and v > 0, f"schedule.{name}", f"must be a positive integer, got {v!r}"
             )
-        _need(
-            _is_int(self.report_every) and self.report_every >= 0,
+        require(
+            is_int(self.report_every) and self.report_every >= 0,
             "schedule.report_every",
             f"must be an integer >= 0, got {self.report_every!r}",
         )
@@ -189,18 +192,18 @@ class EvalConfig:
     up to 1000, materialised as rows, all of which are used)."""
 
     def __post_init__(self) -> None:
-        _need(
-            _is_int(self.every) and self.every > 0,
+        require(
+            is_int(self.every) and self.every > 0,
             "eval.every",
             f"must be a positive integer, got {self.every!r}",
         )
         for name in ("max_examples", "depth_steps", "num_pictures", "arc_variants"):
             v = getattr(self, name)
-            _need(_is_int(v) and v >= 0, f"eval.{name}", f"must be an integer >= 0, got {v!r}")
-        _need(
+            require(is_int(v) and v >= 0, f"eval.{name}", f"must be an integer >= 0, got {v!r}")
+        require(
             isinstance(self.pass_ks, list)
             and len(self.pass_ks) > 0
-            and all(_is_int(k) and k > 0 for k in self.pass_ks),
+            and all(is_int(k) and k > 0 for k in self.pass_ks),
             "eval.pass_ks",
             f"must be a non-empty list of positive integers, got {self.pass_ks!r}",
         )
@@ -225,31 +228,31 @@ class CheckpointConfig:
     """Worker-group restarts from the last checkpoint before the run fails (-1 = unlimited)."""
 
     def __post_init__(self) -> None:
-        _need(
+        require(
             isinstance(self.storage_path, str) and self.storage_path.strip() != "",
             "checkpoint.storage_path",
             "must be a directory or s3:// URI",
         )
-        _need(
-            _is_int(self.every) and self.every > 0,
+        require(
+            is_int(self.every) and self.every > 0,
             "checkpoint.every",
             f"must be a positive integer, got {self.every!r}",
         )
-        _need(
-            _is_int(self.num_to_keep) and self.num_to_keep >= 0,
+        require(
+            is_int(self.num_to_keep) and self.num_to_keep >= 0,
             "checkpoint.num_to_keep",
             f"must be an integer >= 0, got {self.num_to_keep!r}",
         )
-        _need(
+        require(
             isinstance(self.metric, str) and self.metric.startswith("eval/"),
             "checkpoint.metric",
             f"must name an eval metric such as 'eval/exact_accuracy', got {self.metric!r}",
         )
-        _need(
+        require(
             self.mode in ("max", "min"), "checkpoint.mode", f"must be max or min, got {self.mode!r}"
         )
-        _need(
-            _is_int(self.max_failures) and self.max_failures >= -1,
+        require(
+            is_int(self.max_failures) and self.max_failures >= -1,
             "checkpoint.max_failures",
             f"must be an integer >= -1, got {self.max_failures!r}",
         )
@@ -271,27 +274,36 @@ class ResourcesConfig:
     """Peak FLOP/s of one device for model-FLOPs utilisation; 0 = measure with a matmul probe."""
     compile: bool = False
     """torch.compile the model."""
+    batch_chunk: int = -1
+    """Run the recursion on slices of at most this many examples (`TRM.batch_chunk`: speed
+    only, results unchanged); -1 = 8 on a CPU (keeps the MLP intermediates in cache), the whole
+    batch on a GPU; 0 = the whole batch."""
 
     def __post_init__(self) -> None:
-        _need(
-            _is_int(self.num_workers) and self.num_workers > 0,
+        require(
+            is_int(self.num_workers) and self.num_workers > 0,
             "resources.num_workers",
             f"must be a positive integer, got {self.num_workers!r}",
         )
-        _need(
+        require(
             self.use_gpu is None or isinstance(self.use_gpu, bool),
             "resources.use_gpu",
             f"must be true, false or null, got {self.use_gpu!r}",
         )
         for name in ("cpus_per_worker", "gpus_per_worker"):
             v = getattr(self, name)
-            _need(_is_num(v) and v > 0, f"resources.{name}", f"must be a number > 0, got {v!r}")
-        _need(
-            _is_num(self.peak_flops) and self.peak_flops >= 0,
+            require(is_num(v) and v > 0, f"resources.{name}", f"must be a number > 0, got {v!r}")
+        require(
+            is_num(self.peak_flops) and self.peak_flops >= 0,
             "resources.peak_flops",
             f"must be a number >= 0, got {self.peak_flops!r}",
         )
-        _need(isinstance(self.compile, bool), "resources.compile", "must be true/false")
+        require(isinstance(self.compile, bool), "resources.compile", "must be true/false")
+        require(
+            is_int(self.batch_chunk) and self.batch_chunk >= -1,
+            "resources.batch_chunk",
+            f"must be an integer >= -1 (-1 = auto, 0 = whole batch), got {self.batch_chunk!r}",
+        )
 
 
 @dataclass
@@ -310,15 +322,15 @@ class TrackingConfig:
     """Extra MLflow tags."""
 
     def __post_init__(self) -> None:
-        _need(isinstance(self.enabled, bool), "tracking.enabled", "must be true/false")
-        _need(isinstance(self.uri, str), "tracking.uri", "must be a string")
-        _need(
+        require(isinstance(self.enabled, bool), "tracking.enabled", "must be true/false")
+        require(isinstance(self.uri, str), "tracking.uri", "must be a string")
+        require(
             isinstance(self.experiment, str) and self.experiment != "",
             "tracking.experiment",
             "must be a non-empty string",
         )
-        _need(isinstance(self.variant, str), "tracking.variant", "must be a string")
-        _need(
+        require(isinstance(self.variant, str), "tracking.variant", "must be a string")
+        require(
             isinstance(self.tags, dict) and all(isinstance(k, str) for k in self.tags),
             "tracking.tags",
             "must be a mapping of strings",
@@ -353,25 +365,25 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         check_name(self.name, "name")
-        _need(isinstance(self.model, dict), "model", "must be a mapping of TRMConfig fields")
+        require(isinstance(self.model, dict), "model", "must be a mapping of TRMConfig fields")
         from trm.config import TRMConfig
 
         try:
             TRMConfig.from_dict({**self.model, "batch_size": None})
         except ValueError as e:
             raise ConfigError(f"model: {e}") from None
-        _need(
+        require(
             "batch_size" not in self.model,
             "model.batch_size",
             "is set by data.global_batch_size / resources.num_workers; remove it",
         )
         n = self.resources.num_workers
-        _need(
+        require(
             self.data.global_batch_size % n == 0,
             "data.global_batch_size",
             f"({self.data.global_batch_size}) must be divisible by resources.num_workers ({n})",
         )
-        _need(
+        require(
             self.checkpoint.every % self.eval.every == 0,
             "checkpoint.every",
             f"({self.checkpoint.every}) must be a multiple of eval.every ({self.eval.every}): "
@@ -400,7 +412,7 @@ class RunConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunConfig:
         """Build from nested dicts; unknown keys raise `ConfigError` naming the dotted key."""
-        return _build(cls, d, "")
+        return build_section(cls, d, "")
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
@@ -426,7 +438,7 @@ class RunConfig:
 
 def check_name(name: Any, where: str) -> None:
     """A run/sweep name that is safe as a directory and MLflow name; `ConfigError` if not."""
-    _need(
+    require(
         isinstance(name, str) and name != "" and all(c.isalnum() or c in "-_." for c in name),
         where,
         f"must be a non-empty string of letters, digits, '-', '_', '.', got {name!r}",
@@ -471,7 +483,9 @@ def apply_overrides(d: dict[str, Any], overrides: list[str] | tuple[str, ...]) -
     return d
 
 
-def _build(cls: type, d: Any, where: str) -> Any:
+def build_section(cls: type, d: Any, where: str) -> Any:
+    """The dataclass `cls` from the mapping `d`, nested sections included; an unknown key or a
+    value of the wrong type is a `ConfigError` naming `where.key`."""
     if isinstance(d, cls):
         return d
     if not isinstance(d, dict):
@@ -487,7 +501,7 @@ def _build(cls: type, d: Any, where: str) -> Any:
             )
         hint = hints[key]
         if is_dataclass(hint):
-            kwargs[key] = _build(hint, value, dotted)
+            kwargs[key] = build_section(hint, value, dotted)
         else:
             kwargs[key] = _coerce(value, hint)
     try:
@@ -499,7 +513,7 @@ def _build(cls: type, d: Any, where: str) -> Any:
 def _coerce(value: Any, hint: Any) -> Any:
     # YAML reads 1e-4 as a float but `1e4` as a string and `5` where a float is wanted as an
     # int; accept those. Everything else is checked by the dataclass's own validation.
-    if hint is float and _is_int(value):
+    if hint is float and is_int(value):
         return float(value)
     if hint is float and isinstance(value, str):
         try:

@@ -47,11 +47,11 @@ import yaml
 from pipeline.config import (
     ConfigError,
     RunConfig,
-    _build,
-    _is_int,
-    _is_num,
-    _need,
     apply_overrides,
+    build_section,
+    is_int,
+    is_num,
+    require,
 )
 
 DOMAINS = ("grid", "choice", "uniform", "loguniform", "randint")
@@ -105,24 +105,26 @@ class SearchConfig:
     """Seed of the random draws (the same seed gives the same trials)."""
 
     def __post_init__(self) -> None:
-        _need(
+        require(
             self.algorithm in ALGORITHMS,
             "search.algorithm",
             f"must be one of {ALGORITHMS}, got {self.algorithm!r}",
         )
-        _need(
-            _is_int(self.num_samples) and self.num_samples > 0,
+        require(
+            is_int(self.num_samples) and self.num_samples > 0,
             "search.num_samples",
             f"must be a positive integer, got {self.num_samples!r}",
         )
-        _need(
+        require(
             known_metric(self.metric),
             "search.metric",
             f"{self.metric!r} is not a metric trials report; use one of "
             f"{', '.join(EVAL_METRICS + TRAIN_METRICS)} (or eval/arc_pass@K on ARC)",
         )
-        _need(self.mode in ("max", "min"), "search.mode", f"must be max or min, got {self.mode!r}")
-        _need(_is_int(self.seed), "search.seed", f"must be an integer, got {self.seed!r}")
+        require(
+            self.mode in ("max", "min"), "search.mode", f"must be max or min, got {self.mode!r}"
+        )
+        require(is_int(self.seed), "search.seed", f"must be an integer, got {self.seed!r}")
 
 
 @dataclass
@@ -144,33 +146,33 @@ class SchedulerConfig:
     """ASHA: 1/reduction_factor of the trials at a rung continue to the next."""
 
     def __post_init__(self) -> None:
-        _need(
+        require(
             self.type in SCHEDULERS,
             "scheduler.type",
             f"unknown scheduler {self.type!r}; use one of {SCHEDULERS}",
         )
-        _need(
+        require(
             self.time_attr in TIME_ATTRS,
             "scheduler.time_attr",
             f"must be one of {tuple(TIME_ATTRS)}, got {self.time_attr!r}",
         )
         for name in ("max_t", "grace_period"):
             v = getattr(self, name)
-            _need(_is_num(v) and v >= 0, f"scheduler.{name}", f"must be a number >= 0, got {v!r}")
-        _need(
-            _is_num(self.reduction_factor) and self.reduction_factor > 1,
+            require(is_num(v) and v >= 0, f"scheduler.{name}", f"must be a number >= 0, got {v!r}")
+        require(
+            is_num(self.reduction_factor) and self.reduction_factor > 1,
             "scheduler.reduction_factor",
             f"must be a number > 1, got {self.reduction_factor!r}",
         )
         if self.type == "asha" and self.time_attr != "steps":
-            _need(
+            require(
                 self.max_t > 0,
                 "scheduler.max_t",
                 f"is required with time_attr {self.time_attr!r} (the most {self.time_attr} "
                 "a trial may spend)",
             )
         if self.max_t and self.grace_period:
-            _need(
+            require(
                 self.grace_period <= self.max_t,
                 "scheduler.grace_period",
                 f"({self.grace_period}) must not exceed max_t ({self.max_t})",
@@ -190,7 +192,7 @@ class BudgetConfig:
     def __post_init__(self) -> None:
         for name in ("flops", "hours"):
             v = getattr(self, name)
-            _need(_is_num(v) and v >= 0, f"budget.{name}", f"must be a number >= 0, got {v!r}")
+            require(is_num(v) and v >= 0, f"budget.{name}", f"must be a number >= 0, got {v!r}")
 
 
 @dataclass
@@ -219,31 +221,31 @@ class SweepConfig:
     maze or arc) and the builder's keyword arguments (pipeline.data.build_*)."""
 
     def __post_init__(self) -> None:
-        _need(
+        require(
             isinstance(self.name, str)
             and self.name != ""
             and all(c.isalnum() or c in "-_." for c in self.name),
             "name",
             f"must be a non-empty string of letters, digits, '-', '_', '.', got {self.name!r}",
         )
-        _need(isinstance(self.base, dict), "base", "must be a mapping of run config sections")
-        _need(
+        require(isinstance(self.base, dict), "base", "must be a mapping of run config sections")
+        require(
             "name" not in self.base,
             "base.name",
             "trial runs are named <sweep name>-<trial id>; remove it (the sweep has `name`)",
         )
-        _need(
-            _is_int(self.concurrency) and self.concurrency >= 0,
+        require(
+            is_int(self.concurrency) and self.concurrency >= 0,
             "concurrency",
             f"must be an integer >= 0, got {self.concurrency!r}",
         )
-        _need(
-            _is_int(self.max_failures) and self.max_failures >= -1,
+        require(
+            is_int(self.max_failures) and self.max_failures >= -1,
             "max_failures",
             f"must be an integer >= -1, got {self.max_failures!r}",
         )
-        _need(isinstance(self.space, dict), "space", "must be a mapping of key -> domain")
-        _need(
+        require(isinstance(self.space, dict), "space", "must be a mapping of key -> domain")
+        require(
             len(self.space) > 0,
             "space",
             "is empty: a sweep needs at least one key to vary (to train one config, use "
@@ -255,7 +257,7 @@ class SweepConfig:
         for key, dom in self.domains.items():
             for name in dom.names:
                 check_field(name, f"space[{key!r}]")
-                _need(
+                require(
                     name not in seen,
                     f"space[{key!r}]",
                     f"{name!r} is also set by {seen.get(name)!r}",
@@ -263,7 +265,7 @@ class SweepConfig:
                 seen[name] = key
         if self.search.algorithm == "grid":
             for key, dom in self.domains.items():
-                _need(
+                require(
                     dom.kind == "grid",
                     f"space[{key!r}]",
                     f"search.algorithm 'grid' needs grid domains, got {dom.kind!r} "
@@ -348,7 +350,7 @@ class SweepConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SweepConfig:
         """Build from nested dicts; unknown keys raise `ConfigError` naming the key."""
-        return _build(cls, d, "")
+        return build_section(cls, d, "")
 
     @classmethod
     def from_yaml(
@@ -393,40 +395,40 @@ class Domain:
     @classmethod
     def parse(cls, key: Any, spec: Any) -> Domain:
         where = f"space[{key!r}]"
-        _need(isinstance(key, str) and key.strip() != "", where, "keys must be dotted names")
+        require(isinstance(key, str) and key.strip() != "", where, "keys must be dotted names")
         names = [n.strip() for n in key.split(",")]
-        _need(all(names), where, "empty name in a comma-joined key")
-        _need(
+        require(all(names), where, "empty name in a comma-joined key")
+        require(
             isinstance(spec, dict) and len(spec) == 1,
             where,
             f"must be a mapping with exactly one of {DOMAINS}, e.g. {{grid: [1, 2]}}; got {spec!r}",
         )
         ((kind, values),) = spec.items()
-        _need(kind in DOMAINS, where, f"unknown domain {kind!r}; use one of {DOMAINS}")
-        _need(isinstance(values, list), where, f"{kind} needs a list, got {values!r}")
+        require(kind in DOMAINS, where, f"unknown domain {kind!r}; use one of {DOMAINS}")
+        require(isinstance(values, list), where, f"{kind} needs a list, got {values!r}")
         if kind in ("grid", "choice"):
-            _need(len(values) > 0, where, f"{kind} has no values")
+            require(len(values) > 0, where, f"{kind} has no values")
             if len(names) > 1:
                 for v in values:
-                    _need(
+                    require(
                         isinstance(v, list) and len(v) == len(names),
                         where,
                         f"each value must be a list of {len(names)} (one per key), got {v!r}",
                     )
         else:
-            _need(len(names) == 1, where, f"tied keys need grid or choice, not {kind}")
-            _need(
-                len(values) == 2 and all(_is_num(v) for v in values),
+            require(len(names) == 1, where, f"tied keys need grid or choice, not {kind}")
+            require(
+                len(values) == 2 and all(is_num(v) for v in values),
                 where,
                 f"{kind} needs [low, high] numbers, got {values!r}",
             )
             lo, hi = values
-            _need(lo < hi, where, f"{kind} needs low < high, got {values!r}")
+            require(lo < hi, where, f"{kind} needs low < high, got {values!r}")
             if kind == "loguniform":
-                _need(lo > 0, where, f"loguniform needs low > 0, got {lo!r}")
+                require(lo > 0, where, f"loguniform needs low > 0, got {lo!r}")
             if kind == "randint":
-                _need(
-                    all(_is_int(v) for v in values),
+                require(
+                    all(is_int(v) for v in values),
                     where,
                     f"randint needs integers, got {values!r}",
                 )
@@ -540,16 +542,16 @@ def builders() -> dict[str, Any]:
 def check_builder_args(spec: dict[str, Any]) -> None:
     """`dataset` names a known builder and only arguments it takes."""
     where = "dataset"
-    _need(isinstance(spec, dict), where, "must be a mapping with `builder` and its arguments")
+    require(isinstance(spec, dict), where, "must be a mapping with `builder` and its arguments")
     name = spec.get("builder")
     table = builders()
-    _need(name in table, f"{where}.builder", f"must be one of {tuple(table)}, got {name!r}")
+    require(name in table, f"{where}.builder", f"must be one of {tuple(table)}, got {name!r}")
     args = {k: v for k, v in spec.items() if k != "builder"}
     for bad in ("out_uri", "progress", "overwrite"):
-        _need(bad not in args, f"{where}.{bad}", "is set by the sweep; remove it")
+        require(bad not in args, f"{where}.{bad}", "is set by the sweep; remove it")
     sig = inspect.signature(table[name])
     for k in args:
-        _need(
+        require(
             k in sig.parameters,
             f"{where}.{k}",
             f"build_{name} takes no such argument; it takes "

@@ -9,12 +9,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -82,47 +76,12 @@ def test_server_command_listens_behind_clusterip_with_allowed_hosts():
     assert args["--allowed-hosts"] == ENV["MLFLOW_ALLOWED_HOSTS"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
-def secrets_manager(monkeypatch):
-    """moto's server on a free loopback port; the AWS env points boto3 at it."""
-    exe = shutil.which("moto_server") or str(Path(sys.executable).parent / "moto_server")
-    if not Path(exe).exists():
-        pytest.skip("moto_server not installed")
-    port = free_port()
-    proc = subprocess.Popen(
-        [exe, "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/moto-api/", timeout=1)
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError(f"moto_server did not start on {url}") from None
-                time.sleep(0.2)
-        for key, value in {
-            "AWS_ENDPOINT_URL": url,
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_DEFAULT_REGION": "us-east-1",
-            "AWS_REGION": "us-east-1",
-        }.items():
-            monkeypatch.setenv(key, value)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+def secrets_manager(s3_env, monkeypatch):
+    """The session's moto server (it serves Secrets Manager as well as S3); the AWS
+    environment points boto3 at it."""
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    return s3_env.endpoint
 
 
 def test_fetches_the_rds_secret_and_builds_the_backend_uri(secrets_manager):
