@@ -5,6 +5,9 @@ Every drill prints one line `DRILL <name> key=value ...` (visible with `pytest -
 recovery time, and appends the same numbers as JSON to $TRM_DRILL_LOG when that is set:
 
     TRM_DRILL_LOG=/tmp/drills.jsonl pytest tests/test_drill_corruption.py -s
+
+`python -m tests.drills.soak --runs N` runs every drill N times and tallies runs, passes and the
+worst recovery times from those records.
 """
 
 from __future__ import annotations
@@ -65,8 +68,11 @@ def record(drill: str, **numbers: Any) -> None:
     )
     print(f"\nDRILL {drill} {line}")
     if path := os.environ.get("TRM_DRILL_LOG"):
+        # the running test (pytest sets it: "tests/test_x.py::name[param] (call)")
+        test = os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" (", 1)[0]
         with open(path, "a") as f:
-            f.write(json.dumps({"drill": drill, "time": time.time(), **numbers}) + "\n")
+            f.write(json.dumps({"drill": drill, "test": test, "time": time.time(), **numbers}))
+            f.write("\n")
 
 
 class LocalRay:
