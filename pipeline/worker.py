@@ -121,6 +121,18 @@ def model_config(cfg: RunConfig, meta: Any) -> Any:
     return TRMConfig.from_dict(d)
 
 
+def batch_chunk(setting: int, mcfg: Any, device: torch.device) -> int | None:
+    """`TRM.batch_chunk` for `resources.batch_chunk` (-1 = auto): on a CPU, slices of 8 when
+    the MLP intermediate of one example is 64 KiB or more (the paper configs: ~0.5 MiB, where
+    slices of 8 measured 67% -> 83% MFU, benchmarks/README.md); smaller models, whose whole
+    batch stays in cache and whose steps are dominated by per-call overhead, and GPUs take the
+    whole batch at once."""
+    if setting != -1:
+        return setting or None
+    inter = mcfg.total_len * mcfg.hidden_size * mcfg.expansion * 2 / 3 * 4  # SwiGLU, fp32 bytes
+    return 8 if device.type == "cpu" and inter >= 64 * 1024 else None
+
+
 def _to_device(batch: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
     return {
         k: torch.from_numpy(np.ascontiguousarray(batch[k])).to(device, non_blocking=True).long()
@@ -217,6 +229,7 @@ def train_loop(cfg: RunConfig, info: RunInfo, session: Session) -> dict[str, flo
 
     torch.manual_seed(cfg.data.seed)  # same initial weights on every rank
     model = TRM(mcfg).to(device)
+    model.batch_chunk = batch_chunk(cfg.resources.batch_chunk, mcfg, device)
     opt = AdamATan2(
         model.parameters(),
         lr=cfg.optim.lr,
@@ -367,6 +380,7 @@ def train_loop(cfg: RunConfig, info: RunInfo, session: Session) -> dict[str, flo
                 tracker.log_series("depth_curve/exact_accuracy", curve)
         return metrics
 
+    it = None
     try:
         stream = train_stream.set_epoch(epoch, batch_in_epoch)
         it = iter(stream)
@@ -375,6 +389,7 @@ def train_loop(cfg: RunConfig, info: RunInfo, session: Session) -> dict[str, flo
             if batch_in_epoch >= per_epoch:
                 epoch, batch_in_epoch = epoch + 1, 0
                 stream = train_stream.set_epoch(epoch, 0)
+                it.close()  # ranks stop at the shortest rank's epoch: this one may not be done
                 it = iter(stream)
             t0 = time.perf_counter()
             batch = _to_device(next(it), device)
@@ -480,6 +495,11 @@ def train_loop(cfg: RunConfig, info: RunInfo, session: Session) -> dict[str, flo
     except BaseException:
         tracker.finish("FAILED")
         raise
+    finally:
+        if it is not None:
+            # stop the prefetch thread now, not when the frame is collected: a sweep runs the
+            # next trial in this same process (Tune reuses the trial actor)
+            it.close()
     if is_main:
         say(f"[{info.name}] done: step {step}, {_summary(last_metrics)}")
     tracker.finish("FINISHED")

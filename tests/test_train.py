@@ -298,3 +298,22 @@ def test_gpu_peaks_come_from_the_datasheet_for_the_dtype():
     assert datasheet_peak_flops("NVIDIA L40S", torch.float16, tf32=False) == 362e12
     assert datasheet_peak_flops("NVIDIA L4", fp32, tf32=False) == 30.3e12
     assert datasheet_peak_flops("Tesla T4", bf16, tf32=False) == 0.0  # unknown: probed instead
+
+
+def test_batch_chunk_slices_big_models_on_a_cpu_only():
+    import torch
+
+    from pipeline.worker import batch_chunk
+    from trm import TRMConfig
+
+    paper = TRMConfig(**{"seq_len": 81, "vocab_size": 11, "num_puzzle_identifiers": 2,
+                         "hidden_size": 512, "num_heads": 8, "batch_size": 64})  # fmt: skip
+    tiny = TRMConfig(**{"seq_len": 16, "vocab_size": 6, "num_puzzle_identifiers": 2,
+                        "hidden_size": 64, "num_heads": 2, "batch_size": 64})  # fmt: skip
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert batch_chunk(-1, paper, cpu) == 8
+    assert batch_chunk(-1, paper, gpu) is None
+    assert batch_chunk(-1, tiny, cpu) is None  # whole batch fits in cache: no slicing
+    assert batch_chunk(0, paper, cpu) is None and batch_chunk(4, tiny, gpu) == 4
+    with pytest.raises(ConfigError, match=r"resources\.batch_chunk: must be an integer >= -1"):
+        RunConfig.from_dict({"resources": {"batch_chunk": -2}})
