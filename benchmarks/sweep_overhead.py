@@ -136,10 +136,10 @@ def handover_gaps(trials: list[dict[str, Any]], slots: int) -> list[float]:
 
 
 def run_once(sweep: SweepConfig, text: str, work: Path, label: str,
-             num_cpus: int | None, reuse_actors: bool = False) -> dict[str, Any]:  # fmt: skip
+             num_cpus: int | None, reuse_actors: bool = True) -> dict[str, Any]:  # fmt: skip
     """Run `sweep` once under a fresh local Ray; timings and per-trial records.
-    `reuse_actors`: a what-if, Tune's `reuse_actors=True` forced into the sweep's TuneConfig
-    (pipeline/sweep.py sets False: every trial gets a fresh process)."""
+    `reuse_actors=False`: a what-if, every trial in a fresh process (pipeline/sweep.py sets
+    Tune's reuse_actors=True: a trial starts in the process its predecessor ran in)."""
     import ray
 
     import pipeline.sweep as sw
@@ -159,8 +159,8 @@ def run_once(sweep: SweepConfig, text: str, work: Path, label: str,
         setattr(mod, name, _phase(fn, name, phases))
     sw.run_trial = make_timed_trial(originals[-1][2], str(log))
     tune_config = sw.tune.TuneConfig
-    if reuse_actors:
-        sw.tune.TuneConfig = lambda **kw: tune_config(**{**kw, "reuse_actors": True})
+    if not reuse_actors:
+        sw.tune.TuneConfig = lambda **kw: tune_config(**{**kw, "reuse_actors": False})
     t0 = time.time()
     try:
         outcome = sw.run_sweep(sweep, text, exp_path, num_cpus=num_cpus)
@@ -288,8 +288,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--quick", action="store_true", help="the smoke sweep, one fraction: a smoke run"
     )
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
-    ap.add_argument("--what-if-reuse-actors", action="store_true",
-                    help="run the sweep with Tune's reuse_actors=True (an experiment)")  # fmt: skip
+    ap.add_argument("--what-if-fresh-processes", action="store_true",
+                    help="run every trial in a fresh process (Tune reuse_actors=False), for "
+                         "comparison with the sweep's reused trial processes")  # fmt: skip
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
     if a.quick:
@@ -309,9 +310,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         result["dataset_build_s"] = data_s
         print(f"# sweep_overhead: {sweep.name} ({sweep.num_trials} trials), work dir {work}",
               flush=True)  # fmt: skip
-        result["reuse_actors"] = a.what_if_reuse_actors
+        result["reuse_actors"] = not a.what_if_fresh_processes
         result["sweep"] = run_once(sweep, text, work, sweep.name, a.num_cpus,
-                                   a.what_if_reuse_actors)  # fmt: skip
+                                   result["reuse_actors"])  # fmt: skip
         print(table([show(result["sweep"])], COLUMNS), flush=True)
         result["fractions"] = []
         for cpus in fractions:
