@@ -781,6 +781,31 @@ def sweep_params(sweep: SweepConfig, base: RunConfig, fits: int) -> dict[str, An
     }
 
 
+def grid_longest_first(sweep: SweepConfig, base: RunConfig) -> dict[str, list[Any]]:
+    """Each grid axis's values, the costliest first: the training FLOPs (`trm.flops` per
+    example-ACT-step x steps x global batch) of the base config with that one value; values
+    that cost the same keep the file's order. Tune enumerates the grid from its costliest
+    corner, so the last free slots run the cheapest trials instead of the whole sweep waiting
+    on its biggest one (longest-processing-time-first scheduling)."""
+    from pipeline.data.meta import read_meta
+    from pipeline.worker import model_config
+    from trm import flops
+
+    metas: dict[str, Any] = {}
+
+    def cost(dom: Any, value: Any) -> float:
+        cfg = base.with_overrides([f"{k}={json.dumps(v)}" for k, v in dom.assign(value).items()])
+        meta = metas.get(cfg.data.uri) or metas.setdefault(cfg.data.uri, read_meta(cfg.data.uri))
+        per_example = float(flops(model_config(cfg, meta))["train_step"])
+        return per_example * cfg.schedule.steps * cfg.data.global_batch_size
+
+    return {
+        key: sorted(dom.values, key=lambda v, dom=dom: cost(dom, v), reverse=True)  # stable
+        for key, dom in sweep.domains.items()
+        if dom.kind == "grid" and len(dom.values) > 1
+    }
+
+
 def build_tuner(
     sweep: SweepConfig, base: RunConfig, trainable: Any, exp_path: str, concurrency: int
 ) -> Any:
@@ -811,9 +836,11 @@ def build_tuner(
     )
     ck = base.checkpoint
     root, name = exp_path.rsplit("/", 1)
+    param_space = {k: d.tune_domain() for k, d in sweep.domains.items()}
+    param_space.update({k: tune.grid_search(v) for k, v in grid_longest_first(sweep, base).items()})
     return tune.Tuner(
         trainable,
-        param_space={k: d.tune_domain() for k, d in sweep.domains.items()},
+        param_space=param_space,
         tune_config=tune.TuneConfig(
             metric=sweep.search.metric,
             mode=sweep.search.mode,

@@ -184,7 +184,8 @@ def test_compute_budget_stops_the_sweep(ray_local, work, tmp_path, capfd):
     MLflow off (the summary still prints and lands beside the experiment)."""
     sweep = yaml.safe_load(SMOKE.read_text())
     sweep["scheduler"] = {"type": "fifo"}
-    sweep["space"] = {"model.H_cycles": {"grid": [1, 2, 3]}}
+    # three trials of the same cost (grid order is kept: see grid_longest_first)
+    sweep["space"] = {"model.H_cycles": {"grid": [1]}, "data.seed": {"grid": [0, 1, 2]}}
     sweep["concurrency"] = 1
     # a 24-step H_cycles=1 trial spends 768 examples x trm.flops = 2.2e9 FLOPs
     sweep["budget"] = {"flops": 1.0e9}
@@ -260,3 +261,31 @@ def test_failed_trial_is_retried_from_its_last_checkpoint(ray_local, work, tmp_p
     assert len(children) == 1  # the retry continued the trial's MLflow run
     (run_id,) = children.values()
     assert read_run(uri, run_id)["status"] == "FINISHED"
+
+
+def test_grid_runs_its_costliest_trials_first(tmp_path):
+    """Grid values are handed to Tune costliest first (FLOPs x steps x batch); values of equal
+    cost keep the file's order."""
+    from pipeline.data import build_sudoku
+    from pipeline.sweep import grid_longest_first
+
+    data = str(tmp_path / "sudoku4")
+    build_sudoku(data, size=4, num_train=32, num_test=8, seed=0, min_clues=10)
+    sweep = yaml.safe_load(SMOKE.read_text())
+    sweep["base"]["data"]["uri"] = data
+    sweep["space"] = {
+        "model.H_cycles": {"grid": [1, 3, 2]},
+        "model.L_layers,schedule.steps": {"grid": [[1, 24], [2, 8], [1, 48]]},
+        "optim.lr": {"grid": [3e-3, 1e-3]},  # costs nothing: file order
+        "data.seed": {"choice": [0, 1]},  # not a grid: left to Tune
+    }
+    sweep["search"] = {**sweep.get("search", {}), "algorithm": "random", "num_samples": 1}
+    path = tmp_path / "order.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    sw, _, _ = load_sweep(str(path), [], str(tmp_path / "runs"), "order")
+    order = grid_longest_first(sw, sw.base_config())
+    assert order == {
+        "model.H_cycles": [3, 2, 1],
+        "model.L_layers,schedule.steps": [[1, 48], [1, 24], [2, 8]],
+        "optim.lr": [3e-3, 1e-3],
+    }
