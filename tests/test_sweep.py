@@ -289,3 +289,31 @@ def test_grid_runs_its_costliest_trials_first(tmp_path):
         "model.L_layers,schedule.steps": [[1, 48], [1, 24], [2, 8]],
         "optim.lr": [3e-3, 1e-3],
     }
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("axis", ["flops", "examples"])
+def test_asha_on_a_flops_or_examples_axis_stops_at_its_rung(ray_local, work, tmp_path, axis):
+    """~30 s: ASHA's time axis in model FLOPs (or examples), not steps. One trial at a time, so
+    the learning one sets the first rung's cutoff and the one that cannot learn (lr 1e-6) is
+    stopped when it reaches that rung (step 8 of 24, 256 examples)."""
+    from pipeline.sweep import ensure_dataset, flops_per_example
+
+    sweep = yaml.safe_load(SMOKE.read_text())
+    sweep["space"] = {"optim.lr": {"grid": [3e-3, 1e-6]}}  # equal cost: this order
+    sweep["concurrency"] = 1
+    args = smoke_args(work, f"asha-{axis}", "--set", "tracking.enabled=false")
+    cfg = load_sweep(str(SMOKE), parse_args(args).overrides, str(work / "runs"), "x")[0]
+    ensure_dataset(cfg, cfg.base_config().data.uri)  # built on first use (if no test did yet)
+    per_step = 32 * (flops_per_example(cfg.base_config()) if axis == "flops" else 1)
+    # a rung between steps 7 and 8, so float rounding cannot move it
+    sweep["scheduler"] = {"type": "asha", "time_attr": axis, "max_t": 24 * per_step,
+                          "grace_period": 7.5 * per_step, "reduction_factor": 2}  # fmt: skip
+    path = tmp_path / f"asha-{axis}.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    args[1] = str(path)
+    out = run(args)
+    rows = {r.params["optim.lr"]: r for r in out.rows}
+    assert rows[3e-3].stop_reason == "completed" and rows[3e-3].step == 24, rows
+    assert rows[1e-6].stop_reason == "early-stopped" and rows[1e-6].step == 8, rows
+    assert rows[1e-6].flops == pytest.approx(8 * 32 * flops_per_example(cfg.base_config()))
