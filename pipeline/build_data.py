@@ -79,6 +79,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--min-clues", type=int, default=0, help="stop removing clues at this many (easier)")  # fmt: skip
     s.add_argument("--min-rating", type=int, default=0, help="keep puzzles needing >= this many solver guesses (harder)")  # fmt: skip
     s.add_argument("--num-aug", type=int, default=0, help="materialise this many augmented copies per training puzzle (0: on the fly)")  # fmt: skip
+    s.add_argument("--holdout-share", type=float, default=0.2, help="4x4/6x6: share of symmetry classes held out for test (no test puzzle is a symmetry of a training one)")  # fmt: skip
     common(s)
     workers(s)
 
@@ -147,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
             meta = build_sudoku(
                 a.out, size=a.size, num_train=a.num_train, num_test=a.num_test, seed=a.seed,
                 min_clues=a.min_clues, min_rating=a.min_rating, num_aug=a.num_aug,
-                workers=a.workers, **shard,
+                holdout_share=a.holdout_share, workers=a.workers, **shard,
             )  # fmt: skip
         elif a.command == "maze":
             meta = build_maze(

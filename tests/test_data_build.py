@@ -54,3 +54,26 @@ def test_materialised_maze_has_all_eight_transforms(tmp_path):
             assert M.is_shortest_path(b["inputs"][t * 2 + p], b["labels"][t * 2 + p])
     with pytest.raises(ValueError, match="wall_density"):
         build_maze(str(tmp_path / "bad"), wall_density=(0.6, 0.2))
+
+
+def test_small_sudoku_test_puzzles_are_no_symmetry_of_a_training_one(tmp_path):
+    # 4x4 puzzles with 10 clues fall into <800 symmetry classes: split by class, not by puzzle
+    from pipeline.data.builders import generate_sudoku_split
+
+    meta = build_sudoku(str(tmp_path / "s"), size=4, num_train=600, num_test=64, seed=1,
+                        min_clues=10)  # fmt: skip
+    assert meta.generator["params"]["holdout"] == {"by": "symmetry_class", "share": 0.2}
+    b = {split: next(iter(ShardStream(str(tmp_path / "s"), split=split, batch_size=n,
+                                      shuffle=False, augment=False)))["inputs"]
+         for split, n in (("train", 600), ("test", 64))}  # fmt: skip
+    digits = {k: np.where(v > 1, v - 1, 0) for k, v in b.items()}
+    train = set(S.symmetry_class(digits["train"], 4))
+    test = S.symmetry_class(digits["test"], 4)
+    assert not train & set(test) and len(set(test)) > 10
+    # same split for any number of workers
+    one = generate_sudoku_split(200, 30, size=4, seed=3, min_clues=10, workers=1)
+    two = generate_sudoku_split(200, 30, size=4, seed=3, min_clues=10, workers=2)
+    for a, c in zip(one[0] + one[1], two[0] + two[1]):
+        np.testing.assert_array_equal(a, c)
+    with pytest.raises(ValueError, match="holdout_share"):
+        generate_sudoku_split(10, 2, size=4, holdout_share=1.0)

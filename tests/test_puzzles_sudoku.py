@@ -108,3 +108,35 @@ def test_augment_is_a_function_of_the_key():
     assert not np.array_equal(xa[0], xa[1])
     xb, _ = S.augment(x[:1], y[:1], keys[:1])  # batch composition does not matter
     np.testing.assert_array_equal(xb[0], xa[0])
+
+
+@pytest.mark.parametrize("n", [4, 6])
+def test_symmetry_class_is_shared_by_augmented_copies_only(n):
+    from trm.puzzles.rng import example_keys
+
+    rng = np.random.default_rng(0)
+    q = np.array([S.generate(rng, n=n, min_clues=n * n // 2)[0] for _ in range(40)], np.int8)
+    keys = S.symmetry_class(q, n)
+    x = S.encode(q)
+    for epoch in range(3):  # any symmetry augment draws keeps the class
+        xa, _ = S.augment(x, x, example_keys(9, epoch, np.arange(len(x))), n=n)
+        assert S.symmetry_class(np.where(xa > 1, xa - 1, 0), n) == keys
+    assert len(S.cell_symmetries(n)) == {4: 128, 6: 3456}[n]
+    assert S.symmetry_class(q[:1], 9) is None and S.cell_symmetries(9) is None
+
+
+def test_symmetry_class_equality_is_equivalence_under_the_group():
+    """4x4, brute force: two puzzles share a key exactly when some cell symmetry and digit
+    relabelling maps one onto the other."""
+    import itertools
+
+    rng = np.random.default_rng(1)
+    q = np.array([S.generate(rng, n=4, min_clues=10)[0] for _ in range(30)], np.int8)
+    q = np.concatenate([q, q[:5, S.cell_symmetries(4)[77]]])  # some certainly equivalent
+    keys = S.symmetry_class(q, 4)
+    maps = S.cell_symmetries(4)
+    relabels = [np.array((0, *p), np.int8) for p in itertools.permutations(range(1, 5))]
+    for i, j in itertools.combinations(range(len(q)), 2):
+        images = {relabel[q[i][m]].tobytes() for m in maps for relabel in relabels}
+        assert (q[j].tobytes() in images) == (keys[i] == keys[j]), (i, j)
+    assert keys[30:] == keys[:5]

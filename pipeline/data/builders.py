@@ -72,39 +72,65 @@ def draw_distinct(
 
     `make` must be picklable (a module-level function or a partial of one) when workers > 1.
     """
-    if count < 0:
-        raise ValueError(f"count must be >= 0, got {count}")
+    return draw_split(make, [count], seed=seed, workers=workers, chunk=chunk, what=what,
+                      progress=progress)[0]  # fmt: skip
+
+
+def draw_split(
+    make: Callable[[np.random.Generator], tuple],
+    counts: list[int],
+    *,
+    seed: int,
+    split_of: Callable[[list[tuple]], list[int]] | None = None,
+    workers: int = 1,
+    chunk: int = 64,
+    what: str = "puzzles",
+    progress: Progress | None = None,
+) -> list[list[tuple]]:
+    """Results of `make(rng)` with distinct first elements (bytes-compared), in candidate
+    order, sorted into len(counts) parts: `split_of(items)` names each candidate's part (all
+    in part 0 without it); a candidate for a full part is dropped. Returns the parts, part k
+    with counts[k] items."""
+    if any(c < 0 for c in counts):
+        raise ValueError(f"counts must be >= 0, got {counts}")
     seen: set[bytes] = set()
-    out: list[tuple] = []
+    parts: list[list[tuple]] = [[] for _ in counts]
+    total = sum(counts)
     next_i, dups, t0 = 0, 0, time.perf_counter()
     pool = ProcessPoolExecutor(workers) if workers > 1 else None
+
+    def done() -> int:
+        return sum(len(p) for p in parts)
+
     try:
-        while len(out) < count:
-            n_chunks = max(1, min(workers * 4, math.ceil((count - len(out)) * 1.05 / chunk)))
+        while done() < total:
+            n_chunks = max(1, min(workers * 4, math.ceil((total - done()) * 1.05 / chunk)))
             starts = [next_i + k * chunk for k in range(n_chunks)]
             next_i += n_chunks * chunk
             job = partial(_chunk, make, seed, count=chunk)
-            parts = pool.map(job, starts) if pool else map(job, starts)
-            for part in parts:
-                for item in part:
+            for batch in pool.map(job, starts) if pool else map(job, starts):
+                where = split_of(batch) if split_of else [0] * len(batch)
+                for item, k in zip(batch, where):
                     key = np.asarray(item[0]).tobytes()
-                    if key in seen:
-                        dups += 1
-                    elif len(out) < count:
+                    if key in seen or len(parts[k]) >= counts[k]:
+                        dups += 1  # a repeat, or nowhere to put it
+                    else:
                         seen.add(key)
-                        out.append(item)
-            if dups > 4 * count + 200:  # the space is (nearly) exhausted
+                        parts[k].append(item)
+            if done() < total and dups > 4 * total + 200:  # the space is (nearly) exhausted
+                have = (str(len(parts[0])) if len(parts) == 1
+                        else " + ".join(f"{len(p)} of {c}" for p, c in zip(parts, counts)))  # fmt: skip
                 raise ValueError(
-                    f"only {len(out)} distinct {what} after {next_i} draws; ask for fewer "
+                    f"only {have} distinct {what} after {next_i} draws; ask for fewer "
                     "or loosen the difficulty settings"
                 )
             if progress:
-                rate = len(out) / max(time.perf_counter() - t0, 1e-9)
-                progress(f"{what}: {len(out)}/{count} ({rate:.1f}/s)")
+                rate = done() / max(time.perf_counter() - t0, 1e-9)
+                progress(f"{what}: {done()}/{total} ({rate:.1f}/s)")
     finally:
         if pool:
             pool.shutdown(cancel_futures=True)
-    return out
+    return parts
 
 
 # --------------------------------------------------------------------------- sudoku
@@ -133,6 +159,67 @@ def generate_sudoku(
         np.array([s for _, s, _ in items], dtype=np.int8).reshape(-1, cells),
         np.array([r for _, _, r in items], dtype=np.int32),
     )
+
+
+def holdout_split(keys: list[bytes], seed: int, share: float) -> list[int]:
+    """1 (test) for each key whose seeded SHA-256 falls in the lowest `share` of the hash
+    space, else 0 (train): a class goes wholly to one split, the same one for any draw order."""
+    import hashlib
+
+    salt = int(seed).to_bytes(8, "little", signed=True)
+    cut = int(share * 2**64)
+    return [int(int.from_bytes(hashlib.sha256(salt + k).digest()[:8], "little") < cut)
+            for k in keys]  # fmt: skip
+
+
+def generate_sudoku_split(
+    num_train: int,
+    num_test: int,
+    *,
+    size: int,
+    seed: int = 0,
+    holdout_share: float = 0.2,
+    min_clues: int = 0,
+    min_rating: int = 0,
+    workers: int = 1,
+    progress: Progress | None = None,
+) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]]:
+    """Train and test puzzles ((questions, solutions, ratings) each) such that no test puzzle
+    is a symmetry of a training puzzle: puzzles are grouped into classes of puzzles that
+    `augment` maps onto each other (`sudoku.symmetry_class`), and a class is held out for test
+    with probability `holdout_share` (seeded). Small grids need this: the 4x4 puzzles with 10
+    clues fall into under 800 classes, so exact-match splitting leaves nearly every test puzzle
+    a relabelled copy of a training one. Sizes without class keys (9x9) split in draw order."""
+    sudoku.geometry(size)
+    if not 0 < holdout_share < 1:
+        raise ValueError(f"holdout_share must be in (0, 1), got {holdout_share}")
+    cells = size * size
+
+    def split_of(batch: list[tuple]) -> list[int]:
+        questions = np.array([q for q, _, _ in batch], dtype=np.int8).reshape(-1, cells)
+        keys = sudoku.symmetry_class(questions, size)
+        return holdout_split(keys, seed, holdout_share)
+
+    if sudoku.cell_symmetries(size) is None:
+        q, s, r = generate_sudoku(num_train + num_test, size=size, seed=seed,
+                                  min_clues=min_clues, min_rating=min_rating, workers=workers,
+                                  progress=progress)  # fmt: skip
+        return (q[:num_train], s[:num_train], r[:num_train]), (
+            q[num_train:], s[num_train:], r[num_train:])  # fmt: skip
+    make = partial(sudoku.generate, n=size, min_clues=min_clues, min_rating=min_rating)
+    parts = draw_split(
+        make, [num_train, num_test], seed=seed, split_of=split_of, workers=workers,
+        chunk=512, what=f"{size}x{size} sudoku puzzles", progress=progress,
+    )  # fmt: skip
+    train, test = (
+        (
+            np.array([q for q, _, _ in items], dtype=np.int8).reshape(-1, cells),
+            np.array([s for _, s, _ in items], dtype=np.int8).reshape(-1, cells),
+            np.array([r for _, _, r in items], dtype=np.int32),
+        )
+        for items in parts
+    )
+    return train, test
 
 
 def sudoku_meta_fields(size: int, augmentation: dict, generator: dict) -> dict:
@@ -172,6 +259,7 @@ def build_sudoku(
     min_clues: int = 0,
     min_rating: int = 0,
     num_aug: int = 0,
+    holdout_share: float = 0.2,
     workers: int = 1,
     rows_per_shard: int = 100_000,
     row_group_rows: int = 4096,
@@ -179,6 +267,9 @@ def build_sudoku(
     progress: Progress | None = None,
 ) -> DatasetMeta:
     """Generate a Sudoku dataset (unique solutions, `rating` column) at `out_uri`.
+
+    4x4 and 6x6: no test puzzle is a symmetry of a training puzzle (`generate_sudoku_split`;
+    about `holdout_share` of the symmetry classes are test's); 9x9 splits in draw order.
 
     min_clues > 0 stops clue removal early (easier puzzles, faster); min_rating > 0 keeps only
     puzzles needing at least that many solver guesses (harder, slower). num_aug = 0 augments on
@@ -190,6 +281,9 @@ def build_sudoku(
         )
     params = dict(size=size, num_train=num_train, num_test=num_test, min_clues=min_clues,
                   min_rating=min_rating, num_aug=num_aug)  # fmt: skip
+    by_class = sudoku.cell_symmetries(size) is not None
+    if by_class:  # the record says how test was held out (9x9 records are unchanged)
+        params["holdout"] = {"by": "symmetry_class", "share": holdout_share}
     generator, meta = existing_dataset(out_uri, "sudoku", seed, params, overwrite)
     if meta is not None:
         return meta
@@ -201,14 +295,13 @@ def build_sudoku(
         row_group_rows=row_group_rows,
         overwrite=overwrite,
     )
-    q, s, r = generate_sudoku(
-        num_train + num_test, size=size, seed=seed, min_clues=min_clues, min_rating=min_rating,
-        workers=workers, progress=progress,
+    (q, s, r), (qt, st, rt) = generate_sudoku_split(
+        num_train, num_test, size=size, seed=seed, holdout_share=holdout_share,
+        min_clues=min_clues, min_rating=min_rating, workers=workers, progress=progress,
     )  # fmt: skip
-    x, y = sudoku.encode(q), sudoku.encode(s)
-    tr, te = slice(0, num_train), slice(num_train, None)
-    write_sudoku_rows(w, "train", x[tr], y[tr], r[tr], np.arange(num_train), num_aug, seed)
-    write_sudoku_rows(w, "test", x[te], y[te], r[te], np.arange(num_test))
+    write_sudoku_rows(w, "train", sudoku.encode(q), sudoku.encode(s), r, np.arange(num_train),
+                      num_aug, seed)  # fmt: skip
+    write_sudoku_rows(w, "test", sudoku.encode(qt), sudoku.encode(st), rt, np.arange(num_test))
     mode = {"mode": "materialised", "num_aug": num_aug} if num_aug else {"mode": "on_the_fly"}
     return w.commit(**sudoku_meta_fields(size, mode, generator))
 

@@ -358,3 +358,70 @@ def augment(inputs, labels, keys, n: int = 9) -> tuple[np.ndarray, np.ndarray]:
         return np.take_along_axis(tmap, grid.reshape(B, -1).astype(np.int64), 1).astype(x.dtype)
 
     return apply(inputs), apply(labels)
+
+
+# ---------------------------------------------------------------------------- symmetry classes
+MAX_CLASS_PERMUTATIONS = 5000
+"""Sizes whose cell symmetries number more than this (9x9: 3.4 million) get no class key."""
+
+
+def _line_orders(groups: int, size: int) -> list[list[int]]:
+    """Every order of `groups` groups of `size` lines: groups permuted, lines inside each."""
+    import itertools
+
+    inner = list(itertools.permutations(range(size)))
+    return [
+        [g * size + within[g][i] for g in order for i in range(size)]
+        for order in itertools.permutations(range(groups))
+        for within in itertools.product(inner, repeat=groups)
+    ]
+
+
+def cell_symmetries(n: int) -> np.ndarray | None:
+    """[P, n*n] cell index maps of every symmetry `augment` draws from (band, row-in-band, stack,
+    column-in-stack orders; the transpose when boxes are square), or None when there are more
+    than MAX_CLASS_PERMUTATIONS."""
+    g = geometry(n)
+    rows, cols = n // g.box_rows, n // g.box_cols
+    count = (
+        (2 if g.box_rows == g.box_cols else 1)
+        * math.factorial(rows) * math.factorial(g.box_rows) ** rows
+        * math.factorial(cols) * math.factorial(g.box_cols) ** cols
+    )  # fmt: skip
+    if count > MAX_CLASS_PERMUTATIONS:
+        return None
+    idx = np.arange(g.cells).reshape(n, n)
+    maps = []
+    for grid in (idx, idx.T) if g.box_rows == g.box_cols else (idx,):
+        for r in _line_orders(rows, g.box_rows):
+            for c in _line_orders(cols, g.box_cols):
+                maps.append(grid[np.ix_(r, c)].ravel())
+    return np.array(maps)
+
+
+def symmetry_class(puzzles: np.ndarray, n: int) -> list[bytes] | None:
+    """A key per puzzle ([N, n*n] digits, 0 = blank) equal for two puzzles exactly when one is
+    a symmetry of the other that `augment` can draw (cell symmetries and digit relabelling):
+    the smallest of its images with digits renumbered in order of first appearance. None for
+    sizes with too many symmetries to enumerate (9x9), where two random puzzles being
+    equivalent is vanishingly unlikely."""
+    maps = cell_symmetries(n)
+    if maps is None:
+        return None
+    puzzles = np.asarray(puzzles)
+    keys: list[bytes] = []
+    for start in range(0, len(puzzles), 64):
+        v = puzzles[start : start + 64][:, maps].reshape(-1, maps.shape[1])  # [B*P, cells]
+        # first position of each digit; digits renumbered 1.. in that order (absent ones last)
+        first = np.stack(
+            [np.where((v == d).any(1), (v == d).argmax(1), v.shape[1]) for d in range(1, n + 1)],
+            axis=1,
+        )
+        label = np.zeros((len(v), n + 1), np.int64)
+        np.put_along_axis(label, np.argsort(first, axis=1, kind="stable") + 1,
+                          np.arange(1, n + 1)[None, :], axis=1)  # fmt: skip
+        images = np.take_along_axis(label, v.astype(np.int64), axis=1)
+        # +1: no NUL bytes, which fixed-width bytes would drop
+        as_bytes = (images + 1).astype(np.uint8).view(f"S{v.shape[1]}").reshape(-1, len(maps))
+        keys.extend(bytes(k) for k in np.sort(as_bytes, axis=1)[:, 0])
+    return keys
