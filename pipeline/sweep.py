@@ -499,18 +499,33 @@ def absolute(uri: str) -> str:
 
 
 def ensure_dataset(sweep: SweepConfig, uri: str) -> None:
-    """Build the base dataset on first use when the sweep says how."""
+    """Build the base dataset on first use when the sweep says how; one already there must
+    have been built the way the sweep says (the builder checks its generator record), so a
+    dataset from another version or other parameters is not trained on by mistake."""
+    from pipeline.data.errors import DatasetError
     from pipeline.data.meta import META_FILE
     from pipeline.data.storage import open_storage
 
-    if not sweep.dataset or open_storage(uri).exists(META_FILE):
+    if not sweep.dataset:
         return
     args = {k: v for k, v in sweep.dataset.items() if k != "builder"}
-    print(f"[sweep] building dataset {uri} ({sweep.dataset['builder']}, {args}) ...", flush=True)
+    exists = open_storage(uri).exists(META_FILE)
+    if not exists:
+        print(f"[sweep] building dataset {uri} ({sweep.dataset['builder']}, {args}) ...",
+              flush=True)  # fmt: skip
     t = time.perf_counter()
-    meta = builders()[sweep.dataset["builder"]](uri, **args)
-    rows = {k: s.num_rows for k, s in meta.splits.items()}
-    print(f"[sweep] dataset built in {time.perf_counter() - t:.0f} s: {rows}", flush=True)
+    try:
+        meta = builders()[sweep.dataset["builder"]](uri, **args)
+    except DatasetError as e:
+        if not exists:
+            raise
+        raise ConfigError(
+            f"dataset: the sweep's `dataset` section does not describe the dataset already at "
+            f"{uri} ({e}); delete it to have it rebuilt, or set base.data.uri elsewhere"
+        ) from None
+    if not exists:
+        rows = {k: s.num_rows for k, s in meta.splits.items()}
+        print(f"[sweep] dataset built in {time.perf_counter() - t:.0f} s: {rows}", flush=True)
 
 
 def preflight(sweep: SweepConfig, base: RunConfig, storage: str) -> None:

@@ -317,3 +317,20 @@ def test_asha_on_a_flops_or_examples_axis_stops_at_its_rung(ray_local, work, tmp
     assert rows[3e-3].stop_reason == "completed" and rows[3e-3].step == 24, rows
     assert rows[1e-6].stop_reason == "early-stopped" and rows[1e-6].step == 8, rows
     assert rows[1e-6].flops == pytest.approx(8 * 32 * flops_per_example(cfg.base_config()))
+
+
+def test_a_dataset_built_otherwise_is_not_trained_on(tmp_path):
+    """The sweep's `dataset` section must describe the dataset already at base.data.uri (one
+    from an older generator or other parameters is refused, naming it), and a matching one is
+    reused as it is."""
+    from pipeline.data import build_sudoku
+    from pipeline.sweep import ensure_dataset
+
+    sw, _, _ = load_sweep(str(SMOKE), [f"data.uri={tmp_path / 'd'}"], str(tmp_path / "r"), "x")
+    build_sudoku(str(tmp_path / "d"), size=4, num_train=50, num_test=8, seed=0, min_clues=10)
+    with pytest.raises(ConfigError, match=r"dataset: the sweep's `dataset` section does not "):
+        ensure_dataset(sw, str(tmp_path / "d"))
+    ensure_dataset(sw, str(tmp_path / "e"))  # built as the sweep says
+    before = (tmp_path / "e" / "meta.json").read_bytes()
+    ensure_dataset(sw, str(tmp_path / "e"))  # and then reused untouched
+    assert (tmp_path / "e" / "meta.json").read_bytes() == before

@@ -5,7 +5,9 @@
 
 Candidate i is drawn from an rng seeded by (seed, i) and exact duplicates are skipped in candidate
 order, so the output depends on the parameters only, never on the number of workers; train takes
-the first num_train distinct puzzles and test the next num_test (no exact overlap).
+the first num_train distinct puzzles and test the next num_test (no exact overlap). Small Sudoku
+(4x4, 6x6) is split by symmetry class instead, so that no test puzzle is an augmentation of a
+training puzzle (`generate_sudoku_split`).
 
 Builders are idempotent for sweeps: if a complete dataset made with the same generator
 parameters is already at the URI it is returned untouched; different parameters raise unless
