@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-from drills import build_tiny_sudoku, record, tiny_config
+from drills import build_tiny_sudoku, read_logs, record, tiny_config
 
 STEPS, EVERY = 600, 50
 
@@ -63,9 +63,7 @@ def cluster(monkeypatch):
 
 
 def _worker_output(temp: Path) -> str:
-    return "\n".join(
-        p.read_text(errors="replace") for p in sorted(temp.glob("session_*/logs/worker-*.out"))
-    )
+    return "\n".join(read_logs(temp, "session_*/logs/worker-*.out"))
 
 
 @pytest.mark.slow

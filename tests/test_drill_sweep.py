@@ -192,7 +192,11 @@ def test_many_trials_on_two_cpus_queue_and_complete_with_bounded_driver_memory(r
     for path in (tmp_path / "runs" / "drill8").glob("trial_*/result.json"):
         last = [json.loads(line) for line in path.read_text().splitlines()][-1]
         assert last["step"] == 8, path
-        spans.append((last["timestamp"] - last["time_total_s"], last["timestamp"]))
+        # Tune's timestamp is whole seconds (floored): the true end lies in [ts, ts + 1), so
+        # [ts + 1 - total, ts] lies inside the trial's true span; overlaps of these can only
+        # undercount (a trial starts ~20 ms after its predecessor in a reused process)
+        ts = last["timestamp"]
+        spans.append((ts + 1 - last["time_total_s"], ts))
     assert len(spans) == n
     running = peak = 0
     for _, d in sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans]):

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from drills import LocalRay, build_tiny_sudoku, record, tiny_config
+from drills import LocalRay, build_tiny_sudoku, read_logs, record, tiny_config
 
 from pipeline.train import run_info
 from pipeline.worker import run_in_process
@@ -175,8 +175,7 @@ def test_ray_worker_killed_at_a_random_step_resumes_to_the_same_result(data, tmp
         result = run_training(cfg, name="killed")
         killer.join(timeout=60)
         out = ray_.worker_output()
-        logs = Path(ray_.temp_dir).glob("session_*/logs/worker-*.out")
-        first = [p.read_text(errors="replace") for p in logs]
+        first = read_logs(Path(ray_.temp_dir), "session_*/logs/worker-*.out")
     assert "t" in killed, f"no worker was killed (target step {target})"
     assert result.error is None and result.metrics["step"] == steps
     # the last step the first group reached: its rank 0 log is the one that never resumed

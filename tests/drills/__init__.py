@@ -75,6 +75,18 @@ def record(drill: str, **numbers: Any) -> None:
             f.write("\n")
 
 
+def read_logs(root: Path, pattern: str) -> list[str]:
+    """The text of every file under `root` matching `pattern`, in name order; a file that Ray
+    removes between listing and reading (an exited worker's log) is skipped."""
+    texts = []
+    for path in sorted(root.glob(pattern)):
+        try:
+            texts.append(path.read_text(errors="replace"))
+        except FileNotFoundError:
+            continue
+    return texts
+
+
 class LocalRay:
     """A private local Ray cluster: its own short temp dir (session logs land there, so a drill
     can read its workers' output), the given environment for every Ray process, and a
@@ -101,8 +113,7 @@ class LocalRay:
 
     def worker_output(self) -> str:
         """Everything Ray worker processes printed so far (their .out and .err logs)."""
-        logs = Path(self.temp_dir).glob("session_*/logs/worker-*")
-        return "\n".join(p.read_text(errors="replace") for p in sorted(logs))
+        return "\n".join(read_logs(Path(self.temp_dir), "session_*/logs/worker-*"))
 
     def __exit__(self, *exc: Any) -> None:
         import shutil
