@@ -510,13 +510,14 @@ def test_arc_json_importer_deep(existing, tmp_path, content):
 
 
 # ---- meta.json and the shard reader ---------------------------------------------------------
-def _meta_paths(d, prefix=""):
+def _meta_paths(d, prefix=()):
+    """Every key path in `d` as a tuple (keys written by an earlier edit may hold dots)."""
     out = []
     for k, v in d.items() if isinstance(d, dict) else enumerate(d):
-        key = f"{prefix}{k}"
+        key = (*prefix, k)
         out.append(key)
         if isinstance(v, (dict, list)) and v:
-            out += _meta_paths(v, key + ".")
+            out += _meta_paths(v, key)
     return out
 
 
@@ -524,15 +525,13 @@ def _check_meta(existing, tmp: Path, edits) -> None:
     out = _fresh_copy(existing, tmp)
     d = json.loads((out / META_FILE).read_text())
     for pick, value in edits:
-        paths = _meta_paths(d) or [""]
-        node, parts = d, paths[pick % len(paths)].split(".")
+        paths = _meta_paths(d)
+        if not paths:  # an earlier edit left nothing to edit
+            break
+        node, parts = d, paths[pick % len(paths)]
         for p in parts[:-1]:
-            node = node[int(p)] if isinstance(node, list) else node[p]
-        last = parts[-1]
-        if isinstance(node, list):
-            node[int(last)] = value
-        elif isinstance(node, dict):
-            node[last] = value
+            node = node[p]
+        node[parts[-1]] = value
     (out / META_FILE).write_text(json.dumps(d))
     meta_name = f"{out}/{META_FILE}"
     meta = outcome(lambda: read_meta(str(out)), DatasetError, meta_name, what="meta.json")

@@ -164,8 +164,9 @@ def test_cli_dry_run_and_error_exit(sudoku4, tmp_path, capsys):
 @pytest.mark.slow
 def test_tiny_model_learns_4x4_sudoku(tmp_path):
     """~1 min on 2 idle cores: the paper's recipe (deep supervision, ACT, EMA, stablemax,
-    AdamATan2) takes a 130k-parameter TRM from 0 to >= 35% exact accuracy on held-out 4x4
-    Sudoku (4 blanks) in 400 steps of 64 (measured: 50%; guessing 4 blanks: 0.4%)."""
+    AdamATan2) takes a 130k-parameter TRM from 0 to >= 20% exact accuracy on held-out 4x4
+    Sudoku (4 blanks; test puzzles from symmetry classes training never saw) in 400 steps of
+    64 (measured: 34%; guessing 4 blanks: 0.4%)."""
     import torch
 
     from pipeline.data import build_sudoku
@@ -192,7 +193,7 @@ def test_tiny_model_learns_4x4_sudoku(tmp_path):
         torch.set_num_threads(threads)
     assert final["step"] == 400
     assert final["eval/count"] == 128
-    assert final["eval/exact_accuracy"] >= 0.35, final
+    assert final["eval/exact_accuracy"] >= 0.20, final
     shutil.rmtree(tmp_path / "runs", ignore_errors=True)
 
 

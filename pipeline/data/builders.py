@@ -98,7 +98,7 @@ def draw_split(
     seen: set[bytes] = set()
     parts: list[list[tuple]] = [[] for _ in counts]
     total = sum(counts)
-    next_i, dups, t0 = 0, 0, time.perf_counter()
+    next_i, stale, t0 = 0, 0, time.perf_counter()
     pool = ProcessPoolExecutor(workers) if workers > 1 else None
 
     def done() -> int:
@@ -115,11 +115,13 @@ def draw_split(
                 for item, k in zip(batch, where):
                     key = np.asarray(item[0]).tobytes()
                     if key in seen or len(parts[k]) >= counts[k]:
-                        dups += 1  # a repeat, or nowhere to put it
+                        stale += 1  # a repeat, or for a part that is full
                     else:
                         seen.add(key)
                         parts[k].append(item)
-            if done() < total and dups > 4 * total + 200:  # the space is (nearly) exhausted
+                        stale = 0
+            # no new puzzle for a long run of draws: the space is (nearly) exhausted
+            if done() < total and stale > 4 * total + 200:
                 have = (str(len(parts[0])) if len(parts) == 1
                         else " + ".join(f"{len(p)} of {c}" for p, c in zip(parts, counts)))  # fmt: skip
                 raise ValueError(
