@@ -157,6 +157,11 @@ def generate_sudoku(
         make, count, seed=seed, workers=workers, chunk=64 if size >= 9 else 512,
         what=f"{size}x{size} sudoku puzzles", progress=progress,
     )  # fmt: skip
+    return _sudoku_arrays(items, size)
+
+
+def _sudoku_arrays(items: list[tuple], size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(questions [N, size*size] int8, solutions, ratings int32) of generated (q, s, r) items."""
     cells = size * size
     return (
         np.array([q for q, _, _ in items], dtype=np.int8).reshape(-1, cells),
@@ -197,33 +202,23 @@ def generate_sudoku_split(
     sudoku.geometry(size)
     if not 0 < holdout_share < 1:
         raise ValueError(f"holdout_share must be in (0, 1), got {holdout_share}")
-    cells = size * size
-
-    def split_of(batch: list[tuple]) -> list[int]:
-        questions = np.array([q for q, _, _ in batch], dtype=np.int8).reshape(-1, cells)
-        keys = sudoku.symmetry_class(questions, size)
-        return holdout_split(keys, seed, holdout_share)
-
     if sudoku.cell_symmetries(size) is None:
         q, s, r = generate_sudoku(num_train + num_test, size=size, seed=seed,
                                   min_clues=min_clues, min_rating=min_rating, workers=workers,
                                   progress=progress)  # fmt: skip
         return (q[:num_train], s[:num_train], r[:num_train]), (
             q[num_train:], s[num_train:], r[num_train:])  # fmt: skip
+
+    def split_of(batch: list[tuple]) -> list[int]:
+        keys = sudoku.symmetry_class(_sudoku_arrays(batch, size)[0], size)
+        return holdout_split(keys, seed, holdout_share)
+
     make = partial(sudoku.generate, n=size, min_clues=min_clues, min_rating=min_rating)
-    parts = draw_split(
+    train, test = draw_split(
         make, [num_train, num_test], seed=seed, split_of=split_of, workers=workers,
         chunk=512, what=f"{size}x{size} sudoku puzzles", progress=progress,
     )  # fmt: skip
-    train, test = (
-        (
-            np.array([q for q, _, _ in items], dtype=np.int8).reshape(-1, cells),
-            np.array([s for _, s, _ in items], dtype=np.int8).reshape(-1, cells),
-            np.array([r for _, _, r in items], dtype=np.int32),
-        )
-        for items in parts
-    )
-    return train, test
+    return _sudoku_arrays(train, size), _sudoku_arrays(test, size)
 
 
 def sudoku_meta_fields(size: int, augmentation: dict, generator: dict) -> dict:

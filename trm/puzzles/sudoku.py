@@ -23,6 +23,7 @@ is applied to question and answer, so a valid, uniquely solvable puzzle stays on
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -377,10 +378,11 @@ def _line_orders(groups: int, size: int) -> list[list[int]]:
     ]
 
 
+@functools.cache
 def cell_symmetries(n: int) -> np.ndarray | None:
     """[P, n*n] cell index maps of every symmetry `augment` draws from (band, row-in-band, stack,
     column-in-stack orders; the transpose when boxes are square), or None when there are more
-    than MAX_CLASS_PERMUTATIONS."""
+    than MAX_CLASS_PERMUTATIONS. Built once per size (read-only)."""
     g = geometry(n)
     rows, cols = n // g.box_rows, n // g.box_cols
     count = (
@@ -396,7 +398,9 @@ def cell_symmetries(n: int) -> np.ndarray | None:
         for r in _line_orders(rows, g.box_rows):
             for c in _line_orders(cols, g.box_cols):
                 maps.append(grid[np.ix_(r, c)].ravel())
-    return np.array(maps)
+    out = np.array(maps)
+    out.flags.writeable = False  # shared by every caller through the cache
+    return out
 
 
 def symmetry_class(puzzles: np.ndarray, n: int) -> list[bytes] | None:
