@@ -125,13 +125,15 @@ def is_eval_step(cfg: RunConfig, step: int) -> bool:
     return step % cfg.eval.every == 0 or step == cfg.schedule.steps
 
 
-def flops_per_example(cfg: RunConfig) -> float:
-    """Model training FLOPs per example-ACT-step (trm.flops) of this run's model."""
+def flops_per_example(cfg: RunConfig, meta: Any = None) -> float:
+    """Model training FLOPs per example-ACT-step (trm.flops) of this run's model; `meta`: its
+    dataset's metadata when the caller has it already (read from cfg.data.uri otherwise)."""
     from pipeline.data.meta import read_meta
     from pipeline.worker import model_config
     from trm import flops
 
-    return float(flops(model_config(cfg, read_meta(cfg.data.uri)))["train_step"])
+    meta = meta if meta is not None else read_meta(cfg.data.uri)
+    return float(flops(model_config(cfg, meta))["train_step"])
 
 
 def with_time_axes(metrics: dict[str, Any], cfg: RunConfig, flops_per_row: float) -> dict:
@@ -802,16 +804,15 @@ def grid_longest_first(sweep: SweepConfig, base: RunConfig) -> dict[str, list[An
     that cost the same keep the file's order. Tune enumerates the grid from its costliest
     corner, so the last free slots run the cheapest trials instead of the whole sweep waiting
     on its biggest one (longest-processing-time-first scheduling)."""
-    from pipeline.data.meta import read_meta
-    from pipeline.worker import model_config
-    from trm import flops
+    import functools
 
-    metas: dict[str, Any] = {}
+    from pipeline.data.meta import read_meta
+
+    meta_of = functools.cache(read_meta)  # a data.uri axis may name several datasets
 
     def cost(dom: Any, value: Any) -> float:
         cfg = base.with_overrides([f"{k}={json.dumps(v)}" for k, v in dom.assign(value).items()])
-        meta = metas.get(cfg.data.uri) or metas.setdefault(cfg.data.uri, read_meta(cfg.data.uri))
-        per_example = float(flops(model_config(cfg, meta))["train_step"])
+        per_example = flops_per_example(cfg, meta_of(cfg.data.uri))
         return per_example * cfg.schedule.steps * cfg.data.global_batch_size
 
     return {
