@@ -163,22 +163,11 @@ class RayLocal:
     (auto-detection fails when other Ray clusters run on the machine)."""
 
     def actor_pids(self, class_name: str) -> list[int]:
-        """Pids of this cluster's live actors of `class_name` (Tune function trials are
-        `ImplicitFunc`, Ray Train workers `RayTrainWorker`), read from the process titles
-        (`ray::CLASS.method`) of this test process's descendants: `ray.init` starts the raylet
-        as our child and it forks the workers. No State API call, which can time out on a
-        loaded machine, and never a process of another Ray on the machine."""
-        import psutil
+        """Pids of this cluster's live actors of `class_name`, found by process title among
+        this test process's descendants (`drills.actor_pids`)."""
+        from drills import actor_pids
 
-        pids = []
-        for p in psutil.Process().children(recursive=True):
-            try:
-                title = (p.cmdline() or [""])[0]
-            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-                continue
-            if title.split(".")[0] == f"ray::{class_name}" and p.status() != psutil.STATUS_ZOMBIE:
-                pids.append(p.pid)
-        return pids
+        return actor_pids(class_name)
 
 
 @pytest.fixture(scope="module")

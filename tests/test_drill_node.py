@@ -19,23 +19,13 @@ import time
 from pathlib import Path
 
 import pytest
-from drills import build_tiny_sudoku, read_logs, record, tiny_config
+from drills import actor_pids, build_tiny_sudoku, raylet_pid, read_logs, record, tiny_config
 
 STEPS, EVERY = 600, 50
 
 
 def _hosts_a_train_worker(node) -> bool:
-    import psutil
-    from ray._private import ray_constants
-
-    raylet = node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid
-    for p in psutil.Process(raylet).children(recursive=True):
-        try:
-            if "RayTrainWorker" in " ".join(p.cmdline()):
-                return True
-        except psutil.Error:
-            continue
-    return False
+    return bool(actor_pids("RayTrainWorker", raylet_pid(node)))
 
 
 @pytest.fixture

@@ -148,6 +148,19 @@ def _after(n: int, action):
     return run
 
 
+def _outage_during_upload(proxy, checkpoint: str, seconds: float) -> list[float]:
+    """Take the endpoint down for `seconds` at the 3rd upload request of `checkpoint` (part-way
+    through it); returns a list that receives the moment it went down."""
+    down_at: list[float] = []
+
+    def go_down():
+        down_at.append(time.monotonic())
+        proxy.down(seconds)
+
+    proxy.on_request(rf"PUT \S+/{checkpoint}/", _after(3, go_down), times=3)
+    return down_at
+
+
 @pytest.fixture
 def ray_on_proxy(proxied):
     from drills import LocalRay
@@ -219,13 +232,7 @@ def test_short_outage_during_checkpoint_upload_never_resumes_a_half_written_one(
 
     proxy, bucket, data, ray_ = ray_on_proxy
     cfg = _ray_cfg(data, bucket)
-    outage: list[float] = []
-
-    def go_down():
-        outage.append(time.monotonic())
-        proxy.down(3)
-
-    proxy.on_request(r"PUT \S+/checkpoint_00000012/", _after(3, go_down), times=3)
+    outage = _outage_during_upload(proxy, "checkpoint_00000012", seconds=3)
     try:
         first = run_training(cfg, name="upload-short")
         first_error = None
@@ -263,13 +270,7 @@ def test_long_outage_during_checkpoint_upload_stops_naming_the_endpoint_then_res
 
     proxy, bucket, data, ray_ = ray_on_proxy
     cfg = _ray_cfg(data, bucket)
-    started: list[float] = []
-
-    def go_down():
-        started.append(time.monotonic())
-        proxy.down(3600)
-
-    proxy.on_request(r"PUT \S+/checkpoint_00000008/", _after(3, go_down), times=3)
+    started = _outage_during_upload(proxy, "checkpoint_00000008", seconds=3600)
     with pytest.raises(Exception) as e:
         run_training(cfg, name="upload-long")
     failed_after_s = time.monotonic() - started[0]

@@ -25,7 +25,15 @@ from pathlib import Path
 
 import pytest
 import yaml
-from drills import LocalRay, build_tiny_sudoku, read_logs, record, tiny_config
+from drills import (
+    LocalRay,
+    actor_pids,
+    build_tiny_sudoku,
+    raylet_pid,
+    read_logs,
+    record,
+    tiny_config,
+)
 
 from pipeline.train import run_info
 from pipeline.worker import run_in_process
@@ -116,20 +124,9 @@ def test_local_run_killed_at_a_random_step_resumes_to_the_same_result(data, tmp_
 
 # ---- Ray Train: the group restarts within fit() ----------------------------------------------
 def _train_worker_pids() -> list[int]:
-    import psutil
     import ray
-    from ray._private import ray_constants
 
-    node = ray._private.worker._global_node
-    raylet = node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid
-    pids = []
-    for p in psutil.Process(raylet).children(recursive=True):
-        try:
-            if "RayTrainWorker" in " ".join(p.cmdline()):
-                pids.append(p.pid)
-        except psutil.Error:
-            continue
-    return sorted(pids)
+    return actor_pids("RayTrainWorker", raylet_pid(ray._private.worker._global_node))
 
 
 @pytest.mark.slow

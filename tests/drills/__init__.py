@@ -75,6 +75,32 @@ def record(drill: str, **numbers: Any) -> None:
             f.write("\n")
 
 
+def actor_pids(class_name: str, root: int | None = None) -> list[int]:
+    """Sorted pids of live Ray actor processes of `class_name` (Tune function trials are
+    `ImplicitFunc`, Ray Train workers `RayTrainWorker`) among the descendants of process `root`
+    (default: this process, whose `ray.init` started the raylet that forks the workers; or a
+    raylet's pid), read from their process titles (`ray::CLASS.method`). No State API call,
+    which can time out on a loaded machine, and never a process of another Ray."""
+    import psutil
+
+    pids = []
+    for p in psutil.Process(root).children(recursive=True):
+        try:
+            title = (p.cmdline() or [""])[0]
+            if title.split(".")[0] == f"ray::{class_name}" and p.status() != psutil.STATUS_ZOMBIE:
+                pids.append(p.pid)
+        except psutil.Error:  # gone, or a zombie, meanwhile
+            continue
+    return sorted(pids)
+
+
+def raylet_pid(node: Any) -> int:
+    """Pid of the raylet of a Ray node object (`ray._private.node.Node`)."""
+    from ray._private import ray_constants
+
+    return node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid
+
+
 def read_logs(root: Path, pattern: str) -> list[str]:
     """The text of every file under `root` matching `pattern`, in name order; a file that Ray
     removes between listing and reading (an exited worker's log) is skipped."""
