@@ -12,14 +12,21 @@ Each file `f` is written to a temp name, fsynced and renamed, with `f.sha256` be
 load recomputes the digest and raises `CheckpointError` on a missing file or a mismatch, so a
 truncated or corrupted checkpoint is reported instead of silently resuming from garbage.
 Distinct file names per rank let Ray Train merge all ranks' files into one checkpoint.
+
+Which checkpoint a run resumes from: `first_complete_checkpoint` takes the newest complete
+one among candidates (`resume_candidates` for a Ray Train worker: its run directory in
+storage and Ray Train's record; `local_checkpoints` for runs without Ray), skipping and naming
+damaged or half-written ones.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
 import random
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -115,3 +122,105 @@ def restore_rng(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ---- the checkpoint to resume from ----------------------------------------------------------
+def resume_candidates(
+    checkpoint: Any, run_dir: str, say: Callable[[str], None]
+) -> Iterator[tuple[str, Any]]:
+    """What a Ray Train worker may resume from, newest first: checkpoints in the run directory
+    newer than the one Ray Train hands over, then that one and the older ones.
+
+    Ray Train hands over the latest checkpoint its controller has recorded, and the controller
+    records a report up to a poll interval (2 s) after the workers made it: a group that dies
+    in that window, or storage that fails before the run snapshot is written, leaves complete
+    checkpoints in storage that Ray Train does not know of. Resuming from an older one would
+    lose more than a checkpoint interval; starting over (no record at all) would lose the run.
+    """
+    known = checkpoint.path.rstrip("/").rpartition("/")[2] if checkpoint is not None else ""
+    try:
+        stored = list(_stored_checkpoints(run_dir))
+    except OSError as e:  # fail (Ray Train retries the group) rather than resume from less
+        from pipeline.data.errors import StorageError
+
+        raise StorageError(f"cannot list the checkpoints in {run_dir}: {e}") from e
+    newer = [(name, opener) for name, opener in stored if name.rpartition("/")[2] > known]
+    if newer:
+        say(f"storage holds checkpoints newer than Ray Train's record ({known or 'none'}): "
+            f"{', '.join(n.rpartition('/')[2] for n, _ in newer)}")  # fmt: skip
+    yield from newer
+    if checkpoint is not None:
+        yield from _ray_checkpoints(checkpoint)
+
+
+def _ray_checkpoints(checkpoint: Any) -> Iterator[tuple[str, Any]]:
+    """(name, context giving a local directory) of the checkpoint Ray Train hands over, then of
+    the run's older checkpoints in the same storage, newest first (names sort by step)."""
+    yield checkpoint.path, checkpoint.as_directory()
+    parent, _, name = checkpoint.path.rstrip("/").rpartition("/")
+    yield from _checkpoints_in(checkpoint.filesystem, parent, before=name)
+
+
+def _stored_checkpoints(run_dir: str) -> Iterator[tuple[str, Any]]:
+    """Candidates for `first_complete_checkpoint` in a run directory (local path or s3://)."""
+    import pyarrow.fs as pafs
+
+    fs, path = pafs.FileSystem.from_uri(run_dir if "://" in run_dir else f"file://{run_dir}")
+    yield from _checkpoints_in(fs, path)
+
+
+def _checkpoints_in(fs: Any, parent: str, before: str = "") -> Iterator[tuple[str, Any]]:
+    import pyarrow.fs as pafs
+    import ray.train
+
+    infos = fs.get_file_info(pafs.FileSelector(parent, allow_not_found=True))
+    found = [
+        i.path
+        for i in infos
+        if i.type == pafs.FileType.Directory
+        and i.base_name.startswith("checkpoint_")
+        and (not before or i.base_name < before)
+    ]
+    for path in sorted(found, reverse=True):
+        yield path, ray.train.Checkpoint(path, filesystem=fs).as_directory()
+
+
+def first_complete_checkpoint(
+    candidates: Iterable[tuple[str, Any]],
+    stack: contextlib.ExitStack,
+    say: Callable[[str], None] = print,
+) -> str | None:
+    """Local directory of the newest complete checkpoint (`checkpoint.verify`) among
+    `candidates`, (name, context giving a local directory) newest first, kept open by `stack`.
+    Damaged or half-written ones are named and skipped; `CheckpointError` when there are
+    checkpoints but none is complete (starting over silently would lose the run)."""
+    bad = []
+    for name, opener in candidates:
+        with contextlib.ExitStack() as inner:
+            directory = inner.enter_context(opener)
+            try:
+                verify(directory)
+            except CheckpointError as e:
+                bad.append(f"{name}: {e}")
+                say(f"skipping checkpoint {name}: {e}")
+                continue
+            stack.enter_context(inner.pop_all())
+            if bad:
+                say(f"resuming from the previous complete checkpoint {name}")
+            return directory
+    if bad:
+        raise CheckpointError("no complete checkpoint to resume from: " + "; ".join(bad))
+    return None
+
+
+def local_checkpoints(directory: str | Path) -> Iterator[tuple[str, Any]]:
+    """Candidates for `first_complete_checkpoint` under a local run directory, newest first."""
+    found = sorted(Path(directory).glob("checkpoint_*")) if Path(directory).is_dir() else []
+    for path in reversed(found):
+        yield str(path), contextlib.nullcontext(str(path))
+
+
+def latest_local_checkpoint(directory: str | Path) -> str | None:
+    """The newest complete checkpoint under a local run directory, or None."""
+    with contextlib.ExitStack() as stack:
+        return first_complete_checkpoint(local_checkpoints(directory), stack)

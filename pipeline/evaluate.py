@@ -346,3 +346,102 @@ def depth_curve_figure(curve: list[float], halt_max_steps: int, step: int):
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+# ---- evaluation during training -----------------------------------------------------------
+class Evaluator:
+    """The periodic evaluation of a training run: each rank evaluates its share of the test
+    split, the sums are added across ranks (every rank calls `__call__` at the same steps),
+    and rank 0 prints a line and logs the metrics, the depth curve and pictures to `tracker`.
+
+    `cfg` is the run config (`data`, `eval`, `schedule` sections), `meta` the dataset's
+    metadata, `halt_max_steps` the model's ACT step limit.
+    """
+
+    def __init__(self, cfg: Any, meta: Any, halt_max_steps: int, *, rank: int, world: int,
+                 device: torch.device, tracker: Any, say: Any, name: str):  # fmt: skip
+        self.cfg, self.meta, self.halt_max_steps = cfg, meta, halt_max_steps
+        self.rank, self.world, self.device = rank, world, device
+        self.tracker, self.say, self.name = tracker, say, name
+        self.depth_steps = max(cfg.depth_steps, halt_max_steps)
+        self.arc_names = _arc_identifiers(cfg.data.uri, meta)
+
+    def __call__(self, model: torch.nn.Module, step: int) -> dict[str, float]:
+        """Evaluate `model` (the EMA weights when the run keeps them) at training `step`;
+        returns the `eval/*` metrics over all ranks."""
+        from pipeline import distributed
+        from pipeline.data.stream import ShardStream
+
+        cfg, world = self.cfg, self.world
+        stream = ShardStream(
+            cfg.data.uri, "test", batch_size=cfg.data.eval_batch_size or cfg.per_worker_batch,
+            rank=self.rank, world_size=world, seed=cfg.data.seed, shuffle=False, augment=False,
+            epoch=0, drop_last=False, meta=self.meta,
+        )  # fmt: skip
+        per_rank_max = math.ceil(cfg.eval.max_examples / world) if cfg.eval.max_examples else 0
+        res = evaluate(
+            model, stream, device=self.device, halt_max_steps=self.halt_max_steps,
+            depth_steps=self.depth_steps, max_examples=per_rank_max,
+            num_pictures=cfg.eval.num_pictures if self.rank == 0 else 0,
+        )  # fmt: skip
+        sums = distributed.sum_across_ranks(res.flat(), self.device)
+        metrics, curve = finish(sums, self.halt_max_steps)
+        if self.meta.task == "arc":
+            records = arc_records(
+                model, stream.set_epoch(0), device=self.device, meta=self.meta,
+                identifiers=self.arc_names, num_variants=cfg.eval.arc_variants,
+                max_examples=per_rank_max,
+            )  # fmt: skip
+            everyone = [r for part in distributed.gather_objects(records) for r in part]
+            metrics.update(arc_pass_at_k(everyone, cfg.eval.pass_ks))
+        if self.rank == 0:
+            self._log(metrics, curve, res.pictures, step)
+        return metrics
+
+    def _log(
+        self, metrics: dict[str, float], curve: list[float], pictures: list, step: int
+    ) -> None:
+        shown = " ".join(f"{k}:{v:.2f}" for k, v in enumerate(curve, 1) if _show(k, len(curve)))
+        self.say(
+            f"[{self.name}] eval step {step}: exact {metrics['eval/exact_accuracy']:.4f} "
+            f"token {metrics['eval/accuracy']:.4f} q_halt {metrics['eval/q_halt_accuracy']:.3f}"
+            f" steps {metrics['eval/steps']:.2f} (n={int(metrics['eval/count'])}) | depth {shown}"
+        )
+        tracker, tag = self.tracker, f"step_{step:08d}"
+        tracker.log_metrics(metrics, step)
+        tracker.log_dict(
+            {"step": step, "halt_max_steps": self.halt_max_steps, "exact_accuracy": curve},
+            f"depth_curve/{tag}.json",
+        )
+        _log_figure(tracker, depth_curve_figure(curve, self.halt_max_steps, step),
+                    f"depth_curve/{tag}.png")  # fmt: skip
+        if pictures:
+            _log_figure(tracker, refinement_figure(pictures, self.meta.task),
+                        f"refinement/{tag}.png")  # fmt: skip
+        if step == self.cfg.schedule.steps:
+            tracker.log_series("depth_curve/exact_accuracy", curve)
+
+
+def _arc_identifiers(uri: str, meta: Any) -> list[str] | None:
+    """Names of a materialised ARC dataset's puzzle identifiers (its identifiers.json)."""
+    if meta.task != "arc" or meta.augmentation.get("mode") == "on_the_fly":
+        return None
+    import json
+
+    from pipeline.data.storage import open_storage
+
+    return json.loads(open_storage(uri).read_bytes(meta.augmentation["identifiers"]))
+
+
+def _show(k: int, n: int) -> bool:
+    """Whether the console line shows depth-curve step k of n (all of a short curve)."""
+    return n <= 12 or k in (1, 2, 4, 8, 16, 32, 64, n) or k % 16 == 0
+
+
+def _log_figure(tracker: Any, fig: Any, path: str) -> None:
+    import matplotlib.pyplot as plt
+
+    try:
+        tracker.log_figure(fig, path)
+    finally:
+        plt.close(fig)

@@ -129,7 +129,7 @@ def flops_per_example(cfg: RunConfig, meta: Any = None) -> float:
     """Model training FLOPs per example-ACT-step (trm.flops) of this run's model; `meta`: its
     dataset's metadata when the caller has it already (read from cfg.data.uri otherwise)."""
     from pipeline.data.meta import read_meta
-    from pipeline.worker import model_config
+    from pipeline.train_state import model_config
     from trm import flops
 
     meta = meta if meta is not None else read_meta(cfg.data.uri)

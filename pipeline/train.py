@@ -26,14 +26,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from pipeline.checkpoint import latest_local_checkpoint
 from pipeline.config import ConfigError, RunConfig, describe
-from pipeline.worker import (
-    RunInfo,
-    latest_local_checkpoint,
-    loop_config,
-    model_config,
-    run_in_process,
-)
+from pipeline.train_state import model_config
+from pipeline.worker import RunInfo, loop_config, run_in_process
 
 
 # ---- checks before any worker starts ----------------------------------------------------------

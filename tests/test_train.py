@@ -12,9 +12,10 @@ import pytest
 
 from pipeline import checkpoint as ckpt
 from pipeline.config import ConfigError, RunConfig
+from pipeline.metrics import datasheet_peak_flops
 from pipeline.tracking import find_run, read_run
 from pipeline.train import main, preflight, run_info
-from pipeline.worker import LocalCheckpoints, datasheet_peak_flops, run_in_process
+from pipeline.worker import LocalCheckpoints, run_in_process
 
 TINY = {
     "name": "tiny",
@@ -304,7 +305,7 @@ def test_gpu_peaks_come_from_the_datasheet_for_the_dtype():
 def test_batch_chunk_slices_big_models_on_a_cpu_only():
     import torch
 
-    from pipeline.worker import batch_chunk
+    from pipeline.train_state import batch_chunk
     from trm import TRMConfig
 
     paper = TRMConfig(**{"seq_len": 81, "vocab_size": 11, "num_puzzle_identifiers": 2,
