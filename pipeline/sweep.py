@@ -9,12 +9,13 @@ parent run.
     python pipeline/sweep.py --sweep S --set data.uri=s3://b/sudoku --storage-path s3://b/sweeps
     ray job submit --address http://HEAD:8265 --working-dir . -- python pipeline/sweep.py --sweep S
 
-Three layers (STYLE.md, Ray): the per-worker loop (`pipeline.worker`), a trial (`run_trial`:
-1-worker trials run that loop in the Tune trial's own process, `pipeline.worker.run_in_process`,
-without the ~20 s a TorchTrainer costs; multi-worker trials build a `TorchTrainer` through
-`pipeline.train.run_training`), and the `Tuner` built here. Trial runs are named
-`<sweep>-<trial id>`, never from timestamps, so `--resume` (`Tuner.restore`) finds them, their
-checkpoints and their MLflow runs again; the MLflow parent run is found by its run key.
+Three layers, as in Ray's Train + Tune examples: the per-worker loop (`pipeline.worker`), a
+trial (`run_trial`: 1-worker trials run that loop in the Tune trial's own process,
+`pipeline.worker.run_in_process`, without the ~20 s a TorchTrainer costs; multi-worker trials
+build a `TorchTrainer` through `pipeline.train.run_training`), and the `Tuner` built here. Trial
+runs are named `<sweep>-<trial id>`, never from timestamps, so `--resume` (`Tuner.restore`)
+finds them, their checkpoints and their MLflow runs again; the MLflow parent run is found by its
+run key.
 
 Every check that can fail before a trial starts runs first: the sweep file (pipeline/
 sweep_config.py), the dataset against every trial's model and batch, storage writable and

@@ -7,11 +7,12 @@ checkpoints to a local or s3:// storage path, metrics and pictures in MLflow.
     python pipeline/train.py configs/sudoku_tiny.yaml --local      # one process, no Ray
     python pipeline/train.py --help                                # every config key
 
-Three layers (STYLE.md, Ray): `pipeline.worker.train_loop_per_worker` runs on each worker,
-`run_training` builds the `TorchTrainer` and fits it, and a sweep (pipeline/sweep.py) calls
-`run_training` (or `pipeline.worker.run_in_process` for 1-worker trials) per trial. Every check
-that can fail without a GPU or a worker (config values, dataset present and matching the
-model, storage writable, paths readable on every node) runs here, before any worker starts.
+Three layers, as in Ray's Train + Tune examples: `pipeline.worker.train_loop_per_worker` runs on
+each worker, `run_training` builds the `TorchTrainer` and fits it, and a sweep
+(pipeline/sweep.py) calls `run_training` (or `pipeline.worker.run_in_process` for 1-worker
+trials) per trial. Every check that can fail without a GPU or a worker (config values, dataset
+present and matching the model, storage writable, paths readable on every node) runs here,
+before any worker starts.
 
 Re-running the same `name` with the same storage path resumes from its latest checkpoint.
 """

@@ -1,6 +1,6 @@
 """The Tiny Recursive Model (TRM, arXiv 2510.04871) with its ACT wrapper.
 
-Architecture choices (each one matches the official implementation, see TRM-SEMANTICS.md):
+Architecture choices (each one matches the official implementation; docs/trm-behaviour.md):
 - Input: token embedding, a prefix of P puzzle-embedding slots from a sparse per-puzzle table
   (row right-padded with zeros to P*D), optional learned positions (mixed with 1/sqrt(2)),
   all scaled by sqrt(D).

@@ -9,7 +9,7 @@
 Why plain pyarrow and not Ray Data: measured on this 2-core box (benchmarks/data_stream.py, same
 200k-row Sudoku dataset, batch 1024), ShardStream gave 189k rows/s with the first batch after
 0.24 s, Ray Data `read_parquet(...).iter_batches` 14k rows/s with the first batch after 13.8 s
-(plus `ray.init`); ../shared/RAY.md saw the same ~10x inside Train workers. TRM data is small (tens
+(plus `ray.init`); inside two Train workers the gap was the same ~10x. TRM data is small (tens
 of MB) and the per-row work (augmentation) is cheap numpy, so Ray Data's distributed execution
 buys nothing and its per-epoch start-up dominates. Reading Parquet row groups ourselves also gives
 exact control of the split across ranks, which DDP needs (every rank must take the same number

@@ -10,7 +10,7 @@ walls on a uniformly drawn 30-50% of cells, a random open start, BFS distances f
 drawn among open cells more than `min_path` moves away (Maze-Hard: longer than 110); grids where
 no such goal exists are redrawn. Drawing the goal among the far cells rather than rejecting
 uniform (start, goal) pairs is much faster and gives the same kind of instance; the exact
-Maze-Hard filter semantics could not be checked offline (see ../shared/DATASETS.md).
+Maze-Hard filter semantics could not be checked offline (docs/datasets.md, Maze-Hard).
 Such mazes usually have several shortest paths; the label is the one that, walking from S, always
 takes the first neighbour in (up, down, left, right) order that gets one step closer to G.
 `is_shortest_path` accepts any of them (for "any shortest path" accuracy).
