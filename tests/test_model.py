@@ -7,29 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_trm import make_batch, tiny
 
 from trm import TRM, TRMConfig
 from trm.losses import act_loss
 
 TRM_DIR = Path(__file__).parents[1] / "trm"
-
-
-def tiny(**kw) -> TRMConfig:
-    base = dict(
-        hidden_size=16, num_heads=2, expansion=2, L_layers=2, H_cycles=2, L_cycles=2,
-        seq_len=6, vocab_size=5, num_puzzle_identifiers=4, puzzle_emb_ndim=16,
-        puzzle_emb_len=2, halt_max_steps=3, halt_exploration_prob=0.0,
-    )  # fmt: skip
-    return TRMConfig(**{**base, **kw})
-
-
-def make_batch(cfg: TRMConfig, B: int = 3, seed: int = 0) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return {
-        "inputs": torch.randint(0, cfg.vocab_size, (B, cfg.seq_len), generator=g),
-        "labels": torch.randint(0, cfg.vocab_size, (B, cfg.seq_len), generator=g),
-        "puzzle_identifiers": torch.randint(0, max(cfg.num_puzzle_identifiers, 1), (B,), generator=g),
-    }  # fmt: skip
 
 
 # ---------------------------------------------------------------- shapes
@@ -145,7 +128,15 @@ def test_puzzle_emb_width_defaults_to_hidden_size():
 
 def test_mlp_t_ignores_head_count():
     # token-mixing variant has no attention: heads need not divide the width
-    TRM(tiny(mlp_t=True, num_heads=3, pos_encodings="none"))
+    with pytest.raises(ValueError, match="num_heads"):
+        TRM(tiny(num_heads=3))  # the attention variant refuses the same setting
+    cfg = tiny(mlp_t=True, num_heads=3, pos_encodings="none")
+    model = TRM(cfg)
+    assert all(not hasattr(b, "self_attn") and hasattr(b, "mlp_t") for b in model.layers)
+    batch = make_batch(cfg)
+    _, out = model(model.initial_carry(batch), batch)
+    assert out.logits.shape == (3, cfg.seq_len, cfg.vocab_size)
+    assert torch.isfinite(out.logits).all()
 
 
 # ---------------------------------------------------------------- recursion

@@ -4,24 +4,16 @@ with batch compaction, and fixed depth) and `TRM.batch_chunk` (the recursion on 
 from __future__ import annotations
 
 import pytest
-import test_model
 import torch
+from tiny_trm import make_batch
+from tiny_trm import tiny as tiny_base
 
 from trm import TRM, TRMConfig
 from trm.losses import act_loss
 
 
 def tiny(**kw) -> TRMConfig:
-    return test_model.tiny(**{"halt_max_steps": 5, **kw})
-
-
-def batch_of(cfg: TRMConfig, B: int, seed: int = 0) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return {
-        "inputs": torch.randint(0, cfg.vocab_size, (B, cfg.seq_len), generator=g),
-        "labels": torch.randint(0, cfg.vocab_size, (B, cfg.seq_len), generator=g),
-        "puzzle_identifiers": torch.randint(0, cfg.num_puzzle_identifiers, (B,), generator=g),
-    }
+    return tiny_base(**{"halt_max_steps": 5, **kw})
 
 
 def halting_model(cfg: TRMConfig) -> TRM:
@@ -38,7 +30,7 @@ def halting_model(cfg: TRMConfig) -> TRM:
 def test_predict_without_halting_is_the_official_evaluation():
     cfg = tiny()
     model = halting_model(cfg)
-    b = batch_of(cfg, 7)
+    b = make_batch(cfg, 7)
     ref = model.rollout(b["inputs"], b["puzzle_identifiers"])
     pred = model.predict(b["inputs"], b["puzzle_identifiers"], halt=False)
     torch.testing.assert_close(pred.logits, ref.logits[-1], atol=0, rtol=0)
@@ -53,7 +45,7 @@ def test_predict_with_halting_answers_at_each_rows_first_halt(no_ACT_continue, m
     cfg = tiny(no_ACT_continue=no_ACT_continue, mlp_t=mlp_t,
                pos_encodings="none" if mlp_t else "rope")  # fmt: skip
     model = halting_model(cfg)
-    b = batch_of(cfg, 9, seed=1)
+    b = make_batch(cfg, 9, seed=1)
     ref = model.rollout(b["inputs"], b["puzzle_identifiers"])  # every row, every step
     q_halt, q_cont = ref.q_halt_logits, ref.q_continue_logits
     halts = q_halt > 0 if no_ACT_continue else q_halt > q_cont  # [S, B]
@@ -71,7 +63,7 @@ def test_predict_with_halting_answers_at_each_rows_first_halt(no_ACT_continue, m
 def test_predict_runs_in_train_mode_without_recording_the_graph():
     cfg = tiny()
     model = halting_model(cfg).train()
-    b = batch_of(cfg, 4)
+    b = make_batch(cfg, 4)
     pred = model.predict(b["inputs"], b["puzzle_identifiers"], max_steps=2)
     assert not pred.logits.requires_grad and pred.steps.max() <= 2
     assert model.puzzle_emb.local_weight is None  # no rows recorded for the sparse optimiser
@@ -83,7 +75,7 @@ def test_predict_runs_in_train_mode_without_recording_the_graph():
 def test_batch_chunk_gives_the_same_training_step(mlp_t):
     """Slices of the batch give the same outputs, carry and gradients as the whole batch."""
     cfg = tiny(mlp_t=mlp_t, pos_encodings="none" if mlp_t else "learned")
-    b = batch_of(cfg, 7)
+    b = make_batch(cfg, 7)
     results = []
     for chunk in (None, 3):
         torch.manual_seed(0)
@@ -110,7 +102,7 @@ def test_batch_chunk_gives_the_same_training_step(mlp_t):
 def test_batch_chunk_in_predict():
     cfg = tiny()
     model = halting_model(cfg)
-    b = batch_of(cfg, 8, seed=2)
+    b = make_batch(cfg, 8, seed=2)
     whole = model.predict(b["inputs"], b["puzzle_identifiers"])
     model.batch_chunk = 3
     sliced = model.predict(b["inputs"], b["puzzle_identifiers"])
