@@ -25,12 +25,15 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
+
+from pipeline.config import RunConfig
+from pipeline.tracking import NullTracker
 
 IGNORE = -100
 
@@ -358,8 +361,9 @@ class Evaluator:
     metadata, `halt_max_steps` the model's ACT step limit.
     """
 
-    def __init__(self, cfg: Any, meta: Any, halt_max_steps: int, *, rank: int, world: int,
-                 device: torch.device, tracker: Any, say: Any, name: str):  # fmt: skip
+    def __init__(self, cfg: RunConfig, meta: Any, halt_max_steps: int, *, rank: int,
+                 world: int, device: torch.device, tracker: NullTracker,
+                 say: Callable[[str], None], name: str):  # fmt: skip
         self.cfg, self.meta, self.halt_max_steps = cfg, meta, halt_max_steps
         self.rank, self.world, self.device = rank, world, device
         self.tracker, self.say, self.name = tracker, say, name
@@ -438,7 +442,7 @@ def _show(k: int, n: int) -> bool:
     return n <= 12 or k in (1, 2, 4, 8, 16, 32, 64, n) or k % 16 == 0
 
 
-def _log_figure(tracker: Any, fig: Any, path: str) -> None:
+def _log_figure(tracker: NullTracker, fig: Any, path: str) -> None:
     import matplotlib.pyplot as plt
 
     try:
