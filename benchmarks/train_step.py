@@ -2,7 +2,7 @@
 
 One training ACT step = the model's forward through all cycles, backward through the last,
 the ACT loss, AdamATan2 on the weights and SignSGD on the puzzle table (the loop of
-pipeline/worker.py without data). MFU = trm.flops train FLOPs/s divided by the matmul rate
+pipeline/train_state.py without data). MFU = trm.flops train FLOPs/s divided by the matmul rate
 measured in the same run: at a large square shape (probed between the timed steps, so both
 see the same machine) and at the model's own GEMM shapes.
 
