@@ -1,8 +1,8 @@
 """Training-step speed and MFU of the paper's TRM configs, against the matmul peak of this run.
 
 One training ACT step = the model's forward through all cycles, backward through the last,
-the ACT loss, AdamATan2 on the weights and SignSGD on the puzzle table (the loop of
-pipeline/train_state.py without data). MFU = trm.flops train FLOPs/s divided by the matmul rate
+the ACT loss, AdamATan2 on the weights and SignSGD on the puzzle table (`train_step`
+of pipeline/train_state.py without data). MFU = trm.flops train FLOPs/s divided by the matmul rate
 measured in the same run: at a large square shape (probed between the timed steps, so both
 see the same machine) and at the model's own GEMM shapes.
 
