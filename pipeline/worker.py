@@ -35,18 +35,17 @@ import shutil
 import sys
 import tempfile
 import time
-from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from pipeline import checkpoint as ckpt
 from pipeline import distributed, evaluate
 from pipeline.config import DATASET_FIELDS, ConfigError, RunConfig, flatten
+from pipeline.device import DeviceSums, compile_model, to_device
 from pipeline.tracking import NullTracker, start_tracker
 
 METRICS = {
@@ -131,13 +130,6 @@ def batch_chunk(setting: int, mcfg: Any, device: torch.device) -> int | None:
         return setting or None
     inter = mcfg.total_len * mcfg.hidden_size * mcfg.expansion * 2 / 3 * 4  # SwiGLU, fp32 bytes
     return 8 if device.type == "cpu" and inter >= 64 * 1024 else None
-
-
-def _to_device(batch: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
-    return {
-        k: torch.from_numpy(np.ascontiguousarray(batch[k])).to(device, non_blocking=True).long()
-        for k in ("inputs", "labels", "puzzle_identifiers")
-    }
 
 
 # Dense (no sparsity) datasheet peaks, FLOP/s per GPU, by a substring of the device name:
@@ -275,7 +267,7 @@ def train_loop(cfg: RunConfig, info: RunInfo, session: Session) -> dict[str, flo
             say(f"[{info.name}] resumed from step {step} (epoch {epoch}, batch {batch_in_epoch})")
 
     net = session.wrap_model(model)
-    run_net = torch.compile(net) if cfg.resources.compile else net
+    run_net = compile_model(model, net, cfg.resources.compile)
 
     tracker = NullTracker()
     peak, peak_source = cfg.resources.peak_flops, "config: resources.peak_flops"
@@ -331,7 +323,7 @@ def train_loop(cfg: RunConfig, info: RunInfo, session: Session) -> dict[str, flo
     arc_names = _arc_identifiers(cfg.data.uri, meta)
     K = max(cfg.depth_steps, mcfg.halt_max_steps)
 
-    acc: dict[str, float] = defaultdict(float)
+    acc = DeviceSums()  # read back once per logging interval
     t_interval, wait_interval, steps_interval = time.perf_counter(), 0.0, 0
     last_metrics: dict[str, Any] = {}
     lr_now = 0.0
@@ -392,7 +384,7 @@ def train_loop(cfg: RunConfig, info: RunInfo, session: Session) -> dict[str, flo
                 it.close()  # ranks stop at the shortest rank's epoch: this one may not be done
                 it = iter(stream)
             t0 = time.perf_counter()
-            batch = _to_device(next(it), device)
+            batch = to_device(next(it), device)
             wait_interval += time.perf_counter() - t0
             batch_in_epoch += 1
             step += 1
@@ -424,10 +416,7 @@ def train_loop(cfg: RunConfig, info: RunInfo, session: Session) -> dict[str, flo
             if ema is not None:
                 ema.update(model)
 
-            acc["rows"] += B
-            acc["loss"] += float(loss.detach())
-            for k, v in m.items():
-                acc[k] += float(v)
+            acc.add({"rows": B, "loss": loss, **m})
 
             do_eval = step % cfg.eval.every == 0 or step == total
             do_ckpt = step % cfg.checkpoint.every == 0 or step == total
@@ -437,7 +426,7 @@ def train_loop(cfg: RunConfig, info: RunInfo, session: Session) -> dict[str, flo
             if not do_log:
                 continue
 
-            sums = distributed.sum_across_ranks(dict(acc), device)
+            sums = distributed.sum_across_ranks(acc.take(), device)
             elapsed = time.perf_counter() - t_interval
             wait_frac = wait_interval / max(elapsed, 1e-9)
             rows, count = sums["rows"], max(sums["count"], 1.0)
@@ -465,7 +454,6 @@ def train_loop(cfg: RunConfig, info: RunInfo, session: Session) -> dict[str, flo
                     f" | ETA {_fmt_eta(eta)}"
                 )
                 tracker.log_metrics(train, step)
-            acc.clear()
             steps_interval, wait_interval = 0, 0.0
 
             if do_eval:
