@@ -311,8 +311,9 @@ class ResourcesConfig:
             "resources.compile",
             f"must be one of {', '.join(COMPILE_SCOPES)} (or true/false), got {self.compile!r}",
         )
+        # use_gpu null may become true on a GPU cluster, after this check: refuse it too
         require(
-            not (self.use_gpu and self.num_workers > 1 and self.gpus_per_worker < 1),
+            not (self.use_gpu is not False and self.num_workers > 1 and self.gpus_per_worker < 1),
             "resources.gpus_per_worker",
             f"{self.gpus_per_worker} with {self.num_workers} workers: NCCL cannot place two "
             "ranks of one process group on one GPU; use whole GPUs (a 1-worker run may share)",

@@ -72,6 +72,8 @@ def test_fractional_gpus_only_for_one_worker_or_without_gpus():
     assert cpu.resources.num_workers == 2  # gloo on CPUs: the GPU share means nothing
     whole = make().with_overrides(["resources.num_workers=2", "resources.use_gpu=true"])
     assert whole.resources.gpus_per_worker == 1.0
+    with pytest.raises(ConfigError, match="NCCL cannot place two ranks"):  # null: GPUs if any
+        make().with_overrides([*half, "resources.num_workers=2"])
 
 
 @pytest.mark.parametrize(
