@@ -46,6 +46,7 @@ from common import (
     timed,
 )
 
+from pipeline.device import compile_model
 from trm import TRM, TRMConfig, flops
 from trm.compat import official_config
 from trm.losses import act_loss
@@ -121,13 +122,8 @@ class Trainer:
         self.opt = AdamATan2(self.model.parameters(), lr=1e-4, betas=(0.9, 0.95),
                              weight_decay=1.0)  # fmt: skip
         self.sparse = SignSGD(self.model.puzzle_emb, lr=1e-4, weight_decay=1.0)
-        self.net = self.model
-        if compile_scope == "model":
-            self.net = torch.compile(self.model)
-        elif compile_scope == "blocks":
-            # each Block compiled once and reused by every call of the recursion (and slice)
-            for block in self.model.layers:
-                block.compile()
+        # the training loop's own setting (resources.compile)
+        self.net = compile_model(self.model, self.model, compile_scope or "off")
         g = torch.Generator().manual_seed(1)
         L, V = cfg.seq_len, cfg.vocab_size
         self.batch = {

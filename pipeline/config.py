@@ -27,6 +27,7 @@ import yaml
 
 TASKS_WITH_VOTING = ("arc",)
 LOSS_TYPES = ("stablemax", "softmax")
+COMPILE_SCOPES = ("off", "blocks", "model")
 # Fields of TRMConfig that a dataset determines; a run config may omit them.
 DATASET_FIELDS = ("seq_len", "vocab_size", "num_puzzle_identifiers")
 
@@ -272,8 +273,13 @@ class ResourcesConfig:
     """GPUs per worker when use_gpu (fractions share a GPU)."""
     peak_flops: float = 0.0
     """Peak FLOP/s of one device for model-FLOPs utilisation; 0 = measure with a matmul probe."""
-    compile: bool = False
-    """torch.compile the model."""
+    compile: str = "off"
+    """torch.compile scope: 'blocks' (each Block compiled once, its graph reused by all
+    H_cycles x (L_cycles+1) x L_layers calls of the recursion), 'model' (the whole ACT step as
+    one program, as the official trainer compiles it) or 'off'; YAML true/false = model/off.
+    The GPU configs use 'blocks': nearly all FLOPs and all the fusable element-wise work (norms,
+    SwiGLU, RoPE) are inside a block, so 'model' adds little but compiles the unrolled
+    recursion for minutes, graph-breaks at the puzzle table, and is split again by DDP."""
     batch_chunk: int = -1
     """Run the recursion on slices of at most this many examples (`TRM.batch_chunk`: speed
     only, results unchanged); -1 = 8 on a CPU (keeps the MLP intermediates in cache), the whole
@@ -298,7 +304,20 @@ class ResourcesConfig:
             "resources.peak_flops",
             f"must be a number >= 0, got {self.peak_flops!r}",
         )
-        require(isinstance(self.compile, bool), "resources.compile", "must be true/false")
+        if isinstance(self.compile, bool):  # the older boolean form: true compiled the model
+            self.compile = "model" if self.compile else "off"
+        require(
+            self.compile in COMPILE_SCOPES,
+            "resources.compile",
+            f"must be one of {', '.join(COMPILE_SCOPES)} (or true/false), got {self.compile!r}",
+        )
+        # use_gpu null may become true on a GPU cluster, after this check: refuse it too
+        require(
+            not (self.use_gpu is not False and self.num_workers > 1 and self.gpus_per_worker < 1),
+            "resources.gpus_per_worker",
+            f"{self.gpus_per_worker} with {self.num_workers} workers: NCCL cannot place two "
+            "ranks of one process group on one GPU; use whole GPUs (a 1-worker run may share)",
+        )
         require(
             is_int(self.batch_chunk) and self.batch_chunk >= -1,
             "resources.batch_chunk",

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import math
 import time
-from collections import defaultdict
 
 import torch
 
 from pipeline import distributed
+from pipeline.device import DeviceSums
 
 METRICS = {
     "step": "optimiser steps taken (= ACT steps of the batch slots)",
@@ -43,27 +43,25 @@ class MetricWindow:
         self.peak_flops = peak_flops
         self.world = world
         self.device = device
-        self.sums: dict[str, float] = defaultdict(float)
         self.restart()
 
     def restart(self) -> None:
         """Start a new window now: time spent evaluating or checkpointing since the last
         summary is not training throughput."""
-        self.sums.clear()
+        self.sums = DeviceSums()  # read back once per logging interval
         self.start = time.perf_counter()
         self.wait = 0.0
         self.steps = 0
 
-    def add(self, step_sums: dict[str, float], wait: float) -> None:
+    def add(self, step_sums: dict[str, torch.Tensor | float], wait: float) -> None:
         """One training step's sums (`train_step`) and the seconds it waited for its batch."""
-        for k, v in step_sums.items():
-            self.sums[k] += v
+        self.sums.add(step_sums)
         self.wait += wait
         self.steps += 1
 
     def summary(self, lr: float) -> dict[str, float]:
         """The window's `train/*` metrics over all ranks (a collective: every rank calls it)."""
-        sums = distributed.sum_across_ranks(dict(self.sums), self.device)
+        sums = distributed.sum_across_ranks(self.sums.take(), self.device)
         elapsed = max(time.perf_counter() - self.start, 1e-9)
         rows, count = sums["rows"], max(sums["count"], 1.0)
         ex_s = rows / elapsed

@@ -157,7 +157,7 @@ def learning_rates(cfg: RunConfig, step: int) -> tuple[float, float]:
 
 def train_step(
     state: TrainState, net: torch.nn.Module, batch: dict[str, torch.Tensor], cfg: RunConfig
-) -> dict[str, float]:
+) -> dict[str, torch.Tensor | float]:
     """One optimiser step (= one ACT step of every batch slot) on `batch`, through `net` (the
     model as wrapped for this run: DDP, compiled). Returns this rank's metric sums: `rows`,
     `loss` and `trm.losses.act_loss`'s sums."""
@@ -184,7 +184,8 @@ def train_step(
         state.sparse_opt.zero_grad()
     if state.ema is not None:
         state.ema.update(state.model)
-    return {"rows": rows, "loss": float(loss.detach()), **{k: float(v) for k, v in sums.items()}}
+    # tensors: `MetricWindow` keeps the sums on the device and reads them once per interval
+    return {"rows": rows, "loss": loss.detach(), **sums}
 
 
 def _carry_state(carry: Carry | None) -> dict[str, Any] | None:

@@ -41,13 +41,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import numpy as np
 import torch
 
 import trm
 from pipeline import checkpoint as ckpt
 from pipeline import distributed
 from pipeline.config import ConfigError, RunConfig, flatten
+from pipeline.device import compile_model, to_device
 from pipeline.evaluate import Evaluator
 from pipeline.metrics import MetricWindow, peak_flops
 from pipeline.tracking import NullTracker, start_tracker
@@ -102,7 +102,7 @@ def train_loop(cfg: RunConfig, info: RunInfo, session: Session) -> dict[str, flo
     if session.resume_dir is not None:
         _resume(state, session, info.name)
     net = session.wrap_model(state.model)
-    net = torch.compile(net) if cfg.resources.compile else net
+    net = compile_model(state.model, net, cfg.resources.compile)
     train_stream, per_epoch = _train_stream(cfg, meta, session)
     tracker, peak = _start_tracking(cfg, info, session, meta, state.model)
     evaluator = Evaluator(cfg, meta, mcfg.halt_max_steps, rank=rank, world=world, device=device,
@@ -194,20 +194,13 @@ def _batches(
                 state.epoch, state.batch_in_epoch = state.epoch + 1, 0
                 it.close()  # ranks stop at the shortest rank's epoch: this one may not be done
                 it = iter(stream.set_epoch(state.epoch, 0))
-            batch = _to_device(next(it), device)
+            batch = to_device(next(it), device)
             state.batch_in_epoch += 1
             yield batch
     finally:
         # stop the prefetch thread now, not when the frame is collected: a sweep runs the next
         # trial in this same process (Tune reuses the trial actor)
         it.close()
-
-
-def _to_device(batch: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
-    return {
-        k: torch.from_numpy(np.ascontiguousarray(batch[k])).to(device, non_blocking=True).long()
-        for k in ("inputs", "labels", "puzzle_identifiers")
-    }
 
 
 def _start_tracking(

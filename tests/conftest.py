@@ -42,13 +42,18 @@ def _moto_command(port: int) -> list[str]:
     return [exe, "-H", "127.0.0.1", "-p", str(port)]
 
 
-@pytest.fixture(scope="session")
-def s3_server(tmp_path_factory):
-    """Endpoint URL (http://127.0.0.1:PORT) of a moto S3 server running for the session."""
+@contextlib.contextmanager
+def moto_process(log: Path, env: dict[str, str] | None = None):
+    """A moto server (all AWS services) on a free loopback port, with `env` added to its
+    environment; yields its URL once healthy and stops it by pid on exit."""
     port = free_port()
-    log = tmp_path_factory.mktemp("moto") / "moto.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen(_moto_command(port), stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            _moto_command(port),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+        )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     try:
@@ -72,6 +77,13 @@ def s3_server(tmp_path_factory):
         except subprocess.TimeoutExpired:
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """Endpoint URL (http://127.0.0.1:PORT) of a moto S3 server running for the session."""
+    with moto_process(tmp_path_factory.mktemp("moto") / "moto.log") as url:
+        yield url
 
 
 @dataclasses.dataclass

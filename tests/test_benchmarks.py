@@ -103,6 +103,78 @@ def test_sweep_overhead_quick_times_a_real_sweep(tmp_path):
     assert f["cpus_per_trial"] == 0.5 and f["trials"] == 2 and positive(f["examples_per_s"])
 
 
+def test_gpu_check_refuses_to_start_without_cuda():
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    proc = subprocess.run([sys.executable, str(BENCH / "gpu_check.py")], cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 2 and "no CUDA device" in proc.stderr
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie, dead and awaiting its reaper, is not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+def test_gpu_check_stops_a_hung_part_and_its_children(tmp_path):
+    import time
+
+    import gpu_check
+
+    # a part that never ends, with a child of its own: both go when the slot ends
+    proc = subprocess.Popen([sys.executable, "-c", "import subprocess, time; "
+                             "subprocess.Popen(['sleep', '300']); time.sleep(300)"],
+                            start_new_session=True)  # fmt: skip
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+    while not children.read_text().split():
+        time.sleep(0.05)
+    (child,) = map(int, children.read_text().split())
+    out = gpu_check._finish(proc, "hang", tmp_path, timeout=1)
+    assert out["status"].startswith("stopped after")
+    for _ in range(100):
+        if not _alive(child):
+            break
+        time.sleep(0.1)
+    assert not _alive(proc.pid) and not _alive(child)
+
+
+@pytest.mark.slow
+def test_gpu_check_dry_run_runs_every_part(tmp_path):
+    # every part of the device check with tiny settings on the CPU: ~5-10 min on 2 cores
+    out = tmp_path / "gpu_check.json"
+    run_script("gpu_check.py", "--dry-run", "--total-s", "1500", "--out", str(out), timeout=1800)
+    res = json.loads(out.read_text())
+    check_machine(res["machine"])
+    assert res["dry_run"] is True and res["mfu_target"] == 0.45
+    parts = res["parts"]
+    assert {k: p["status"] for k, p in parts.items()} == dict.fromkeys(
+        ("data", "train_step", "train", "inference", "sweep", "maze"), "ok"
+    )
+    rows = parts["train_step"]["result"]["rows"] + parts["maze"]["result"]["rows"]
+    assert {r["config"] for r in rows} == {"sudoku_mlp-quick", "sudoku_att-quick", "maze-quick"}
+    assert all(r["mfu_vs_datasheet"] is None for r in rows)  # a CPU has no datasheet peak
+    train = parts["train"]["result"]
+    assert train["steps"] == 20 and [c["step"] for c in train["curve"]][-1] == 20
+    assert all(math.isfinite(c["train/loss"]) for c in train["curve"])
+    assert train["loss_fell"] == (train["last_loss"] < train["first_loss"])
+    sweep = parts["sweep"]["result"]
+    assert (
+        sweep["trials"] == 2 and sweep["exit_code"] == 0 and isinstance(sweep["overlapped"], bool)
+    )
+    assert parts["inference"]["result"]["results"]["act"]["steps_histogram"]
+    assert {r["part"] for r in res["summary"]} == {
+        "train_step",
+        "maze",
+        "train",
+        "inference",
+        "sweep",
+    }
+
+
 # ---- the helpers ------------------------------------------------------------------------------
 @pytest.mark.parametrize("arch", ["sudoku_mlp", "sudoku_att", "maze"])
 @pytest.mark.parametrize("batch,chunk", [(64, None), (64, 8), (3, None)])

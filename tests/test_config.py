@@ -33,6 +33,8 @@ def test_shipped_configs_load_and_name_real_fields(path):
             for key in body:
                 assert f"{section}.{key}" in flat, f"{path.name}: {section}.{key} lost"
     assert RunConfig.from_dict(cfg.to_dict()) == cfg
+    if cfg.resources.use_gpu:  # GPU runs compile, as the official trainer does
+        assert cfg.resources.compile != "off", path.name
 
 
 def test_yaml_and_overrides(tmp_path):
@@ -62,6 +64,18 @@ def test_yaml_and_overrides(tmp_path):
     assert apply_overrides({"a": {"b": 1}}, ["a.c=x"]) == {"a": {"b": 1, "c": "x"}}
 
 
+def test_fractional_gpus_only_for_one_worker_or_without_gpus():
+    half = ["resources.gpus_per_worker=0.5"]
+    one = make().with_overrides([*half, "resources.use_gpu=true"])
+    assert one.resources.gpus_per_worker == 0.5  # one worker may share a GPU with others
+    cpu = make().with_overrides([*half, "resources.num_workers=2", "resources.use_gpu=false"])
+    assert cpu.resources.num_workers == 2  # gloo on CPUs: the GPU share means nothing
+    whole = make().with_overrides(["resources.num_workers=2", "resources.use_gpu=true"])
+    assert whole.resources.gpus_per_worker == 1.0
+    with pytest.raises(ConfigError, match="NCCL cannot place two ranks"):  # null: GPUs if any
+        make().with_overrides([*half, "resources.num_workers=2"])
+
+
 @pytest.mark.parametrize(
     "d, overrides, needle",
     [
@@ -89,6 +103,12 @@ def test_yaml_and_overrides(tmp_path):
         (BASE, ["name=has space"], "name: must be a non-empty string of letters"),
         ({"model": {}}, [], "data.uri: is required"),
         (BASE, ["noequals"], "override 'noequals' must look like section.key=value"),
+        (
+            BASE,
+            ["resources.use_gpu=true", "resources.num_workers=2", "resources.gpus_per_worker=0.5"],
+            "NCCL cannot place two ranks",
+        ),
+        (BASE, ["resources.compile=fast"], "resources.compile: must be one of"),
     ],
 )  # fmt: skip
 def test_bad_values_name_the_field_and_the_problem(d, overrides, needle):

@@ -175,3 +175,91 @@ def test_lr_schedule():
         opt.step()
         sched.step()
     assert opt.param_groups[0]["lr"] == pytest.approx(1.0)
+
+
+# ---- the multi-tensor / sync-free versions against the per-tensor loops they replaced -------
+def _reference_adam_atan2_step(params, state, lr, betas, wd):
+    """AdamATan2.step as a Python loop over tensors (the implementation before `_foreach`)."""
+    beta1, beta2 = betas
+    for p in params:
+        if p.grad is None:
+            continue
+        st = state.setdefault(p, {})
+        if not st:
+            st["step"] = 0
+            st["exp_avg"] = torch.zeros_like(p, dtype=torch.float32)
+            st["exp_avg_sq"] = torch.zeros_like(p, dtype=torch.float32)
+        st["step"] += 1
+        t = float(st["step"])
+        m, v = st["exp_avg"], st["exp_avg_sq"]
+        g = p.grad.float()
+        p32 = p.float() if p.dtype != torch.float32 else p
+        p32.mul_(1 - lr * wd)
+        m.lerp_(g, 1 - beta1)
+        v.lerp_(g * g, 1 - beta2)
+        denom = v.sqrt() / math.sqrt(1 - beta2**t)
+        p32.add_(torch.atan2(m, denom), alpha=-lr / (1 - beta1**t))
+        if p32 is not p:
+            p.copy_(p32)
+
+
+@torch.no_grad()
+def test_adam_atan2_multi_tensor_step_is_bitwise_the_loop():
+    g = torch.Generator().manual_seed(0)
+    shapes = [(7, 5), (3,), (2, 4, 6), (1,)]
+    mine = [torch.nn.Parameter(torch.randn(s, generator=g)) for s in shapes]
+    mine.append(torch.nn.Parameter(torch.randn(9, generator=g).bfloat16()))  # non-fp32 path
+    ref = [torch.nn.Parameter(p.detach().clone()) for p in mine]
+    opt = AdamATan2(mine, lr=3e-3, betas=(0.9, 0.95), weight_decay=0.1)
+    state: dict = {}
+    for step in range(6):
+        grads = [torch.randn(p.shape, generator=g).to(p.dtype) * 10.0 ** (i - 2)
+                 for i, p in enumerate(mine)]  # fmt: skip
+        for i, (a, b, gr) in enumerate(zip(mine, ref, grads)):
+            # parameter 1 misses two steps: its step count then differs from the others
+            a.grad = b.grad = None if (i == 1 and step in (2, 3)) else gr.clone()
+        opt.step()
+        _reference_adam_atan2_step(ref, state, 3e-3, (0.9, 0.95), 0.1)
+        for a, b in zip(mine, ref):
+            assert torch.equal(a, b)
+    assert float(opt.state[mine[1]]["step"]) == 4 and float(opt.state[mine[0]]["step"]) == 6
+
+
+@torch.no_grad()
+def test_ema_multi_tensor_update_is_bitwise_the_loop():
+    torch.manual_seed(0)
+    model = _table_model()
+    ema = EMA(model, decay=0.97)
+    ref = {k: v.clone() for k, v in ema.shadow.items()}
+    for _ in range(4):
+        for p in model.parameters():
+            p.add_(torch.randn_like(p))
+        ema.update(model)
+        for name, p in model.named_parameters():
+            ref[name].mul_(0.97).add_(p.detach(), alpha=1.0 - 0.97)
+    assert all(torch.equal(ema.shadow[k], ref[k]) for k in ref)
+
+
+def test_sign_sgd_without_unique_is_bitwise_the_unique_version():
+    """The sort-based grouping of repeated puzzle ids gives exactly the update of
+    `unique(return_inverse=True)` + scatter_add (the implementation it replaced)."""
+    g = torch.Generator().manual_seed(3)
+    model = _table_model()
+    table = model.puzzle_emb.train()
+    table.weight.copy_(torch.randn(table.weight.shape, generator=g))
+    ref = table.weight.clone()
+    opt = SignSGD(table, lr=0.05, weight_decay=0.3)
+    for _ in range(3):
+        ids = torch.randint(0, 6, (11,), generator=g)
+        table(ids)
+        grads = torch.randn(11, 2, generator=g)
+        grads[0] = 0.0  # sign(0) = 0: decay only
+        table.local_weight.grad = grads.clone()
+        opt.step()
+        opt.zero_grad()
+        rows, inverse = ids.unique(return_inverse=True)
+        summed = torch.zeros(len(rows), 2).scatter_add_(
+            0, inverse.unsqueeze(-1).expand(-1, 2), grads
+        )
+        ref[rows] = ref[rows].mul_(1 - 0.05 * 0.3).add_(torch.sign(summed), alpha=-0.05)
+        assert torch.equal(table.weight, ref)

@@ -55,6 +55,8 @@ def test_every_sweep_file_loads_and_every_key_names_a_config_field():
         for dom in sweep.domains.values():
             for key in dom.names:
                 assert key in fields, (name, key)
+        if sweep.base_config().resources.use_gpu:  # GPU trials compile, as the official code does
+            assert sweep.base_config().resources.compile != "off", name
         # every grid point (and every range bound) is a valid run config
         for point in sweep.checked_points():
             cfg = sweep.base_config(point)
@@ -113,6 +115,9 @@ def test_default_and_ablation_sweep_depth():
         ({"dataset": {"builder": "sudoku", "sise": 4}}, "dataset.sise: build_sudoku takes no"),
         ({"dataset": {"builder": "chess"}}, "dataset.builder: must be one of"),
         ({"budget": {"flops": -1}}, "budget.flops: must be a number >= 0"),
+        # resources cannot be swept (FIXED_KEYS), so the base is where this combination arises
+        ({"base/resources": {"num_workers": 2, "use_gpu": True, "gpus_per_worker": 0.5}},
+         "NCCL cannot place two ranks of one process group on one GPU"),
     ],
 )  # fmt: skip
 def test_bad_sweep_files_fail_naming_the_key(tmp_path, changes, needle):

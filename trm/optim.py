@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections import defaultdict
 from collections.abc import Callable, Iterable
 
 import torch
@@ -59,31 +60,46 @@ class AdamATan2(Optimizer):
     def step(self, closure: Callable | None = None):
         loss = _evaluate(closure)
         for group in self.param_groups:
-            lr, wd = group["lr"], group["weight_decay"]
-            beta1, beta2 = group["betas"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                if p.grad.is_sparse:
-                    raise ValueError("AdamATan2 does not take sparse gradients")
-                state = self.state[p]
-                if not state:
-                    state["step"] = torch.tensor(0.0)
-                    state["exp_avg"] = torch.zeros_like(p, dtype=torch.float32)
-                    state["exp_avg_sq"] = torch.zeros_like(p, dtype=torch.float32)
-                state["step"] += 1
-                t = float(state["step"])
-                m, v = state["exp_avg"], state["exp_avg_sq"]
-                g = p.grad.float()
-                p32 = p.float() if p.dtype != torch.float32 else p
-                p32.mul_(1 - lr * wd)
-                m.lerp_(g, 1 - beta1)
-                v.lerp_(g * g, 1 - beta2)
-                denom = v.sqrt() / math.sqrt(1 - beta2**t)
-                p32.add_(torch.atan2(m, denom), alpha=-lr / (1 - beta1**t))
-                if p32 is not p:
-                    p.copy_(p32)
+            params = [p for p in group["params"] if p.grad is not None]
+            if any(p.grad.is_sparse for p in params):
+                raise ValueError("AdamATan2 does not take sparse gradients")
+            if not params:
+                continue
+            for p in params:
+                if not self.state[p]:
+                    self.state[p]["step"] = torch.tensor(0.0)
+                    self.state[p]["exp_avg"] = torch.zeros_like(p, dtype=torch.float32)
+                    self.state[p]["exp_avg_sq"] = torch.zeros_like(p, dtype=torch.float32)
+            # step counts live on the CPU: reading them is no device synchronisation
+            steps = [self.state[p]["step"] for p in params]
+            torch._foreach_add_(steps, 1)
+            by_step: dict[float, list[torch.Tensor]] = defaultdict(list)
+            for p, t in zip(params, steps):
+                by_step[float(t)].append(p)  # one group unless grads were missing at times
+            for t, ps in by_step.items():
+                self._update(ps, t, group)
         return loss
+
+    def _update(self, params: list[torch.Tensor], t: float, group: dict) -> None:
+        """One step of parameters sharing step count `t`, as multi-tensor (`_foreach`) ops: a
+        few kernels for all parameters instead of a few per parameter."""
+        lr, wd = group["lr"], group["weight_decay"]
+        beta1, beta2 = group["betas"]
+        grads = [p.grad.float() for p in params]
+        p32 = [p.float() if p.dtype != torch.float32 else p for p in params]
+        m = [self.state[p]["exp_avg"] for p in params]
+        v = [self.state[p]["exp_avg_sq"] for p in params]
+        torch._foreach_mul_(p32, 1 - lr * wd)
+        torch._foreach_lerp_(m, grads, 1 - beta1)
+        torch._foreach_lerp_(v, torch._foreach_mul(grads, grads), 1 - beta2)
+        update = torch._foreach_sqrt(v)
+        torch._foreach_div_(update, math.sqrt(1 - beta2**t))
+        for m_i, u_i in zip(m, update):  # torch has no multi-tensor atan2
+            torch.atan2(m_i, u_i, out=u_i)
+        torch._foreach_add_(p32, update, alpha=-lr / (1 - beta1**t))
+        for p, q in zip(params, p32):
+            if q is not p:
+                p.copy_(q)
 
 
 Gather = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -127,22 +143,34 @@ class SignSGD(Optimizer):
         ids_N, grad_NE = self.table.local_ids, local.grad
         if self.gather is not None:
             ids_N, grad_NE = self.gather(ids_N, grad_NE)
-        rows_R, inverse_N = ids_N.unique(return_inverse=True)
+        inverse_N = _group_index(ids_N)
         E = grad_NE.shape[-1]
-        grad_RE = torch.zeros(len(rows_R), E, dtype=grad_NE.dtype, device=grad_NE.device)
-        grad_RE.scatter_add_(0, inverse_N.unsqueeze(-1).expand(-1, E), grad_NE)
+        # row n's group holds the summed gradient of every row with its id (slots past the
+        # number of distinct ids stay zero and are never read)
+        grad_GE = torch.zeros_like(grad_NE)
+        grad_GE.scatter_add_(0, inverse_N.unsqueeze(-1).expand(-1, E), grad_NE)
         for group in self.param_groups:
             lr, wd = group["lr"], group["weight_decay"]
             (weight,) = group["params"]
-            w_RE = weight[rows_R]
-            w_RE.mul_(1.0 - lr * wd).add_(torch.sign(grad_RE).to(w_RE.dtype), alpha=-lr)
-            weight[rows_R] = w_RE
+            w_NE = weight[ids_N]
+            w_NE.mul_(1.0 - lr * wd).add_(torch.sign(grad_GE[inverse_N]).to(w_NE.dtype), alpha=-lr)
+            weight[ids_N] = w_NE  # repeated ids write the same values
         return loss
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         super().zero_grad(set_to_none)
         if self.table.local_weight is not None:
             self.table.local_weight.grad = None
+
+
+def _group_index(ids_N: torch.Tensor) -> torch.Tensor:
+    """For each entry, the rank of its value among the distinct values (what
+    `unique(return_inverse=True)` returns), from a sort: fixed-size outputs, so no device
+    synchronisation, where `unique` must read its data-dependent size back to the host."""
+    sorted_N, order_N = ids_N.sort(stable=True)
+    starts_N = torch.ones_like(sorted_N, dtype=torch.long)
+    starts_N[1:] = sorted_N[1:] != sorted_N[:-1]
+    return torch.empty_like(order_N).scatter_(0, order_N, starts_N.cumsum(0) - 1)
 
 
 class EMA:
@@ -162,9 +190,11 @@ class EMA:
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        for name, p in model.named_parameters():
-            if name in self.shadow:
-                self.shadow[name].mul_(self.decay).add_(p.detach(), alpha=1.0 - self.decay)
+        """s ← decay·s + (1 − decay)·p, as two multi-tensor ops over all parameters."""
+        live = dict(model.named_parameters())
+        shadow = list(self.shadow.values())
+        torch._foreach_mul_(shadow, self.decay)
+        torch._foreach_add_(shadow, [live[k].detach() for k in self.shadow], alpha=1.0 - self.decay)
 
     @torch.no_grad()
     def copy_to(self, model: nn.Module) -> None:

@@ -135,7 +135,12 @@ class S3Storage:
             read_timeout=float(os.environ.get("TRM_S3_READ_TIMEOUT_S", 60)),
             max_pool_connections=16,
         )
-        self.client = boto3.session.Session().client("s3", config=config)
+        from botocore.exceptions import CredentialRetrievalError
+
+        try:  # the credential chain runs here: a refusing credential endpoint fails now
+            self.client = boto3.session.Session().client("s3", config=config)
+        except CredentialRetrievalError as e:
+            raise StorageError(f"cannot get AWS credentials for {self.uri}: {e}") from e
         self.endpoint = self.client.meta.endpoint_url
 
     def _key(self, key: str) -> str:
@@ -147,6 +152,7 @@ class S3Storage:
             ClientError,
             ConnectionClosedError,
             ConnectTimeoutError,
+            CredentialRetrievalError,
             EndpointConnectionError,
             IncompleteReadError,
             NoCredentialsError,
@@ -162,6 +168,8 @@ class S3Storage:
                 time.sleep(self.retry_base_s * 2 ** (attempt - 1))
             try:
                 return fn(Bucket=self.bucket, **kwargs)
+            except CredentialRetrievalError as e:  # e.g. refreshing expiring pod credentials
+                raise StorageError(f"cannot get AWS credentials to {what} {target}: {e}") from e
             except (NoCredentialsError, PartialCredentialsError) as e:
                 raise StorageError(
                     f"no usable AWS credentials to {what} {target} at {self.endpoint}: {e}. "
