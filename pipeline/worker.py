@@ -44,8 +44,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipeline import arc_vote, distributed, evaluate
 from pipeline import checkpoint as ckpt
-from pipeline import distributed, evaluate
 from pipeline.config import DATASET_FIELDS, ConfigError, RunConfig, flatten
 from pipeline.tracking import NullTracker, start_tracker
 
@@ -328,7 +328,14 @@ def train_loop(cfg: RunConfig, info: RunInfo, session: Session) -> dict[str, flo
             f"worker than the per-worker batch ({B}); lower data.global_batch_size"
         )
     eval_bs = cfg.data.eval_batch_size or B
-    arc_names = _arc_identifiers(cfg.data.uri, meta)
+    voting = None
+    if meta.task == "arc":
+        voting = arc_vote.ArcVoting(
+            cfg.data.uri, meta, pass_ks=cfg.eval.pass_ks, max_variants=cfg.eval.arc_variants,
+            aggregate=cfg.eval.arc_aggregate,
+        )  # fmt: skip
+        if is_main:
+            say(f"[{info.name}] {voting.summary}")
     K = max(cfg.depth_steps, mcfg.halt_max_steps)
 
     acc: dict[str, float] = defaultdict(float)
@@ -344,20 +351,15 @@ def train_loop(cfg: RunConfig, info: RunInfo, session: Session) -> dict[str, flo
         )  # fmt: skip
         per_rank_max = math.ceil(cfg.eval.max_examples / world) if cfg.eval.max_examples else 0
         res = evaluate.evaluate(
-            eval_model, stream, device=device, halt_max_steps=mcfg.halt_max_steps,
-            depth_steps=K, max_examples=per_rank_max,
+            eval_model, voting.rows(stream, eval_bs) if voting else stream, device=device,
+            halt_max_steps=mcfg.halt_max_steps, depth_steps=K, max_examples=per_rank_max,
             num_pictures=cfg.eval.num_pictures if is_main else 0,
+            keep_predictions=voting is not None,
         )  # fmt: skip
         sums = distributed.sum_across_ranks(res.flat(), device)
         metrics, curve = evaluate.finish(sums, mcfg.halt_max_steps)
-        if meta.task == "arc":
-            records = evaluate.arc_records(
-                eval_model, stream.set_epoch(0), device=device, meta=meta,
-                identifiers=arc_names, num_variants=cfg.eval.arc_variants,
-                max_examples=per_rank_max,
-            )  # fmt: skip
-            everyone = [r for part in distributed.gather_objects(records) for r in part]
-            metrics.update(evaluate.arc_pass_at_k(everyone, cfg.eval.pass_ks))
+        if voting is not None:  # pass@K from the same rollout's predictions
+            metrics.update(voting.metrics(res.predictions, device))
         if is_main:
             depth = " ".join(f"{k}:{v:.2f}" for k, v in enumerate(curve, 1) if _show(k, len(curve)))
             say(
@@ -504,17 +506,6 @@ def train_loop(cfg: RunConfig, info: RunInfo, session: Session) -> dict[str, flo
         say(f"[{info.name}] done: step {step}, {_summary(last_metrics)}")
     tracker.finish("FINISHED")
     return last_metrics
-
-
-def _arc_identifiers(uri: str, meta: Any) -> list[str] | None:
-    """Names of a materialised ARC dataset's puzzle identifiers (its identifiers.json)."""
-    if meta.task != "arc" or meta.augmentation.get("mode") == "on_the_fly":
-        return None
-    import json
-
-    from pipeline.data.storage import open_storage
-
-    return json.loads(open_storage(uri).read_bytes(meta.augmentation["identifiers"]))
 
 
 def _show(k: int, n: int) -> bool:
