@@ -47,7 +47,7 @@ import hashlib
 import json
 import math
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -62,6 +62,7 @@ Frame = tuple[str, int, np.ndarray]
 """(task name, dihedral transform id, colour map [10]) of one puzzle identifier."""
 Table = dict[tuple[str, bytes], tuple[bytes, dict[bytes, list[float]]]]
 """(task, input grid hash) -> (label grid hash, {predicted grid hash: [votes, sum sigmoid(q)]})."""
+CHUNK = 4096  # records cropped at once (vectorised)
 COUNTS = ("eval/arc_tasks", "eval/arc_test_inputs", "eval/arc_test_inputs_voted")
 
 
@@ -72,20 +73,35 @@ def grid_hash(grid: np.ndarray) -> bytes:
     return hashlib.blake2b(shape + g.tobytes(), digest_size=16).digest()
 
 
-def vote_table(records: Iterable[dict[str, Any]], frame_of: Callable[[int], Frame]) -> Table:
+def vote_table(records: Sequence[dict[str, Any]], frame_of: Callable[[int], Frame]) -> Table:
     """Fold evaluation records (puzzle_identifier, inputs, labels, pred, q_halt) into votes."""
     table: Table = {}
-    for r in records:
-        task, tid, cmap = frame_of(int(r["puzzle_identifier"]))
-        labels = np.where(np.asarray(r["labels"]) == IGNORE, arc.PAD, r["labels"])
-        grid_in = arc.inverse(arc.decode(r["inputs"]), tid, cmap)
-        label = arc.inverse(arc.decode(labels), tid, cmap)
-        pred = arc.inverse(arc.crop(r["pred"]), tid, cmap)
-        _, votes = table.setdefault((task, grid_hash(grid_in)), (grid_hash(label), {}))
-        v = votes.setdefault(grid_hash(pred), [0, 0.0])
-        v[0] += 1
-        v[1] += 0.5 * (1.0 + math.tanh(0.5 * float(r["q_halt"])))  # sigmoid, no overflow
+    frames: dict[int, Frame] = {}  # many rows share an identifier (a variant's test inputs)
+    for s in range(0, len(records), CHUNK):
+        part = records[s : s + CHUNK]
+        for r, (grid_in, label, pred) in zip(part, _grids(part)):
+            pid = int(r["puzzle_identifier"])
+            if pid not in frames:
+                frames[pid] = frame_of(pid)
+            task, tid, cmap = frames[pid]
+            key = (task, grid_hash(arc.inverse(grid_in, tid, cmap)))
+            if key not in table:  # every variant of a test input has the same label
+                table[key] = (grid_hash(arc.inverse(label, tid, cmap)), {})
+            v = table[key][1].setdefault(grid_hash(arc.inverse(pred, tid, cmap)), [0, 0.0])
+            v[0] += 1
+            v[1] += 0.5 * (1.0 + math.tanh(0.5 * float(r["q_halt"])))  # sigmoid, no overflow
     return table
+
+
+def _grids(records: Sequence[dict[str, Any]]) -> Iterator[tuple[np.ndarray, ...]]:
+    """(input, label, predicted) grid of each record, in the variant's frame: the top-left crop,
+    as in the official evaluator (test rows and predictions sit at the origin)."""
+    canvases = [
+        (r["inputs"], np.where(np.asarray(r["labels"]) == IGNORE, arc.PAD, r["labels"]), r["pred"])
+        for r in records
+    ]
+    grids = arc.crop_all(np.asarray(canvases).reshape(-1, arc.SEQ_LEN))
+    return zip(grids[0::3], grids[1::3], grids[2::3])
 
 
 def merge(tables: Iterable[Table]) -> Table:
