@@ -62,7 +62,7 @@ Frame = tuple[str, int, np.ndarray]
 """(task name, dihedral transform id, colour map [10]) of one puzzle identifier."""
 Table = dict[tuple[str, bytes], tuple[bytes, dict[bytes, list[float]]]]
 """(task, input grid hash) -> (label grid hash, {predicted grid hash: [votes, sum sigmoid(q)]})."""
-CHUNK = 4096  # records cropped at once (vectorised)
+CHUNK = 1024  # records cropped at once (vectorised; ~22 MB of int64 canvases)
 COUNTS = ("eval/arc_tasks", "eval/arc_test_inputs", "eval/arc_test_inputs_voted")
 
 
