@@ -180,7 +180,10 @@ class EvalConfig:
     every: int = 500
     """Steps between evaluations (the last step is always evaluated)."""
     max_examples: int = 0
-    """Evaluate on at most this many test examples (0 = the whole test split)."""
+    """Evaluate on at most this many test examples (0 = the whole test split). ARC: rows, each a
+    test input under one variant; test inputs left without a prediction count as unsolved in
+    eval/arc_pass_at_k, whose denominator stays every test input (a truncated score is a lower
+    bound, never inflated)."""
     depth_steps: int = 0
     """Longest ACT rollout of the depth curve (exact accuracy after each step 1..K); may exceed
     model.halt_max_steps to show test-time recursion; 0 = 2 * halt_max_steps."""
@@ -188,9 +191,15 @@ class EvalConfig:
     """Test puzzles drawn step by step (grid at each ACT step) as an image artifact; 0 = none."""
     pass_ks: list[int] = field(default_factory=lambda: [1, 2])
     """ARC only: report pass@k of the official voting over augmented variants for these k."""
-    arc_variants: int = 16
-    """ARC datasets augmented on the fly: variants voted over per test input (official data:
-    up to 1000, materialised as rows, all of which are used)."""
+    arc_variants: int = 0
+    """ARC only: variants of each test input voted over; 0 = all the dataset holds (on the fly:
+    the original + num_aug, e.g. 1001; materialised: every row of its test split). A positive
+    value caps an on-the-fly dataset at variants 0..N-1 (the run logs the cap); materialised
+    datasets take no cap."""
+    arc_aggregate: bool = False
+    """ARC only: pool the votes of every evaluation of the run, as the official evaluator does
+    by default (`aggregated_voting`), so later scores include predictions of earlier weights.
+    Off: each evaluation scores the weights it evaluated. The pool is not checkpointed."""
 
     def __post_init__(self) -> None:
         require(
@@ -208,6 +217,7 @@ class EvalConfig:
             "eval.pass_ks",
             f"must be a non-empty list of positive integers, got {self.pass_ks!r}",
         )
+        require(isinstance(self.arc_aggregate, bool), "eval.arc_aggregate", "must be true/false")
 
 
 @dataclass

@@ -7,7 +7,7 @@ creates a process group.
 - `gather_rows`: the `gather` of `trm.optim.SignSGD`: every rank's (puzzle ids, row grads),
   so all ranks apply the same sparse update to their copy of the puzzle table.
 - `sum_across_ranks`: metric sums (counts, correct examples) for logging and evaluation.
-- `gather_objects`: small Python objects (ARC predictions for voting) to every rank.
+- `gather_to_main`: small Python objects (ARC vote tables) to rank 0 only.
 """
 
 from __future__ import annotations
@@ -60,10 +60,14 @@ def min_across_ranks(value: int, device: torch.device | str = "cpu") -> int:
     return int(t.item())
 
 
-def gather_objects(obj: Any) -> list[Any]:
-    """`obj` from every rank, in rank order (pickled; keep it small)."""
+def gather_to_main(obj: Any) -> list[Any] | None:
+    """`obj` from every rank, in rank order, on rank 0; None on the other ranks.
+
+    Pickled through the process group (`gather_object`), so keep it small: rank 0 alone holds
+    all of them, the other ranks only send.
+    """
     if world_size() == 1:
         return [obj]
-    out: list[Any] = [None] * world_size()
-    dist.all_gather_object(out, obj)
+    out: list[Any] | None = [None] * world_size() if rank() == 0 else None
+    dist.gather_object(obj, out, dst=0)
     return out

@@ -1,4 +1,4 @@
-"""Evaluation on the test split: accuracies, the test-time depth curve, pictures, ARC voting.
+"""Evaluation on the test split: accuracies, the test-time depth curve, pictures.
 
 One `model.rollout(..., num_steps=K)` per batch gives the logits after every ACT step 1..K,
 K = max(halt_max_steps, depth_steps). The headline metrics are those of step halt_max_steps
@@ -15,9 +15,8 @@ Metric names (all fractions of evaluated examples unless said otherwise):
   eval/exact_accuracy_at_halt   exact accuracy of the prediction at that first q_halt step
   eval/exact_accuracy_at_{K}    exact accuracy after the deepest rollout step K
   eval/count            examples evaluated (not a fraction)
-  eval/arc_pass@{k}     ARC only: official voting over augmented variants, un-augmented first;
-                        mean over tasks of the fraction of test inputs solved within k attempts
-  eval/arc_tasks        ARC only: tasks scored
+ARC pass@K comes from the same rollout: `keep_predictions=True` keeps per example what
+pipeline/arc_vote.py votes with.
 """
 
 from __future__ import annotations
@@ -47,7 +46,8 @@ class EvalSums:
     """Exactly-correct examples after each ACT step 1..K."""
     pictures: list[dict[str, np.ndarray]] = field(default_factory=list)
     predictions: list[dict[str, Any]] = field(default_factory=list)
-    """ARC: per example the puzzle id, predicted tokens and q_halt logit (for voting)."""
+    """With keep_predictions, per example: puzzle_identifier, inputs, labels, pred (tokens at
+    step halt_max_steps) and q_halt (its logit); pipeline/arc_vote.py votes with them."""
 
     def flat(self) -> dict[str, float]:
         out = dict(self.sums)
@@ -165,117 +165,6 @@ def finish(sums: dict[str, float], halt_max_steps: int) -> tuple[dict[str, float
     return metrics, curve
 
 
-# ---- ARC voting -------------------------------------------------------------------------------
-def _variant_of(name: str) -> tuple[str, int, np.ndarray]:
-    """'<task>|||t<tid>|||<colour map digits>' (official names) -> (task, tid, cmap)."""
-    parts = name.split("|||")
-    if len(parts) == 1:
-        return parts[0], 0, np.arange(10, dtype=np.uint8)
-    return parts[0], int(parts[1][1:]), np.array([int(c) for c in parts[2]], dtype=np.uint8)
-
-
-@torch.no_grad()
-def arc_records(
-    model: torch.nn.Module,
-    batches: Iterable[dict[str, np.ndarray]],
-    *,
-    device: torch.device,
-    meta: Any,
-    identifiers: list[str] | None = None,
-    num_variants: int = 16,
-    max_examples: int = 0,
-) -> list[dict[str, Any]]:
-    """Predictions on ARC test inputs, mapped back to each task's original frame, for voting.
-
-    On-the-fly datasets (ids 1 + task * (num_aug + 1) + k): every test input is evaluated under
-    variants k = 0..num_variants-1 (its own augmentation and puzzle id each). Materialised
-    datasets (the official layout) already hold every variant as a row; `identifiers` are the
-    names from identifiers.json. One record per prediction: task, original input and label
-    grids and the un-augmented predicted grid (as bytes keys), and its q_halt logit.
-    """
-    from trm.puzzles import arc
-
-    on_the_fly = meta.augmentation.get("mode") == "on_the_fly"
-    if not on_the_fly and identifiers is None:
-        raise ValueError("a materialised ARC dataset needs its identifiers.json names")
-    was_training = model.training
-    model.eval()
-    out: list[dict[str, Any]] = []
-    seen = 0
-    try:
-        for batch in batches:
-            rows = []  # (task, tid, cmap, pid, input tokens, input key, label key)
-            for x, y, pid in zip(batch["inputs"], batch["labels"], batch["puzzle_identifiers"]):
-                if max_examples and seen >= max_examples:
-                    break
-                y = np.where(y == IGNORE, 0, y)
-                if not (y >= 2).any():
-                    continue  # padding row
-                seen += 1
-                if on_the_fly:
-                    num_aug = meta.augmentation["num_aug"]
-                    base, _ = arc.split_identifier(int(pid), num_aug)
-                    task = meta.extra["tasks"][int(base)]
-                    grid_in, grid_out = arc.decode(x), arc.decode(y)
-                    for k in range(min(num_variants, num_aug + 1)):
-                        tid, cmap = arc.variant(base, k, meta.augmentation["aug_seed"])
-                        tokens = arc.encode(arc.apply(grid_in, tid, cmap))
-                        rows.append((task, int(tid), cmap, int(arc.identifier(base, k, num_aug)),
-                                     tokens, _grid_key(grid_in), _grid_key(grid_out)))  # fmt: skip
-                else:
-                    task, tid, cmap = _variant_of(identifiers[int(pid)])
-                    grid_in = arc.inverse(arc.decode(x), tid, cmap)
-                    grid_out = arc.inverse(arc.decode(y), tid, cmap)
-                    rows.append((task, tid, cmap, int(pid), np.asarray(x), _grid_key(grid_in),
-                                 _grid_key(grid_out)))  # fmt: skip
-            if not rows:
-                continue
-            inputs = torch.as_tensor(np.stack([r[4] for r in rows]), device=device).long()
-            pids = torch.as_tensor([r[3] for r in rows], device=device).long()
-            res = model.rollout(inputs, pids)
-            preds = res.logits[-1].argmax(-1).cpu().numpy()
-            q = res.q_halt_logits[-1].float().cpu().numpy()
-            for r, pred, qv in zip(rows, preds, q):
-                grid = arc.inverse(arc.crop(pred), r[1], r[2])
-                out.append({"task": r[0], "input": r[5], "label": r[6], "pred": _grid_key(grid),
-                            "q": float(qv)})  # fmt: skip
-            if max_examples and seen >= max_examples:
-                break
-    finally:
-        model.train(was_training)
-    return out
-
-
-def arc_pass_at_k(records: list[dict[str, Any]], ks: list[int]) -> dict[str, float]:
-    """Official ARC scoring: per (task, test input) the distinct predicted grids are ranked by
-    (votes, mean sigmoid(q_halt)); a test input is solved at k if its label is among the top k;
-    a task scores the fraction of its test inputs solved; pass@k is the mean over tasks."""
-    votes: dict[tuple[str, bytes], dict[bytes, list[float]]] = defaultdict(dict)
-    answers: dict[tuple[str, bytes], bytes] = {}
-    for r in records:
-        key = (r["task"], r["input"])
-        answers[key] = r["label"]
-        entry = votes[key].setdefault(r["pred"], [0.0, 0.0])
-        entry[0] += 1
-        entry[1] += 1 / (1 + math.exp(-r["q"]))
-    per_task: dict[str, list[dict[int, bool]]] = defaultdict(list)
-    for key, cands in votes.items():
-        ranked = sorted(cands.items(), key=lambda kv: (kv[1][0], kv[1][1] / kv[1][0]), reverse=True)
-        top = [g for g, _ in ranked]
-        per_task[key[0]].append({k: answers[key] in top[:k] for k in ks})
-    out = {}
-    for k in ks:
-        scores = [float(np.mean([s[k] for s in inputs])) for inputs in per_task.values()]
-        out[f"eval/arc_pass@{k}"] = float(np.mean(scores)) if scores else 0.0
-    out["eval/arc_tasks"] = float(len(per_task))
-    return out
-
-
-def _grid_key(grid: np.ndarray) -> bytes:
-    g = np.asarray(grid, dtype=np.int16)
-    return np.asarray(g.shape, dtype=np.int16).tobytes() + g.tobytes()
-
-
 # ---- pictures -------------------------------------------------------------------------------
 def _side(seq_len: int) -> tuple[int, int]:
     s = math.isqrt(seq_len)
@@ -368,7 +257,16 @@ class Evaluator:
         self.rank, self.world, self.device = rank, world, device
         self.tracker, self.say, self.name = tracker, say, name
         self.depth_steps = max(cfg.depth_steps, halt_max_steps)
-        self.arc_names = _arc_identifiers(cfg.data.uri, meta)
+        self.voting = None
+        if meta.task == "arc":
+            from pipeline.arc_vote import ArcVoting
+
+            self.voting = ArcVoting(
+                cfg.data.uri, meta, pass_ks=cfg.eval.pass_ks, max_variants=cfg.eval.arc_variants,
+                aggregate=cfg.eval.arc_aggregate,
+            )  # fmt: skip
+            if rank == 0:
+                say(f"[{name}] {self.voting.summary}")
 
     def __call__(self, model: torch.nn.Module, step: int) -> dict[str, float]:
         """Evaluate `model` (the EMA weights when the run keeps them) at training `step`;
@@ -383,21 +281,17 @@ class Evaluator:
             epoch=0, drop_last=False, meta=self.meta,
         )  # fmt: skip
         per_rank_max = math.ceil(cfg.eval.max_examples / world) if cfg.eval.max_examples else 0
+        voting, eval_bs = self.voting, cfg.data.eval_batch_size or cfg.per_worker_batch
         res = evaluate(
-            model, stream, device=self.device, halt_max_steps=self.halt_max_steps,
-            depth_steps=self.depth_steps, max_examples=per_rank_max,
-            num_pictures=cfg.eval.num_pictures if self.rank == 0 else 0,
+            model, voting.rows(stream, eval_bs) if voting else stream, device=self.device,
+            halt_max_steps=self.halt_max_steps, depth_steps=self.depth_steps,
+            max_examples=per_rank_max, num_pictures=cfg.eval.num_pictures if self.rank == 0 else 0,
+            keep_predictions=voting is not None,
         )  # fmt: skip
         sums = distributed.sum_across_ranks(res.flat(), self.device)
         metrics, curve = finish(sums, self.halt_max_steps)
-        if self.meta.task == "arc":
-            records = arc_records(
-                model, stream.set_epoch(0), device=self.device, meta=self.meta,
-                identifiers=self.arc_names, num_variants=cfg.eval.arc_variants,
-                max_examples=per_rank_max,
-            )  # fmt: skip
-            everyone = [r for part in distributed.gather_objects(records) for r in part]
-            metrics.update(arc_pass_at_k(everyone, cfg.eval.pass_ks))
+        if voting is not None:  # pass@K from the same rollout's predictions
+            metrics.update(voting.metrics(res.predictions, self.device))
         if self.rank == 0:
             self._log(metrics, curve, res.pictures, step)
         return metrics
@@ -424,17 +318,6 @@ class Evaluator:
                         f"refinement/{tag}.png")  # fmt: skip
         if step == self.cfg.schedule.steps:
             tracker.log_series("depth_curve/exact_accuracy", curve)
-
-
-def _arc_identifiers(uri: str, meta: Any) -> list[str] | None:
-    """Names of a materialised ARC dataset's puzzle identifiers (its identifiers.json)."""
-    if meta.task != "arc" or meta.augmentation.get("mode") == "on_the_fly":
-        return None
-    import json
-
-    from pipeline.data.storage import open_storage
-
-    return json.loads(open_storage(uri).read_bytes(meta.augmentation["identifiers"]))
 
 
 def _show(k: int, n: int) -> bool:

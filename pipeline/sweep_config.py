@@ -119,7 +119,7 @@ class SearchConfig:
             known_metric(self.metric),
             "search.metric",
             f"{self.metric!r} is not a metric trials report; use one of "
-            f"{', '.join(EVAL_METRICS + TRAIN_METRICS)} (or eval/arc_pass@K on ARC)",
+            f"{', '.join(EVAL_METRICS + TRAIN_METRICS)} (or eval/arc_pass_at_K on ARC)",
         )
         require(
             self.mode in ("max", "min"), "search.mode", f"must be max or min, got {self.mode!r}"
@@ -496,7 +496,7 @@ def known_metric(name: Any) -> bool:
         return False
     if name in EVAL_METRICS or name in TRAIN_METRICS:
         return True
-    prefix = "eval/arc_pass@"
+    prefix = "eval/arc_pass_at_"
     return name.startswith(prefix) and name[len(prefix) :].isdigit()
 
 

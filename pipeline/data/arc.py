@@ -18,6 +18,9 @@ official pre-augmented layout instead: per task the original plus up to num_aug 
 (distinct by the official puzzle hash, at most 5 * num_aug tries), sequential identifiers, names
 `<task>|||t<tid>|||<colour map>` in `identifiers.json`, and translated training examples except
 one per variant.
+
+meta.json `extra`: `tasks` (every task name; index = base task b), `test_tasks` and
+`test_inputs` (test inputs per test task: what ARC pass@K divides by, pipeline/arc_vote.py).
 """
 
 from __future__ import annotations
@@ -208,6 +211,7 @@ def build_arc(
     names: list[str] = []
     base_of: dict[str, int] = {}
     test_puzzles = {}
+    test_inputs: dict[str, int] = {}
     identifiers = ["<blank>"]
     for subset in subsets:
         is_test = subset in test_subsets
@@ -221,6 +225,7 @@ def build_arc(
             test_pairs = task["test"] if is_test else []
             if is_test:
                 test_puzzles[t] = raw
+                test_inputs[t] = len(test_pairs)
             if not materialise:
                 pid = int(arc.identifier(b, 0, num_aug))
                 for split, pairs in (("train", train_pairs), ("test", test_pairs)):
@@ -239,7 +244,10 @@ def build_arc(
         if progress:
             progress(f"arc: {subset}: {len(data[subset])} tasks")
     w.store.write_bytes("test_puzzles.json", json.dumps(test_puzzles).encode())
-    extra = {"tasks": names, "test_tasks": sorted(test_puzzles)}
+    # test inputs per test task: the denominator of ARC pass@K (pipeline/arc_vote.py), so an
+    # input that gets no prediction still counts
+    extra = {"tasks": names, "test_tasks": sorted(test_puzzles),
+             "test_inputs": dict(sorted(test_inputs.items()))}  # fmt: skip
     if materialise:
         w.store.write_bytes("identifiers.json", json.dumps(identifiers).encode())
         num_ids = len(identifiers)

@@ -25,8 +25,8 @@ How an epoch is laid out, all a pure function of (seed, epoch, world_size):
    only the row groups it overlaps, and with shuffle permutes the rows inside each window.
 4. With augment, each row gets the task's random symmetry keyed by (seed, epoch, row index in
    the split), so a row's augmentation does not depend on the batch or the rank that reads it.
-   (ARC test rows get variants but no translation; an evaluator pools epochs as votes and maps
-   each prediction back with trm.puzzles.arc.variant/inverse.)
+   (ARC test rows get variants but no translation. Evaluation reads the test split without
+   augmentation; pipeline/arc_vote.py expands each row into its variants for pass@K voting.)
    Datasets built with materialised augmentation are read as they are (augment is a no-op).
 `start_batch=k` skips k batches without reading the windows before them (resume mid-epoch).
 Nothing beyond one window, one row group and `prefetch` ready batches is held in memory; a

@@ -67,21 +67,35 @@ def encode(grid: np.ndarray, offset: tuple[int, int] = (0, 0)) -> np.ndarray:
     return canvas.reshape(-1)
 
 
+def crop_shapes(seq_BL) -> tuple[np.ndarray, np.ndarray]:
+    """Heights and widths [B] of `crop` for canvases [B, 900], vectorised.
+
+    With r + 1 rows the usable width is the shortest leading run of colour tokens among those
+    rows; the crop is the first (rows, width) of largest area, (0, 0) if every area is 0.
+    """
+    g = np.asarray(seq_BL).reshape(-1, SIDE, SIDE)
+    colour = (g >= 2) & (g <= 11)
+    run_BR = np.where(colour.all(2), SIDE, colour.argmin(2))  # leading colour run of each row
+    width_BR = np.minimum.accumulate(run_BR, axis=1)
+    area_BR = width_BR * np.arange(1, SIDE + 1)
+    r_B = area_BR.argmax(1)
+    found = area_BR.max(1) > 0
+    return np.where(found, r_B + 1, 0), np.where(found, width_BR[np.arange(len(g)), r_B], 0)
+
+
 def crop(seq) -> np.ndarray:
     """Official `_crop`: the largest top-left rectangle of colour tokens, as colours 0..9.
 
     Used on predictions, which sit at offset (0, 0); an empty prediction gives a 0x0 grid.
     """
-    g = np.asarray(seq).reshape(SIDE, SIDE)
-    best, size, cols = 0, (0, 0), SIDE
-    for rows in range(1, SIDE + 1):
-        line = g[rows - 1, :cols]
-        bad = np.flatnonzero((line < 2) | (line > 11))
-        if len(bad):
-            cols = int(bad[0])
-        if rows * cols > best:
-            best, size = rows * cols, (rows, cols)
-    return (g[: size[0], : size[1]].astype(np.int16) - 2).astype(np.uint8)
+    return crop_all(np.asarray(seq)[None])[0]
+
+
+def crop_all(seq_BL) -> list[np.ndarray]:
+    """`crop` of each canvas [B, 900]."""
+    g = np.asarray(seq_BL).reshape(-1, SIDE, SIDE)
+    h, w = crop_shapes(g)
+    return [(g[b, : h[b], : w[b]].astype(np.int16) - 2).astype(np.uint8) for b in range(len(g))]
 
 
 def decode(seq) -> np.ndarray:
