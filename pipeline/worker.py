@@ -46,7 +46,7 @@ import torch
 
 from pipeline import checkpoint as ckpt
 from pipeline import distributed, evaluate
-from pipeline.config import DATASET_FIELDS, ConfigError, RunConfig, flatten
+from pipeline.config import DATASET_FIELDS, ConfigError, RunConfig, check_data_against, flatten
 from pipeline.tracking import NullTracker, start_tracker
 
 METRICS = {
@@ -105,6 +105,7 @@ def model_config(cfg: RunConfig, meta: Any) -> Any:
     value that contradicts the dataset is a `ConfigError`."""
     from trm import TRMConfig
 
+    check_data_against(cfg.data, meta)
     d = dict(cfg.model)
     for name in DATASET_FIELDS:
         have = getattr(meta, name)
@@ -319,13 +320,13 @@ def train_loop(cfg: RunConfig, info: RunInfo, session: Session) -> dict[str, flo
 
     train_stream = ShardStream(
         cfg.data.uri, "train", batch_size=B, rank=rank, world_size=world, seed=cfg.data.seed,
-        shuffle=True, augment=cfg.data.augment, epoch=0, drop_last=True, meta=meta,
+        shuffle=True, augment=cfg.data.augment, num_aug=cfg.data.num_aug, epoch=0,
+        drop_last=True, meta=meta,
     )  # fmt: skip
-    per_epoch = distributed.min_across_ranks(train_stream.num_batches, device)
-    if per_epoch == 0:
+    if train_stream.num_batches == 0:  # equal on every rank: a pure function of the config
         raise ConfigError(
-            f"data: the train split ({meta.splits['train'].num_rows} rows) has fewer rows per "
-            f"worker than the per-worker batch ({B}); lower data.global_batch_size"
+            f"data: an epoch of the train split ({train_stream.rows_per_epoch} rows) holds fewer"
+            f" rows than one global batch ({B * world}); lower data.global_batch_size"
         )
     eval_bs = cfg.data.eval_batch_size or B
     arc_names = _arc_identifiers(cfg.data.uri, meta)
@@ -386,7 +387,7 @@ def train_loop(cfg: RunConfig, info: RunInfo, session: Session) -> dict[str, flo
         it = iter(stream)
         net.train()
         while step < total:
-            if batch_in_epoch >= per_epoch:
+            if batch_in_epoch >= stream.num_batches:  # epochs differ by <= 1 batch (sampler)
                 epoch, batch_in_epoch = epoch + 1, 0
                 stream = train_stream.set_epoch(epoch, 0)
                 it.close()  # ranks stop at the shortest rank's epoch: this one may not be done
