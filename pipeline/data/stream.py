@@ -49,6 +49,7 @@ from pipeline.data.meta import DatasetMeta, read_meta
 from pipeline.data.reader import RowReader
 from pipeline.data.sampler import (
     EpochPlan,
+    Groups,
     padded_positions,
     rank_positions,
     regime_problem,
@@ -151,8 +152,11 @@ class ShardStream:
         self.regime, pool = resolve_regime(self.meta, augment, num_aug)
         materialised = self.meta.augmentation.get("mode") == "materialised"
         fixed = self.regime == "fixed_pool"
+        # reading everything in storage order needs no groups (and no read of their columns)
+        rows = self.meta.split(split).num_rows
+        groups = self.reader.groups() if shuffle else Groups.from_columns(np.arange(rows))
         self.plan = EpochPlan(
-            self.reader.groups(), seed=seed, shuffle=shuffle,
+            groups, seed=seed, shuffle=shuffle,
             stored_pool=1 + pool if fixed and materialised else 1,
             virtual_pool=1 + pool if fixed and not materialised else 1,
         )  # fmt: skip
