@@ -33,18 +33,24 @@ from pipeline.data.shards import column_types
 TOKENS = ["inputs", "labels", "puzzle_identifier"]
 
 
+def check_size(store, sh: ShardMeta) -> int:
+    """The shard's size in storage; DatasetError unless it is the size meta.json records."""
+    size = store.size(sh.path)
+    if size != sh.num_bytes:
+        raise DatasetError(
+            f"shard {store.uri}/{sh.path}: size {size} bytes does not match {sh.num_bytes} in "
+            "meta.json (corrupted or replaced)"
+        )
+    return size
+
+
 class Shard:
     """One open shard, checked against its metadata when opened."""
 
     def __init__(self, store, sh: ShardMeta, columns: dict[str, str], verify_checksum: bool):
         self.name = f"{store.uri}/{sh.path}"
         try:
-            size = store.size(sh.path)
-            if size != sh.num_bytes:
-                raise DatasetError(
-                    f"shard {self.name}: size {size} bytes does not match {sh.num_bytes} in "
-                    "meta.json (corrupted or replaced)"
-                )
+            size = check_size(store, sh)
             if verify_checksum:
                 digest = hashlib.sha256(store.read_bytes(sh.path)).hexdigest()
                 if digest != sh.sha256:
@@ -175,6 +181,15 @@ class RowReader:
                 self._shards[si] = Shard(self.store, self.split_meta.shards[si],
                                          self.meta.columns, self.verify_checksums)  # fmt: skip
             return self._shards[si]
+
+    def check_shards(self) -> None:
+        """Every shard is still the size meta.json records (a stat or HEAD each): streams call
+        it once per epoch, as rows may come from memory and a replaced shard would go unseen."""
+        for sh in self.split_meta.shards:
+            try:
+                check_size(self.store, sh)
+            except FileNotFoundError:
+                raise DatasetError(f"shard {self.store.uri}/{sh.path} is missing") from None
 
     def _unit(self, u: int, columns: list[str], what: str) -> dict[str, np.ndarray]:
         si, gi = self._units[u]

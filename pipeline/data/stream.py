@@ -254,6 +254,7 @@ class ShardStream:
             t.join(timeout=10)
 
     def _batches(self):
+        self.reader.check_shards()
         positions, B, meta = self._positions(), self.batch_size, self.meta
         for w in range(0, len(positions), self.window):
             rows, k, passes = self._rows_at(positions[w : w + self.window])
