@@ -249,3 +249,34 @@ def test_regime_that_the_dataset_cannot_run_is_a_config_error(odd, grouped):
     with pytest.raises(ConfigError, match=r"data.augment: fixed_pool: the sudoku dataset has no"):
         check_data_against(cfg(odd, augment="fixed_pool"), plain)
     check_data_against(cfg(odd, augment="none"), plain)
+
+
+def test_arc_fixed_pool_one_variant_per_task_per_epoch(tmp_path):
+    from pipeline.data import build_arc
+    from trm.puzzles import arc as A
+
+    rng = np.random.default_rng(0)
+    for t in range(12):
+        pairs = []
+        for _ in range(3):
+            g = rng.integers(0, 10, tuple(int(v) for v in rng.integers(1, 6, 2)))
+            pairs.append({"input": g.tolist(), "output": np.rot90(g).tolist()})
+        folder = tmp_path / "src" / "training"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"t{t:02d}.json").write_text(json.dumps({"train": pairs[:2], "test": pairs[2:]}))
+    uri = str(tmp_path / "arc")
+    meta = build_arc(uri, source=f"tasks:{tmp_path / 'src'}", num_aug=10, seed=3)
+    kw = dict(batch_size=8, augment="fixed_pool", num_aug=10, seed=1, with_index=True)
+    per_pass = {}
+    for epoch in range(4):
+        stream = ShardStream(uri, epoch=epoch, **kw)
+        passes = stream.batch_rows()[1].reshape(-1)
+        pids = np.concatenate([b["puzzle_identifiers"] for b in stream])
+        for pid, ep in zip(pids, passes, strict=True):
+            base, k = (int(v) for v in A.split_identifier(pid, 10))
+            per_pass.setdefault((int(ep), base), set()).add(k)
+    assert max(len(v) for v in per_pass.values()) == 1  # every example of a task: one variant
+    assert len({next(iter(v)) for (e, b), v in per_pass.items() if b == 0}) > 1
+    assert meta.num_puzzle_identifiers == 1 + 12 * 11
+    with pytest.raises(ValueError, match=r"data\.num_aug: 11 exceeds the dataset's num_aug 10"):
+        ShardStream(uri, augment="fixed_pool", num_aug=11)
