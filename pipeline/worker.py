@@ -390,7 +390,7 @@ def train_loop(cfg: RunConfig, info: RunInfo, session: Session) -> dict[str, flo
             if batch_in_epoch >= stream.num_batches:  # epochs differ by <= 1 batch (sampler)
                 epoch, batch_in_epoch = epoch + 1, 0
                 stream = train_stream.set_epoch(epoch, 0)
-                it.close()  # ranks stop at the shortest rank's epoch: this one may not be done
+                it.close()  # stops the finished epoch's prefetch thread
                 it = iter(stream)
             t0 = time.perf_counter()
             batch = _to_device(next(it), device)
