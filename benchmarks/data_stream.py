@@ -5,7 +5,7 @@
     python benchmarks/data_stream.py --ray           # also time Ray Data read_parquet on the same data
 
 Writes benchmarks/results/data_stream.json. Streaming rows/s counts yielded rows; MB/s counts
-decoded token bytes (inputs + labels at one byte per token, as ../shared/RAY.md does) and, for
+decoded token bytes (inputs + labels at one byte per token) and, for
 "file MB/s", compressed Parquet bytes read. Rates on a shared 2-core box are noisy: compare
 ratios (S3 vs local, augment vs plain, Ray Data vs pyarrow), not absolute numbers.
 """
