@@ -9,6 +9,7 @@
     python pipeline/build_data.py import-csv sudoku --train train.csv --test test.csv \
         --subsample 1000 --out data/sudoku-extreme-1k
     python pipeline/build_data.py verify data/sudoku9       # sizes and SHA-256 of every shard
+    python pipeline/build_data.py inspect data/arc1 --world-size 4 --json   # the training sampler
 
 S3 URIs use the standard AWS credential chain and `AWS_ENDPOINT_URL`. Progress goes to stderr;
 the last line on stdout is a one-line summary. Exit status 2 with a one-line message on bad
@@ -18,6 +19,7 @@ input (malformed rows, a missing bucket, ...).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -117,7 +119,29 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("verify", help="check every shard's size and SHA-256 against meta.json")
     s.add_argument("uri")
+
+    s = sub.add_parser("inspect", help="run the training sampler without a model: per-epoch coverage across ranks, distinct groups per batch vs uniform sampling")  # fmt: skip
+    s.add_argument("uri")
+    s.add_argument("--split", default="train")
+    s.add_argument("--batch-size", type=int, default=768, help="global batch (all ranks; default 768)")  # fmt: skip
+    s.add_argument("--world-size", type=int, default=1, help="ranks (training workers)")
+    s.add_argument("--epochs", type=int, default=2)
+    s.add_argument("--seed", type=int, default=0, help="data.seed")
+    s.add_argument("--augment", choices=["fixed_pool", "on_the_fly", "none"], help="data.augment (default: the dataset's own regime)")  # fmt: skip
+    s.add_argument("--num-aug", type=int, default=1000, help="data.num_aug (fixed_pool)")
+    s.add_argument("--json", action="store_true", help="print one JSON object")
     return p
+
+
+def _inspect(a) -> int:
+    from pipeline.data.coverage import format_report, sampler_report
+
+    report = sampler_report(
+        a.uri, a.split, batch_size=a.batch_size, world_size=a.world_size, epochs=a.epochs,
+        seed=a.seed, augment=a.augment if a.augment else True, num_aug=a.num_aug,
+    )  # fmt: skip
+    print(json.dumps(report) if a.json else format_report(report))
+    return 0
 
 
 def _summary(meta: DatasetMeta, uri: str, seconds: float) -> str:
@@ -137,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     a = _parser().parse_args(argv)
     t0 = time.perf_counter()
     try:
+        if a.command == "inspect":
+            return _inspect(a)
         if a.command == "verify":
             meta = verify_dataset(a.uri)
             print(f"ok: {_summary(meta, a.uri, time.perf_counter() - t0)}")

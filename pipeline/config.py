@@ -123,8 +123,13 @@ class DataConfig:
     """Examples per optimiser step over all workers; must divide evenly by the worker count."""
     eval_batch_size: int = 0
     """Examples per evaluation batch per worker (0 = the per-worker training batch)."""
-    augment: bool = True
-    """Apply the dataset's on-the-fly training augmentation (Sudoku digit/band shuffles, ...)."""
+    augment: str = "on_the_fly"
+    """Training augmentation regime: 'fixed_pool' (the paper's: per puzzle a pool of 1 + num_aug
+    variants, the original included, one drawn per epoch; on a materialised dataset the stored
+    variants), 'on_the_fly' (a fresh random symmetry every epoch: unlimited augmentation) or
+    'none' (rows as stored; on a materialised dataset the originals only)."""
+    num_aug: int = 1000
+    """fixed_pool only: augmented variants per puzzle besides the original (paper: 1000)."""
     seed: int = 0
     """Seed of the data order and augmentation; also seeds model init and ACT exploration."""
 
@@ -144,8 +149,29 @@ class DataConfig:
             "data.eval_batch_size",
             f"must be an integer >= 0, got {self.eval_batch_size!r}",
         )
-        require(isinstance(self.augment, bool), "data.augment", "must be true/false")
+        from pipeline.data.sampler import REGIMES
+
+        require(
+            self.augment in REGIMES and not isinstance(self.augment, bool),
+            "data.augment",
+            f"must be one of {', '.join(REGIMES)}, got {self.augment!r}"
+            + (" (true/false were the old values)" if isinstance(self.augment, bool) else ""),
+        )
+        require(
+            is_int(self.num_aug) and (self.num_aug >= 1 or self.augment != "fixed_pool"),
+            "data.num_aug",
+            f"must be an integer >= 1 with augment fixed_pool, got {self.num_aug!r}",
+        )
         require(is_int(self.seed), "data.seed", f"must be an integer, got {self.seed!r}")
+
+
+def check_data_against(data: DataConfig, meta: Any) -> None:
+    """`ConfigError` naming the key when the augmentation regime cannot run on the dataset."""
+    from pipeline.data.sampler import regime_problem
+
+    problem = regime_problem(meta, data.augment, data.num_aug)
+    if problem is not None:
+        raise ConfigError(f"{problem[0]}: {problem[1]} (dataset {data.uri!r})")
 
 
 @dataclass

@@ -21,7 +21,7 @@ import torch
 
 from pipeline import checkpoint as ckpt
 from pipeline import distributed
-from pipeline.config import DATASET_FIELDS, ConfigError, RunConfig
+from pipeline.config import DATASET_FIELDS, ConfigError, RunConfig, check_data_against
 from trm import TRM, Carry, TRMConfig
 from trm.losses import act_loss
 from trm.optim import EMA, AdamATan2, SignSGD, lr_lambda
@@ -30,6 +30,7 @@ from trm.optim import EMA, AdamATan2, SignSGD, lr_lambda
 def model_config(cfg: RunConfig, meta: Any) -> TRMConfig:
     """The TRMConfig of this run: dataset fields filled from the dataset's metadata; a given
     value that contradicts the dataset is a `ConfigError`."""
+    check_data_against(cfg.data, meta)
     d = dict(cfg.model)
     for name in DATASET_FIELDS:
         have = getattr(meta, name)

@@ -45,7 +45,6 @@ import torch
 
 import trm
 from pipeline import checkpoint as ckpt
-from pipeline import distributed
 from pipeline.config import ConfigError, RunConfig, flatten
 from pipeline.device import compile_model, to_device
 from pipeline.evaluate import Evaluator
@@ -103,7 +102,7 @@ def train_loop(cfg: RunConfig, info: RunInfo, session: Session) -> dict[str, flo
         _resume(state, session, info.name)
     net = session.wrap_model(state.model)
     net = compile_model(state.model, net, cfg.resources.compile)
-    train_stream, per_epoch = _train_stream(cfg, meta, session)
+    train_stream = _train_stream(cfg, meta, session)
     tracker, peak = _start_tracking(cfg, info, session, meta, state.model)
     evaluator = Evaluator(cfg, meta, mcfg.halt_max_steps, rank=rank, world=world, device=device,
                           tracker=tracker, say=session.say, name=info.name)  # fmt: skip
@@ -112,7 +111,7 @@ def train_loop(cfg: RunConfig, info: RunInfo, session: Session) -> dict[str, flo
                   "model_config": mcfg.to_dict()}  # fmt: skip
     total, last_metrics = cfg.schedule.steps, {}
     try:
-        with contextlib.closing(_batches(train_stream, per_epoch, state, device)) as batches:
+        with contextlib.closing(_batches(train_stream, state, device)) as batches:
             net.train()
             while state.step < total:
                 t0 = time.perf_counter()
@@ -162,38 +161,40 @@ def _resume(state: TrainState, session: Session, name: str) -> None:
     )
 
 
-def _train_stream(cfg: RunConfig, meta: Any, session: Session) -> tuple[Any, int]:
-    """This rank's training stream and the batches per epoch every rank takes (the fewest
-    any rank has: DDP needs every rank to take the same steps)."""
+def _train_stream(cfg: RunConfig, meta: Any, session: Session) -> Any:
+    """This rank's training stream. Every rank takes the same number of batches per epoch (a
+    pure function of the config and the dataset: pipeline/data/sampler.py)."""
     from pipeline.data.stream import ShardStream
 
-    B, device = cfg.per_worker_batch, session.device
+    B = cfg.per_worker_batch
     stream = ShardStream(
         cfg.data.uri, "train", batch_size=B, rank=session.world_rank,
         world_size=session.world_size, seed=cfg.data.seed, shuffle=True,
-        augment=cfg.data.augment, epoch=0, drop_last=True, meta=meta,
+        augment=cfg.data.augment, num_aug=cfg.data.num_aug, epoch=0, drop_last=True, meta=meta,
     )  # fmt: skip
-    per_epoch = distributed.min_across_ranks(stream.num_batches, device)
-    if per_epoch == 0:
+    if stream.num_batches == 0:
         raise ConfigError(
-            f"data: the train split ({meta.splits['train'].num_rows} rows) has fewer rows per "
-            f"worker than the per-worker batch ({B}); lower data.global_batch_size"
+            f"data: an epoch of the train split ({stream.rows_per_epoch} rows) holds fewer"
+            f" rows than one global batch ({B * session.world_size}); lower"
+            " data.global_batch_size"
         )
-    return stream, per_epoch
+    return stream
 
 
 def _batches(
-    stream: Any, per_epoch: int, state: TrainState, device: torch.device
+    stream: Any, state: TrainState, device: torch.device
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Training batches on `device` from the data position in `state` on, epoch after epoch;
     advances `state.epoch` and `state.batch_in_epoch` as it yields."""
-    it = iter(stream.set_epoch(state.epoch, state.batch_in_epoch))
+    epoch_stream = stream.set_epoch(state.epoch, state.batch_in_epoch)
+    it = iter(epoch_stream)
     try:
         while True:
-            if state.batch_in_epoch >= per_epoch:
+            if state.batch_in_epoch >= epoch_stream.num_batches:  # epochs differ by <= 1 batch
                 state.epoch, state.batch_in_epoch = state.epoch + 1, 0
-                it.close()  # ranks stop at the shortest rank's epoch: this one may not be done
-                it = iter(stream.set_epoch(state.epoch, 0))
+                it.close()  # stops the finished epoch's prefetch thread
+                epoch_stream = stream.set_epoch(state.epoch, 0)
+                it = iter(epoch_stream)
             batch = to_device(next(it), device)
             state.batch_in_epoch += 1
             yield batch

@@ -36,16 +36,16 @@ def test_ranks_get_disjoint_rows_and_equal_batches(sudoku4, world):
     B = 16
     seen, lens = [], set()
     for r in range(world):
-        kw = dict(batch_size=B, rank=r, world_size=world, seed=3, epoch=1, augment=False)
+        kw = dict(batch_size=B, rank=r, world_size=world, seed=3, epoch=0, augment=False)
         batches, idx = _rows(sudoku4, **kw)
-        assert len(batches) == len(ShardStream(sudoku4, **kw))
+        rows, epochs = ShardStream(sudoku4, **kw).batch_rows()
+        np.testing.assert_array_equal(rows.reshape(-1), idx)
         assert all(b["inputs"].shape == (B, 16) and b["inputs"].dtype == np.int64 for b in batches)
         lens.add(len(batches))
-        seen.append(idx)
-    assert len(lens) == 1 and lens.pop() == (500 // world) // B
-    allrows = np.concatenate(seen)
-    assert len(np.unique(allrows)) == len(allrows)  # no row twice
-    assert allrows.min() >= 0 and allrows.max() < 500
+        seen.append(idx[epochs.reshape(-1) == 0])  # others: the head of epoch 1's permutation
+    # epoch 0 is the global batches starting in its permutation: ceil(500 / (world * B))
+    assert len(lens) == 1 and lens.pop() == -(-500 // (world * B))
+    np.testing.assert_array_equal(np.sort(np.concatenate(seen)), np.arange(500))
 
 
 @pytest.mark.parametrize("world", [1, 3])
@@ -78,7 +78,7 @@ def test_deterministic_and_epoch_dependent(sudoku4):
 
 
 def test_start_batch_resumes_mid_epoch(sudoku4):
-    kw = dict(batch_size=8, rank=0, world_size=2, seed=2, epoch=3, shuffle_buffer=40)
+    kw = dict(batch_size=8, rank=0, world_size=2, seed=2, epoch=3, window_rows=40)
     full = list(ShardStream(sudoku4, **kw))
     tail = list(ShardStream(sudoku4, start_batch=7, **kw))
     assert len(tail) == len(full) - 7 == len(ShardStream(sudoku4, start_batch=7, **kw))

@@ -137,7 +137,7 @@ def test_domains_become_tune_spaces():
                 "model.H_cycles,model.L_cycles": {"grid": [[1, 2], [3, 1]]},
                 "optim.lr": {"loguniform": [1e-4, 1e-2]},
                 "model.L_layers": {"randint": [1, 3]},
-                "data.augment": {"choice": [True, False]},
+                "data.augment": {"choice": ["on_the_fly", "none"]},
             },
         )
     )

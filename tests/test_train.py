@@ -92,6 +92,7 @@ def test_resume_mid_act_is_exact_and_mlflow_holds_the_run(sudoku4, tmp_path):
     p = run["params"]
     assert p["model.hidden_size"] == "16" and p["model.seq_len"] == "16"  # from the dataset
     assert p["optim.lr"] == "0.003" and p["data.global_batch_size"] == "16"
+    assert p["data.augment"] == "on_the_fly" and p["data.num_aug"] == "1000"  # the regime
     assert int(p["num_params"]) > 0 and p["dataset.task"] == "sudoku"
     m = run["metrics"]
     assert [s for s, _ in m["train/loss"]] == list(range(1, 13))

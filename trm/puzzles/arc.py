@@ -197,18 +197,20 @@ def transform_canvases(x, tid, cmap, offset) -> np.ndarray:
     return out.reshape(B, -1).astype(np.asarray(x).dtype)
 
 
-def augment(x, y, pid, keys, *, num_aug: int, aug_seed: int, translate: bool = True):
+def augment(x, y, pid, keys, *, num_aug: int, aug_seed: int, translate: bool = True, k=None):
     """Random variant and translation per row, keyed by keys[b].
 
     x, y: token canvases [B, 900] of original pairs at offset (0, 0); pid: their identifiers
-    (variant 0). Returns augmented canvases and the variants' identifiers.
+    (variant 0). k: each row's variant (0..num_aug) when the caller chose it (a fixed pool:
+    every example of a task variant gets the same k), else drawn from keys. Returns augmented
+    canvases and the variants' identifiers.
     """
     x, y, pid = np.asarray(x), np.asarray(y), np.asarray(pid)
     keys = np.asarray(keys, dtype=np.uint64)
     base, k0 = split_identifier(pid, num_aug)
     if (k0 != 0).any() or (pid < 1).any():
         raise ValueError("ARC rows to augment must carry original (variant 0) identifiers")
-    k = random_ints(keys, num_aug + 1, stream=30)
+    k = random_ints(keys, num_aug + 1, stream=30) if k is None else np.asarray(k, np.int64)
     tid, cmap = variant(base, k, aug_seed)
     offset = np.zeros((len(x), 2), np.int64)
     if translate:
