@@ -316,7 +316,14 @@ def test_tiny_arc_run_logs_pass_at_k(arc_data, tmp_path):
         assert [step for step, _ in metrics[name]] == [2], name
         assert metrics[name][0][1] == final[name]
     assert 0 <= final["eval/arc_pass_at_1"] <= final["eval/arc_pass_at_2"] <= 1
-    bad = cfg.with_overrides(["eval.arc_variants=0", "data.uri=" + arc_data["mat"]])
+    bad = cfg.with_overrides(
+        [
+            "eval.arc_variants=0",
+            "data.augment=fixed_pool",
+            "data.num_aug=3",
+            "data.uri=" + arc_data["mat"],
+        ]
+    )
     preflight(bad, storage, cluster=False)  # materialised, no cap: fine
     with pytest.raises(ConfigError, match="cannot cap the materialised"):
         preflight(bad.with_overrides(["eval.arc_variants=2"]), storage, cluster=False)
