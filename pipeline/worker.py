@@ -337,6 +337,7 @@ def train_loop(cfg: RunConfig, info: RunInfo, session: Session) -> dict[str, flo
     lr_now = 0.0
 
     def run_eval() -> dict[str, float]:
+        t_eval = time.perf_counter()
         eval_model = ema.averaged(model) if ema is not None else model
         stream = ShardStream(
             cfg.data.uri, "test", batch_size=eval_bs, rank=rank, world_size=world,
@@ -345,7 +346,7 @@ def train_loop(cfg: RunConfig, info: RunInfo, session: Session) -> dict[str, flo
         per_rank_max = math.ceil(cfg.eval.max_examples / world) if cfg.eval.max_examples else 0
         res = evaluate.evaluate(
             eval_model, stream, device=device, halt_max_steps=mcfg.halt_max_steps,
-            depth_steps=K, max_examples=per_rank_max,
+            depth_steps=K, halt_thresholds=cfg.eval.halt_thresholds, max_examples=per_rank_max,
             num_pictures=cfg.eval.num_pictures if is_main else 0,
         )  # fmt: skip
         sums = distributed.sum_across_ranks(res.flat(), device)
@@ -358,6 +359,7 @@ def train_loop(cfg: RunConfig, info: RunInfo, session: Session) -> dict[str, flo
             )  # fmt: skip
             everyone = [r for part in distributed.gather_objects(records) for r in part]
             metrics.update(evaluate.arc_pass_at_k(everyone, cfg.eval.pass_ks))
+        metrics["eval/seconds"] = time.perf_counter() - t_eval
         if is_main:
             depth = " ".join(f"{k}:{v:.2f}" for k, v in enumerate(curve, 1) if _show(k, len(curve)))
             say(
@@ -373,6 +375,11 @@ def train_loop(cfg: RunConfig, info: RunInfo, session: Session) -> dict[str, flo
             )
             _log_fig(tracker, evaluate.depth_curve_figure(curve, mcfg.halt_max_steps, step),
                      f"depth_curve/{tag}.png")  # fmt: skip
+            if cfg.eval.halt_thresholds:
+                points = evaluate.halt_curve(metrics, cfg.eval.halt_thresholds)
+                tracker.log_dict({"step": step, "points": points}, f"halt_curve/{tag}.json")
+                _log_fig(tracker, evaluate.halt_curve_figure(points, mcfg.halt_threshold, step),
+                         f"halt_curve/{tag}.png")  # fmt: skip
             if res.pictures:
                 _log_fig(tracker, evaluate.refinement_figure(res.pictures, meta.task),
                          f"refinement/{tag}.png")  # fmt: skip
