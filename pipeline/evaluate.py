@@ -426,10 +426,14 @@ def halt_curve_figure(points: list[dict], halt_threshold: float, step: int):
     xs = [p["steps"] for p in points]
     ys = [p["exact_accuracy"] for p in points]
     ax.plot(xs, ys, marker="o", ms=4)
+    labels: dict[tuple[float, float], list[str]] = defaultdict(list)  # one label per point
     for p in points:
         mark = " (model)" if p["tau"] == halt_threshold else ""
-        ax.annotate(f"tau={p['tau']:g}{mark}", (p["steps"], p["exact_accuracy"]), fontsize=7,
-                    textcoords="offset points", xytext=(3, 3))  # fmt: skip
+        labels[(p["steps"], p["exact_accuracy"])].append(f"{p['tau']:g}{mark}")
+    for xy, taus in labels.items():
+        ax.annotate("tau=" + ", ".join(taus), xy, fontsize=7, textcoords="offset points",
+                    xytext=(3, 3))  # fmt: skip
+    ax.margins(x=0.25)  # room for the labels
     ax.set_xlabel("mean ACT steps at halt")
     ax.set_ylabel("exact accuracy at halt")
     ax.set_ylim(-0.02, 1.02)
