@@ -211,8 +211,13 @@ class EvalConfig:
     eval/arc_pass_at_k, whose denominator stays every test input (a truncated score is a lower
     bound, never inflated)."""
     depth_steps: int = 0
-    """Longest ACT rollout of the depth curve (exact accuracy after each step 1..K); may exceed
-    model.halt_max_steps to show test-time recursion; 0 = 2 * halt_max_steps."""
+    """Longest ACT rollout of the depth curve (exact accuracy after each step 1..K); 0 (or any
+    value up to model.halt_max_steps) = halt_max_steps, the official evaluation's cost. More is
+    opt-in test-time recursion and costs K / halt_max_steps times the official evaluation."""
+    halt_thresholds: list[float] = field(default_factory=lambda: [0.1, 0.3, 0.5, 0.7, 0.9])
+    """Halting thresholds tau of the test-time ACT curve: per tau, mean ACT steps and exact
+    accuracy when halting at sigmoid(q_halt) > tau (`eval/halt_tau_<tau>/*`), all read off the
+    same rollout as the other metrics (no extra model calls); [] = no curve."""
     num_pictures: int = 4
     """Test puzzles drawn step by step (grid at each ACT step) as an image artifact; 0 = none."""
     pass_ks: list[int] = field(default_factory=lambda: [1, 2])
@@ -236,6 +241,15 @@ class EvalConfig:
         for name in ("max_examples", "depth_steps", "num_pictures", "arc_variants"):
             v = getattr(self, name)
             require(is_int(v) and v >= 0, f"eval.{name}", f"must be an integer >= 0, got {v!r}")
+        require(
+            isinstance(self.halt_thresholds, list)
+            and all(
+                isinstance(t, (int, float)) and not isinstance(t, bool) and 0 < t < 1
+                for t in self.halt_thresholds
+            ),
+            "eval.halt_thresholds",
+            f"must be a list of numbers in (0, 1), got {self.halt_thresholds!r}",
+        )
         require(
             isinstance(self.pass_ks, list)
             and len(self.pass_ks) > 0
@@ -458,7 +472,7 @@ class RunConfig:
 
     @property
     def depth_steps(self) -> int:
-        return self.eval.depth_steps or 2 * self.halt_max_steps
+        return max(self.eval.depth_steps, self.halt_max_steps)
 
     # ---- (de)serialisation ---------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -1,19 +1,30 @@
-"""Evaluation on the test split: accuracies, the test-time depth curve, pictures.
+"""Evaluation on the test split: accuracies, halting, the test-time depth and halting curves,
+pictures.
 
-One `model.rollout(..., num_steps=K)` per batch gives the logits after every ACT step 1..K,
-K = max(halt_max_steps, depth_steps). The headline metrics are those of step halt_max_steps
-(the official eval: every example runs exactly halt_max_steps steps); the depth curve is the
-exact accuracy after each step 1..K, so K > halt_max_steps shows what extra test-time
-recursion does. Sums are returned per rank; the caller adds them across ranks.
+One `model.rollout_preds(..., num_steps=K)` per batch gives each example's answer tokens and q
+logits after every ACT step 1..K, K = max(halt_max_steps, depth_steps) (= halt_max_steps by
+default: the official evaluation's cost; only [K, B, L] answers and [K, B] q logits are kept,
+not logits). Every metric below is read off that one rollout. The headline metrics are those
+of step halt_max_steps (the official eval: every example runs exactly halt_max_steps steps);
+the depth curve is the exact accuracy after each step 1..K, so K > halt_max_steps (opt-in)
+shows what extra test-time recursion does. Halting uses `trm.model.should_halt`, the one rule
+the model halts by, at `model.halt_threshold` (tau): the at-halt metrics are exactly what
+`TRM.predict(halt=True)` returns. Sums are returned per rank; the caller adds them across ranks.
 
 Metric names (all fractions of evaluated examples unless said otherwise):
   eval/exact_accuracy   every scored token right, at step halt_max_steps
   eval/accuracy         token accuracy (mean over examples of the fraction of right tokens)
-  eval/q_halt_accuracy  (q_halt_logit >= 0) agrees with exact correctness, at halt_max_steps
-  eval/steps            mean ACT steps the model would take: first step with q_halt >= 0
-                        (halt_max_steps if none) — what ACT halting would use at test time
-  eval/exact_accuracy_at_halt   exact accuracy of the prediction at that first q_halt step
+  eval/q_halt_accuracy  the halting decision (should_halt at tau) agrees with exact
+                        correctness, at step halt_max_steps
+  eval/steps            mean ACT steps with test-time halting: the first step where
+                        should_halt says stop at tau (halt_max_steps if none)
+  eval/exact_accuracy_at_halt   exact accuracy of the answer at that step
+  eval/halt_tau_<tau>/steps, eval/halt_tau_<tau>/exact_accuracy
+                        the same two at each tau of eval.halt_thresholds (tau printed as
+                        `f"{tau:g}"`, e.g. 0.5): the test-time compute vs accuracy curve
   eval/exact_accuracy_at_{K}    exact accuracy after the deepest rollout step K
+  eval/flops_per_example        model FLOPs spent per example (steps run x trm.flops
+                        inference step), not a fraction
   eval/count            examples evaluated (not a fraction)
 ARC pass@K comes from the same rollout: `keep_predictions=True` keeps per example what
 pipeline/arc_vote.py votes with.
@@ -21,10 +32,10 @@ pipeline/arc_vote.py votes with.
 
 from __future__ import annotations
 
-import dataclasses
 import math
+import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,6 +66,11 @@ class EvalSums:
         return out
 
 
+def tau_name(tau: float) -> str:
+    """How a halting threshold appears in metric names: 0.5 -> 'halt_tau_0.5'."""
+    return f"halt_tau_{tau:g}"
+
+
 @torch.no_grad()
 def evaluate(
     model: torch.nn.Module,
@@ -63,86 +79,122 @@ def evaluate(
     device: torch.device,
     halt_max_steps: int,
     depth_steps: int,
+    halt_thresholds: Sequence[float] = (),
     max_examples: int = 0,
     num_pictures: int = 0,
     keep_predictions: bool = False,
 ) -> EvalSums:
-    """Roll `model` (in eval mode) over `batches` and sum the metrics of this rank's share."""
+    """Roll `model` over `batches` and sum the metrics of this rank's share (any mode: the
+    rollout has no dropout or halting that depends on it)."""
+    from trm.flops import inference_flops
+
     K = max(halt_max_steps, depth_steps)
     res = EvalSums(depth=[0.0] * K)
-    was_training = model.training
-    model.eval()
-    # An eval-mode carry halts (and the next step restarts the example) at halt_max_steps;
-    # for the depth curve the recursion must go on, so roll out with the limit at K. In eval
-    # mode halting ignores q, so steps 1..halt_max_steps are unchanged.
-    config = model.config
-    model.config = dataclasses.replace(config, halt_max_steps=K)
+    flops_per_example = inference_flops(model.config, K)
     seen = 0
-    try:
-        for batch in batches:
-            if max_examples and seen >= max_examples:
-                break
-            # rows with no scored token are padding of the last batch: not examples
-            keep = np.nonzero((np.asarray(batch["labels"]) != IGNORE).any(-1))[0]
-            if max_examples:
-                keep = keep[: max_examples - seen]
-            take = len(keep)
-            if take == 0:
-                continue
-            inputs = torch.as_tensor(np.asarray(batch["inputs"])[keep], device=device).long()
-            labels = torch.as_tensor(np.asarray(batch["labels"])[keep], device=device).long()
-            pids = torch.as_tensor(
-                np.asarray(batch["puzzle_identifiers"])[keep], device=device
-            ).long()
-            seen += take
-            out = model.rollout(inputs, pids, num_steps=K)
-            preds_KBL = out.logits.argmax(-1)
-            q_KB = out.q_halt_logits.float()
-            valid_BL = labels != IGNORE
-            n_valid_B = valid_BL.sum(-1)
-            correct_KBL = (preds_KBL == labels) & valid_BL
-            exact_KB = correct_KBL.sum(-1) == n_valid_B
-            h = halt_max_steps - 1
-            res.sums["count"] += take
-            res.sums["exact_accuracy"] += exact_KB[h].sum().item()
-            res.sums["accuracy"] += (correct_KBL[h].sum(-1) / n_valid_B.clamp_min(1)).sum().item()
-            res.sums["q_halt_accuracy"] += ((q_KB[h] >= 0) == exact_KB[h]).sum().item()
-            # first step (within halt_max_steps) whose q_halt says "done"
-            wants_halt_KB = q_KB[:halt_max_steps] >= 0
-            wants_halt_KB[h] = True
-            first_B = wants_halt_KB.float().argmax(0)
-            res.sums["steps"] += (first_B + 1).sum().item()
-            res.sums["exact_accuracy_at_halt"] += (
-                exact_KB[:halt_max_steps].gather(0, first_B.unsqueeze(0)).sum().item()
-            )
-            for k in range(K):
-                res.depth[k] += exact_KB[k].sum().item()
-            if len(res.pictures) < num_pictures:
-                n = min(num_pictures - len(res.pictures), take)
-                for i in range(n):
-                    res.pictures.append(
-                        {
-                            "inputs": inputs[i].cpu().numpy(),
-                            "labels": labels[i].cpu().numpy(),
-                            "preds": preds_KBL[:, i].cpu().numpy(),
-                        }
-                    )
-            if keep_predictions:
-                preds = preds_KBL[h].cpu().numpy().astype(np.int8)
-                for i in range(take):
-                    res.predictions.append(
-                        {
-                            "puzzle_identifier": int(pids[i]),
-                            "inputs": inputs[i].cpu().numpy().astype(np.int8),
-                            "labels": labels[i].cpu().numpy().astype(np.int16),
-                            "pred": preds[i],
-                            "q_halt": float(q_KB[h, i]),
-                        }
-                    )
-    finally:
-        model.config = config
-        model.train(was_training)
+    for batch in batches:
+        if max_examples and seen >= max_examples:
+            break
+        # rows with no scored token are padding of the last batch: not examples
+        keep = np.nonzero((np.asarray(batch["labels"]) != IGNORE).any(-1))[0]
+        if max_examples:
+            keep = keep[: max_examples - seen]
+        if len(keep) == 0:
+            continue
+        inputs, labels, pids = (
+            torch.as_tensor(np.asarray(batch[k])[keep], device=device).long()
+            for k in ("inputs", "labels", "puzzle_identifiers")
+        )
+        seen += len(keep)
+        out = model.rollout_preds(inputs, pids, num_steps=K)
+        exact_KB = _score(res, out, labels, model.config, halt_max_steps, halt_thresholds)
+        res.sums["flops"] += len(keep) * flops_per_example
+        for k in range(K):
+            res.depth[k] += exact_KB[k].sum().item()
+        _keep_examples(res, out, inputs, labels, pids, num_pictures, keep_predictions,
+                       halt_max_steps)  # fmt: skip
     return res
+
+
+def _score(
+    res: EvalSums,
+    out: Any,
+    labels: torch.Tensor,
+    config: Any,
+    halt_max_steps: int,
+    halt_thresholds: Sequence[float],
+) -> torch.Tensor:
+    """Add one batch's metric sums to `res`; returns exact correctness after each step [K, B]."""
+    from trm.model import should_halt
+
+    valid_BL = labels != IGNORE
+    n_valid_B = valid_BL.sum(-1)
+    correct_KBL = (out.preds == labels) & valid_BL
+    exact_KB = correct_KBL.sum(-1) == n_valid_B
+    h = halt_max_steps - 1
+    tau = config.halt_threshold
+    q_halt_HB = out.q_halt_logits[:halt_max_steps].float()
+    q_cont_HB = out.q_continue_logits[:halt_max_steps].float()
+    res.sums["count"] += labels.shape[0]
+    res.sums["exact_accuracy"] += exact_KB[h].sum().item()
+    res.sums["accuracy"] += (correct_KBL[h].sum(-1) / n_valid_B.clamp_min(1)).sum().item()
+    says_halt_B = should_halt(
+        q_halt_HB[h], q_cont_HB[h], no_ACT_continue=config.no_ACT_continue, threshold=tau
+    )
+    res.sums["q_halt_accuracy"] += (says_halt_B == exact_KB[h]).sum().item()
+    for t in sorted({tau, *halt_thresholds}):
+        # the first step (within halt_max_steps) where the halting rule at t says stop
+        halts_HB = should_halt(q_halt_HB, q_cont_HB, no_ACT_continue=config.no_ACT_continue,
+                               threshold=t)  # fmt: skip
+        halts_HB[h] = True
+        first_B = halts_HB.int().argmax(0)
+        steps = (first_B + 1).sum().item()
+        exact = exact_KB[:halt_max_steps].gather(0, first_B.unsqueeze(0)).sum().item()
+        if t == tau:
+            res.sums["steps"] += steps
+            res.sums["exact_accuracy_at_halt"] += exact
+        if t in halt_thresholds:
+            res.sums[f"{tau_name(t)}/steps"] += steps
+            res.sums[f"{tau_name(t)}/exact_accuracy"] += exact
+    return exact_KB
+
+
+def _keep_examples(
+    res: EvalSums,
+    out: Any,
+    inputs: torch.Tensor,
+    labels: torch.Tensor,
+    pids: torch.Tensor,
+    num_pictures: int,
+    keep_predictions: bool,
+    halt_max_steps: int,
+) -> None:
+    """Pictures (answers at every step) and, for ARC voting, the final-step predictions."""
+    take = inputs.shape[0]
+    n = min(num_pictures - len(res.pictures), take)
+    for i in range(max(n, 0)):
+        res.pictures.append(
+            {
+                "inputs": inputs[i].cpu().numpy(),
+                "labels": labels[i].cpu().numpy(),
+                "preds": out.preds[:, i].cpu().numpy(),
+            }
+        )
+    if not keep_predictions:
+        return
+    h = halt_max_steps - 1
+    preds = out.preds[h].cpu().numpy().astype(np.int8)
+    q = out.q_halt_logits[h].float().cpu().numpy()
+    for i in range(take):
+        res.predictions.append(
+            {
+                "puzzle_identifier": int(pids[i]),
+                "inputs": inputs[i].cpu().numpy().astype(np.int8),
+                "labels": labels[i].cpu().numpy().astype(np.int16),
+                "pred": preds[i],
+                "q_halt": float(q[i]),
+            }
+        )
 
 
 def finish(sums: dict[str, float], halt_max_steps: int) -> tuple[dict[str, float], list[float]]:
@@ -159,10 +211,25 @@ def finish(sums: dict[str, float], halt_max_steps: int) -> tuple[dict[str, float
         "eval/q_halt_accuracy": sums.get("q_halt_accuracy", 0.0) / n,
         "eval/steps": sums.get("steps", 0.0) / n,
         "eval/exact_accuracy_at_halt": sums.get("exact_accuracy_at_halt", 0.0) / n,
+        "eval/flops_per_example": sums.get("flops", 0.0) / n,
     }
+    metrics.update({f"eval/{k}": v / n for k, v in sums.items() if k.startswith("halt_tau_")})
     if curve:
         metrics[f"eval/exact_accuracy_at_{len(curve)}"] = curve[-1]
     return metrics, curve
+
+
+def halt_curve(metrics: dict[str, float], halt_thresholds: Sequence[float]) -> list[dict]:
+    """The test-time halting curve from `finish`'s metrics: per tau, mean steps and exact
+    accuracy (ascending tau)."""
+    return [
+        {
+            "tau": t,
+            "steps": metrics[f"eval/{tau_name(t)}/steps"],
+            "exact_accuracy": metrics[f"eval/{tau_name(t)}/exact_accuracy"],
+        }
+        for t in sorted(halt_thresholds)
+    ]
 
 
 # ---- pictures -------------------------------------------------------------------------------
@@ -240,6 +307,34 @@ def depth_curve_figure(curve: list[float], halt_max_steps: int, step: int):
     return fig
 
 
+def halt_curve_figure(points: list[dict], halt_threshold: float, step: int):
+    """Test-time ACT halting: exact accuracy vs mean ACT steps, one point per threshold tau
+    (labelled); the model's own `halt_threshold` is marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    xs = [p["steps"] for p in points]
+    ys = [p["exact_accuracy"] for p in points]
+    ax.plot(xs, ys, marker="o", ms=4)
+    labels: dict[tuple[float, float], list[str]] = defaultdict(list)  # one label per point
+    for p in points:
+        mark = " (model)" if p["tau"] == halt_threshold else ""
+        labels[(p["steps"], p["exact_accuracy"])].append(f"{p['tau']:g}{mark}")
+    for xy, taus in labels.items():
+        ax.annotate("tau=" + ", ".join(taus), xy, fontsize=7, textcoords="offset points",
+                    xytext=(3, 3))  # fmt: skip
+    ax.margins(x=0.25)  # room for the labels
+    ax.set_xlabel("mean ACT steps at halt")
+    ax.set_ylabel("exact accuracy at halt")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(f"Halting threshold curve at training step {step}")
+    fig.tight_layout()
+    return fig
+
+
 # ---- evaluation during training -----------------------------------------------------------
 class Evaluator:
     """The periodic evaluation of a training run: each rank evaluates its share of the test
@@ -247,13 +342,15 @@ class Evaluator:
     and rank 0 prints a line and logs the metrics, the depth curve and pictures to `tracker`.
 
     `cfg` is the run config (`data`, `eval`, `schedule` sections), `meta` the dataset's
-    metadata, `halt_max_steps` the model's ACT step limit.
+    metadata, `halt_max_steps` the model's ACT step limit, `halt_threshold` its test-time
+    halting threshold (marked on the halting-threshold plot).
     """
 
     def __init__(self, cfg: RunConfig, meta: Any, halt_max_steps: int, *, rank: int,
                  world: int, device: torch.device, tracker: NullTracker,
-                 say: Callable[[str], None], name: str):  # fmt: skip
+                 say: Callable[[str], None], name: str, halt_threshold: float = 0.5):  # fmt: skip
         self.cfg, self.meta, self.halt_max_steps = cfg, meta, halt_max_steps
+        self.halt_threshold = halt_threshold
         self.rank, self.world, self.device = rank, world, device
         self.tracker, self.say, self.name = tracker, say, name
         self.depth_steps = max(cfg.depth_steps, halt_max_steps)
@@ -274,6 +371,7 @@ class Evaluator:
         from pipeline import distributed
         from pipeline.data.stream import ShardStream
 
+        t_eval = time.perf_counter()
         cfg, world = self.cfg, self.world
         stream = ShardStream(
             cfg.data.uri, "test", batch_size=cfg.data.eval_batch_size or cfg.per_worker_batch,
@@ -285,13 +383,14 @@ class Evaluator:
         res = evaluate(
             model, voting.rows(stream, eval_bs) if voting else stream, device=self.device,
             halt_max_steps=self.halt_max_steps, depth_steps=self.depth_steps,
-            max_examples=per_rank_max, num_pictures=cfg.eval.num_pictures if self.rank == 0 else 0,
+            halt_thresholds=cfg.eval.halt_thresholds, max_examples=per_rank_max, num_pictures=cfg.eval.num_pictures if self.rank == 0 else 0,
             keep_predictions=voting is not None,
         )  # fmt: skip
         sums = distributed.sum_across_ranks(res.flat(), self.device)
         metrics, curve = finish(sums, self.halt_max_steps)
         if voting is not None:  # pass@K from the same rollout's predictions
             metrics.update(voting.metrics(res.predictions, self.device))
+        metrics["eval/seconds"] = time.perf_counter() - t_eval
         if self.rank == 0:
             self._log(metrics, curve, res.pictures, step)
         return metrics
@@ -313,6 +412,11 @@ class Evaluator:
         )
         _log_figure(tracker, depth_curve_figure(curve, self.halt_max_steps, step),
                     f"depth_curve/{tag}.png")  # fmt: skip
+        if self.cfg.eval.halt_thresholds:
+            points = halt_curve(metrics, self.cfg.eval.halt_thresholds)
+            tracker.log_dict({"step": step, "points": points}, f"halt_curve/{tag}.json")
+            _log_figure(tracker, halt_curve_figure(points, self.halt_threshold, step),
+                        f"halt_curve/{tag}.png")  # fmt: skip
         if pictures:
             _log_figure(tracker, refinement_figure(pictures, self.meta.task),
                         f"refinement/{tag}.png")  # fmt: skip

@@ -105,7 +105,8 @@ def train_loop(cfg: RunConfig, info: RunInfo, session: Session) -> dict[str, flo
     train_stream = _train_stream(cfg, meta, session)
     tracker, peak = _start_tracking(cfg, info, session, meta, state.model)
     evaluator = Evaluator(cfg, meta, mcfg.halt_max_steps, rank=rank, world=world, device=device,
-                          tracker=tracker, say=session.say, name=info.name)  # fmt: skip
+                          tracker=tracker, say=session.say, name=info.name,
+                          halt_threshold=mcfg.halt_threshold)  # fmt: skip
     window = MetricWindow(trm.flops(mcfg)["train_step"], peak, world, device)
     saved_with = {"mlflow_run_id": tracker.run_id or "", "config": cfg.to_dict(),
                   "model_config": mcfg.to_dict()}  # fmt: skip

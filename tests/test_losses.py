@@ -86,7 +86,7 @@ def test_act_loss_by_hand():
     assert m["count"].item() == 2
     assert m["accuracy"].item() == pytest.approx(1.0 + 0.5)
     assert m["exact_accuracy"].item() == 1
-    assert m["q_halt_accuracy"].item() == 1  # row 0: q>=0 and correct; row 1: q>=0, wrong
+    assert m["q_halt_accuracy"].item() == 1  # row 0: q>0 (halt) and correct; row 1: q>0, wrong
     assert m["steps"].item() == 5
     assert "q_continue_loss" not in m
     loss.backward()

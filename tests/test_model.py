@@ -103,6 +103,8 @@ def test_prefix_holds_puzzle_vector_then_zeros():
         (dict(num_puzzle_identifiers=0), "num_puzzle_identifiers"),
         (dict(mlp_t="yes"), "mlp_t"),
         (dict(L_layers=2.0), "L_layers"),
+        (dict(halt_threshold=1.0), "halt_threshold"),
+        (dict(halt_threshold=0), "halt_threshold"),
     ],
 )
 def test_config_validation(kw, match):

@@ -12,10 +12,13 @@ import pytest
 
 from pipeline import checkpoint as ckpt
 from pipeline.config import ConfigError, RunConfig
+from pipeline.data import read_meta
 from pipeline.metrics import datasheet_peak_flops
 from pipeline.tracking import find_run, read_run
 from pipeline.train import main, preflight, run_info
+from pipeline.train_state import model_config
 from pipeline.worker import LocalCheckpoints, run_in_process
+from trm import flops
 
 TINY = {
     "name": "tiny",
@@ -97,8 +100,16 @@ def test_resume_mid_act_is_exact_and_mlflow_holds_the_run(sudoku4, tmp_path):
     m = run["metrics"]
     assert [s for s, _ in m["train/loss"]] == list(range(1, 13))
     for key in ("train/lr", "train/examples_per_s", "train/data_wait_fraction", "train/mfu",
-                "train/exact_accuracy", "eval/q_halt_accuracy", "eval/steps", "eval/accuracy"):  # fmt: skip
+                "train/exact_accuracy", "eval/q_halt_accuracy", "eval/steps", "eval/accuracy",
+                "eval/exact_accuracy_at_halt", "eval/flops_per_example", "eval/seconds"):  # fmt: skip
         assert key in m, key
+    for tau in ("0.1", "0.3", "0.5", "0.7", "0.9"):  # eval.halt_thresholds (default)
+        for what in ("steps", "exact_accuracy"):
+            assert [s for s, _ in m[f"eval/halt_tau_{tau}/{what}"]] == [4, 8, 12], (tau, what)
+    assert m["eval/halt_tau_0.5/steps"] == m["eval/steps"]
+    # depth_steps 5 > halt_max_steps 3: every example ran 5 inference steps
+    step_flops = flops(model_config(cfg, read_meta(sudoku4)))["inference_step"]
+    assert m["eval/flops_per_example"][-1][1] == pytest.approx(5 * step_flops)
     assert [s for s, _ in m["eval/exact_accuracy"]] == [4, 8, 12]
     assert [s for s, _ in m["depth_curve/exact_accuracy"]] == [1, 2, 3, 4, 5]
     assert all(v > 0 for _, v in m["train/examples_per_s"])
@@ -109,7 +120,8 @@ def test_resume_mid_act_is_exact_and_mlflow_holds_the_run(sudoku4, tmp_path):
     arts = run["artifacts"]
     for step in (4, 8, 12):
         for path in (f"depth_curve/step_{step:08d}.png", f"depth_curve/step_{step:08d}.json",
-                     f"refinement/step_{step:08d}.png"):  # fmt: skip
+                     f"refinement/step_{step:08d}.png", f"halt_curve/step_{step:08d}.png",
+                     f"halt_curve/step_{step:08d}.json"):  # fmt: skip
             assert path in arts, (path, arts)
     t = run["tags"]
     assert t["task"] == "sudoku" and t["variant"] == "attention" and t["code_version"]

@@ -7,7 +7,7 @@ carry, out = model(carry, batch)          # one ACT step
 """
 
 from trm.config import TRMConfig
-from trm.flops import flops
-from trm.model import TRM, Carry, Output
+from trm.flops import flops, inference_flops
+from trm.model import TRM, Carry, Output, should_halt
 
-__all__ = ["TRM", "Carry", "Output", "TRMConfig", "flops"]
+__all__ = ["TRM", "Carry", "Output", "TRMConfig", "flops", "inference_flops", "should_halt"]

@@ -4,6 +4,7 @@ Field names are the official implementation's, so an official `arch` config dict
 (`TRMConfig.from_dict(d)`); unknown keys raise `ValueError` naming the key instead of being
 silently dropped. Defaults are the paper's Sudoku-Extreme attention model except
 `forward_dtype` (fp32 here, so small CPU runs are exact; the paper trained in bfloat16).
+One field is ours, not official: `halt_threshold` (the test-time ACT halting threshold).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ FORWARD_DTYPES = ("float32", "bfloat16", "float16")
 
 @dataclass
 class TRMConfig:
-    """Architecture of one TRM; every field is an official `arch` field name."""
+    """Architecture of one TRM; every field but `halt_threshold` is an official `arch` field."""
 
     hidden_size: int = 512
     """Width D of every token state (z_H, z_L, the embedded question)."""
@@ -62,6 +63,12 @@ class TRMConfig:
     no_ACT_continue: bool = True
     """True: halt when q_halt > 0, no q-continue loss. False: halt when q_halt > q_continue
     and learn q_continue from a bootstrapped target (one extra no-grad inner step)."""
+    halt_threshold: float = 0.5
+    """Not an official field. Test-time halting threshold tau in (0, 1) of `predict(halt=True)`
+    and the at-halt evaluation metrics: halt when sigmoid(q_halt) > tau (sigmoid(q_halt -
+    q_continue) > tau when `no_ACT_continue` is False). 0.5 is the official rule (q_halt > 0);
+    a higher tau halts later. Training always halts with the official rule (see
+    `trm.model.should_halt`), so this field changes no training run."""
 
     forward_dtype: str = "float32"
     """Compute dtype of activations ('float32', 'bfloat16', 'float16'); parameters stay fp32."""
@@ -106,6 +113,12 @@ class TRMConfig:
             isinstance(self.halt_exploration_prob, (int, float))
             and 0.0 <= self.halt_exploration_prob <= 1.0,
             f"halt_exploration_prob must be in [0, 1], got {self.halt_exploration_prob!r}",
+        )
+        need(
+            isinstance(self.halt_threshold, (int, float))
+            and not isinstance(self.halt_threshold, bool)
+            and 0.0 < self.halt_threshold < 1.0,
+            f"halt_threshold must be in (0, 1), got {self.halt_threshold!r}",
         )
         need(self.rms_norm_eps > 0, f"rms_norm_eps must be > 0, got {self.rms_norm_eps!r}")
         need(self.rope_theta > 0, f"rope_theta must be > 0, got {self.rope_theta!r}")

@@ -10,6 +10,8 @@ T = seq_len + P tokens inside the model and D hidden:
     channel MLP:   2·T·(D·2I_D + I_D·D)                  (SwiGLU over D, I_D inner)
 - heads: lm_head 2·T·D·V (applied to all T slots, prefix dropped after) + q_head 2·D·2.
 - inference step = H_cycles·(L_cycles+1) network calls + heads (forward only).
+- inference per example = steps x trajectories x inference step (`inference_flops`): the
+  official evaluation is halt_max_steps steps, 1 trajectory.
 - training step  = the inference step's forward, plus backward of what carries gradient:
   the last cycle's L_cycles+1 calls and the heads, at 2x their forward (grad wrt input and
   wrt weights) — the earlier cycles run under no_grad.
@@ -54,3 +56,15 @@ def flops(config: TRMConfig | dict) -> dict[str, float]:
     inference = calls_fwd * parts["network_call"] + parts["heads"]
     train = (calls_fwd + 2 * calls_grad) * parts["network_call"] + 3 * parts["heads"]
     return {"train_step": float(train), "inference_step": float(inference)}
+
+
+def inference_flops(config: TRMConfig | dict, steps: float, trajectories: int = 1) -> float:
+    """Matmul FLOPs per example of test-time inference: `steps` ACT steps (a mean is fine, e.g.
+    the steps ACT halting took) for each of `trajectories` copies, heads counted every step
+    (as `TRM.rollout_preds` and `predict(halt=True)` run them; `predict(halt=False)` runs the
+    heads on the last step only, slightly less)."""
+    if not isinstance(steps, (int, float)) or isinstance(steps, bool) or not steps > 0:
+        raise ValueError(f"steps must be a number > 0, got {steps!r}")
+    if not isinstance(trajectories, int) or isinstance(trajectories, bool) or trajectories < 1:
+        raise ValueError(f"trajectories must be an integer >= 1, got {trajectories!r}")
+    return float(steps * trajectories * flops(config)["inference_step"])

@@ -8,13 +8,18 @@ before backward, as the official trainer does) and a dict of detached metric sum
 - `q_continue_loss` (only when the model produced a bootstrapped target);
 - total = lm_loss + 0.5 * (q_halt_loss + q_continue_loss);
 - count, accuracy, exact_accuracy, q_halt_accuracy, steps: sums over halted rows with at least
-  one valid label (divide by `count` to report means).
+  one valid label (divide by `count` to report means). q_halt_accuracy: the q head's halting
+  decision (`trm.model.should_halt`, the rule training halts by) agrees with "entirely right".
+  The official code counts q_halt >= 0 as "halt" here while it halts on q_halt > 0 (and on
+  q_halt > q_continue without `no_ACT_continue`); we use the one rule it halts by.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from trm.model import should_halt
 
 IGNORE_LABEL_ID = -100
 
@@ -89,11 +94,16 @@ def act_loss(out, carry, loss_type: str = "stablemax") -> tuple[torch.Tensor, di
         correct_BL = valid_BL & (logits_BLV.argmax(-1) == labels_BL)
         seq_correct_B = correct_BL.sum(-1) == n_valid_B
         counted_B = carry.halted & (n_valid_B > 0)
+        says_halt_B = out.q_says_halt
+        if says_halt_B is None:  # an Output built by hand: the default (q_halt-only) rule
+            says_halt_B = should_halt(
+                out.q_halt_logits, out.q_continue_logits, no_ACT_continue=True
+            )
         metrics = {
             "count": counted_B.sum(),
             "accuracy": torch.where(counted_B, (correct_BL.float() / divisor_B1).sum(-1), 0).sum(),
             "exact_accuracy": (counted_B & seq_correct_B).sum(),
-            "q_halt_accuracy": (counted_B & ((out.q_halt_logits >= 0) == seq_correct_B)).sum(),
+            "q_halt_accuracy": (counted_B & (says_halt_B == seq_correct_B)).sum(),
             "steps": torch.where(counted_B, carry.steps, 0).sum(),
         }
 

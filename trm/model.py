@@ -14,9 +14,16 @@ Architecture choices (each one matches the official implementation; docs/trm-beh
   initialised to weight 0, bias -5.
 - ACT: the carry holds (z_H, z_L, steps, halted, current_data); halted rows are reset to the
   fixed (never trained) initial states H_init/L_init and take the incoming batch row.
+- Halting: one rule, `should_halt`, decides everywhere (training, `predict`, the evaluation
+  metrics): sigmoid(q_halt) > tau, or sigmoid(q_halt - q_continue) > tau when
+  `no_ACT_continue` is False. Training uses the official tau = 0.5 (q_halt > 0); test time uses
+  `halt_threshold` (default 0.5, the same rule).
 - Test time: `rollout` / `predict(halt=False)` run every example halt_max_steps steps (the
-  official evaluation); `predict(halt=True)` stops each example at its first q_halt > 0 and
-  compacts the batch, so halted rows cost nothing more.
+  official evaluation); `rollout_preds` does the same keeping only each step's answer tokens
+  and q logits; `predict(halt=True)` stops each example at its first halting step and compacts
+  the batch, so halted rows cost nothing more. `predict(trajectories=K, noise_std=sigma)` adds
+  the Probabilistic TRM's test-time compute (arXiv 2605.19943): K noisy trajectories per
+  example, one answer chosen among them. Not in the official code.
 
 Shape legend: B batch, L tokens (seq_len), P prefix slots, T = P + L, D hidden, V vocab,
 H heads, K head dim, E puzzle-embedding width, S ACT steps (rollout).
@@ -209,6 +216,26 @@ class Block(nn.Module):
         return rms_norm(h_BTD + self.mlp(h_BTD), self.eps)
 
 
+def should_halt(
+    q_halt: torch.Tensor,
+    q_continue: torch.Tensor,
+    *,
+    no_ACT_continue: bool,
+    threshold: float = 0.5,
+) -> torch.Tensor:
+    """The ACT halting rule: True where the q head says "stop here".
+
+    no_ACT_continue: sigmoid(q_halt) > threshold, i.e. q_halt > logit(threshold); else
+    sigmoid(q_halt - q_continue) > threshold, i.e. q_halt > q_continue + logit(threshold).
+    At threshold 0.5 the logit is exactly 0.0, so this is the official rule bit for bit
+    (q_halt > 0, or q_halt > q_continue). A higher threshold never halts earlier.
+    """
+    shift = math.log(threshold / (1 - threshold))
+    if no_ACT_continue:
+        return q_halt > shift
+    return q_halt > q_continue + shift
+
+
 @dataclass
 class Carry:
     """State passed from one ACT step to the next (all detached)."""
@@ -237,6 +264,9 @@ class Output:
     """[B] fp32."""
     target_q_continue: torch.Tensor | None = None
     """[B] bootstrapped q-continue target (train mode, `no_ACT_continue=False` only)."""
+    q_says_halt: torch.Tensor | None = None
+    """[B] bool: the q head says halt by the training rule (`should_halt`, threshold 0.5),
+    before exploration and the step limit; set by `TRM.forward` in every mode."""
 
 
 @dataclass
@@ -250,7 +280,27 @@ class Prediction:
     q_halt_logits: torch.Tensor
     """[B] fp32 q_halt at that step."""
     steps: torch.Tensor
-    """[B] ACT steps the example took (int32)."""
+    """[B] ACT steps the example took (int32); with K trajectories, those of the chosen one."""
+    trajectory_steps: torch.Tensor
+    """[B, K] ACT steps each of the K trajectories ran (int32): their sum is the compute spent
+    on the example (`trm.flops.inference_flops`)."""
+
+
+@dataclass
+class StepPreds:
+    """Per-step answers of `TRM.rollout_preds`: S ACT steps stacked in front, no logits."""
+
+    preds: torch.Tensor
+    """[S, B, L] answer tokens (argmax of each step's logits)."""
+    q_halt_logits: torch.Tensor
+    """[S, B] fp32."""
+    q_continue_logits: torch.Tensor
+    """[S, B] fp32."""
+
+
+SELECTS = ("q_halt", "vote", "first")
+"""How `TRM.predict` picks one of K trajectories: highest q_halt logit at its stop, most
+frequent answer, or the one that stopped first."""
 
 
 class TRM(nn.Module):
@@ -405,16 +455,17 @@ class TRM(nn.Module):
         zH_BTD, zL_BTD = zH_BTD.detach(), zL_BTD.detach()
 
         with torch.no_grad():
+            # training halts by the official rule whatever the test-time halt_threshold
+            out.q_says_halt = should_halt(
+                out.q_halt_logits, out.q_continue_logits, no_ACT_continue=cfg.no_ACT_continue
+            )
             steps_B = steps_B + 1
             last_B = steps_B >= cfg.halt_max_steps
             halted_B = last_B
             # eval: every row runs halt_max_steps so a batch halts together
             if self.training and cfg.halt_max_steps > 1:
-                q_halt_B, q_cont_B = out.q_halt_logits, out.q_continue_logits
-                if cfg.no_ACT_continue:
-                    halted_B = halted_B | (q_halt_B > 0)
-                else:
-                    halted_B = halted_B | (q_halt_B > q_cont_B)
+                q_halt_B = out.q_halt_logits
+                halted_B = halted_B | out.q_says_halt
                 # exploration: a random minimum number of steps for some rows
                 explore_B = torch.rand_like(q_halt_B) < cfg.halt_exploration_prob
                 min_B = explore_B * torch.randint_like(steps_B, 2, cfg.halt_max_steps + 1)
@@ -455,7 +506,35 @@ class TRM(nn.Module):
             logits=torch.stack([o.logits for o in outs]),
             q_halt_logits=torch.stack([o.q_halt_logits for o in outs]),
             q_continue_logits=torch.stack([o.q_continue_logits for o in outs]),
+            q_says_halt=torch.stack([o.q_says_halt for o in outs]),
         )
+
+    def _start(
+        self, inputs: torch.Tensor, puzzle_identifiers: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A fresh start without a carry: (x, z_H, z_L), the states at H_init / L_init."""
+        x_BTD = self.embed(inputs, puzzle_identifiers)
+        return x_BTD, self.H_init.expand_as(x_BTD), self.L_init.expand_as(x_BTD)
+
+    @torch.inference_mode()
+    def rollout_preds(
+        self, inputs: torch.Tensor, puzzle_identifiers: torch.Tensor, num_steps: int | None = None
+    ) -> StepPreds:
+        """`rollout` (eval mode) keeping per step only the answer tokens [S, B, L] and the q
+        logits [S, B]: the same answers, without S x [B, L, V] logits held in memory. Every
+        row runs all `num_steps` steps (default halt_max_steps), in any mode."""
+        S = self.config.halt_max_steps if num_steps is None else num_steps
+        if not isinstance(S, int) or S < 1:
+            raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}")
+        x_BTD, zH_BTD, zL_BTD = self._start(inputs, puzzle_identifiers)
+        preds, qs = [], []
+        for _ in range(S):
+            zH_BTD, zL_BTD = self.sliced_cycles(zH_BTD, zL_BTD, x_BTD)
+            logits_BLV, q_B2 = self.heads(zH_BTD)
+            preds.append(logits_BLV.argmax(-1))
+            qs.append(q_B2)
+        q_SB2 = torch.stack(qs)
+        return StepPreds(torch.stack(preds), q_SB2[..., 0], q_SB2[..., 1])
 
     @torch.inference_mode()
     def predict(
@@ -464,31 +543,80 @@ class TRM(nn.Module):
         puzzle_identifiers: torch.Tensor,
         halt: bool = True,
         max_steps: int | None = None,
+        *,
+        halt_threshold: float | None = None,
+        trajectories: int = 1,
+        noise_std: float = 0.0,
+        select: str = "q_halt",
+        generator: torch.Generator | None = None,
     ) -> Prediction:
         """Test-time answers from a fresh start, up to `max_steps` ACT steps (default
-        halt_max_steps), without gradient, in any mode.
+        halt_max_steps; more is allowed), without gradient, in any mode.
 
-        halt=True: ACT halting at test time. An example stops at the first step whose q head
-        says halt (q_halt > 0, or q_halt > q_continue when `no_ACT_continue` is False) and
-        leaves the batch: the states of the rows still running are compacted, so later steps
-        cost only what is left. halt=False: every example runs `max_steps` steps, the official
+        halt=True: ACT halting at test time. An example stops at the first step where
+        `should_halt` says so at `halt_threshold` (default: the config's, 0.5 = the official
+        q_halt > 0, or q_halt > q_continue when `no_ACT_continue` is False) and leaves the
+        batch: the states of the rows still running are compacted, so later steps cost only
+        what is left. halt=False: every example runs `max_steps` steps, the official
         evaluation (the answer of the last step, as `rollout(...).logits[-1]`).
+
+        Test-time compute (Probabilistic TRM, arXiv 2605.19943; not in the official code):
+        `trajectories` K copies of each example run side by side in one batch (one forward
+        for all). With `noise_std` sigma > 0, sigma * N(0, I) is added to the latent z_L once
+        per ACT step (the paper's "deep recursion" step), just before that step's cycles,
+        the first step included, so each copy explores its own path; z_H (the answer state)
+        and the recursion inside a step are not perturbed. The z states are RMS-normalised
+        (unit scale per token), so sigma is relative to that scale. Draws come from
+        `generator` (on the model's device) when given: same generator seed, inputs and
+        settings, same answers. `select` picks one copy per example: 'q_halt' the highest
+        q_halt logit at its stop, 'vote' the most frequent answer (ties: the highest q_halt
+        among the tied answers' copies), 'first' the copy that stopped first (ties: the
+        lowest index). K = 1 with sigma = 0 is exactly the plain prediction.
         """
         cfg = self.config
         S = cfg.halt_max_steps if max_steps is None else max_steps
         if not isinstance(S, int) or S < 1:
             raise ValueError(f"max_steps must be a positive integer, got {max_steps!r}")
-        x_BTD = self.embed(inputs, puzzle_identifiers)
-        B = x_BTD.shape[0]
-        zH_BTD = self.H_init.expand_as(x_BTD)
-        zL_BTD = self.L_init.expand_as(x_BTD)
-        logits_out = torch.empty(
-            (B, cfg.seq_len, cfg.vocab_size), dtype=self.dtype, device=x_BTD.device
-        )
-        q_out = torch.empty(B, dtype=torch.float32, device=x_BTD.device)
-        steps_out = torch.full((B,), S, dtype=torch.int32, device=x_BTD.device)
-        rows_A = torch.arange(B, device=x_BTD.device)  # A: rows still running
+        K = trajectories
+        if not isinstance(K, int) or isinstance(K, bool) or K < 1:
+            raise ValueError(f"trajectories must be an integer >= 1, got {trajectories!r}")
+        if not isinstance(noise_std, (int, float)) or not noise_std >= 0:
+            raise ValueError(f"noise_std must be a number >= 0, got {noise_std!r}")
+        if select not in SELECTS:
+            raise ValueError(f"select must be one of {SELECTS}, got {select!r}")
+        tau = cfg.halt_threshold if halt_threshold is None else halt_threshold
+        if not isinstance(tau, (int, float)) or not 0 < tau < 1:
+            raise ValueError(f"halt_threshold must be in (0, 1), got {halt_threshold!r}")
+        if K > 1:  # trajectories of one example are neighbouring rows
+            inputs = inputs.repeat_interleave(K, 0)
+            puzzle_identifiers = puzzle_identifiers.repeat_interleave(K, 0)
+        runs = self._run(inputs, puzzle_identifiers, S, halt, tau, float(noise_std), generator)
+        return _choose(runs, K, select)
+
+    def _run(
+        self,
+        inputs: torch.Tensor,
+        puzzle_identifiers: torch.Tensor,
+        S: int,
+        halt: bool,
+        tau: float,
+        noise_std: float,
+        generator: torch.Generator | None,
+    ) -> Prediction:
+        """`predict` for every row on its own (one trajectory per row)."""
+        cfg = self.config
+        x_BTD, zH_BTD, zL_BTD = self._start(inputs, puzzle_identifiers)
+        B, device = x_BTD.shape[0], x_BTD.device
+        logits_out = torch.empty((B, cfg.seq_len, cfg.vocab_size), dtype=self.dtype, device=device)
+        q_out = torch.empty(B, dtype=torch.float32, device=device)
+        steps_out = torch.full((B,), S, dtype=torch.int32, device=device)
+        rows_A = torch.arange(B, device=device)  # A: rows still running
         for step in range(1, S + 1):
+            if noise_std > 0:
+                noise = torch.randn(
+                    zL_BTD.shape, generator=generator, device=device, dtype=zL_BTD.dtype
+                )
+                zL_BTD = zL_BTD + noise_std * noise
             zH_BTD, zL_BTD = self.sliced_cycles(zH_BTD, zL_BTD, x_BTD)
             if step < S and not halt:
                 continue  # only the last step's answer is used: skip the heads
@@ -496,13 +624,14 @@ class TRM(nn.Module):
             if step == S:
                 logits_out[rows_A], q_out[rows_A] = logits_ALV, q_A2[:, 0]
                 break
-            q_halt_A, q_cont_A = q_A2[:, 0], q_A2[:, 1]
-            stop_A = q_halt_A > 0 if cfg.no_ACT_continue else q_halt_A > q_cont_A
+            stop_A = should_halt(
+                q_A2[:, 0], q_A2[:, 1], no_ACT_continue=cfg.no_ACT_continue, threshold=tau
+            )
             if not bool(stop_A.any()):
                 continue
             done = rows_A[stop_A]
             logits_out[done] = logits_ALV[stop_A]
-            q_out[done] = q_halt_A[stop_A]
+            q_out[done] = q_A2[stop_A, 0]
             steps_out[done] = step
             keep_A = ~stop_A
             if not bool(keep_A.any()):
@@ -510,9 +639,34 @@ class TRM(nn.Module):
             rows_A, x_BTD = rows_A[keep_A], x_BTD[keep_A]
             zH_BTD, zL_BTD = zH_BTD[keep_A], zL_BTD[keep_A]
         return Prediction(
-            preds=logits_out.argmax(-1), logits=logits_out, q_halt_logits=q_out, steps=steps_out
-        )
+            preds=logits_out.argmax(-1), logits=logits_out, q_halt_logits=q_out,
+            steps=steps_out, trajectory_steps=steps_out.unsqueeze(-1),
+        )  # fmt: skip
 
     def num_params(self) -> int:
         """Trainable parameters (the puzzle table is a buffer and not counted)."""
         return sum(p.numel() for p in self.parameters())
+
+
+def _choose(runs: Prediction, K: int, select: str) -> Prediction:
+    """One of each example's K neighbouring trajectory rows, by `select` (see `SELECTS`)."""
+    if K == 1:
+        return runs
+    q_BK = runs.q_halt_logits.view(-1, K)
+    steps_BK = runs.steps.view(-1, K)
+    if select == "q_halt":
+        pick_B = q_BK.argmax(-1)
+    elif select == "first":
+        pick_B = steps_BK.argmin(-1)  # the lowest index among ties
+    else:
+        preds_BKL = runs.preds.view(q_BK.shape[0], K, -1)
+        same_BKK = (preds_BKL.unsqueeze(2) == preds_BKL.unsqueeze(1)).all(-1)
+        votes_BK = same_BKK.sum(-1)
+        top_BK = votes_BK == votes_BK.max(-1, keepdim=True).values
+        pick_B = torch.where(top_BK, q_BK, -torch.inf).argmax(-1)
+    rows_B = torch.arange(q_BK.shape[0], device=pick_B.device) * K + pick_B
+    return Prediction(
+        preds=runs.preds[rows_B], logits=runs.logits[rows_B],
+        q_halt_logits=runs.q_halt_logits[rows_B], steps=runs.steps[rows_B],
+        trajectory_steps=steps_BK,
+    )  # fmt: skip
