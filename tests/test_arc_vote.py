@@ -126,16 +126,12 @@ class EchoModel:
     def train(self, mode: bool = True):
         self.training = mode
 
-    def rollout(self, inputs, puzzle_identifiers, num_steps=None):
-        import torch.nn.functional as F
-
-        from trm import Output
+    def rollout_preds(self, inputs, puzzle_identifiers, num_steps=None):
+        from trm.model import StepPreds
 
         S = num_steps or self.config.halt_max_steps
-        logits = F.one_hot(inputs, 12).float()
         q = torch.zeros(inputs.shape[0])
-        return Output(logits=logits.expand(S, *logits.shape), q_halt_logits=q.expand(S, -1),
-                      q_continue_logits=q.expand(S, -1))  # fmt: skip
+        return StepPreds(inputs.expand(S, *inputs.shape), q.expand(S, -1), q.expand(S, -1))
 
 
 GRIDS = {  # asymmetric grids and colours, so every dihedral/colour variant differs

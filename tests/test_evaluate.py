@@ -8,7 +8,9 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from test_model_speed import batch_of, halting_model, tiny
+from tiny_trm import halting_model
+from tiny_trm import make_batch as batch_of
+from tiny_trm import tiny5 as tiny
 
 from pipeline.evaluate import evaluate, finish, halt_curve
 from trm import flops, should_halt

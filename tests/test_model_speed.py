@@ -5,26 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_trm import make_batch
-from tiny_trm import tiny as tiny_base
+from tiny_trm import halting_model, make_batch
+from tiny_trm import tiny5 as tiny
 
-from trm import TRM, TRMConfig
+from trm import TRM
 from trm.losses import act_loss
-
-
-def tiny(**kw) -> TRMConfig:
-    return tiny_base(**{"halt_max_steps": 5, **kw})
-
-
-def halting_model(cfg: TRMConfig) -> TRM:
-    """A model whose q head halts different rows at different steps (the initial q head
-    never halts: weight 0, bias -5)."""
-    torch.manual_seed(0)
-    model = TRM(cfg).eval()
-    with torch.no_grad():
-        model.q_head.weight.normal_(0, 1)
-        model.q_head.bias.zero_()
-    return model
 
 
 def test_predict_without_halting_is_the_official_evaluation():

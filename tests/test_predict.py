@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_model_speed import batch_of, halting_model, tiny
+from tiny_trm import halting_model
+from tiny_trm import make_batch as batch_of
+from tiny_trm import tiny5 as tiny
 
 from trm import TRM, flops, inference_flops, should_halt
 

@@ -1,11 +1,12 @@
-"""Tiny TRM configs and random batches shared by the model tests (test_model.py,
-test_model_speed.py): small enough that a forward step takes milliseconds on a CPU."""
+"""Tiny TRM configs, random batches and a halting model shared by the model tests
+(test_model.py, test_model_speed.py, test_predict.py, test_evaluate.py): small enough that a
+forward step takes milliseconds on a CPU."""
 
 from __future__ import annotations
 
 import torch
 
-from trm import TRMConfig
+from trm import TRM, TRMConfig
 
 
 def tiny(**kw) -> TRMConfig:
@@ -26,3 +27,19 @@ def make_batch(cfg: TRMConfig, B: int = 3, seed: int = 0) -> dict[str, torch.Ten
         "labels": torch.randint(0, cfg.vocab_size, (B, cfg.seq_len), generator=g),
         "puzzle_identifiers": torch.randint(0, max(cfg.num_puzzle_identifiers, 1), (B,), generator=g),
     }  # fmt: skip
+
+
+def tiny5(**kw) -> TRMConfig:
+    """`tiny` with 5 ACT steps: room for rows to halt at different steps."""
+    return tiny(**{"halt_max_steps": 5, **kw})
+
+
+def halting_model(cfg: TRMConfig) -> TRM:
+    """A model (eval mode) whose q head halts different rows at different steps (the initial
+    q head never halts: weight 0, bias -5)."""
+    torch.manual_seed(0)
+    model = TRM(cfg).eval()
+    with torch.no_grad():
+        model.q_head.weight.normal_(0, 1)
+        model.q_head.bias.zero_()
+    return model
