@@ -241,7 +241,7 @@ def _swap_first_two(board: str) -> str:
         # mixed sizes in one file
         (
             lambda q, a: [["s", q, a, "0"], ["s", *_row(9), "0"]],
-            r"line 3: question is 9x9, but the first row's \(line 2\) are 4x4: one size per file",
+            r"line 3: question is a 9x9 grid, but line 2 made this file 4x4: one size per file",
         ),
     ],
 )
@@ -267,7 +267,7 @@ def test_failed_import_leaves_nothing_and_keeps_an_old_dataset(tmp_path):
     train, rows = _sudoku_csv(tmp_path / "train.csv", 4, 6, seed=0)
     # the test file is 6x6: refused before anything is written
     test6, _ = _sudoku_csv(tmp_path / "test6.csv", 6, 1, seed=0)
-    with pytest.raises(InputError, match=r"test6.csv, line 2: question is 6x6, but the training file's are 4x4"):  # fmt: skip
+    with pytest.raises(InputError, match=r"test6.csv, line 2: question is a 6x6 grid, but the training file's are 4x4: the test file must match"):  # fmt: skip
         import_csv(str(tmp_path / "out"), "sudoku", train, test6)
     assert not (tmp_path / "out").exists()
     # a bad test row is found after the training shards are written: they are removed again

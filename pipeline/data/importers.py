@@ -111,8 +111,9 @@ def _survey(task: str, path: str, min_difficulty: int | None, side: int | None =
         if side is None:
             side, first = s, line
         elif s != side:
-            source = f"the first row's (line {first})" if first else "the training file's"
-            raise InputError(path, f"line {line}", f"question is {s}x{s}, but {source} are {side}x{side}: one size per file, and the test file's size must be the training file's")  # fmt: skip
+            rule = (f"line {first} made this file {side}x{side}: one size per file" if first
+                    else f"the training file's are {side}x{side}: the test file must match")  # fmt: skip
+            raise InputError(path, f"line {line}", f"question is a {s}x{s} grid, but {rule}")
         count += 1
     return count, side
 
