@@ -34,6 +34,11 @@ def test_help_lists_every_subcommand(capsys):
     with pytest.raises(SystemExit):
         main(["sudoku", "--help"])
     assert "--min-rating" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["import-csv", "--help"])
+    assert (
+        "16 characters (4x4, 2x2 boxes), 36 (6x6, 2x3 boxes) or 81 (9x9)" in capsys.readouterr().out
+    )
 
 
 def test_sudoku_script_then_verify(tmp_path, capsys):

@@ -283,3 +283,14 @@ def test_failed_import_leaves_nothing_and_keeps_an_old_dataset(tmp_path):
         import_csv(str(tmp_path / "old"), "sudoku", train, bad, rows_per_shard=1, overwrite=True)
     assert sorted(p.name for p in (tmp_path / "old").rglob("*")) == before
     assert verify_dataset(str(tmp_path / "old")) == old
+
+
+def test_failed_import_to_s3_leaves_no_object(s3_env, tmp_path):
+    train, rows = _sudoku_csv(tmp_path / "train.csv", 4, 6, seed=0)
+    bad = _write(tmp_path / "bad.csv", [["s", rows[0][1], _swap_first_two(rows[0][2]), "0"]])
+    uri = f"s3://{s3_env.bucket}/imported"
+    with pytest.raises(InputError, match=r"bad.csv, line 2: answer is not a valid solution"):
+        import_csv(uri, "sudoku", train, bad, rows_per_shard=1)  # 6 training shards written
+    assert s3_env.client().list_objects_v2(Bucket=s3_env.bucket).get("KeyCount") == 0
+    import_csv(uri, "sudoku", train, rows_per_shard=1)  # the check sees objects when there are
+    assert s3_env.client().list_objects_v2(Bucket=s3_env.bucket).get("KeyCount") == 7
