@@ -197,7 +197,7 @@ def _checked(pool, workers: int, check, path: str, rows: list) -> list[tuple]:
     return [item for part in results for item in part]
 
 
-def _write_split(w, split, task, rows, start, num_aug, seed) -> None:
+def _write_chunk(w, split, task, rows, start, num_aug, seed) -> None:
     """Write checked rows (tokens, tokens, rating or path length) as groups start, start+1, ..."""
     x = np.stack([r[0] for r in rows])
     y = np.stack([r[1] for r in rows])
@@ -274,7 +274,7 @@ def import_csv(
         for split, path, keep in (("train", train_csv, keep_train), ("test", test_csv, None)):
             done = 0
             for rows in _chunks(path, min_difficulty, keep) if path is not None else ():
-                _write_split(w, split, task, _checked(pool, workers, check, str(path), rows),
+                _write_chunk(w, split, task, _checked(pool, workers, check, str(path), rows),
                              done, num_aug, seed)  # fmt: skip
                 done += len(rows)
                 if progress:
