@@ -8,6 +8,7 @@
         --subsets training evaluation concept --test-subsets evaluation --out data/arc1
     python pipeline/build_data.py import-csv sudoku --train train.csv --test test.csv \
         --subsample 1000 --out data/sudoku-extreme-1k
+    python pipeline/build_data.py import-csv sudoku --train my4x4.csv --out data/my-sudoku4
     python pipeline/build_data.py verify data/sudoku9       # sizes and SHA-256 of every shard
     python pipeline/build_data.py inspect data/arc1 --world-size 4 --json   # the training sampler
 
@@ -39,6 +40,19 @@ from pipeline.data import (
     import_csv,
     verify_dataset,
 )
+
+IMPORT_HELP = """Import CSV files with the header source,question,answer,rating, one puzzle a row.
+
+Sudoku: question and answer are the board row by row, '.' or '0' for a blank in the question.
+The length gives the size: 16 characters (4x4, 2x2 boxes), 36 (6x6, 2x3 boxes) or 81 (9x9);
+one size per file, and --test must hold the size of --train. The dataset has the same encoding
+as `build_data.py sudoku --size N`, so it trains and augments like a generated one.
+Maze: square grids of '# SGo' (wall, open, start, goal, path).
+
+Every row is checked; a bad one stops the import with the file, line and problem (a length that
+is no board size, a character that is no digit for the size, an answer that breaks the rule or
+a given, an ambiguous puzzle) and nothing is written.
+"""
 
 
 class _Progress:
@@ -106,7 +120,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--materialise", action="store_true", help="write the official pre-augmented layout")  # fmt: skip
     common(s, seed=42, shard_rows=20_000, group_rows=1024)
 
-    s = sub.add_parser("import-csv", help="import official-format CSV files (source,question,answer,rating)")  # fmt: skip
+    s = sub.add_parser(
+        "import-csv", help="import official-format CSV files (source,question,answer,rating)",
+        description=IMPORT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
     s.add_argument("task", choices=["sudoku", "maze"])
     s.add_argument("--train", required=True, help="training CSV")
     s.add_argument("--test", help="test CSV")

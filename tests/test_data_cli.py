@@ -34,6 +34,11 @@ def test_help_lists_every_subcommand(capsys):
     with pytest.raises(SystemExit):
         main(["sudoku", "--help"])
     assert "--min-rating" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["import-csv", "--help"])
+    assert (
+        "16 characters (4x4, 2x2 boxes), 36 (6x6, 2x3 boxes) or 81 (9x9)" in capsys.readouterr().out
+    )
 
 
 def test_sudoku_script_then_verify(tmp_path, capsys):
@@ -80,4 +85,8 @@ def test_arc_from_task_files_and_a_bad_csv(tmp_path, capsys):
     bad = tmp_path / "bad.csv"
     bad.write_text("source,question,answer,rating\nx,1.2,123,0\n")
     rc, _, err = cli(capsys, "import-csv", "sudoku", "--train", bad, "--out", tmp_path / "imp")
-    assert rc == 2 and f"{bad}, line 2: question: expected 81 characters" in err
+    assert (
+        rc == 2
+        and f"{bad}, line 2: question: expected 16 (4x4), 36 (6x6) or 81 (9x9) characters, got 3"
+        in err
+    )

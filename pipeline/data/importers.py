@@ -1,16 +1,24 @@
 """Importers for puzzle CSV files a user already has (the official sudoku-extreme and maze-hard
-files): header `source,question,answer,rating`, one puzzle per row.
+files, or small Sudoku of their own): header `source,question,answer,rating`, one puzzle per row.
 
     import_csv("/data/sudoku-extreme-1k", "sudoku", "train.csv", "test.csv", subsample=1000)
+    import_csv("data/my-4x4", "sudoku", "mine.csv")   # 16-character rows: 4x4 boards
     import_csv("s3://b/maze-hard", "maze", "maze/train.csv", "maze/test.csv")
 
-The framing of every row (header, field count, integer rating) is checked in a first pass before
-anything is written; then each row's content is checked as it is converted. A bad row raises
-InputError naming the file, the line and what is wrong, and leaves no meta.json, so nothing that
-looks like a dataset: wrong field count, wrong length, a character outside the charset, an
-answer that does not solve its question (Sudoku) or is not a shortest S->G path (Maze), a Sudoku
-with several solutions (`check_unique`, on by default: one solver run per puzzle, a few ms each;
-turn off for the 423k-row sudoku-extreme test file if minutes matter), a non-integer rating.
+Sizes: a Sudoku board is 16, 36 or 81 characters (4x4 with 2x2 boxes, 6x6 with 2x3 boxes, 9x9),
+a maze any square; the first row of the training file fixes it, and every row of both files must
+have it. The dataset then has the generator's encoding for that size (`sudoku_meta_fields`), so
+training and the streaming augmentations treat it like a generated one.
+
+A first pass over both files checks the framing of every row (header, field count, integer
+rating, board size) before anything is written; then each row's content is checked as it is
+converted. A bad row raises InputError naming the file, the line and what is wrong: wrong field
+count, a length that is no board or not the file's size, a character outside the charset, an
+answer that breaks the Sudoku rule or contradicts a given (Sudoku) or is not a shortest S->G path
+(Maze), a Sudoku with several solutions (`check_unique`, on by default: one solver run per
+puzzle, a few ms each; turn off for the 423k-row sudoku-extreme test file if minutes matter), a
+non-integer rating. A failed import removes what it wrote (`DatasetWriter.abort`): no shards, no
+meta.json, no output folder it created.
 As in the official builders, `min_difficulty` keeps rows with rating >= it, and `subsample` draws
 that many training rows without replacement (here from an rng seeded by `seed`).
 """
@@ -19,6 +27,7 @@ from __future__ import annotations
 
 import csv
 from concurrent.futures import ProcessPoolExecutor
+from functools import partial
 
 import numpy as np
 import pyarrow as pa
@@ -76,33 +85,75 @@ def _rows(path: str, reader, min_difficulty: int | None):
             yield line, q, a, rating
 
 
-def _check_sudoku(path, line, q, a, check_unique):
+SUDOKU_SIDES = {16: 4, 36: 6, 81: 9}
+"""Sudoku board sizes an import accepts: characters per row -> board side."""
+
+
+def _side_of(task: str, path: str, line: int, question: str) -> int:
+    """The board side a question's length gives (InputError if it is no board)."""
+    if task == "sudoku":
+        if len(question) not in SUDOKU_SIDES:
+            raise InputError(path, f"line {line}", f"question: expected 16 (4x4), 36 (6x6) or 81 (9x9) characters, got {len(question)}")  # fmt: skip
+        return SUDOKU_SIDES[len(question)]
+    try:
+        return maze.side_of(len(question))
+    except ValueError as e:
+        raise InputError(path, f"line {line}", f"question: {e}") from None
+
+
+def _survey(task: str, path: str, min_difficulty: int | None, side: int | None = None):
+    """(rows kept, board side) of a file, checking every kept row's framing and that its
+    question has the file's size: that of `side` if given (the other file's), else the first
+    row's."""
+    count, first = 0, None
+    for line, q, _, _ in scan_csv(path, min_difficulty):
+        s = _side_of(task, path, line, q)
+        if side is None:
+            side, first = s, line
+        elif s != side:
+            rule = (f"line {first} made this file {side}x{side}: one size per file" if first
+                    else f"the training file's are {side}x{side}: the test file must match")  # fmt: skip
+            raise InputError(path, f"line {line}", f"question is a {s}x{s} grid, but {rule}")
+        count += 1
+    return count, side
+
+
+def _unit_name(n: int, unit: int) -> str:
+    """'row 3', 'column 1' or 'box 4' for index `unit` of sudoku.geometry(n).units."""
+    return f"{('row', 'column', 'box')[unit // n]} {unit % n + 1}"
+
+
+def _check_sudoku(path, row, n, check_unique):
+    """(question tokens, answer tokens, rating) of one CSV row of an n x n Sudoku."""
+    line, q, a, rating = row
     where = f"line {line}"
     boards = []
     for name, text, blank in (("question", q, ".0"), ("answer", a, "")):
         try:
-            boards.append(sudoku.parse_board(text, blank=blank))
+            boards.append(sudoku.parse_board(text, n, blank=blank))
         except ValueError as e:
             raise InputError(path, where, f"{name}: {e}") from None
     qd, ad = boards
-    if not sudoku.is_solution(ad.tolist()):
-        raise InputError(path, where, "answer is not a valid solution (a row, column or box repeats a digit)")  # fmt: skip
+    units = sudoku.geometry(n).units
+    broken = [u for u, cells in enumerate(units) if len(set(ad[list(cells)].tolist())) != n]
+    if broken:
+        raise InputError(path, where, f"answer is not a valid solution: {_unit_name(n, broken[0])} repeats a digit")  # fmt: skip
     clash = np.flatnonzero((qd != 0) & (qd != ad))
     if len(clash):
         c = int(clash[0])
         raise InputError(path, where, f"answer does not solve the question (cell {c}: question {qd[c]}, answer {ad[c]})")  # fmt: skip
-    if check_unique and len(sudoku.solve(qd.tolist(), limit=2).solutions) > 1:
+    if check_unique and len(sudoku.solve(qd.tolist(), n, limit=2).solutions) > 1:
         raise InputError(path, where, "puzzle is ambiguous: it has more than one solution")
-    return qd, ad
+    return sudoku.encode(qd), sudoku.encode(ad), rating
 
 
-def _check_maze(path, line, q, a, side):
+def _check_maze(path, row):
+    """(question tokens, answer tokens, shortest path length) of one CSV row of a maze (its
+    question's size was checked by the first pass)."""
+    line, q, a, _ = row
     where = f"line {line}"
-    if len(q) != side * side:
-        raise InputError(path, where, f"question has {len(q)} cells; this file's mazes have {side * side}")  # fmt: skip
     for name, text in (("question", q), ("answer", a)):
         try:
-            maze.side_of(len(text))
             maze.encode(text)
         except ValueError as e:
             raise InputError(path, where, f"{name}: {e}") from None
@@ -120,9 +171,8 @@ def _check_maze(path, line, q, a, side):
 
 
 def _check_chunk(args):
-    task, path, rows, option = args  # option: check_unique (sudoku) or the side (maze)
-    check = _check_sudoku if task == "sudoku" else _check_maze
-    return [check(path, line, q, a, option) for line, q, a, _ in rows]
+    check, path, rows = args
+    return [check(path, row) for row in rows]
 
 
 def _chunks(path, min_difficulty, keep: set[int] | None):
@@ -136,6 +186,50 @@ def _chunks(path, min_difficulty, keep: set[int] | None):
         index += 1
     if rows:
         yield rows
+
+
+def _checked(pool, workers: int, check, path: str, rows: list) -> list[tuple]:
+    """check(path, row) of every row, in row order; with a pool, in `workers` contiguous parts
+    (so the first error raised is the one on the earliest line)."""
+    size = -(-len(rows) // max(1, workers))
+    jobs = [(check, path, rows[i : i + size]) for i in range(0, len(rows), size)]
+    results = pool.map(_check_chunk, jobs) if pool else map(_check_chunk, jobs)
+    return [item for part in results for item in part]
+
+
+def _write_chunk(w, split, task, rows, start, num_aug, seed) -> None:
+    """Write checked rows (tokens, tokens, rating or path length) as groups start, start+1, ..."""
+    x = np.stack([r[0] for r in rows])
+    y = np.stack([r[1] for r in rows])
+    extra = np.array([r[2] for r in rows], np.int32)
+    groups = np.arange(start, start + len(rows), dtype=np.int64)
+    train = split == "train"
+    if task == "sudoku":
+        write_sudoku_rows(w, split, x, y, extra, groups, num_aug if train else 0, seed)
+    else:
+        write_maze_rows(w, split, x, y, extra, groups, num_aug > 0 and train)
+
+
+def _meta_fields(task: str, side: int, num_aug: int, generator: dict) -> dict:
+    if task == "sudoku":
+        mode = {"mode": "materialised", "num_aug": num_aug} if num_aug else {"mode": "on_the_fly"}
+        return sudoku_meta_fields(side, mode, generator)
+    mode = {"mode": "materialised", "transforms": 8} if num_aug else {"mode": "on_the_fly"}
+    return maze_meta_fields(side, mode, generator)
+
+
+def _plan(task, train_csv, test_csv, min_difficulty, subsample, seed):
+    """(board side, training rows to keep or None for all), after the first pass over both
+    files: framing, and one board size for both."""
+    n_train, side = _survey(task, train_csv, min_difficulty)
+    if side is None:
+        raise InputError(train_csv, None, "no rows (after min_difficulty)")
+    if test_csv is not None:
+        _survey(task, test_csv, min_difficulty, side)
+    if subsample is None or subsample >= n_train:
+        return side, None
+    rng = np.random.default_rng(seed)
+    return side, set(rng.choice(n_train, subsample, replace=False).tolist())
 
 
 def import_csv(
@@ -167,19 +261,9 @@ def import_csv(
     generator, meta = existing_dataset(out_uri, "import-csv", seed, params, overwrite)
     if meta is not None:
         return meta
-    # Find the sizes (and check the framing of every row) before writing anything.
-    keep_train = None
-    n_train = sum(1 for _ in scan_csv(train_csv, min_difficulty))
-    if subsample is not None and subsample < n_train:
-        rng = np.random.default_rng(seed)
-        keep_train = set(rng.choice(n_train, subsample, replace=False).tolist())
-    first = next(scan_csv(train_csv, min_difficulty), None)
-    if first is None:
-        raise InputError(train_csv, None, "no rows (after min_difficulty)")
-    try:
-        side = maze.side_of(len(first[1])) if task == "maze" else 9
-    except ValueError as e:
-        raise InputError(train_csv, f"line {first[0]}", f"question: {e}") from None
+    side, keep_train = _plan(task, train_csv, test_csv, min_difficulty, subsample, seed)
+    check = (partial(_check_sudoku, n=side, check_unique=check_unique) if task == "sudoku"
+             else _check_maze)  # fmt: skip
     w = DatasetWriter(
         out_uri, seq_len=side * side,
         extra_columns={"rating": pa.int32()} if task == "sudoku" else {"path_length": pa.int32()},
@@ -188,41 +272,17 @@ def import_csv(
     pool = ProcessPoolExecutor(workers) if workers > 1 else None
     try:
         for split, path, keep in (("train", train_csv, keep_train), ("test", test_csv, None)):
-            if path is None:
-                continue
             done = 0
-            for rows in _chunks(path, min_difficulty, keep):
-                parts = [rows[i :: max(1, workers)] for i in range(max(1, workers))]
-                option = check_unique if task == "sudoku" else side
-                jobs = [(task, str(path), p, option) for p in parts if p]
-                results = list(pool.map(_check_chunk, jobs) if pool else map(_check_chunk, jobs))
-                order = [r for p in parts if p for r in p]
-                checked = [c for res in results for c in res]
-                by_line = sorted(zip([r[0] for r in order], checked, [r[3] for r in order]))
-                groups = np.arange(done, done + len(by_line), dtype=np.int64)
-                if task == "sudoku":
-                    x = sudoku.encode(np.stack([c[0] for _, c, _ in by_line]))
-                    y = sudoku.encode(np.stack([c[1] for _, c, _ in by_line]))
-                    ratings = np.array([r for _, _, r in by_line], np.int32)
-                    aug = num_aug if split == "train" else 0
-                    write_sudoku_rows(w, split, x, y, ratings, groups, aug, seed)
-                else:
-                    x = np.stack([c[0] for _, c, _ in by_line])
-                    y = np.stack([c[1] for _, c, _ in by_line])
-                    lengths = np.array([c[2] for _, c, _ in by_line], np.int32)
-                    write_maze_rows(
-                        w, split, x, y, lengths, groups, num_aug > 0 and split == "train"
-                    )
-                done += len(by_line)
+            for rows in _chunks(path, min_difficulty, keep) if path is not None else ():
+                _write_chunk(w, split, task, _checked(pool, workers, check, str(path), rows),
+                             done, num_aug, seed)  # fmt: skip
+                done += len(rows)
                 if progress:
                     progress(f"import {split}: {done} rows from {path}")
+    except BaseException:  # a bad row (or an interrupt) leaves nothing behind
+        w.abort()
+        raise
     finally:
         if pool:
             pool.shutdown(cancel_futures=True)
-    if task == "sudoku":
-        mode = {"mode": "materialised", "num_aug": num_aug} if num_aug else {"mode": "on_the_fly"}
-        fields = sudoku_meta_fields(9, mode, generator)
-    else:
-        mode = {"mode": "materialised", "transforms": 8} if num_aug else {"mode": "on_the_fly"}
-        fields = maze_meta_fields(side, mode, generator)
-    return w.commit(**fields)
+    return w.commit(**_meta_fields(task, side, num_aug, generator))

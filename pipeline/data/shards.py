@@ -17,7 +17,9 @@ read), and meta.json records each shard's size and SHA-256.
 Atomicity: every shard name carries a fresh build id, each file write is atomic, and meta.json,
 which is what makes a dataset visible, is written last. A crash leaves stray shards and no new
 meta.json: an old dataset at the same URI stays intact and readable, and a new URI has nothing
-that looks complete. After the commit, shards of the replaced dataset are deleted.
+that looks complete. After the commit, shards of the replaced dataset are deleted. A build that
+fails with an error calls `abort()`, which deletes the shards it wrote (and a local directory it
+created), so nothing of it is left.
 """
 
 from __future__ import annotations
@@ -166,6 +168,14 @@ class DatasetWriter:
                 row_groups=[md.row_group(i).num_rows for i in range(md.num_row_groups)],
             )
         )
+
+    def abort(self) -> None:
+        """Drop this build: delete the shards written so far and the pending rows; on local
+        disk also the directories that leaves empty, and the dataset directory if this writer
+        created it. An old dataset at the URI is untouched (its meta.json was never replaced)."""
+        written = [sh.path for shards in self._shards.values() for sh in shards]
+        self._shards, self._pending, self._pending_rows = {}, {}, {}
+        self.store.discard(written)
 
     def commit(self, splits=("train", "test"), **fields) -> DatasetMeta:
         """Write remaining rows and meta.json (the commit point); returns the metadata."""

@@ -36,6 +36,7 @@ class Storage(Protocol):
     def size(self, key: str) -> int: ...
     def list(self, prefix: str = "") -> list[str]: ...
     def delete(self, key: str) -> None: ...
+    def discard(self, keys: list[str]) -> None: ...
     def open_input(self, key: str, length: int | None = None): ...
     def check_writable(self) -> None: ...
 
@@ -60,6 +61,7 @@ class LocalStorage:
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root).expanduser().absolute()
         self.uri = str(self.root)
+        self.created = False  # check_writable made the root: discard may remove it again
         if self.root.exists() and not self.root.is_dir():
             raise StorageError(f"{self.root} exists and is not a directory")
 
@@ -97,12 +99,25 @@ class LocalStorage:
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
 
+    def discard(self, keys: list[str]) -> None:
+        """Delete `keys` and the directories that leaves empty, the root too if check_writable
+        created it: what an aborted build wrote, gone without a trace."""
+        for key in keys:
+            self.delete(key)
+        dirs = {p for key in keys for p in self._path(key).parents if self.root in p.parents}
+        if self.created:
+            dirs.add(self.root)
+        for d in sorted(dirs, key=lambda p: len(p.parts), reverse=True):  # deepest first
+            if d.is_dir() and not any(d.iterdir()):
+                d.rmdir()
+
     def open_input(self, key: str, length: int | None = None):
         import pyarrow as pa
 
         return pa.memory_map(str(self._path(key)), "r")
 
     def check_writable(self) -> None:
+        self.created = self.created or not self.root.exists()
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -248,6 +263,11 @@ class S3Storage:
 
     def delete(self, key: str) -> None:
         self._call("delete", self.client.delete_object, Key=self._key(key))
+
+    def discard(self, keys: list[str]) -> None:
+        """Delete `keys` (S3 has no directories to clean up)."""
+        for key in keys:
+            self.delete(key)
 
     def open_input(self, key: str, length: int | None = None):
         """A seekable pyarrow file over ranged GETs; `length` (if known) saves a HEAD request."""
