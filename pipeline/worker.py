@@ -209,7 +209,7 @@ def _fmt_eta(seconds: float) -> str:
 # ---- the loop -------------------------------------------------------------------------------
 def train_loop(cfg: RunConfig, info: RunInfo, session: Session) -> dict[str, float]:
     """Train `cfg` to `schedule.steps`; returns the last reported metrics."""
-    from pipeline.data.meta import read_meta
+    from pipeline.data.meta import cached_meta
     from pipeline.data.stream import ShardStream
     from trm import TRM, flops
     from trm.losses import act_loss
@@ -222,7 +222,7 @@ def train_loop(cfg: RunConfig, info: RunInfo, session: Session) -> dict[str, flo
         raise ConfigError(
             f"resources.num_workers is {cfg.resources.num_workers} but {world} workers run"
         )
-    meta = read_meta(cfg.data.uri)
+    meta = cached_meta(cfg.data.uri)  # the driver of an in-process trial read it already
     mcfg = model_config(cfg, meta)
     B = cfg.per_worker_batch
     total = cfg.schedule.steps

@@ -12,8 +12,9 @@ import pytest
 
 from pipeline import checkpoint as ckpt
 from pipeline.config import ConfigError, RunConfig
+from pipeline.preflight import preflight
 from pipeline.tracking import find_run, read_run
-from pipeline.train import main, preflight, run_info
+from pipeline.train import main, run_info
 from pipeline.worker import LocalCheckpoints, datasheet_peak_flops, run_in_process
 
 TINY = {
