@@ -15,9 +15,10 @@ import json
 import types
 import typing
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 from pipeline.data.errors import DatasetError
-from pipeline.data.storage import open_storage
+from pipeline.data.storage import absolute, is_local, open_storage
 from trm.config import is_int
 
 FORMAT_VERSION = 1
@@ -219,10 +220,10 @@ def cached_meta(uri: str) -> DatasetMeta:
     times. A local dataset is read again when its meta.json changed (size or mtime: a rebuild in
     another process); an s3:// one is forgotten when this process writes it (`forget_meta`)."""
     version: object = None
-    store = open_storage(uri)
-    if hasattr(store, "root"):  # local: a stat is far cheaper than reading and validating
+    uri = absolute(uri)  # 'data/x' and '/abs/data/x' are one dataset
+    if is_local(uri):  # a stat is far cheaper than reading and validating
         try:
-            st = (store.root / META_FILE).stat()
+            st = (Path(uri) / META_FILE).stat()
             version = (st.st_mtime_ns, st.st_size)
         except FileNotFoundError:
             _META_CACHE.pop(uri, None)
@@ -237,5 +238,4 @@ def cached_meta(uri: str) -> DatasetMeta:
 
 def forget_meta(uri: str) -> None:
     """Drop `uri` from `cached_meta`'s cache (a dataset is being written there)."""
-    for key in [k for k in _META_CACHE if k.rstrip("/") == uri.rstrip("/")]:
-        del _META_CACHE[key]
+    _META_CACHE.pop(absolute(uri), None)

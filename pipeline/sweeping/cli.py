@@ -25,7 +25,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=(
-            "Sweep file format: see pipeline/sweep_config.py and sweeps/*.yaml. Config keys: "
+            "Sweep file format: see pipeline/sweeping/config.py and sweeps/*.yaml. Config keys: "
             "python pipeline/train.py --help.\nMLflow: $MLFLOW_TRACKING_URI, else "
             "sqlite:///<cwd>/mlflow.db (mlflow ui --backend-store-uri sqlite:///$PWD/mlflow.db)"
         ),

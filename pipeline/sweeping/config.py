@@ -289,13 +289,13 @@ class SweepConfig:
 
     def _check_values(self) -> None:
         """Every checked point, applied to the base, gives a valid RunConfig (whole points, so
-        cross-field rules such as checkpoint.every being a multiple of eval.every hold)."""
-        for point in self.checked_points():
-            self._check_point(point)
+        cross-field rules such as checkpoint.every being a multiple of eval.every hold); kept
+        as `self.checked` ((point, its run config) pairs) for the driver's dataset checks."""
+        self.checked = [(point, self._check_point(point)) for point in self.checked_points()]
 
-    def _check_point(self, point: dict[str, Any], key: str | None = None) -> None:
+    def _check_point(self, point: dict[str, Any], key: str | None = None) -> RunConfig:
         try:
-            self.base_config(point)
+            return self.base_config(point)
         except ConfigError as e:
             where = f"space[{key!r}]" if key else "space"
             raise ConfigError(

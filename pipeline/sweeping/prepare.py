@@ -53,10 +53,11 @@ def preflight(sweep: SweepConfig, base: RunConfig, storage: str) -> None:
     writable, then dataset/storage/tracking store readable from every node."""
     from pipeline.config import ConfigError
 
-    points = sweep.checked_points()
-    for point in points:
+    # the sweep built these when it was loaded; only their data, model and batch matter here,
+    # which the driver's resolution of `base` (paths, tracking, GPUs) leaves as they are
+    for point, cfg in sweep.checked:
         try:
-            check_dataset(trial_config(base, point))
+            check_dataset(cfg)
         except ConfigError as e:
             raise ConfigError(f"trial {point}: {e}") from None
     check_storage_writable(storage)
@@ -65,7 +66,7 @@ def preflight(sweep: SweepConfig, base: RunConfig, storage: str) -> None:
     uri = base.tracking.uri
     if base.tracking.enabled and uri.startswith("sqlite:///"):
         places.append(("tracking store", str(Path(uri.removeprefix("sqlite:///")).parent)))
-    uris = {base.data.uri} | {p[DATA_KEY] for p in points if DATA_KEY in p}
+    uris = {base.data.uri} | {absolute(p[DATA_KEY]) for p, _ in sweep.checked if DATA_KEY in p}
     with markers(places) as checks:
         checks += [(DATA_KEY, "dataset", u, "") for u in sorted(uris)]
         check_reachable(checks)
