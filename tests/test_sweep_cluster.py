@@ -42,7 +42,9 @@ def test_ray_job_submit_smoke_sweep_on_s3_with_tracking_server(ray_head, mlflow_
     env_vars["MLFLOW_TRACKING_URI"] = mlflow_server
     runtime_env = {
         "env_vars": env_vars,
-        "excludes": [".git", ".venv", "data", "runs", "mlruns", "*.db", ".hypothesis"],
+        # anchored (gitignore syntax): a bare "data" would also drop pipeline/data/, which the
+        # job then imported from wherever the project happens to be installed
+        "excludes": [".git", ".venv", "/data", "/runs", "mlruns", "*.db", ".hypothesis"],
     }
     cmd = [
         str(Path(sys.executable).with_name("ray")), "job", "submit",
