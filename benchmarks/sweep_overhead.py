@@ -2,7 +2,7 @@
 time its trials were busy, trial start-up, and trials per device against throughput.
 
 For one sweep (default: sweeps/default.yaml, the CPU default of `python pipeline/sweep.py`):
-- wall: `pipeline.sweep.run_sweep` end to end (local Ray start, checks, Tune, MLflow, summary);
+- wall: `pipeline.sweeping.run.run_sweep` end to end (local Ray start, checks, Tune, MLflow, summary);
   the dataset is built once before the clock starts (reported apart);
 - busy: each trial function's own run time (in the trial process, start to return);
 - ratio = wall / (sum of busy / concurrency); 1.0 would be perfect packing with no overhead.
@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import ROOT, headline_clock, machine, pick_device, save, table
 
-from pipeline.sweep_config import SweepConfig
+from pipeline.sweeping.config import SweepConfig
 
 DEFAULT_SWEEP = ROOT / "sweeps" / "default.yaml"
 SMOKE_SWEEP = ROOT / "sweeps" / "smoke.yaml"
@@ -55,7 +55,7 @@ def make_timed_trial(original, log_path: str):
 
         from ray import tune as _tune
 
-        import pipeline.sweep as _sweep
+        import pipeline.sweeping.trial as _trial
         from trm.model import TRM as _TRM
 
         trial_id = _tune.get_context().get_trial_id()
@@ -65,7 +65,7 @@ def make_timed_trial(original, log_path: str):
             with open(log_path, "a") as f:
                 f.write(_json.dumps(line) + "\n")
 
-        forward, report = _TRM.forward, _sweep.TuneReporter.__call__
+        forward, report = _TRM.forward, _trial.TuneReporter.__call__
         seen_forward = []
 
         def logged_forward(self, *a, **k):
@@ -80,11 +80,11 @@ def make_timed_trial(original, log_path: str):
             return report(self, metrics, checkpoint_dir)
 
         event("start", pid=os.getpid())
-        _TRM.forward, _sweep.TuneReporter.__call__ = logged_forward, logged_report
+        _TRM.forward, _trial.TuneReporter.__call__ = logged_forward, logged_report
         try:
             original(config, ctx)
         finally:
-            _TRM.forward, _sweep.TuneReporter.__call__ = forward, report
+            _TRM.forward, _trial.TuneReporter.__call__ = forward, report
             event("end")
 
     return timed_trial
@@ -142,18 +142,16 @@ def run_once(sweep: SweepConfig, text: str, work: Path, label: str,
     Tune's reuse_actors=True: a trial starts in the process its predecessor ran in)."""
     import ray
 
-    import pipeline.sweep as sw
-    import pipeline.sweep_report as report
-    import pipeline.tracking as tracking
+    import pipeline.sweeping.run as sw
 
     log = work / f"{label}.trials.jsonl"
     exp_path = str(work / "sweeps" / sweep.name)
     cpus = sweep.base_config().resources.cpus_per_worker
-    # the driver's phases, timed where run_sweep looks them up
+    # the driver's phases, timed where run_sweep looks them up (its module's names)
     phases: dict[str, float] = {}
     timed_fns = [(sw, "connect_ray"), (sw, "cluster_nodes"), (sw, "check_fits"),
-                 (sw, "preflight"), (tracking, "start_tracker"), (sw, "build_tuner"),
-                 (report, "finish_sweep"), (sw, "run_trial")]  # fmt: skip
+                 (sw, "preflight"), (sw, "start_tracker"), (sw, "build_tuner"),
+                 (sw, "finish_sweep"), (sw, "run_trial")]  # fmt: skip
     originals = [(mod, name, getattr(mod, name)) for mod, name in timed_fns]
     for mod, name, fn in originals[:-1]:
         setattr(mod, name, _phase(fn, name, phases))
@@ -224,16 +222,14 @@ def prepare(
     path: Path, overrides: list[str], work: Path, name: str | None
 ) -> tuple[SweepConfig, str, float]:
     """The sweep with storage, data and MLflow moved under `work`; its dataset built."""
-    import pipeline.sweep as sw
+    from pipeline.sweeping.dataset import ensure_dataset
 
     data_uri = str(work / "data" / Path(path).stem)
     sets = [f"data.uri={data_uri}", f"checkpoint.storage_path={work / 'sweeps'}",
             f"tracking.uri=sqlite:///{work / 'mlflow.db'}", *overrides]  # fmt: skip
-    sweep = SweepConfig.from_yaml(path, sets)
-    if name:
-        sweep = SweepConfig.from_dict({**sweep.to_dict(), "name": name})
+    sweep = SweepConfig.from_yaml(path, sets, name=name)
     t = time.time()
-    sw.ensure_dataset(sweep, data_uri)
+    ensure_dataset(sweep, data_uri)
     return sweep, f"{Path(path).read_text()}\n# benchmark overrides: {sets}\n", time.time() - t
 
 

@@ -24,10 +24,6 @@ import json
 import os
 import sys
 import time
-from pathlib import Path
-
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.data import (
     DatasetError,

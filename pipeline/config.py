@@ -25,6 +25,8 @@ from typing import Any
 
 import yaml
 
+from trm.config import is_int
+
 TASKS_WITH_VOTING = ("arc",)
 LOSS_TYPES = ("stablemax", "softmax")
 COMPILE_SCOPES = ("off", "blocks", "model")
@@ -40,11 +42,6 @@ def require(ok: bool, where: str, msg: str) -> None:
     """Raise `ConfigError("<where>: <msg>")` unless `ok` (`where` names the config field)."""
     if not ok:
         raise ConfigError(f"{where}: {msg}")
-
-
-def is_int(v: Any) -> bool:
-    """An int that is not a bool (YAML `true` is not a count)."""
-    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def is_num(v: Any) -> bool:
@@ -525,6 +522,21 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def set_dotted(d: dict[str, Any], key: str, value: Any, where: str = "") -> None:
+    """Set `d["a"]["b"]["c"] = value` for the dotted `key` "a.b.c", in place, creating missing
+    sections; `ConfigError` (naming `where`, else the key) if a part of the path is a value."""
+    parts = key.split(".")
+    if not all(parts):
+        raise ConfigError(f"{where or repr(key)}: bad key {key!r}")
+    node = d
+    for p in parts[:-1]:
+        nxt = node.setdefault(p, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"{where or repr(key)}: {p!r} is not a section")
+        node = nxt
+    node[parts[-1]] = value
+
+
 def apply_overrides(d: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
     """Return a copy of `d` with each 'a.b.c=value' applied; value parsed as YAML."""
     import copy
@@ -534,21 +546,11 @@ def apply_overrides(d: dict[str, Any], overrides: list[str] | tuple[str, ...]) -
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like section.key=value")
         key, raw = item.split("=", 1)
-        key = key.strip()
-        parts = key.split(".")
-        if not all(parts):
-            raise ConfigError(f"override {item!r}: bad key {key!r}")
         try:
             value = yaml.safe_load(raw) if raw.strip() != "" else ""
         except yaml.YAMLError as e:
             raise ConfigError(f"override {item!r}: value is not valid YAML ({e})") from None
-        node = d
-        for p in parts[:-1]:
-            nxt = node.setdefault(p, {})
-            if not isinstance(nxt, dict):
-                raise ConfigError(f"override {item!r}: {p!r} is not a section")
-            node = nxt
-        node[parts[-1]] = value
+        set_dotted(d, key.strip(), value, where=f"override {item!r}")
     return d
 
 

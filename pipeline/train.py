@@ -11,8 +11,8 @@ Three layers, as in Ray's Train + Tune examples: `pipeline.worker.train_loop_per
 each worker, `run_training` builds the `TorchTrainer` and fits it, and a sweep
 (pipeline/sweep.py) calls `run_training` (or `pipeline.worker.run_in_process` for 1-worker
 trials) per trial. Every check that can fail without a GPU or a worker (config values, dataset
-present and matching the model, storage writable, paths readable on every node) runs here,
-before any worker starts.
+present and matching the model, storage writable, paths readable on every node) runs before any
+worker starts (pipeline/preflight.py).
 
 Re-running the same `name` with the same storage path resumes from its latest checkpoint.
 """
@@ -20,126 +20,36 @@ Re-running the same `name` with the same storage path resumes from its latest ch
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from pipeline.checkpoint import latest_local_checkpoint
+from pipeline.cluster import (
+    checkpoint_config,
+    cluster_nodes,
+    connect_ray,
+    decide_use_gpu,
+    scaling_config,
+)
 from pipeline.config import ConfigError, RunConfig, describe
-from pipeline.train_state import model_config
+from pipeline.data.storage import absolute, is_local
+from pipeline.preflight import preflight
 from pipeline.worker import RunInfo, loop_config, run_in_process
-
-
-# ---- checks before any worker starts ----------------------------------------------------------
-def resolve_storage_path(path: str) -> str:
-    """s3:// URIs as they are; local paths made absolute (Ray Train requires it)."""
-    if path.startswith("s3://"):
-        return path.rstrip("/")
-    return str(Path(path.removeprefix("file://")).expanduser().resolve())
-
-
-def is_local(uri: str) -> bool:
-    return "://" not in uri or uri.startswith("file://")
 
 
 def with_absolute_paths(cfg: RunConfig) -> RunConfig:
     """Local data and storage paths made absolute here: workers run in other directories."""
-    data = cfg.data.uri
-    if is_local(data):
-        data = str(Path(data.removeprefix("file://")).expanduser().resolve())
-    storage = resolve_storage_path(cfg.checkpoint.storage_path)
-    return cfg.with_overrides([f"data.uri={data}", f"checkpoint.storage_path={storage}"])
-
-
-def check_storage_writable(storage_path: str) -> None:
-    """Write and delete a marker under `storage_path`; `ConfigError` if that fails."""
-    from pipeline.data.storage import open_storage
-
-    key = f".trm-write-check-{uuid.uuid4().hex[:8]}"
-    try:
-        if is_local(storage_path):
-            Path(storage_path).mkdir(parents=True, exist_ok=True)
-        store = open_storage(storage_path)
-        store.write_bytes(key, b"ok")
-        store.delete(key)
-    except Exception as e:
-        raise ConfigError(
-            f"checkpoint.storage_path {storage_path!r} is not writable: {type(e).__name__}: {e}"
-        ) from None
-
-
-def check_dataset(cfg: RunConfig) -> Any:
-    """Read the dataset's metadata and check it against the model and batch; returns it."""
-    from pipeline.data.meta import read_meta
-
-    try:
-        meta = read_meta(cfg.data.uri)
-    except Exception as e:
-        raise ConfigError(f"data.uri {cfg.data.uri!r}: {e}") from None
-    for split in ("train", "test"):
-        if split not in meta.splits:
-            raise ConfigError(f"data.uri {cfg.data.uri!r} has no {split!r} split")
-    model_config(cfg, meta)  # raises on vocab/seq_len mismatch
-    if meta.task == "arc":  # pass@K needs the test-input counts; eval.arc_variants must fit
-        from pipeline.arc_vote import ArcVoting
-
-        ArcVoting(cfg.data.uri, meta, pass_ks=cfg.eval.pass_ks, max_variants=cfg.eval.arc_variants)
-    rows = meta.splits["train"].num_rows // cfg.resources.num_workers
-    if rows < cfg.per_worker_batch:
-        raise ConfigError(
-            f"data.global_batch_size {cfg.data.global_batch_size}: each of "
-            f"{cfg.resources.num_workers} workers gets {rows} training rows, fewer than its "
-            f"batch of {cfg.per_worker_batch}"
-        )
-    return meta
-
-
-def check_readable_on_nodes(path: str, what: str) -> None:
-    """Every alive Ray node can see local `path`; `ConfigError` naming the nodes that cannot."""
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    @ray.remote(num_cpus=0)
-    def probe(p: str) -> bool:
-        return os.path.exists(p)
-
-    nodes = [n for n in ray.nodes() if n.get("Alive")]
-    refs = {
-        n["NodeID"]: probe.options(
-            scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
-        ).remote(path)
-        for n in nodes
-    }
-    blind = [
-        f"{node_id[:8]} ({n.get('NodeManagerAddress', '?')})"
-        for (node_id, ref), n in zip(refs.items(), nodes)
-        if not ray.get(ref, timeout=60)
-    ]
-    if blind:
-        raise ConfigError(
-            f"{what} {path!r} is a local path that Ray node(s) {', '.join(blind)} cannot read; "
-            f"on a multi-node cluster use s3:// (or a filesystem mounted on every node)"
-        )
-
-
-def preflight(cfg: RunConfig, storage_path: str, *, cluster: bool) -> Any:
-    """All checks that need no worker; `cluster`: also check paths against the Ray nodes."""
-    meta = check_dataset(cfg)
-    check_storage_writable(storage_path)
-    if cluster:
-        import ray
-
-        if len([n for n in ray.nodes() if n.get("Alive")]) > 1:
-            if is_local(cfg.data.uri):
-                check_readable_on_nodes(
-                    str(Path(cfg.data.uri.removeprefix("file://")) / "meta.json"), "data.uri"
-                )
-            if is_local(storage_path):
-                check_readable_on_nodes(storage_path, "checkpoint.storage_path")
-    return meta
+    return dataclasses.replace(
+        cfg,
+        data=dataclasses.replace(cfg.data, uri=absolute(cfg.data.uri)),
+        checkpoint=dataclasses.replace(
+            cfg.checkpoint, storage_path=absolute(cfg.checkpoint.storage_path)
+        ),
+    )
 
 
 # ---- the driver -----------------------------------------------------------------------------
@@ -154,15 +64,6 @@ def run_info(cfg: RunConfig, name: str, storage_path: str, parent_run_id: str = 
         code_version=code_version(),
         parent_run_id=parent_run_id,
     )
-
-
-def decide_use_gpu(cfg: RunConfig) -> bool:
-    """`resources.use_gpu` when set, else whether the Ray cluster has a GPU."""
-    import ray
-
-    if cfg.resources.use_gpu is not None:
-        return cfg.resources.use_gpu
-    return ray.cluster_resources().get("GPU", 0) >= 1
 
 
 def build_trainer(
@@ -182,32 +83,20 @@ def build_trainer(
 
     name = name or cfg.name
     cfg = with_absolute_paths(cfg)
-    storage_path = resolve_storage_path(storage_path or cfg.checkpoint.storage_path)
+    storage_path = absolute(storage_path or cfg.checkpoint.storage_path)
     if check:
         preflight(cfg, storage_path, cluster=True)
     info = run_info(cfg, name, storage_path, parent_run_id)
-    use_gpu = decide_use_gpu(cfg)
-    resources = {"CPU": cfg.resources.cpus_per_worker}
-    if use_gpu:
-        resources["GPU"] = cfg.resources.gpus_per_worker
-    ck = cfg.checkpoint
+    use_gpu = decide_use_gpu(cfg, cluster_nodes())
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config(cfg, info),
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=cfg.resources.num_workers,
-            use_gpu=use_gpu,
-            resources_per_worker=resources,
-        ),
+        scaling_config=scaling_config(cfg, use_gpu),
         run_config=ray.train.RunConfig(
             name=name,
             storage_path=storage_path,
-            failure_config=ray.train.FailureConfig(max_failures=ck.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(
-                num_to_keep=ck.num_to_keep or None,
-                checkpoint_score_attribute=ck.metric,
-                checkpoint_score_order=ck.mode,
-            ),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.checkpoint.max_failures),
+            checkpoint_config=checkpoint_config(cfg.checkpoint, ray.train.CheckpointConfig),
             callbacks=list(callbacks),
         ),
     )
@@ -234,12 +123,9 @@ def run_training(
     pair resumes from the latest checkpoint. The MLflow run gets the final and best checkpoint
     locations as tags. Raises the run's error if it failed after all retries.
     """
-    import ray
-
-    if not ray.is_initialized():
-        ray.init()
+    connect_ray(None, reuse=True)
     name = name or cfg.name
-    storage_path = resolve_storage_path(storage_path or cfg.checkpoint.storage_path)
+    storage_path = absolute(storage_path or cfg.checkpoint.storage_path)
     trainer = build_trainer(
         cfg, name=name, storage_path=storage_path, callbacks=callbacks, parent_run_id=parent_run_id
     )
@@ -286,7 +172,7 @@ def _storage_named(error: Exception, storage_path: str) -> Exception:
 def run_local(cfg: RunConfig, *, name: str | None = None, storage_path: str | None = None):
     """The same loop in this process (no Ray); checkpoints under a local storage path."""
     name = name or cfg.name
-    storage_path = resolve_storage_path(storage_path or cfg.checkpoint.storage_path)
+    storage_path = absolute(storage_path or cfg.checkpoint.storage_path)
     if not is_local(storage_path):
         raise ConfigError("--local keeps checkpoints on a local checkpoint.storage_path only")
     cfg = with_absolute_paths(cfg.with_overrides(["resources.num_workers=1"]))
@@ -347,7 +233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             cfg = cfg.with_overrides([f"name={args.name}"])
         if args.storage_path:
             cfg = cfg.with_overrides([f"checkpoint.storage_path={args.storage_path}"])
-        storage = resolve_storage_path(cfg.checkpoint.storage_path)
+        storage = absolute(cfg.checkpoint.storage_path)
         if args.dry_run:
             import yaml
 
@@ -360,12 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             metrics = run_local(cfg)
             print(_final_line(metrics, cfg))
             return 0
-        import logging
-
-        import ray
-
-        os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
-        ray.init(address=args.address, logging_level=logging.WARNING, configure_logging=True)
+        connect_ray(args.address, reuse=True)
         result = run_training(cfg)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -88,14 +88,14 @@ class Session:
 # ---- the loop -------------------------------------------------------------------------------
 def train_loop(cfg: RunConfig, info: RunInfo, session: Session) -> dict[str, float]:
     """Train `cfg` to `schedule.steps`; returns the last reported metrics."""
-    from pipeline.data.meta import read_meta
+    from pipeline.data.meta import cached_meta
 
     rank, world, device = session.world_rank, session.world_size, session.device
     if world != cfg.resources.num_workers:
         raise ConfigError(
             f"resources.num_workers is {cfg.resources.num_workers} but {world} workers run"
         )
-    meta = read_meta(cfg.data.uri)
+    meta = cached_meta(cfg.data.uri)  # the driver of an in-process trial read it already
     mcfg = model_config(cfg, meta)
     state = TrainState.create(cfg, mcfg, rank, device)
     if session.resume_dir is not None:

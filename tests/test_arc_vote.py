@@ -279,8 +279,9 @@ def test_two_ranks_gather_to_rank_0_and_report_the_same(arc_data):
 def test_tiny_arc_run_logs_pass_at_k(arc_data, tmp_path):
     """A real run (one process, MLflow in sqlite) on the on-the-fly dataset; eval.max_examples
     cuts the 3 x 8 variant rows to 12, so only 2 of the 3 test inputs get votes."""
+    from pipeline.preflight import preflight
     from pipeline.tracking import find_run, read_run
-    from pipeline.train import preflight, run_info
+    from pipeline.train import run_info
     from pipeline.worker import LocalCheckpoints, run_in_process
 
     storage, db = str(tmp_path / "runs"), f"sqlite:///{tmp_path / 'mlflow.db'}"

@@ -295,7 +295,7 @@ def _sweep_paths() -> list[str]:
 
 
 def _check_sweep(tmp: Path, edits, as_text: str | None) -> None:
-    from pipeline.sweep_config import SweepConfig
+    from pipeline.sweeping.config import SweepConfig
 
     path = tmp / "sweep.yaml"
     if as_text is None:

@@ -29,7 +29,8 @@ import yaml
 from drills import record
 from mlflow.tracking import MlflowClient
 
-from pipeline.sweep import PARENT_KEY_PREFIX
+from pipeline.config import set_dotted
+from pipeline.sweeping.run import PARENT_KEY_PREFIX
 from pipeline.tracking import child_runs, find_run, read_run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,11 +44,7 @@ def _sweep_file(tmp: Path, name: str, **changes) -> Path:
     d["name"] = name
     d["base"]["eval"]["num_pictures"] = 0
     for dotted, value in changes.items():
-        node = d
-        *parents, last = dotted.split("__")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[last] = value
+        set_dotted(d, dotted.replace("__", "."), value)
     path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump(d))
     return path

@@ -24,7 +24,7 @@ from conftest import free_port, moto_process
 
 from pipeline.config import ConfigError
 from pipeline.data import ShardStream, StorageError, build_sudoku, open_storage, verify_dataset
-from pipeline.train import check_storage_writable
+from pipeline.preflight import check_storage_writable
 
 STATIC_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
                "AWS_SECURITY_TOKEN", "AWS_PROFILE", "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE",

@@ -17,14 +17,9 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from pipeline.config import ConfigError, RunConfig
-from pipeline.sweep import (
-    PARENT_KEY_PREFIX,
-    load_sweep,
-    main,
-    parse_args,
-    run_sweep,
-    stored_sweep,
-)
+from pipeline.sweeping.cli import main, parse_args
+from pipeline.sweeping.run import PARENT_KEY_PREFIX, run_sweep
+from pipeline.sweeping.store import load_sweep, stored_sweep
 from pipeline.tracking import child_runs, download_artifact, find_run, read_run
 
 SMOKE = Path(__file__).resolve().parents[1] / "sweeps" / "smoke.yaml"
@@ -267,7 +262,7 @@ def test_grid_runs_its_costliest_trials_first(tmp_path):
     """Grid values are handed to Tune costliest first (FLOPs x steps x batch); values of equal
     cost keep the file's order."""
     from pipeline.data import build_sudoku
-    from pipeline.sweep import grid_longest_first
+    from pipeline.sweeping.tuner import grid_longest_first
 
     data = str(tmp_path / "sudoku4")
     build_sudoku(data, size=4, num_train=32, num_test=8, seed=0, min_clues=10)
@@ -297,7 +292,8 @@ def test_asha_on_a_flops_or_examples_axis_stops_at_its_rung(ray_local, work, tmp
     """~30 s: ASHA's time axis in model FLOPs (or examples), not steps. One trial at a time, so
     the learning one sets the first rung's cutoff and the one that cannot learn (lr 1e-6) is
     stopped when it reaches that rung (step 8 of 24, 256 examples)."""
-    from pipeline.sweep import ensure_dataset, flops_per_example
+    from pipeline.sweeping.dataset import ensure_dataset
+    from pipeline.sweeping.trial import flops_per_example
 
     sweep = yaml.safe_load(SMOKE.read_text())
     sweep["space"] = {"optim.lr": {"grid": [3e-3, 1e-6]}}  # equal cost: this order
@@ -324,7 +320,7 @@ def test_a_dataset_built_otherwise_is_not_trained_on(tmp_path):
     from an older generator or other parameters is refused, naming it), and a matching one is
     reused as it is."""
     from pipeline.data import build_sudoku
-    from pipeline.sweep import ensure_dataset
+    from pipeline.sweeping.dataset import ensure_dataset
 
     sw, _, _ = load_sweep(str(SMOKE), [f"data.uri={tmp_path / 'd'}"], str(tmp_path / "r"), "x")
     build_sudoku(str(tmp_path / "d"), size=4, num_train=50, num_test=8, seed=0, min_clues=10)

@@ -24,7 +24,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from pipeline.sweep import PARENT_KEY_PREFIX
+from pipeline.sweeping.run import PARENT_KEY_PREFIX
 from pipeline.tracking import child_runs, find_run, read_run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,7 +42,9 @@ def test_ray_job_submit_smoke_sweep_on_s3_with_tracking_server(ray_head, mlflow_
     env_vars["MLFLOW_TRACKING_URI"] = mlflow_server
     runtime_env = {
         "env_vars": env_vars,
-        "excludes": [".git", ".venv", "data", "runs", "mlruns", "*.db", ".hypothesis"],
+        # anchored (gitignore syntax): a bare "data" would also drop pipeline/data/, which the
+        # job then imported from wherever the project happens to be installed
+        "excludes": [".git", ".venv", "/data", "/runs", "mlruns", "*.db", ".hypothesis"],
     }
     cmd = [
         str(Path(sys.executable).with_name("ray")), "job", "submit",
@@ -209,7 +211,7 @@ def test_storage_that_a_node_cannot_reach_is_refused(s3_env, tmp_path, monkeypat
     import ray
     from ray.cluster_utils import Cluster
 
-    from pipeline.sweep import main
+    from pipeline.sweeping.cli import main
 
     # a private Ray temp dir: the simulated cluster must not become "the" local cluster of others
     ray_tmp = tempfile.mkdtemp(prefix="trm-rt-", dir="/tmp")

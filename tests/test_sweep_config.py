@@ -10,10 +10,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pipeline.cluster import check_fits, trial_resources, trials_that_fit
 from pipeline.config import ConfigError, RunConfig
-from pipeline.sweep import check_fits, dry_run_text, main, trial_resources, trials_that_fit
-from pipeline.sweep_config import SweepConfig, config_fields, iter_sweep_files
-from pipeline.sweep_report import TrialRow, best_config_yaml, best_row, pareto_front
+from pipeline.sweeping.cli import dry_run_text, main
+from pipeline.sweeping.config import SweepConfig, iter_sweep_files
+from pipeline.sweeping.report import TrialRow, best_config_yaml, best_row, pareto_front
+from pipeline.sweeping.space import config_fields
 
 SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"
 REQUIRED = {"smoke", "default", "sudoku_extreme_ablation", "maze_hard", "arc1", "act_study"}
@@ -223,3 +225,61 @@ def test_cli_dry_run_and_errors(tmp_path, capsys):
     assert "--resume: no sweep was started at" in capsys.readouterr().err
     sweep = SweepConfig.from_yaml(SWEEPS / "default.yaml")
     assert f"{sweep.num_trials} trial(s)" in dry_run_text(sweep, "x")
+
+
+def test_trial_config_sets_nested_values_as_they_are():
+    """A point's values go into the base as they are: no text in between, one validation."""
+    from pipeline.sweeping.space import trial_config
+
+    base = SweepConfig.from_dict(tiny()).base_config()
+    cfg = trial_config(base, {"model.H_cycles": 3, "optim.lr": 1e-6, "eval.pass_ks": [1, 3]},
+                       name="t-1", tags={"trm.trial_id": "1"})  # fmt: skip
+    assert cfg.model["H_cycles"] == 3 and cfg.optim.lr == 1e-6 and cfg.eval.pass_ks == [1, 3]
+    assert cfg.name == "t-1" and cfg.tracking.tags == {"trm.trial_id": "1"}
+    assert base.model["H_cycles"] == 1  # the base is not changed
+    with pytest.raises(ConfigError, match="H_cycles"):
+        trial_config(base, {"model.H_cycles": 0})
+
+
+def test_relative_data_uris_in_the_space_reach_trials_absolute(tmp_path, monkeypatch):
+    """A relative `data.uri` in the space (alone or tied to another key) is made absolute for
+    the trials, not only for the node probes: trials run in their own directories."""
+    from pipeline.sweeping.prepare import resolve, with_absolute_data
+    from pipeline.sweeping.trial import SweepContext
+
+    monkeypatch.chdir(tmp_path)
+    d = tiny(space={"data.uri": {"grid": ["data/a", "data/b"]},
+                    "data.seed,model.L_layers": {"grid": [[0, 1], [1, 2]]}})  # fmt: skip
+    sweep = with_absolute_data(SweepConfig.from_dict(d))
+    assert sweep.domains["data.uri"].values == [str(tmp_path / "data/a"), str(tmp_path / "data/b")]
+    base = resolve(sweep, str(tmp_path / "runs" / "t"))
+    assert base.data.uri == str(tmp_path / "data/x")
+    ctx = SweepContext(name="t", exp_path=str(tmp_path / "runs" / "t"), base=base.to_dict(),
+                       keys={k: dom.names for k, dom in sweep.domains.items()}, metric="m",
+                       mode="max", use_gpu=False, code_version="")  # fmt: skip
+    params = {"data.uri": sweep.domains["data.uri"].values[1], "data.seed,model.L_layers": [1, 2]}
+    monkeypatch.chdir("/")  # a trial's working directory is not the driver's
+    cfg = ctx.trial_config(params, "00001")  # as Tune gives them: space key -> value
+    assert cfg.data.uri == str(tmp_path / "data/b") and cfg.model["L_layers"] == 2
+    tied = SweepConfig.from_dict(tiny(space={"data.uri,data.seed": {"grid": [["rel", 1]]}}))
+    monkeypatch.chdir(tmp_path)
+    assert with_absolute_data(tied).domains["data.uri,data.seed"].values == [
+        [str(tmp_path / "rel"), 1]
+    ]
+
+
+def test_meta_json_is_read_once_per_dataset_and_again_after_a_rebuild(tmp_path, monkeypatch):
+    from pipeline.data import build_sudoku
+    from pipeline.data import storage as st
+    from pipeline.data.meta import cached_meta
+
+    uri = str(tmp_path / "d")
+    build_sudoku(uri, size=4, num_train=16, num_test=8, seed=0, min_clues=10)
+    reads = []
+    read_bytes = st.LocalStorage.read_bytes
+    monkeypatch.setattr(st.LocalStorage, "read_bytes",
+                        lambda self, key: reads.append(key) or read_bytes(self, key))  # fmt: skip
+    first = cached_meta(uri)
+    assert cached_meta(uri) is first and reads.count("meta.json") == 1
+    build_sudoku(uri, size=4, num_train=24, num_test=8, seed=1, min_clues=10, overwrite=True)
+    assert cached_meta(uri).splits["train"].num_rows == 24  # the rebuilt dataset, not the cache

@@ -14,8 +14,9 @@ from pipeline import checkpoint as ckpt
 from pipeline.config import ConfigError, RunConfig
 from pipeline.data import read_meta
 from pipeline.metrics import datasheet_peak_flops
+from pipeline.preflight import preflight
 from pipeline.tracking import find_run, read_run
-from pipeline.train import main, preflight, run_info
+from pipeline.train import main, run_info
 from pipeline.train_state import model_config
 from pipeline.worker import LocalCheckpoints, run_in_process
 from trm import flops

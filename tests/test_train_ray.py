@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import ConfigError, RunConfig
+from pipeline.preflight import check_readable_on_nodes
 from pipeline.tracking import find_run, read_run
-from pipeline.train import check_readable_on_nodes, run_training
+from pipeline.train import run_training
 
 STEPS = 24
 CONFIG = {

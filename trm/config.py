@@ -82,19 +82,19 @@ class TRMConfig:
 
         for name in ("hidden_size", "num_heads", "L_layers", "H_cycles", "L_cycles"):
             need(
-                _is_int(getattr(self, name)) and getattr(self, name) > 0,
+                is_int(getattr(self, name)) and getattr(self, name) > 0,
                 f"{name} must be a positive integer, got {getattr(self, name)!r}",
             )
         for name in ("seq_len", "vocab_size", "halt_max_steps"):
             need(
-                _is_int(getattr(self, name)) and getattr(self, name) > 0,
+                is_int(getattr(self, name)) and getattr(self, name) > 0,
                 f"{name} must be a positive integer, got {getattr(self, name)!r}",
             )
         if self.puzzle_emb_ndim is None:
             self.puzzle_emb_ndim = self.hidden_size
         for name in ("H_layers", "puzzle_emb_ndim", "puzzle_emb_len", "num_puzzle_identifiers"):
             need(
-                _is_int(getattr(self, name)) and getattr(self, name) >= 0,
+                is_int(getattr(self, name)) and getattr(self, name) >= 0,
                 f"{name} must be a non-negative integer, got {getattr(self, name)!r}",
             )
         need(
@@ -149,7 +149,7 @@ class TRMConfig:
                 f"hidden_size ({self.prefix_len} * {self.hidden_size})",
             )
         need(
-            self.batch_size is None or (_is_int(self.batch_size) and self.batch_size > 0),
+            self.batch_size is None or (is_int(self.batch_size) and self.batch_size > 0),
             f"batch_size must be a positive integer or None, got {self.batch_size!r}",
         )
 
@@ -185,5 +185,7 @@ class TRMConfig:
         return asdict(self)
 
 
-def _is_int(v: Any) -> bool:
+def is_int(v: Any) -> bool:
+    """An int that is not a bool (YAML `true` is not a count); the one such check of the
+    project (`pipeline` imports it from here: `trm` imports nothing from `pipeline`)."""
     return isinstance(v, int) and not isinstance(v, bool)

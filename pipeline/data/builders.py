@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.data.errors import DatasetError
-from pipeline.data.meta import META_FILE, DatasetMeta, read_meta
+from pipeline.data.meta import META_FILE, DatasetMeta, cached_meta
 from pipeline.data.shards import DatasetWriter
 from pipeline.data.storage import open_storage
 from trm.puzzles import maze, sudoku
@@ -47,7 +47,7 @@ def existing_dataset(
     store = open_storage(uri)
     if overwrite or not store.exists(META_FILE):
         return generator, None
-    meta = read_meta(uri)
+    meta = cached_meta(uri)  # a sweep driver reads it next (once per process)
     if meta.generator == generator:
         return generator, meta
     raise DatasetError(

@@ -15,9 +15,11 @@ import json
 import types
 import typing
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 from pipeline.data.errors import DatasetError
-from pipeline.data.storage import open_storage
+from pipeline.data.storage import absolute, is_local, open_storage
+from trm.config import is_int
 
 FORMAT_VERSION = 1
 META_FILE = "meta.json"
@@ -104,7 +106,7 @@ class DatasetMeta:
         if self.task in ("sudoku", "maze"):
             key = "size" if self.task == "sudoku" else "side"
             n = self.encoding.get(key)
-            if not _is_int(n) or n < 2 or n * n != self.seq_len:
+            if not is_int(n) or n < 2 or n * n != self.seq_len:
                 raise DatasetError(
                     f"encoding.{key} = {n!r} does not fit seq_len {self.seq_len} (a "
                     f"{self.task} of side n has n*n cells)"
@@ -112,9 +114,9 @@ class DatasetMeta:
         else:
             a = self.augmentation
             if not (
-                _is_int(a.get("num_aug"))
+                is_int(a.get("num_aug"))
                 and a["num_aug"] >= 0
-                and _is_int(a.get("aug_seed"))
+                and is_int(a.get("aug_seed"))
                 and isinstance(a.get("translate"), bool)
             ):
                 raise DatasetError(
@@ -153,16 +155,12 @@ class DatasetMeta:
         return self.splits[name]
 
 
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
 def _fits(v, hint) -> bool:
     """`v` (parsed JSON) has the type `hint` of a metadata field (nested dataclasses: a dict,
     checked on its own)."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if hint is int:
-        return _is_int(v)
+        return is_int(v)
     if hint is type(None):
         return v is None
     if origin in (types.UnionType, typing.Union):
@@ -210,3 +208,34 @@ def read_meta(uri: str) -> DatasetMeta:
     except json.JSONDecodeError as e:
         raise DatasetError(f"{store.uri}/{META_FILE} is not valid JSON: {e}") from e
     return DatasetMeta.from_dict(d, where=f"{store.uri}/{META_FILE}")
+
+
+# (uri, version) -> metadata; see `cached_meta`
+_META_CACHE: dict[str, tuple[object, DatasetMeta]] = {}
+
+
+def cached_meta(uri: str) -> DatasetMeta:
+    """`read_meta(uri)`, read once per process and dataset: a driver checks every trial's model
+    against its dataset and prices every trial in FLOPs, which needs the same small file many
+    times. A local dataset is read again when its meta.json changed (size or mtime: a rebuild in
+    another process); an s3:// one is forgotten when this process writes it (`forget_meta`)."""
+    version: object = None
+    uri = absolute(uri)  # 'data/x' and '/abs/data/x' are one dataset
+    if is_local(uri):  # a stat is far cheaper than reading and validating
+        try:
+            st = (Path(uri) / META_FILE).stat()
+            version = (st.st_mtime_ns, st.st_size)
+        except FileNotFoundError:
+            _META_CACHE.pop(uri, None)
+            return read_meta(uri)  # raises the DatasetError naming the missing file
+    hit = _META_CACHE.get(uri)
+    if hit is not None and hit[0] == version:
+        return hit[1]
+    meta = read_meta(uri)
+    _META_CACHE[uri] = (version, meta)
+    return meta
+
+
+def forget_meta(uri: str) -> None:
+    """Drop `uri` from `cached_meta`'s cache (a dataset is being written there)."""
+    _META_CACHE.pop(absolute(uri), None)

@@ -33,7 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.data.errors import DatasetError
-from pipeline.data.meta import META_FILE, DatasetMeta, ShardMeta, SplitMeta
+from pipeline.data.meta import META_FILE, DatasetMeta, ShardMeta, SplitMeta, forget_meta
 from pipeline.data.storage import open_storage
 
 BASE_COLUMNS = ("inputs", "labels", "puzzle_identifier", "group")
@@ -197,6 +197,7 @@ class DatasetWriter:
             **fields,
         )
         self.store.write_bytes(META_FILE, meta.to_json().encode())
+        forget_meta(self.store.uri)  # this process may have read the dataset it replaces
         if self.previous is not None:
             keep = {sh.path for s in meta.splits.values() for sh in s.shards}
             for s in self.previous.splits.values():

@@ -45,6 +45,19 @@ def join(uri: str, key: str) -> str:
     return uri.rstrip("/") + "/" + key.lstrip("/")
 
 
+def is_local(uri: str) -> bool:
+    """A plain path or file:// URI (not s3://)."""
+    return "://" not in uri or uri.startswith("file://")
+
+
+def absolute(uri: str) -> str:
+    """`uri` as every process can use it: a local path made absolute (Ray workers and trials
+    run in other directories; Ray Train requires it), an s3:// URI without a trailing '/'."""
+    if is_local(uri):
+        return str(Path(uri.removeprefix("file://")).expanduser().resolve())
+    return uri.rstrip("/")
+
+
 def open_storage(uri: str, *, max_attempts: int | None = None, retry_base_s: float | None = None):
     """Storage for `uri`: `s3://bucket[/prefix]`, `file:///path` or a plain path."""
     if not isinstance(uri, str | os.PathLike) or not str(uri):

@@ -32,29 +32,19 @@ domains, and every grid value (and each range's bounds) applied to the base must
 
 from __future__ import annotations
 
-import difflib
-import inspect
-import json
 import os
 import re
-import typing
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from pipeline.config import (
-    ConfigError,
-    RunConfig,
-    apply_overrides,
-    build_section,
-    is_int,
-    is_num,
-    require,
-)
+from pipeline.config import ConfigError, RunConfig, apply_overrides, build_section, is_num, require
+from pipeline.sweeping.dataset import check_builder_args
+from pipeline.sweeping.space import Domain, check_field, trial_config
+from trm.config import is_int
 
-DOMAINS = ("grid", "choice", "uniform", "loguniform", "randint")
 ALGORITHMS = ("grid", "random")
 SCHEDULERS = ("fifo", "asha")
 # sweep time axis -> the key every trial reports it under
@@ -76,14 +66,6 @@ TRAIN_METRICS = (
     "train/q_halt_accuracy",
     "train/steps",
 )
-# fields a sweep sets itself, per trial or per sweep; searching them would break it
-FIXED_KEYS = {
-    "name": "trial runs are named <sweep name>-<trial id>",
-    "checkpoint.storage_path": "the sweep's storage is the base's checkpoint.storage_path",
-    "tracking": "every trial logs to the sweep's MLflow experiment, under its parent run",
-    "resources": "resources are per sweep (Tune reserves them before a trial starts); "
-    "set them in base.resources",
-}
 # more grid points than this are checked key by key instead of point by point
 MAX_CHECKED_POINTS = 2000
 
@@ -119,7 +101,7 @@ class SearchConfig:
             known_metric(self.metric),
             "search.metric",
             f"{self.metric!r} is not a metric trials report; use one of "
-            f"{', '.join(EVAL_METRICS + TRAIN_METRICS)} (or eval/arc_pass_at_K on ARC)",
+            f"{', '.join(EVAL_METRICS + TRAIN_METRICS)} (or eval/arc_pass_at_K on ARC, eval/halt_tau_<tau>/exact_accuracy)",
         )
         require(
             self.mode in ("max", "min"), "search.mode", f"must be max or min, got {self.mode!r}"
@@ -276,12 +258,10 @@ class SweepConfig:
             check_builder_args(self.dataset)
 
     # ---- derived ---------------------------------------------------------------------------
-    def base_config(self, overrides: dict[str, Any] | None = None) -> RunConfig:
-        """The base with `overrides` (dotted key -> value) applied, as a RunConfig."""
-        d = {"name": self.name, **self.base}
-        if overrides:
-            d = apply_overrides(d, [f"{k}={json.dumps(v)}" for k, v in overrides.items()])
-        return RunConfig.from_dict(d)
+    def base_config(self, point: dict[str, Any] | None = None) -> RunConfig:
+        """The base with the search-space `point` (dotted key -> value) applied: the run
+        config of that trial (`space.trial_config`), named after the sweep."""
+        return trial_config({"name": self.name, **self.base}, point or {})
 
     def grid_points(self) -> list[dict[str, Any]]:
         """The grid's cross product as dotted key -> value (ranges left out)."""
@@ -309,13 +289,13 @@ class SweepConfig:
 
     def _check_values(self) -> None:
         """Every checked point, applied to the base, gives a valid RunConfig (whole points, so
-        cross-field rules such as checkpoint.every being a multiple of eval.every hold)."""
-        for point in self.checked_points():
-            self._check_point(point)
+        cross-field rules such as checkpoint.every being a multiple of eval.every hold); kept
+        as `self.checked` ((point, its run config) pairs) for the driver's dataset checks."""
+        self.checked = [(point, self._check_point(point)) for point in self.checked_points()]
 
-    def _check_point(self, point: dict[str, Any], key: str | None = None) -> None:
+    def _check_point(self, point: dict[str, Any], key: str | None = None) -> RunConfig:
         try:
-            self.base_config(point)
+            return self.base_config(point)
         except ConfigError as e:
             where = f"space[{key!r}]" if key else "space"
             raise ConfigError(
@@ -354,9 +334,10 @@ class SweepConfig:
 
     @classmethod
     def from_yaml(
-        cls, path: str | Path, overrides: list[str] | tuple[str, ...] = ()
+        cls, path: str | Path, overrides: list[str] | tuple[str, ...] = (), name: str | None = None
     ) -> SweepConfig:
-        """Load a sweep file; `overrides` ('section.key=value') apply to the base run config."""
+        """Load a sweep file; `overrides` ('section.key=value') apply to the base run config;
+        `name` replaces the file's sweep name."""
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"sweep file {str(path)!r} does not exist")
@@ -375,93 +356,12 @@ class SweepConfig:
             if not isinstance(base, dict):
                 raise ConfigError(f"sweep file {str(path)!r}: base must be a mapping")
             d = {**d, "base": apply_overrides(base, overrides)}
+        if name:
+            d = {**d, "name": name}
         try:
             return cls.from_dict(d)
         except ConfigError as e:
             raise ConfigError(f"sweep file {str(path)!r}: {e}") from None
-
-
-@dataclass
-class Domain:
-    """One entry of the search space."""
-
-    key: str
-    """As written: a dotted config key, or comma-joined keys whose values are tied."""
-    names: list[str]
-    kind: str
-    values: list[Any]
-    """grid/choice: the values (lists of len(names) for tied keys); ranges: [low, high]."""
-
-    @classmethod
-    def parse(cls, key: Any, spec: Any) -> Domain:
-        where = f"space[{key!r}]"
-        require(isinstance(key, str) and key.strip() != "", where, "keys must be dotted names")
-        names = [n.strip() for n in key.split(",")]
-        require(all(names), where, "empty name in a comma-joined key")
-        require(
-            isinstance(spec, dict) and len(spec) == 1,
-            where,
-            f"must be a mapping with exactly one of {DOMAINS}, e.g. {{grid: [1, 2]}}; got {spec!r}",
-        )
-        ((kind, values),) = spec.items()
-        require(kind in DOMAINS, where, f"unknown domain {kind!r}; use one of {DOMAINS}")
-        require(isinstance(values, list), where, f"{kind} needs a list, got {values!r}")
-        if kind in ("grid", "choice"):
-            require(len(values) > 0, where, f"{kind} has no values")
-            if len(names) > 1:
-                for v in values:
-                    require(
-                        isinstance(v, list) and len(v) == len(names),
-                        where,
-                        f"each value must be a list of {len(names)} (one per key), got {v!r}",
-                    )
-        else:
-            require(len(names) == 1, where, f"tied keys need grid or choice, not {kind}")
-            require(
-                len(values) == 2 and all(is_num(v) for v in values),
-                where,
-                f"{kind} needs [low, high] numbers, got {values!r}",
-            )
-            lo, hi = values
-            require(lo < hi, where, f"{kind} needs low < high, got {values!r}")
-            if kind == "loguniform":
-                require(lo > 0, where, f"loguniform needs low > 0, got {lo!r}")
-            if kind == "randint":
-                require(
-                    all(is_int(v) for v in values),
-                    where,
-                    f"randint needs integers, got {values!r}",
-                )
-        return cls(key, names, kind, values)
-
-    def assign(self, value: Any) -> dict[str, Any]:
-        """dotted name -> value for one sampled value of this domain."""
-        if len(self.names) == 1:
-            return {self.names[0]: value}
-        return dict(zip(self.names, value))
-
-    def probe_values(self) -> list[Any]:
-        """Values that represent the domain when checking it: all of a grid/choice, the bounds
-        of a range."""
-        if self.kind in ("grid", "choice"):
-            return list(self.values)
-        if self.kind == "randint":
-            return [int(self.values[0]), int(self.values[1])]
-        return [float(v) for v in self.values]
-
-    def tune_domain(self) -> Any:
-        from ray import tune
-
-        if self.kind == "grid":
-            return tune.grid_search(list(self.values))
-        if self.kind == "choice":
-            return tune.choice(list(self.values))
-        lo, hi = self.values
-        if self.kind == "uniform":
-            return tune.uniform(float(lo), float(hi))
-        if self.kind == "loguniform":
-            return tune.loguniform(float(lo), float(hi))
-        return tune.randint(int(lo), int(hi) + 1)  # Tune's upper bound is exclusive
 
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -491,76 +391,16 @@ def expand_env(value: Any, where: str = "") -> Any:
     return _ENV_REF.sub(sub, value)
 
 
+_PATTERN_METRICS = re.compile(
+    r"eval/arc_pass_at_\d+|eval/halt_tau_[0-9.]+/(steps|exact_accuracy)|eval/flops_per_example"
+)
+
+
 def known_metric(name: Any) -> bool:
+    """A metric trials report: the fixed names, ARC pass@K and the halting-threshold curve."""
     if not isinstance(name, str):
         return False
-    if name in EVAL_METRICS or name in TRAIN_METRICS:
-        return True
-    prefix = "eval/arc_pass_at_"
-    return name.startswith(prefix) and name[len(prefix) :].isdigit()
-
-
-# ---- config keys ----------------------------------------------------------------------------
-def config_fields() -> list[str]:
-    """Every dotted leaf key of a RunConfig (model.* = trm.TRMConfig fields)."""
-    from trm.config import TRMConfig
-
-    out: list[str] = []
-    hints = typing.get_type_hints(RunConfig)
-    for f in fields(RunConfig):
-        if f.name == "model":
-            out += [f"model.{m.name}" for m in fields(TRMConfig) if m.name != "batch_size"]
-        elif is_dataclass(hints[f.name]):
-            out += [f"{f.name}.{s.name}" for s in fields(hints[f.name])]
-        else:
-            out.append(f.name)
-    return out
-
-
-def check_field(name: str, where: str) -> None:
-    """`name` is a real config field (or a key under tracking.tags); else a `ConfigError` that
-    names it and suggests the closest field."""
-    known = config_fields()
-    if name not in known and not name.startswith("tracking.tags."):
-        close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
-        hint = (
-            f"; did you mean {close[0]!r}?" if close else "; see `python pipeline/train.py --help`"
-        )
-        raise ConfigError(f"{where}: {name!r} is not a run config field{hint}")
-    for fixed, why in FIXED_KEYS.items():
-        if name == fixed or name.startswith(fixed + "."):
-            raise ConfigError(f"{where}: {name!r} cannot be swept: {why}")
-
-
-# ---- dataset builders -----------------------------------------------------------------------
-def builders() -> dict[str, Any]:
-    from pipeline.data import build_arc, build_maze, build_sudoku
-
-    return {"sudoku": build_sudoku, "maze": build_maze, "arc": build_arc}
-
-
-def check_builder_args(spec: dict[str, Any]) -> None:
-    """`dataset` names a known builder and only arguments it takes."""
-    where = "dataset"
-    require(isinstance(spec, dict), where, "must be a mapping with `builder` and its arguments")
-    name = spec.get("builder")
-    table = builders()
-    require(name in table, f"{where}.builder", f"must be one of {tuple(table)}, got {name!r}")
-    args = {k: v for k, v in spec.items() if k != "builder"}
-    for bad in ("out_uri", "progress", "overwrite"):
-        require(bad not in args, f"{where}.{bad}", "is set by the sweep; remove it")
-    sig = inspect.signature(table[name])
-    for k in args:
-        require(
-            k in sig.parameters,
-            f"{where}.{k}",
-            f"build_{name} takes no such argument; it takes "
-            f"{', '.join(p for p in sig.parameters if p not in ('out_uri', 'progress'))}",
-        )
-    try:
-        sig.bind("uri", **args)
-    except TypeError as e:
-        raise ConfigError(f"{where}: {e}") from None
+    return name in EVAL_METRICS or name in TRAIN_METRICS or bool(_PATTERN_METRICS.fullmatch(name))
 
 
 def effective_depth(model: dict[str, Any]) -> int:

@@ -23,14 +23,26 @@ from typing import Any
 
 import yaml
 
-from pipeline.sweep import _clock
-from pipeline.sweep_config import SweepConfig, effective_depth
+from pipeline.sweeping.config import SweepConfig, effective_depth
+from pipeline.sweeping.monitor import clock
 
 EXACT = "eval/exact_accuracy"
 TOP_CURVES = 3
 STATUS = {"completed": "FINISHED", "error": "FAILED"}  # anything else: KILLED
 STOP_REASONS = ("completed", "early-stopped", "max_t", "budget", "error", "interrupted",
                 "not started", "not started (budget)")  # fmt: skip
+
+
+@dataclass
+class SweepOutcome:
+    """What `run_sweep` returns: where the sweep lives, its parent run, its rows and summary."""
+
+    exp_path: str
+    parent_run_id: str
+    tracking_uri: str
+    rows: list[TrialRow] = field(default_factory=list)
+    summary_text: str = ""
+    exit_code: int = 0
 
 
 @dataclass
@@ -171,7 +183,7 @@ def summary_table(rows: list[TrialRow], metric: str) -> tuple[list[str], list[li
             f"{r.step}/{r.total_steps}",
             str(r.examples),
             f"{r.flops:.3g}",
-            _clock(r.wall_s),
+            clock(r.wall_s),
             r.stop_reason + (f" ({r.error})" if r.error else ""),
         ]
         body.append(line)
@@ -218,7 +230,7 @@ def summary_text(
         f"Sweep {sweep.name!r}: {len(rows)} trial(s) ("
         + ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
         + f"); {sum(r.flops for r in rows):.3g} training FLOPs; trial time "
-        + f"{_clock(sum(r.wall_s for r in rows))}, wall time of this invocation {_clock(wall_s)}"
+        + f"{clock(sum(r.wall_s for r in rows))}, wall time of this invocation {clock(wall_s)}"
     )
     headers, body = summary_table(rows, sweep.search.metric)
     parts = [head, "", table(headers, body), "", by_depth(rows), ""]
@@ -387,7 +399,6 @@ def attach_runs(rows: list[TrialRow], ctx: Any, experiment: str, mode: str) -> N
 def finish_sweep(sweep: SweepConfig, ctx: Any, results: Any, tracker: Any, wall_s: float) -> Any:
     """Summarise, print, store and log the sweep; set each child run's final status."""
     from pipeline.data.storage import open_storage
-    from pipeline.sweep import SweepOutcome
     from pipeline.tracking import end_run
 
     rows = collect_rows(sweep, ctx, results, wall_s)

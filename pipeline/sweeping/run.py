@@ -1,0 +1,191 @@
+"""The sweep driver: check, then run (or resume) a sweep under an MLflow parent run.
+
+Three layers (as Ray's Train/Tune docs lay them out): the per-worker loop (`pipeline.worker`),
+a trial (`pipeline.sweeping.trial`), and the `Tuner` (`pipeline.sweeping.tuner`) that
+`run_sweep` fits. Trial runs are named `<sweep>-<trial id>`, never from timestamps, so
+`--resume` (`Tuner.restore`) finds them, their checkpoints and their MLflow runs again; the
+MLflow parent run is found by its run key (`PARENT_KEY_PREFIX` + experiment path).
+
+Every check that can fail before a trial starts runs first: the sweep file
+(`pipeline.sweeping.config`), the dataset against every trial's model and batch, storage
+writable and readable from every Ray node, and trial resources against the cluster (alive nodes
+plus what the autoscaler may add), so a sweep never waits forever for a trial that cannot be
+placed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+import uuid
+from typing import Any
+
+from ray import tune
+
+from pipeline.cluster import (
+    check_fits,
+    cluster_nodes,
+    connect_ray,
+    decide_use_gpu,
+    trial_resources,
+)
+from pipeline.config import ConfigError, RunConfig
+from pipeline.sweeping.config import SweepConfig
+from pipeline.sweeping.dataset import ensure_dataset
+from pipeline.sweeping.prepare import preflight, resolve, with_absolute_data
+from pipeline.sweeping.report import SweepOutcome, finish_sweep
+from pipeline.sweeping.store import resolved_text, store_sweep
+from pipeline.sweeping.trial import SweepContext, run_trial
+from pipeline.sweeping.tuner import build_tuner
+from pipeline.tracking import start_tracker
+
+PARENT_KEY_PREFIX = "sweep:"
+
+
+def run_sweep(
+    sweep: SweepConfig,
+    sweep_text: str,
+    exp_path: str,
+    *,
+    resume: bool = False,
+    address: str | None = None,
+    num_cpus: int | None = None,
+) -> SweepOutcome:
+    """Check, then run (or resume) `sweep`; returns the summary."""
+    t_start = time.time()
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    given, sweep = sweep, with_absolute_data(sweep)
+    base = resolve(sweep, exp_path)
+    ensure_dataset(sweep, base.data.uri)
+    connect_ray(address, num_cpus)
+    nodes = cluster_nodes()
+    use_gpu = decide_use_gpu(base, nodes)
+    base = dataclasses.replace(base, resources=dataclasses.replace(base.resources, use_gpu=use_gpu))
+    fits = check_fits(base, use_gpu, nodes)
+    preflight(sweep, base, exp_path.rsplit("/", 1)[0])
+    restore = check_resume(sweep.name, exp_path, resume)
+    tracker = start_parent_run(given, sweep_text, base, exp_path, fits, restore, resume)
+    ctx = make_context(sweep, base, exp_path, use_gpu, tracker.run_id or "")
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, ctx=ctx), trial_resources(base, use_gpu)
+    )
+    concurrency = sweep.concurrency or fits
+    print(
+        f"[sweep] {sweep.name}: {sweep.num_trials} trial(s), {concurrency} at a time "
+        f"({fits} fit), each {trial_resources(base, use_gpu)}"
+        f"{' + workers' if base.resources.num_workers > 1 else ''}; storage {exp_path}",
+        flush=True,
+    )
+    try:
+        if restore:
+            tuner = tune.Tuner.restore(
+                exp_path, trainable=trainable, resume_unfinished=True, resume_errored=True
+            )
+        else:
+            tuner = build_tuner(sweep, base, trainable, exp_path, concurrency)
+        results = tuner.fit()
+    except BaseException:
+        tracker.set_tags({"trm.status": "interrupted"})
+        raise
+    outcome = finish_sweep(sweep, ctx, results, tracker, time.time() - t_start)
+    tracker.finish("FINISHED" if outcome.exit_code == 0 else "FAILED")
+    return outcome
+
+
+def check_resume(name: str, exp_path: str, resume: bool) -> bool:
+    """Whether Tune restores the experiment at `exp_path`: refuses to start over an existing
+    sweep without --resume; a --resume of a sweep stopped before Tune saved anything starts
+    it."""
+    exists = tune.Tuner.can_restore(exp_path)
+    if exists and not resume:
+        raise ConfigError(
+            f"a sweep named {name!r} already exists at {exp_path}: continue it with "
+            "--resume, or start a new one under another --name"
+        )
+    if resume and not exists:
+        print("[sweep] no trial had started before the interruption; starting the sweep")
+    return exists
+
+
+def start_parent_run(
+    sweep: SweepConfig,
+    sweep_text: str,
+    base: RunConfig,
+    exp_path: str,
+    fits: int,
+    restore: bool,
+    resume: bool,
+) -> Any:
+    """The sweep's MLflow parent run (continued when `resume`d), and on a fresh start (not
+    `restore`) the sweep file stored beside the experiment."""
+    parent_key = PARENT_KEY_PREFIX + exp_path
+    if not restore:
+        store_sweep(exp_path, sweep, sweep_text)
+        if base.tracking.enabled and not resume:
+            # a parent run of an earlier sweep whose storage was deleted is not continued
+            from pipeline.tracking import RUN_KEY_TAG, tag_run
+
+            tag_run(base.tracking.uri, base.tracking.experiment, parent_key,
+                    {RUN_KEY_TAG: f"{parent_key}#replaced-{uuid.uuid4().hex[:8]}"})  # fmt: skip
+    tracker = start_tracker(
+        base.tracking.enabled,
+        uri=base.tracking.uri,
+        experiment=base.tracking.experiment,
+        run_name=sweep.name,
+        run_key=parent_key,
+        params=sweep_params(sweep, base, fits),
+        tags={"trm.kind": "sweep", "trm.sweep": sweep.name, "trm.storage": exp_path},
+    )
+    if tracker.run_id:
+        continuing = getattr(tracker, "resumed", False)
+        verb = "continuing" if continuing else "created"
+        print(f"[sweep] MLflow parent run {tracker.run_id} ({verb}): {tracker.url}", flush=True)
+        if not continuing:
+            tracker.log_text(sweep_text, "sweep/sweep.yaml")
+            tracker.log_text(resolved_text(sweep), "sweep/resolved.yaml")
+    return tracker
+
+
+def make_context(
+    sweep: SweepConfig, base: RunConfig, exp_path: str, use_gpu: bool, parent_run_id: str
+) -> SweepContext:
+    from pipeline.tracking import code_version
+
+    return SweepContext(
+        name=sweep.name,
+        exp_path=exp_path,
+        base=base.to_dict(),
+        keys={k: d.names for k, d in sweep.domains.items()},
+        metric=sweep.search.metric,
+        mode=sweep.search.mode,
+        use_gpu=use_gpu,
+        code_version=code_version(),
+        parent_run_id=parent_run_id,
+        tracking_uri=base.tracking.uri if base.tracking.enabled else "",
+    )
+
+
+def sweep_params(sweep: SweepConfig, base: RunConfig, fits: int) -> dict[str, Any]:
+    """The parent run's MLflow params."""
+    s = sweep.search
+    return {
+        "sweep.name": sweep.name,
+        "sweep.num_trials": sweep.num_trials,
+        "sweep.space": ", ".join(sweep.space),
+        "search.algorithm": s.algorithm,
+        "search.num_samples": s.num_samples,
+        "search.metric": s.metric,
+        "search.mode": s.mode,
+        "scheduler.type": sweep.scheduler.type,
+        "scheduler.time_attr": sweep.scheduler.time_attr,
+        "budget.flops": sweep.budget.flops,
+        "budget.hours": sweep.budget.hours,
+        "concurrency": sweep.concurrency or fits,
+        "max_failures": sweep.max_failures,
+        "data.uri": base.data.uri,
+        "resources.num_workers": base.resources.num_workers,
+        "resources.cpus_per_worker": base.resources.cpus_per_worker,
+        "resources.gpus_per_worker": base.resources.gpus_per_worker,
+        "resources.use_gpu": base.resources.use_gpu,
+    }

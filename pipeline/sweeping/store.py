@@ -1,0 +1,86 @@
+"""What a sweep keeps beside its Tune experiment (`<storage>/<sweep name>/`): the sweep file as
+given and as resolved when it first started (a resumed sweep runs the stored one), and one
+record per ended trial (so a trial that ended just before the driver died is not trained
+again on `--resume`)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline.config import CheckpointConfig, ConfigError
+from pipeline.data.storage import absolute, open_storage
+from pipeline.sweeping.config import SweepConfig
+
+STORED_SWEEP = "sweep.yaml"
+STORED_RESOLVED = "sweep.resolved.yaml"
+TRIALS_DIR = "trials"
+COMPLETED_DIR = "completed"
+# keys Tune adds to every result; a trial's own metrics are the rest
+_TUNE_KEYS = {"done", "training_iteration", "trial_id", "date", "timestamp", "time_this_iter_s",
+              "time_total_s", "pid", "hostname", "node_ip", "time_since_restore",
+              "iterations_since_restore", "checkpoint_dir_name", "config", "experiment_tag",
+              "should_checkpoint"}  # fmt: skip
+
+
+def storage_text(uri: str, key: str) -> str | None:
+    """The text stored at `uri`/`key`, None if there is none."""
+    store = open_storage(uri)
+    return store.read_bytes(key).decode() if store.exists(key) else None
+
+
+def load_sweep(
+    path: str | Path, overrides: Sequence[str], storage: str | None, name: str | None = None
+) -> tuple[SweepConfig, str, str]:
+    """(sweep, its file's text, experiment path = storage root / sweep name)."""
+    sweep = SweepConfig.from_yaml(path, list(overrides), name=name)
+    default = sweep.base.get("checkpoint", {}).get("storage_path", CheckpointConfig.storage_path)
+    root = absolute(storage or default)
+    return sweep, Path(path).read_text(), f"{root}/{sweep.name}"
+
+
+def store_sweep(exp_path: str, sweep: SweepConfig, sweep_text: str) -> None:
+    """Keep the sweep file as given and as resolved beside the experiment."""
+    store = open_storage(exp_path)
+    store.write_bytes(STORED_SWEEP, sweep_text.encode())
+    store.write_bytes(STORED_RESOLVED, resolved_text(sweep).encode())
+
+
+def resolved_text(sweep: SweepConfig) -> str:
+    return yaml.safe_dump(sweep.to_dict(), sort_keys=False)
+
+
+def stored_sweep(sweep: SweepConfig, exp_path: str) -> tuple[SweepConfig, str]:
+    """The sweep (and file text) stored when the sweep at `exp_path` first started: a resumed
+    sweep must not change under its trials, so it wins over the file given now."""
+    stored = storage_text(exp_path, STORED_RESOLVED)
+    if stored is None:
+        raise ConfigError(
+            f"--resume: no sweep was started at {exp_path} (no {STORED_RESOLVED}); "
+            "run without --resume to start it"
+        )
+    old = SweepConfig.from_dict(yaml.safe_load(stored))
+    if old.to_dict() != sweep.to_dict():
+        print(
+            f"[sweep] note: the sweep file (with --set) differs from the one stored at "
+            f"{exp_path}; resuming the stored one",
+            flush=True,
+        )
+    return old, storage_text(exp_path, STORED_SWEEP) or ""
+
+
+def record_completed(exp_path: str, trial_id: str, result: dict[str, Any]) -> None:
+    """Record (durably, beside the experiment) that a trial ended, with its final metrics."""
+    own = {k: v for k, v in result.items()
+           if k not in _TUNE_KEYS and isinstance(v, (int, float, str, bool))}  # fmt: skip
+    open_storage(exp_path).write_bytes(f"{COMPLETED_DIR}/{trial_id}.json", json.dumps(own).encode())
+
+
+def completed_result(exp_path: str, trial_id: str) -> dict[str, Any] | None:
+    """The final metrics `record_completed` kept for a trial, None if it has not ended."""
+    text = storage_text(exp_path, f"{COMPLETED_DIR}/{trial_id}.json")
+    return json.loads(text) if text is not None else None

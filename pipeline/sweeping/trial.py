@@ -1,0 +1,174 @@
+"""One Tune trial (`run_trial`) and what it needs from the driver (`SweepContext`).
+
+1-worker trials run the training loop in the Tune trial's own process
+(`pipeline.worker.run_in_process`), without the ~20 s a TorchTrainer costs; multi-worker trials
+build a `TorchTrainer` through `pipeline.train.run_training`. Trials report to Tune at
+evaluation steps: every training metric plus `step`, `examples` (example-ACT-steps trained) and
+`flops` (model training FLOPs spent, `trm.flops`), the time axes of the ASHA scheduler and the
+compute budget.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any
+
+from ray import tune
+from ray.tune.integration.ray_train import TuneReportCallback
+
+from pipeline.config import RunConfig
+from pipeline.sweeping.space import trial_config
+from pipeline.sweeping.store import TRIALS_DIR, completed_result
+
+
+@dataclass
+class SweepContext:
+    """Everything a trial needs besides its sampled values; resolved on the driver."""
+
+    name: str
+    exp_path: str
+    """Tune experiment directory (storage root / sweep name); local absolute path or s3://."""
+    base: dict[str, Any]
+    """Base run config with absolute paths and the resolved tracking URI."""
+    keys: dict[str, list[str]]
+    """Search-space key -> the config fields it sets (several for tied keys)."""
+    metric: str
+    mode: str
+    use_gpu: bool
+    code_version: str
+    parent_run_id: str = ""
+    tracking_uri: str = ""
+
+    @property
+    def trials_path(self) -> str:
+        return f"{self.exp_path}/{TRIALS_DIR}"
+
+    def trial_name(self, trial_id: str) -> str:
+        return f"{self.name}-{trial_id}"
+
+    def run_key(self, trial_id: str) -> str:
+        """MLflow run key of a trial (`pipeline.tracking`: storage path / run name)."""
+        return f"{self.trials_path}/{self.trial_name(trial_id)}"
+
+    def assignments(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Tune's sampled values -> dotted config field -> value."""
+        out: dict[str, Any] = {}
+        for key, names in self.keys.items():
+            if key in params:
+                value = params[key]
+                out.update({names[0]: value} if len(names) == 1 else dict(zip(names, value)))
+        return out
+
+    def trial_config(self, params: dict[str, Any], trial_id: str) -> RunConfig:
+        """The run config of the trial `trial_id` that Tune gave `params`."""
+        return trial_config(
+            self.base,
+            self.assignments(params),
+            name=self.trial_name(trial_id),
+            tags={"trm.sweep": self.name, "trm.trial_id": trial_id},
+        )
+
+
+def is_eval_step(cfg: RunConfig, step: int) -> bool:
+    return step % cfg.eval.every == 0 or step == cfg.schedule.steps
+
+
+def flops_per_example(cfg: RunConfig) -> float:
+    """Model training FLOPs per example-ACT-step (trm.flops) of this run's model."""
+    from pipeline.data.meta import cached_meta
+    from pipeline.train_state import model_config
+    from trm import flops
+
+    return float(flops(model_config(cfg, cached_meta(cfg.data.uri)))["train_step"])
+
+
+def with_time_axes(metrics: dict[str, Any], cfg: RunConfig, flops_per_row: float) -> dict:
+    """The report plus the sweep's time axes: examples (example-ACT-steps) and model FLOPs."""
+    examples = int(metrics["step"]) * cfg.data.global_batch_size
+    return {**metrics, "examples": examples, "flops": examples * flops_per_row}
+
+
+class TuneReporter:
+    """The `report` of an in-process trial: evaluation reports (with checkpoints) to Tune."""
+
+    def __init__(self, cfg: RunConfig, flops_per_row: float):
+        self.cfg, self.flops_per_row = cfg, flops_per_row
+
+    def __call__(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
+        if checkpoint_dir is None and not is_eval_step(self.cfg, int(metrics["step"])):
+            return  # training-only reports go to MLflow; Tune ranks on evaluations
+        report = with_time_axes(metrics, self.cfg, self.flops_per_row)
+        ck = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        tune.report(report, checkpoint=ck)  # copies the checkpoint to storage before returning
+
+
+class SweepReportCallback(TuneReportCallback):
+    """Forwards rank 0's evaluation reports of a TorchTrainer trial to Tune, with time axes
+    (runs in the Train controller; made inside the trial, as Tune requires)."""
+
+    def __init__(self, cfg: RunConfig, flops_per_row: float):
+        super().__init__()
+        self.cfg, self.flops_per_row = cfg, flops_per_row
+
+    def after_report(self, run_context, metrics, checkpoint):
+        m = metrics[0]
+        if checkpoint is None and not is_eval_step(self.cfg, int(m["step"])):
+            return
+        report = with_time_axes(m, self.cfg, self.flops_per_row)
+        super().after_report(run_context, [report], checkpoint)
+
+
+def run_trial(config: dict[str, Any], ctx: SweepContext) -> None:
+    """One Tune trial: train the base config with this trial's values."""
+    trial_id = tune.get_context().get_trial_id()
+    done = completed_result(ctx.exp_path, trial_id)
+    if done is not None:
+        # The trial ended before the sweep driver stopped, but Tune's saved experiment state
+        # (written at most every 10 s, synced to storage less often) still had it running:
+        # hand Tune its final result again instead of training it again.
+        tune.report(done)
+        return
+    cfg = ctx.trial_config(config, trial_id)
+    fpr = flops_per_example(cfg)
+    if cfg.resources.num_workers > 1:
+        from pipeline.train import run_training
+
+        # Train V2 resumes a run with the same name and storage from its own checkpoints, so a
+        # retried trial continues where its worker group stopped
+        run_training(
+            cfg,
+            name=cfg.name,
+            storage_path=ctx.trials_path,
+            callbacks=[SweepReportCallback(cfg, fpr)],
+            parent_run_id=ctx.parent_run_id,
+        )
+        return
+
+    import torch
+
+    from pipeline.worker import RunInfo, run_in_process
+
+    torch.set_num_threads(max(1, int(cfg.resources.cpus_per_worker)))
+    info = RunInfo(
+        name=cfg.name,
+        run_key=ctx.run_key(trial_id),
+        tracking_uri=ctx.tracking_uri if cfg.tracking.enabled else "",
+        code_version=ctx.code_version,
+        parent_run_id=ctx.parent_run_id,
+    )
+    device = torch.device("cuda" if ctx.use_gpu else "cpu")
+    ck = tune.get_checkpoint()  # set when Tune retries the trial or the sweep is resumed
+    try:
+        with ck.as_directory() if ck else contextlib.nullcontext() as resume_dir:
+            run_in_process(
+                cfg, info, report=TuneReporter(cfg, fpr), resume_dir=resume_dir, device=device
+            )
+    finally:
+        # Tune runs the next trial in this process (reuse_actors): free this one's memory,
+        # including what CUDA's caching allocator holds, for the trials sharing the GPU
+        import gc
+
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()

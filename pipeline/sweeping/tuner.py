@@ -1,0 +1,96 @@
+"""The `Tuner` of a sweep: its search space (grid values costliest first), scheduler (FIFO or
+ASHA on steps, examples or FLOPs), the monitor, failure and checkpoint configs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray import tune
+
+from pipeline.cluster import checkpoint_config
+from pipeline.config import RunConfig
+from pipeline.sweeping.config import SweepConfig
+from pipeline.sweeping.monitor import SweepMonitor
+from pipeline.sweeping.space import trial_config
+from pipeline.sweeping.trial import flops_per_example
+
+
+def trial_dirname(trial: Any) -> str:
+    return f"trial_{trial.trial_id}"
+
+
+def grid_longest_first(sweep: SweepConfig, base: RunConfig) -> dict[str, list[Any]]:
+    """Each grid axis's values, the costliest first: the training FLOPs (`trm.flops` per
+    example-ACT-step x steps x global batch) of the base config with that one value; values
+    that cost the same keep the file's order. Tune enumerates the grid from its costliest
+    corner, so the last free slots run the cheapest trials instead of the whole sweep waiting
+    on its biggest one (longest-processing-time-first scheduling)."""
+
+    def cost(dom: Any, value: Any) -> float:
+        cfg = trial_config(base, dom.assign(value))
+        return flops_per_example(cfg) * cfg.schedule.steps * cfg.data.global_batch_size
+
+    return {
+        key: sorted(dom.values, key=lambda v, dom=dom: cost(dom, v), reverse=True)  # stable
+        for key, dom in sweep.domains.items()
+        if dom.kind == "grid" and len(dom.values) > 1
+    }
+
+
+def build_tuner(
+    sweep: SweepConfig, base: RunConfig, trainable: Any, exp_path: str, concurrency: int
+) -> Any:
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    sch = sweep.scheduler
+    max_t = sch.max_t or (sweep.max_steps() if sch.time_attr == "steps" else 0)
+    if sch.type == "asha":
+        scheduler = ASHAScheduler(
+            time_attr=sweep.time_key,
+            max_t=max_t,
+            grace_period=sch.grace_period or max(max_t / 8, 1),
+            reduction_factor=sch.reduction_factor,
+        )
+    else:
+        scheduler = FIFOScheduler()
+    monitor = SweepMonitor(
+        keys={k: d.names for k, d in sweep.domains.items()},
+        base_steps=base.schedule.steps,
+        time_key=sweep.time_key,
+        max_t=max_t if sch.type == "asha" else 0,
+        metric=sweep.search.metric,
+        mode=sweep.search.mode,
+        budget_flops=sweep.budget.flops,
+        budget_hours=sweep.budget.hours,
+        exp_path=exp_path,
+    )
+    root, name = exp_path.rsplit("/", 1)
+    param_space = {k: d.tune_domain() for k, d in sweep.domains.items()}
+    param_space.update({k: tune.grid_search(v) for k, v in grid_longest_first(sweep, base).items()})
+    return tune.Tuner(
+        trainable,
+        param_space=param_space,
+        tune_config=tune.TuneConfig(
+            metric=sweep.search.metric,
+            mode=sweep.search.mode,
+            num_samples=sweep.search.num_samples,
+            search_alg=BasicVariantGenerator(
+                max_concurrent=concurrency, random_state=sweep.search.seed
+            ),
+            scheduler=scheduler,
+            # a trial starts in the process its predecessor ran in: no process start and no
+            # imports per trial (3-21 s each on a small box); see benchmarks/sweep_overhead.py
+            reuse_actors=True,
+            trial_dirname_creator=trial_dirname,
+        ),
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=root,
+            stop=monitor,
+            callbacks=[monitor],
+            failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
+            checkpoint_config=checkpoint_config(base.checkpoint, tune.CheckpointConfig),
+            verbose=0,  # the monitor prints a status line and one line per finished trial
+        ),
+    )
