@@ -190,7 +190,18 @@ def first_complete_checkpoint(
     stack: contextlib.ExitStack,
     say: Callable[[str], None] = print,
 ) -> str | None:
-    """Local directory of the newest complete checkpoint (`checkpoint.verify`) among
+    """Local directory of the newest complete checkpoint among `candidates` (see
+    `newest_complete`), or None when there are no candidates."""
+    found = newest_complete(candidates, stack, say)
+    return found[1] if found is not None else None
+
+
+def newest_complete(
+    candidates: Iterable[tuple[str, Any]],
+    stack: contextlib.ExitStack,
+    say: Callable[[str], None] = print,
+) -> tuple[str, str] | None:
+    """(name, local directory) of the newest complete checkpoint (`checkpoint.verify`) among
     `candidates`, (name, context giving a local directory) newest first, kept open by `stack`.
     Damaged or half-written ones are named and skipped; `CheckpointError` when there are
     checkpoints but none is complete (starting over silently would lose the run)."""
@@ -206,10 +217,10 @@ def first_complete_checkpoint(
                 continue
             stack.enter_context(inner.pop_all())
             if bad:
-                say(f"resuming from the previous complete checkpoint {name}")
-            return directory
+                say(f"using the previous complete checkpoint {name}")
+            return name, directory
     if bad:
-        raise CheckpointError("no complete checkpoint to resume from: " + "; ".join(bad))
+        raise CheckpointError("no complete checkpoint: " + "; ".join(bad))
     return None
 
 

@@ -1,0 +1,102 @@
+"""A trained model back from its checkpoint, for evaluation and test-time sweeps.
+
+    with contextlib.ExitStack() as stack:
+        r = restore("runs/tiny", stack)            # a run directory: its newest complete checkpoint
+        r = restore("s3://b/runs/tiny/checkpoint_00000400", stack)   # or one checkpoint
+        r.model, r.config, r.step, r.checkpoint, r.mlflow_run_id
+
+`uri` is a checkpoint directory (it holds `trainer.pt`) or a run directory holding
+`checkpoint_*` directories, local or s3://. A run directory's checkpoints are tried newest
+first; a damaged or half-written one is named and skipped (`pipeline.checkpoint.verify`). The
+model carries the weights evaluation uses in training (the EMA averages when the run kept them)
+and is in eval mode. An s3:// checkpoint is downloaded into a temporary directory that `stack`
+removes on exit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from pipeline import checkpoint as ckpt
+from pipeline.config import RunConfig
+from trm import TRM, TRMConfig
+from trm.optim import EMA
+
+
+@dataclass
+class Restored:
+    model: TRM
+    """Eval mode, on the requested device, EMA weights where the run kept an EMA."""
+    config: RunConfig
+    """The run config the checkpoint was trained with."""
+    model_config: TRMConfig
+    """The resolved model config (dataset fields filled in)."""
+    step: int
+    """Training steps taken when the checkpoint was written."""
+    checkpoint: str
+    """URI of the checkpoint directory that was loaded."""
+    mlflow_run_id: str
+    """The training run's MLflow run id ('' when it was not tracked)."""
+
+
+def restore(
+    uri: str,
+    stack: contextlib.ExitStack,
+    *,
+    device: torch.device | str = "cpu",
+    say: Callable[[str], None] = print,
+) -> Restored:
+    """The model of the newest complete checkpoint at `uri` (see the module docstring);
+    `ckpt.CheckpointError` naming `uri` when there is none."""
+    candidates = list(_candidates(uri))
+    if not candidates:
+        raise ckpt.CheckpointError(
+            f"{uri!r} is neither a checkpoint directory (with {ckpt.TRAINER_FILE}) nor a run "
+            f"directory holding checkpoint_* directories"
+        )
+    chosen = ckpt.newest_complete(candidates, stack, say)
+    assert chosen is not None  # candidates is not empty: a complete one or CheckpointError
+    state = ckpt.load(chosen[1], ckpt.TRAINER_FILE)
+    mcfg = TRMConfig.from_dict(state["model_config"])
+    model = TRM(mcfg)
+    model.load_state_dict(state["model"])
+    if state.get("ema") is not None:
+        ema = EMA(model, state["ema"]["decay"])
+        ema.load_state_dict(state["ema"])
+        ema.copy_to(model)
+    return Restored(
+        model=model.to(device).eval(),
+        config=RunConfig.from_dict(state["config"]),
+        model_config=mcfg,
+        step=int(state["step"]),
+        checkpoint=chosen[0],
+        mlflow_run_id=state.get("mlflow_run_id", ""),
+    )
+
+
+def _candidates(uri: str) -> Iterator[tuple[str, Any]]:
+    """(name, context giving a local directory), newest first: `uri` itself when it is a
+    checkpoint, else the checkpoints inside it."""
+    import pyarrow.fs as pafs
+
+    uri = uri.rstrip("/")
+    fs, path = pafs.FileSystem.from_uri(uri if "://" in uri else f"file://{_absolute(uri)}")
+    trainer = fs.get_file_info(f"{path}/{ckpt.TRAINER_FILE}")
+    if trainer.type == pafs.FileType.File:
+        import ray.train
+
+        yield uri, ray.train.Checkpoint(path, filesystem=fs).as_directory()
+        return
+    for name, opener in ckpt._checkpoints_in(fs, path):
+        yield (name if "://" not in uri else f"{uri.split('://')[0]}://{name}"), opener
+
+
+def _absolute(path: str) -> str:
+    from pipeline.data.storage import absolute
+
+    return absolute(path)
