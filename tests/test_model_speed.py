@@ -41,8 +41,8 @@ def test_predict_with_halting_answers_at_each_rows_first_halt(no_ACT_continue, m
     pred = model.predict(b["inputs"], b["puzzle_identifiers"], halt=True)
     assert pred.steps.tolist() == (first + 1).tolist()
     rows = torch.arange(9)
-    torch.testing.assert_close(pred.logits, ref.logits[first, rows], atol=1e-6, rtol=1e-5)
-    torch.testing.assert_close(pred.q_halt_logits, q_halt[first, rows], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(pred.logits, ref.logits[first, rows], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(pred.q_halt_logits, q_halt[first, rows], atol=1e-5, rtol=1e-4)
 
 
 def test_predict_runs_in_train_mode_without_recording_the_graph():
@@ -58,7 +58,9 @@ def test_predict_runs_in_train_mode_without_recording_the_graph():
 
 @pytest.mark.parametrize("mlp_t", [False, True])
 def test_batch_chunk_gives_the_same_training_step(mlp_t):
-    """Slices of the batch give the same outputs, carry and gradients as the whole batch."""
+    """Slices of the batch give the same outputs, carry and gradients as the whole batch (to
+    float32 rounding: matmul kernels block a batch of 3 and one of 7 differently, and on some
+    CPUs (AVX-512) that moves results by a few ulp, ~5e-5 relative on small values)."""
     cfg = tiny(mlp_t=mlp_t, pos_encodings="none" if mlp_t else "learned")
     b = make_batch(cfg, 7)
     results = []
@@ -75,13 +77,13 @@ def test_batch_chunk_gives_the_same_training_step(mlp_t):
         grads = {n: p.grad.clone() for n, p in model.named_parameters()}
         results.append((out, carry, grads, model.puzzle_emb.local_weight.grad.clone()))
     (o1, c1, g1, p1), (o2, c2, g2, p2) = results
-    torch.testing.assert_close(o2.logits, o1.logits, atol=1e-6, rtol=1e-5)
-    torch.testing.assert_close(c2.z_H, c1.z_H, atol=1e-6, rtol=1e-5)
-    torch.testing.assert_close(c2.z_L, c1.z_L, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(o2.logits, o1.logits, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(c2.z_H, c1.z_H, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(c2.z_L, c1.z_L, atol=1e-5, rtol=1e-4)
     assert torch.equal(c2.steps, c1.steps) and torch.equal(c2.halted, c1.halted)
     for name in g1:
-        torch.testing.assert_close(g2[name], g1[name], atol=1e-6, rtol=1e-5, msg=name)
-    torch.testing.assert_close(p2, p1, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(g2[name], g1[name], atol=1e-5, rtol=1e-4, msg=name)
+    torch.testing.assert_close(p2, p1, atol=1e-5, rtol=1e-4)
 
 
 def test_batch_chunk_in_predict():
@@ -92,4 +94,4 @@ def test_batch_chunk_in_predict():
     model.batch_chunk = 3
     sliced = model.predict(b["inputs"], b["puzzle_identifiers"])
     assert torch.equal(sliced.steps, whole.steps)
-    torch.testing.assert_close(sliced.logits, whole.logits, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(sliced.logits, whole.logits, atol=1e-5, rtol=1e-4)

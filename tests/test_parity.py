@@ -50,7 +50,9 @@ def test_seeded_init_reproduces_official_init(ref):
     ours = to_official_state_dict(TRM(cfg))
     assert set(ours) == set(ref["init_state_dict"])
     for key, expected in ref["init_state_dict"].items():
-        torch.testing.assert_close(ours[key], expected, atol=0, rtol=0, msg=key)
+        # the same RNG draws; erfinv's vectorised kernels differ by ~1 ulp between CPUs
+        # (measured 3e-8 on an AVX-512 machine), a wrong draw order differs by ~std
+        torch.testing.assert_close(ours[key], expected, atol=1e-7, rtol=1e-6, msg=key)
 
 
 def test_eval_steps_match_official(ref, model):
