@@ -158,10 +158,10 @@ def _model_config(cfg: Any) -> Any:
     return model_config(cfg, read_meta(cfg.data.uri))
 
 
-def append(rec: dict[str, Any]) -> None:
-    old = json.loads(RESULTS.read_text()) if RESULTS.is_file() else []
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps([*old, rec], indent=1) + "\n")
+def append(rec: dict[str, Any], path: Path) -> None:
+    old = json.loads(path.read_text()) if path.is_file() else []
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps([*old, rec], indent=1) + "\n")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -174,7 +174,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--stop-at", type=float, default=0.0, help="end the try at this exact acc.")
     p.add_argument("--set", action="append", default=[], help="run config key=value")
     p.add_argument("--data", action="append", default=[], help="dataset builder key=value")
-    return p.parse_args(argv)
+    p.add_argument("--out", type=Path, default=RESULTS, help="results file (appended to)")
+    p.add_argument("--quick", action="store_true", help="smoke run: 20 steps, eval every 10")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.steps, args.eval_every = 20, 10
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -194,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     evals, ended = train(cfg, args.label, args.stop_at)
     rec = record(cfg, data, evals, args, time.perf_counter() - t)
     rec["ended"] = ended
-    append(rec)
+    append(rec, args.out)
     print(json.dumps({k: rec[k] for k in ("label", "effective_depth", "steps_to_target",
                                           "best_exact", "median_s_per_step", "wall_s")}))  # fmt: skip
     return 0
