@@ -85,6 +85,20 @@ def test_inference_quick_compares_act_with_fixed_depth(tmp_path):
     )
 
 
+def test_default_sweep_search_quick_records_every_evaluation(tmp_path):
+    out = tmp_path / "search.json"
+    run_script("default_sweep_search.py", "--quick", "--label", "q", "--out", str(out),
+               "--set", "model.hidden_size=16", "--set", "model.num_heads=2")  # fmt: skip
+    (rec,) = json.loads(out.read_text())
+    assert rec["ended"] == "completed"
+    assert [e["step"] for e in rec["evals"]] == [10, 20]
+    assert rec["config"]["model"]["hidden_size"] == 16
+    assert rec["effective_depth"] == 2  # the default sweep's base: H 1, L 1, one layer
+    assert all(0.0 <= e["exact"] <= 1.0 and positive(e["cpu_s"]) for e in rec["evals"])
+    reached = rec["steps_to_target"]
+    assert reached is None or rec["best_exact"] >= rec["target"]
+
+
 @pytest.mark.slow
 def test_sweep_overhead_quick_times_a_real_sweep(tmp_path):
     # a real local Ray cluster and the smoke sweep (4 trials), then 2 fraction trials: ~2-4 min
