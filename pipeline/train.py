@@ -175,8 +175,8 @@ def build_trainer(
 ) -> Any:
     """The `TorchTrainer` of a run (checks run first when `check`)."""
     import ray.train
-    from ray.train.torch import TorchTrainer
 
+    from pipeline.failures import TorchTrainer
     from pipeline.worker import train_loop_per_worker
 
     name = name or cfg.name
@@ -369,8 +369,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except Exception as e:  # the worker's error, after all retries
-        print(f"error: training failed: {type(e).__name__}: {e}", file=sys.stderr)
+    except Exception as e:  # the worker's error: at once if deterministic, else after retries
+        from pipeline.failures import root_cause
+
+        print(f"error: training failed: {root_cause(e)}", file=sys.stderr)
         return 1
     print(_final_line(result.metrics or {}, cfg))
     if result.checkpoint is not None:

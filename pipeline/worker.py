@@ -27,6 +27,7 @@ same steps on the same data with the same exploration draws as an uninterrupted 
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import logging
 import math
@@ -253,7 +254,7 @@ def train_loop(cfg: RunConfig, info: RunInfo, session: Session) -> dict[str, flo
     last_eval: dict[str, float] = {}
     if session.resume_dir is not None:
         state = ckpt.load(session.resume_dir, ckpt.TRAINER_FILE)
-        model.load_state_dict(state["model"])
+        _load_model_state(model, state["model"], session.resume_dir)
         opt.load_state_dict(state["optim"])
         if sparse_opt is not None:
             sparse_opt.load_state_dict(state["sparse_optim"])
@@ -506,6 +507,19 @@ def train_loop(cfg: RunConfig, info: RunInfo, session: Session) -> dict[str, flo
     return last_metrics
 
 
+def _load_model_state(model: torch.nn.Module, state: dict[str, Any], where: str) -> None:
+    """`model.load_state_dict`, a `CheckpointError` naming the checkpoint when the shapes or
+    keys do not fit (a checkpoint of another model config): retrying cannot fix that."""
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        detail = " ".join(str(e).split())[:300]
+        raise ckpt.CheckpointError(
+            f"checkpoint {where!r} does not fit this model ({detail}); the run's model config "
+            "changed since it was written: use another name or --fresh"
+        ) from None
+
+
 def _arc_identifiers(uri: str, meta: Any) -> list[str] | None:
     """Names of a materialised ARC dataset's puzzle identifiers (its identifiers.json)."""
     if meta.task != "arc" or meta.augmentation.get("mode") == "on_the_fly":
@@ -585,7 +599,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     say = lambda msg: print(msg, file=sys.__stdout__, flush=True)  # noqa: E731
     checkpoint = ray.train.get_checkpoint()
-    with contextlib.ExitStack() as stack:
+    with _without_traceback(), contextlib.ExitStack() as stack:
         # the directory is only valid inside this block; train_loop reads it before training
         candidates = _resume_candidates(checkpoint, info.run_key, say)
         resume_dir = first_complete_checkpoint(candidates, stack, say)
@@ -602,6 +616,20 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             say=say,
         )
         train_loop(cfg, info, session)
+
+
+@contextlib.contextmanager
+def _without_traceback() -> Iterator[None]:
+    """Errors of the input (`pipeline.failures.DETERMINISTIC`) leave the worker without their
+    traceback: their message names the input, and Ray Train logs the traceback of every
+    worker error in full."""
+    from pipeline.failures import DETERMINISTIC
+
+    try:
+        yield
+    except DETERMINISTIC as e:
+        # a copy: contextmanager puts the original traceback back on the same object
+        raise copy.copy(e).with_traceback(None) from None
 
 
 def _resume_candidates(
