@@ -13,7 +13,8 @@ Three layers (STYLE.md, Ray): `pipeline.worker.train_loop_per_worker` runs on ea
 that can fail without a GPU or a worker (config values, dataset present and matching the
 model, storage writable, paths readable on every node) runs here, before any worker starts.
 
-Re-running the same `name` with the same storage path resumes from its latest checkpoint.
+Re-running the same `name` with the same storage path resumes from its latest checkpoint;
+a changed model or batch size is refused before any worker starts (`--fresh` starts over).
 """
 
 from __future__ import annotations
@@ -128,6 +129,10 @@ def preflight(cfg: RunConfig, storage_path: str, *, cluster: bool) -> Any:
     """All checks that need no worker; `cluster`: also check paths against the Ray nodes."""
     meta = check_dataset(cfg)
     check_storage_writable(storage_path)
+    if cfg.tracking.enabled:
+        from pipeline.tracking import check_tracking, resolve_tracking_uri
+
+        check_tracking(resolve_tracking_uri(cfg.tracking.uri))
     if cluster:
         import ray
 
@@ -328,6 +333,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--storage-path", help="override checkpoint.storage_path")
     p.add_argument("--local", action="store_true", help="one process, no Ray (debugging)")
     p.add_argument(
+        "--fresh",
+        action="store_true",
+        help="start over: discard the checkpoints of this name (and detach its MLflow run)",
+    )
+    p.add_argument(
         "--dry-run", action="store_true", help="check config, dataset and storage; print; exit"
     )
     p.add_argument(
@@ -355,9 +365,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"# dataset: {meta.task}, seq_len {meta.seq_len}, vocab {meta.vocab_size}")
             print(f"# storage: {storage}/{cfg.name}")
             return 0
+        if cfg.tracking.enabled:  # before Ray's start-up; preflight checks it again
+            from pipeline.tracking import check_tracking, resolve_tracking_uri
+
+            check_tracking(resolve_tracking_uri(cfg.tracking.uri))
+        _prepare_resume(cfg, storage, fresh=args.fresh)
         if args.local:
             metrics = run_local(cfg)
             print(_final_line(metrics, cfg))
+            _print_mlflow_link(cfg)
             return 0
         import logging
 
@@ -366,7 +382,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
         ray.init(address=args.address, logging_level=logging.WARNING, configure_logging=True)
         result = run_training(cfg)
-    except ConfigError as e:
+    except (ConfigError, ConnectionError) as e:  # ConnectionError: pipeline.tracking's check
         print(f"error: {e}", file=sys.stderr)
         return 2
     except Exception as e:  # the worker's error: at once if deterministic, else after retries
@@ -377,11 +393,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(_final_line(result.metrics or {}, cfg))
     if result.checkpoint is not None:
         print(f"final checkpoint: {checkpoint_uri(result.checkpoint)}")
-    if cfg.tracking.enabled:
-        from pipeline.tracking import resolve_tracking_uri, ui_command
-
-        print(f"MLflow: {ui_command(resolve_tracking_uri(cfg.tracking.uri))}")
+    _print_mlflow_link(cfg)
     return 0
+
+
+def _prepare_resume(cfg: RunConfig, storage: str, fresh: bool) -> None:
+    """`--fresh`: discard the run of this name; then refuse a resume that its checkpoints
+    cannot take (pipeline/resume.py)."""
+    from pipeline.resume import check_resume, discard_run, resolved
+
+    run_dir = f"{storage}/{cfg.name}"
+    if fresh:
+        discard_run(run_dir)
+        if cfg.tracking.enabled:
+            from pipeline.tracking import resolve_tracking_uri, retire_run
+
+            retire_run(resolve_tracking_uri(cfg.tracking.uri), cfg.tracking.experiment, run_dir)
+    check_resume(run_dir, resolved(cfg, model_config(cfg, check_dataset(cfg)).to_dict()))
+
+
+def _print_mlflow_link(cfg: RunConfig) -> None:
+    """The run's page on a tracking server, else how to open the local store."""
+    if not cfg.tracking.enabled:
+        return
+    from pipeline.tracking import find_run, resolve_tracking_uri, run_link
+
+    uri = resolve_tracking_uri(cfg.tracking.uri)
+    storage = resolve_storage_path(cfg.checkpoint.storage_path)
+    run_id = find_run(uri, cfg.tracking.experiment, f"{storage}/{cfg.name}")
+    print(f"MLflow: {run_link(uri, run_id) if run_id else uri}")
 
 
 def _final_line(metrics: dict[str, Any], cfg: RunConfig) -> str:

@@ -48,7 +48,7 @@ import torch
 from pipeline import checkpoint as ckpt
 from pipeline import distributed, evaluate
 from pipeline.config import DATASET_FIELDS, ConfigError, RunConfig, flatten
-from pipeline.tracking import NullTracker, start_tracker
+from pipeline.tracking import NullTracker, depth_curve_metrics, source_tags, start_tracker
 
 METRICS = {
     "step": "optimiser steps taken (= ACT steps of the batch slots)",
@@ -296,7 +296,7 @@ def train_loop(cfg: RunConfig, info: RunInfo, session: Session) -> dict[str, flo
         tags = {
             "task": meta.task,
             "variant": cfg.tracking.variant or ("mlp-t" if mcfg.mlp_t else "attention"),
-            "code_version": info.code_version,
+            **source_tags(info.code_version),
             "dataset": cfg.data.uri,
             **cfg.tracking.tags,
         }
@@ -309,9 +309,11 @@ def train_loop(cfg: RunConfig, info: RunInfo, session: Session) -> dict[str, flo
             params=params,
             tags=tags,
             parent_run_id=info.parent_run_id or None,
+            system_metrics=cfg.tracking.system_metrics,
         )
         if tracker.run_id:
             say(f"[{info.name}] MLflow: {tracker.url}")
+            tracker.log_dataset(meta.task, cfg.data.uri, meta.to_json())
         say(
             f"[{info.name}] {model.num_params():,} params, {world} worker(s) x {B} rows, "
             f"{total} steps, device {device.type}"
@@ -377,8 +379,9 @@ def train_loop(cfg: RunConfig, info: RunInfo, session: Session) -> dict[str, flo
             if res.pictures:
                 _log_fig(tracker, evaluate.refinement_figure(res.pictures, meta.task),
                          f"refinement/{tag}.png")  # fmt: skip
-            if step == total:
-                tracker.log_series("depth_curve/exact_accuracy", curve)
+            # one metric per ACT depth over training steps: MLflow's step axis stays the
+            # training step (an ACT-step axis zigzags when a run is extended)
+            tracker.log_metrics(depth_curve_metrics(curve), step)
         return metrics
 
     it = None
