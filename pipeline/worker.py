@@ -377,7 +377,7 @@ def train_loop(cfg: RunConfig, info: RunInfo, session: Session) -> dict[str, flo
             _log_fig(tracker, evaluate.depth_curve_figure(curve, mcfg.halt_max_steps, step),
                      f"depth_curve/{tag}.png")  # fmt: skip
             if res.pictures:
-                _log_fig(tracker, evaluate.refinement_figure(res.pictures, meta.task),
+                _log_fig(tracker, evaluate.refinement_figure(res.pictures, meta.task, step=step),
                          f"refinement/{tag}.png")  # fmt: skip
             # one metric per ACT depth over training steps: MLflow's step axis stays the
             # training step (an ACT-step axis zigzags when a run is extended)
