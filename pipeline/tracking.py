@@ -29,6 +29,7 @@ from typing import Any
 RUN_KEY_TAG = "trm.run_key"
 LOCAL_DB = "mlflow.db"
 LOCAL_ARTIFACTS = "mlruns"
+MODEL_FILE = "model.pt"
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 """MLflow 3 opens an experiment without this tag in its GenAI view (traces, where training runs
 look empty); this value selects the model-training view (runs, metrics, charts)."""
@@ -452,6 +453,42 @@ def tag_run(uri: str, experiment: str, run_key: str, tags: dict[str, str]) -> st
             run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()]
         )
     return run_id
+
+
+def log_model(uri: str, run_id: str, which: str, state: dict[str, Any]) -> None:
+    """Log a training checkpoint's model as `checkpoints/<which>/model.pt` of run `run_id`:
+    the weights it evaluates with (the EMA average when EMA is on), its model config and
+    step; `load_model` builds the model from it."""
+    import torch
+    from mlflow.tracking import MlflowClient
+
+    weights = dict(state["model"])
+    if state.get("ema"):
+        weights.update(state["ema"]["shadow"])
+    payload = {"model_config": state["model_config"], "state_dict": weights, "step": state["step"]}
+    with tempfile.TemporaryDirectory(prefix="trm-model-") as d:
+        path = Path(d) / MODEL_FILE
+        torch.save(payload, path)
+        MlflowClient(tracking_uri=uri).log_artifact(run_id, str(path), f"checkpoints/{which}")
+
+
+def load_model(uri: str, run_id: str, which: str = "best") -> Any:
+    """The TRM logged by `log_model` ('best' or 'final'), on the CPU, in eval mode:
+
+    model = load_model("http://mlflow:5000", run_id)
+    """
+    import torch
+    from mlflow.tracking import MlflowClient
+
+    from trm import TRM, TRMConfig
+
+    with tempfile.TemporaryDirectory(prefix="trm-model-") as dst:
+        path = f"checkpoints/{which}/{MODEL_FILE}"
+        local = MlflowClient(tracking_uri=uri).download_artifacts(run_id, path, dst)
+        d = torch.load(local, map_location="cpu", weights_only=False)
+    model = TRM(TRMConfig.from_dict(d["model_config"]))
+    model.load_state_dict(d["state_dict"])
+    return model.eval()
 
 
 def retire_run(uri: str, experiment: str, run_key: str) -> str | None:

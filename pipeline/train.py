@@ -262,13 +262,23 @@ def run_training(
                 key=lambda cm: sign * float(cm[1].get(cfg.checkpoint.metric, float("-inf") * sign)),
             )
             tags["checkpoint.best"] = checkpoint_uri(best[0])
-        tag_run(
-            resolve_tracking_uri(cfg.tracking.uri),
-            cfg.tracking.experiment,
-            f"{storage_path}/{name}",
-            tags,
-        )
+        uri = resolve_tracking_uri(cfg.tracking.uri)
+        run_id = tag_run(uri, cfg.tracking.experiment, f"{storage_path}/{name}", tags)
+        best_ckpt = best[0] if result.best_checkpoints else result.checkpoint
+        if run_id is not None:
+            log_models(uri, run_id, {"final": result.checkpoint, "best": best_ckpt})
     return result
+
+
+def log_models(uri: str, run_id: str, checkpoints: dict[str, Any]) -> None:
+    """Log each Ray Train checkpoint's model (weights + config) to the MLflow run as
+    `checkpoints/<which>/model.pt` (`pipeline.tracking.load_model` reads it back)."""
+    from pipeline import checkpoint as ckpt
+    from pipeline.tracking import log_model
+
+    for which, checkpoint in checkpoints.items():
+        with checkpoint.as_directory() as d:
+            log_model(uri, run_id, which, ckpt.load(d, ckpt.TRAINER_FILE))
 
 
 def _storage_named(error: Exception, storage_path: str) -> Exception:
@@ -300,10 +310,13 @@ def run_local(cfg: RunConfig, *, name: str | None = None, storage_path: str | No
     metrics = run_in_process(cfg, info)
     final = latest_local_checkpoint(Path(storage_path) / name)
     if info.tracking_uri and final:
-        from pipeline.tracking import tag_run
+        from pipeline import checkpoint as ckpt
+        from pipeline.tracking import log_model, tag_run
 
-        tag_run(info.tracking_uri, cfg.tracking.experiment, info.run_key,
-                {"checkpoint.final": final})  # fmt: skip
+        run_id = tag_run(info.tracking_uri, cfg.tracking.experiment, info.run_key,
+                         {"checkpoint.final": final})  # fmt: skip
+        if run_id is not None:
+            log_model(info.tracking_uri, run_id, "final", ckpt.load(final, ckpt.TRAINER_FILE))
     return metrics
 
 

@@ -13,12 +13,14 @@ import urllib.parse
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from conftest import free_port
 from drills import build_tiny_sudoku, tiny_config
 from drills.proxy import FaultProxy
 from mlflow.tracking import MlflowClient
 
+from pipeline import checkpoint as ckpt
 from pipeline.data import read_meta
 from pipeline.tracking import (
     EXPERIMENT_KIND,
@@ -26,6 +28,7 @@ from pipeline.tracking import (
     check_tracking,
     code_version,
     find_run,
+    load_model,
     read_run,
     source_digest,
 )
@@ -75,6 +78,13 @@ def test_a_run_on_the_server_as_users_expect(mlflow_server, data, tmp_path, caps
     m = read_run(mlflow_server, run_id)["metrics"]
     for k in (1, 2, 3):  # halt_max_steps 2, depth_steps 3
         assert [s for s, _ in m[f"depth_curve/exact_accuracy_at_step_{k}"]] == [4, 8]
+
+    # the final checkpoint's model loads back with one call: the EMA weights it evaluated with
+    model = load_model(mlflow_server, run_id, "final")
+    state = ckpt.load(tmp_path / "runs" / "drill" / "checkpoint_00000008", ckpt.TRAINER_FILE)
+    for name, p in model.named_parameters():
+        assert torch.equal(p.detach(), state["ema"]["shadow"][name]), name
+    assert not model.training
 
 
 def test_code_version_without_git(tmp_path, monkeypatch):
