@@ -88,7 +88,9 @@ def check_tracking(uri: str, timeout_s: float = 5.0) -> None:
     netloc = parts.netloc.rpartition("@")[2]  # urllib takes no user:password in the URL
     url = urllib.parse.urlunsplit(parts._replace(netloc=netloc, query="", fragment=""))
     try:
-        urllib.request.urlopen(url.rstrip("/") + "/health", timeout=timeout_s).close()
+        urllib.request.urlopen(
+            url.rstrip("/") + "/health", timeout=timeout_s, context=_tls_context()
+        ).close()
     except urllib.error.HTTPError as e:
         if e.code < 500:  # it answers (a proxy or an auth layer in front): usable
             return
@@ -99,6 +101,16 @@ def check_tracking(uri: str, timeout_s: float = 5.0) -> None:
             f"MLflow tracking server {redact(uri)} is not reachable ({reason}): start it, point "
             "tracking.uri / MLFLOW_TRACKING_URI at a running one, or set tracking.enabled=false"
         ) from None
+
+
+def _tls_context() -> Any:
+    """TLS as MLflow's client does it: $MLFLOW_TRACKING_SERVER_CERT_PATH as the CA bundle,
+    no verification when $MLFLOW_TRACKING_INSECURE_TLS is true."""
+    import ssl
+
+    if os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true":
+        return ssl._create_unverified_context()
+    return ssl.create_default_context(cafile=os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH"))
 
 
 def run_url(uri: str, experiment_id: str, run_id: str) -> str:
