@@ -18,7 +18,10 @@ import yaml
 from conftest import free_port
 from drills import LocalRay, build_tiny_sudoku, read_logs, tiny_config
 
+from pipeline.checkpoint import CheckpointError
+from pipeline.config import ConfigError
 from pipeline.data import read_meta
+from pipeline.data.errors import DatasetError, StorageAccessError, StorageError
 from pipeline.train import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -132,3 +135,32 @@ def test_changed_model_on_resume_is_refused_and_fresh_starts_over(tmp_path, caps
         "checkpoint_00000004",
         "checkpoint_00000008",
     ]
+
+
+@pytest.mark.parametrize(
+    ("error", "retried"),
+    [
+        (DatasetError("shard s3://b/d/train/p.parquet: size 1 bytes does not match 2"), False),
+        (ConfigError("model.vocab_size = 5 does not match the dataset"), False),
+        (CheckpointError("checkpoint /c does not fit this model"), False),
+        (StorageAccessError("access denied to s3://b/k at http://e (AccessDenied)"), False),
+        (StorageError("S3 endpoint http://e unreachable: get s3://b/k failed 4 times"), True),
+        (RuntimeError("gloo: Connection closed by peer"), True),
+    ],
+)
+def test_failure_policy_retries_only_faults_that_pass(error, retried):
+    """Ray Train's own policy object, with the worker error as Ray wraps it: errors of the
+    input are raised at once, a storage outage or a lost peer is retried as before."""
+    import ray.train
+    from ray.train import WorkerGroupError
+    from ray.train.v2._internal.exceptions import UserExceptionWithTraceback
+    from ray.train.v2._internal.execution.failure_handling import FailureDecision
+
+    from pipeline.failures import InputFailurePolicy, root_cause
+
+    wrapped = UserExceptionWithTraceback(error, traceback_str="Traceback ...\n" + repr(error))
+    group_error = WorkerGroupError("rank 0 failed", {0: wrapped})
+    policy = InputFailurePolicy(ray.train.FailureConfig(max_failures=3))
+    decision = policy.make_decision(training_failed_error=group_error)
+    assert decision == (FailureDecision.RETRY if retried else FailureDecision.RAISE)
+    assert root_cause(group_error) == f"{type(error).__name__}: {error}"
