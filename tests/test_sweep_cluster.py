@@ -89,6 +89,8 @@ def test_ray_job_submit_smoke_sweep_on_s3_with_tracking_server(ray_head, mlflow_
         assert key.startswith(f"{exp_path}/trials/smoke-")
         assert child["tags"]["trm.stop_reason"] in ("completed", "early-stopped")
         assert child["tags"]["dataset"] == data
+        # the job's working dir has no .git: the sources' digest names the code
+        assert child["tags"]["code_version"].startswith("src-"), child["tags"]
         assert "eval/exact_accuracy" in child["metrics"]
 
 
