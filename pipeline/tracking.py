@@ -258,22 +258,21 @@ class Tracker(NullTracker):
         self._system = _system_metrics(self.run_id, uri) if system_metrics else None
 
     def _experiment_id(self, name: str) -> str:
+        """The experiment's id (created when missing), tagged for MLflow's training view."""
         exp = self.client.get_experiment_by_name(name)
         if exp is None:
             try:
-                exp_id = self.client.create_experiment(
+                self.client.create_experiment(
                     name, artifact_location=_artifact_location(self.uri, name)
                 )
             except Exception:
                 # another process created it between the lookup and the create
-                exp = self.client.get_experiment_by_name(name)
-                if exp is None:
+                if self.client.get_experiment_by_name(name) is None:
                     raise
-        if exp is not None:
-            exp_id = exp.experiment_id
-        if exp is None or EXPERIMENT_KIND[0] not in exp.tags:
-            self.client.set_experiment_tag(exp_id, *EXPERIMENT_KIND)
-        return exp_id
+            exp = self.client.get_experiment_by_name(name)
+        if exp.tags.get(EXPERIMENT_KIND[0]) is None:
+            self.client.set_experiment_tag(exp.experiment_id, *EXPERIMENT_KIND)
+        return exp.experiment_id
 
     def _log_params(self, params: dict[str, Any], skip: set[str]) -> None:
         from mlflow.entities import Param
