@@ -71,7 +71,12 @@ def test_ray_job_submit_smoke_sweep_on_s3_with_tracking_server(ray_head, mlflow_
         k.split("/")[2] for k in keys if re.match(r"sweeps/smoke/trial_\w+/checkpoint_", k)
     }
     summary = s3.client().get_object(Bucket=s3.bucket, Key="sweeps/smoke/summary.csv")
-    assert len(checkpoints) == 4, (sorted(trials - checkpoints), summary["Body"].read().decode())
+    missing = trials - checkpoints
+    assert len(checkpoints) == 4, (
+        [k for k in keys if k.split("/")[2:3] and k.split("/")[2] in missing],
+        summary["Body"].read().decode(),
+        log[-4000:],
+    )
 
     # the tracking server holds the parent run with its four children and artifacts
     exp_path = f"{storage}/smoke"
