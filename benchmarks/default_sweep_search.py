@@ -184,7 +184,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     import torch
-
     from pipeline.sweep_config import SweepConfig, builders
 
     args = parse_args(argv)

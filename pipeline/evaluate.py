@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from pipeline.config import RunConfig
-from pipeline.tracking import NullTracker
+from pipeline.tracking import NullTracker, depth_curve_metrics
 
 IGNORE = -100
 
@@ -238,9 +238,12 @@ def _side(seq_len: int) -> tuple[int, int]:
     return (s, s) if s * s == seq_len else (1, seq_len)
 
 
-def refinement_figure(pictures: list[dict[str, np.ndarray]], task: str, max_columns: int = 8):
+def refinement_figure(
+    pictures: list[dict[str, np.ndarray]], task: str, max_columns: int = 8, step: int | None = None
+):
     """Rows = test puzzles; columns = input, the prediction after ACT steps (evenly chosen up
-    to `max_columns`), target. Wrong cells are outlined in red."""
+    to `max_columns`), target. Wrong cells are outlined in red; Sudoku's given cells are bold
+    digits on a grey dot; a caption explains both and names the training `step`."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -249,7 +252,7 @@ def refinement_figure(pictures: list[dict[str, np.ndarray]], task: str, max_colu
 
     K = len(pictures[0]["preds"])
     steps = sorted({round(x) for x in np.linspace(0, K - 1, min(K, max_columns))})
-    cols = ["input"] + [f"step {s + 1}" for s in steps] + ["target"]
+    cols = ["input"] + [f"ACT step {s + 1}" for s in steps] + ["target"]
     H, W = _side(len(pictures[0]["inputs"]))
     cell = 0.22 if H > 12 else 0.35
     fig, axes = plt.subplots(
@@ -273,9 +276,13 @@ def refinement_figure(pictures: list[dict[str, np.ndarray]], task: str, max_colu
             if r == 0:
                 ax.set_title(cols[c], fontsize=9)
             if task == "sudoku" and H <= 16:
+                given = grids[0] >= 2  # tokens: 0 pad, 1 blank, 2.. digits 1..
                 for (i, j), v in np.ndenumerate(grid):
-                    if v >= 2:  # tokens: 0 pad, 1 blank, 2.. digits 1..
-                        ax.text(j, i, str(v - 1), ha="center", va="center", fontsize=7)
+                    if given[i, j]:
+                        ax.plot(j, i, "o", ms=9, color="lightgrey", zorder=1)
+                    if v >= 2:
+                        ax.text(j, i, str(v - 1), ha="center", va="center", fontsize=7,
+                                fontweight="bold" if given[i, j] else "normal", zorder=2)  # fmt: skip
             if 0 < c < len(grids) - 1:
                 wrong = (grid != labels) & (labels != IGNORE)
                 for i, j in zip(*np.nonzero(wrong)):
@@ -283,8 +290,20 @@ def refinement_figure(pictures: list[dict[str, np.ndarray]], task: str, max_colu
                         Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", lw=1.2)
                     )
                 ax.set_xlabel(f"{int(wrong.sum())} wrong", fontsize=7)
-    fig.tight_layout()
+    _refinement_caption(fig, task, step)
     return fig
+
+
+def _refinement_caption(fig: Any, task: str, step: int | None) -> None:
+    """Title (training step) and a legend line under the grid of pictures."""
+    when = f" at training step {step}" if step is not None else ""
+    fig.suptitle(f"Test puzzles as the model refines them{when}", fontsize=10)
+    legend = ("columns: the puzzle, the model's answer after ACT step k, the solution\n"
+              "colour = token value; red box = cell that differs from the solution")  # fmt: skip
+    if task == "sudoku":
+        legend += "; bold digit on a grey dot = given in the puzzle"
+    fig.text(0.5, 0.005, legend, ha="center", va="bottom", fontsize=7)
+    fig.tight_layout(rect=(0, 0.06, 1, 0.95))
 
 
 def depth_curve_figure(curve: list[float], halt_max_steps: int, step: int):
@@ -418,10 +437,11 @@ class Evaluator:
             _log_figure(tracker, halt_curve_figure(points, self.halt_threshold, step),
                         f"halt_curve/{tag}.png")  # fmt: skip
         if pictures:
-            _log_figure(tracker, refinement_figure(pictures, self.meta.task),
+            _log_figure(tracker, refinement_figure(pictures, self.meta.task, step=step),
                         f"refinement/{tag}.png")  # fmt: skip
-        if step == self.cfg.schedule.steps:
-            tracker.log_series("depth_curve/exact_accuracy", curve)
+        # one metric per ACT depth over training steps: MLflow's step axis stays the training
+        # step (an ACT-step axis zigzags when a run is extended)
+        tracker.log_metrics(depth_curve_metrics(curve), step)
 
 
 def _show(k: int, n: int) -> bool:

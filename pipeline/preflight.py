@@ -71,6 +71,10 @@ def preflight(cfg: RunConfig, storage_path: str, *, cluster: bool) -> Any:
     check local paths against the Ray nodes (a cluster of more than one node)."""
     meta = check_dataset(cfg)
     check_storage_writable(storage_path)
+    if cfg.tracking.enabled:  # a server that is down: one line now, not minutes of retries later
+        from pipeline.tracking import check_tracking, resolve_tracking_uri
+
+        check_tracking(resolve_tracking_uri(cfg.tracking.uri))
     if cluster:
         import ray
 

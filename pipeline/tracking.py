@@ -13,17 +13,35 @@ training run finds its MLflow run again and keeps logging into it.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import os
 import subprocess
 import tempfile
 import time
+import urllib.error
 import urllib.parse
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 RUN_KEY_TAG = "trm.run_key"
 LOCAL_DB = "mlflow.db"
 LOCAL_ARTIFACTS = "mlruns"
+MODEL_FILE = "model.pt"
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+"""MLflow 3 opens an experiment without this tag in its GenAI view (traces, where training runs
+look empty); this value selects the model-training view (runs, metrics, charts)."""
+RETRY_BASE_S, RETRY_MAX_S = 2.0, 60.0
+"""A tracking server that stops answering mid-run: logging calls are dropped, and the next
+one tried after 2, 4, 8, ... s (at most 60 s); training and checkpoints go on."""
+
+logger = logging.getLogger(__name__)
+
+
+class TrackingError(ConnectionError):
+    """The tracking server cannot be reached; the message names its URI."""
 
 
 def resolve_tracking_uri(configured: str = "", cwd: str | Path | None = None) -> str:
@@ -56,15 +74,74 @@ def ui_command(uri: str) -> str:
     return f"open {redact(uri)} in a browser"
 
 
+def is_server(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
+
+
+def check_tracking(uri: str, timeout_s: float = 5.0) -> None:
+    """`TrackingError` naming `uri` unless the tracking server there answers (its /health);
+    a local store (sqlite, file) needs no check. Run it before any worker starts: MLflow's
+    own client retries a refused connection for minutes before it gives up."""
+    if not is_server(uri):
+        return
+    parts = urllib.parse.urlsplit(uri)
+    netloc = parts.netloc.rpartition("@")[2]  # urllib takes no user:password in the URL
+    url = urllib.parse.urlunsplit(parts._replace(netloc=netloc, query="", fragment=""))
+    try:
+        urllib.request.urlopen(
+            url.rstrip("/") + "/health", timeout=timeout_s, context=_tls_context()
+        ).close()
+    except urllib.error.HTTPError as e:
+        if e.code < 500:  # it answers (a proxy or an auth layer in front): usable
+            return
+        raise TrackingError(f"MLflow tracking server {redact(uri)} answers HTTP {e.code}") from None
+    except (OSError, ValueError) as e:
+        reason = getattr(e, "reason", e)
+        raise TrackingError(
+            f"MLflow tracking server {redact(uri)} is not reachable ({reason}): start it, point "
+            "tracking.uri / MLFLOW_TRACKING_URI at a running one, or set tracking.enabled=false"
+        ) from None
+
+
+def _tls_context() -> Any:
+    """TLS as MLflow's client does it: $MLFLOW_TRACKING_SERVER_CERT_PATH as the CA bundle,
+    no verification when $MLFLOW_TRACKING_INSECURE_TLS is true."""
+    import ssl
+
+    if os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true":
+        return ssl._create_unverified_context()
+    return ssl.create_default_context(cafile=os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH"))
+
+
+def run_url(uri: str, experiment_id: str, run_id: str) -> str:
+    """The page of a run in the MLflow UI when `uri` is a tracking server, else ''."""
+    if not is_server(uri):
+        return ""
+    return f"{redact(uri).rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def run_link(uri: str, run_id: str) -> str:
+    """Where a user finds run `run_id` of `uri`: its page on a tracking server, else the
+    command that opens the local store (for a training run or a sweep's parent run)."""
+    if not is_server(uri):
+        return ui_command(uri)
+    from mlflow.tracking import MlflowClient
+
+    experiment_id = MlflowClient(tracking_uri=uri).get_run(run_id).info.experiment_id
+    return run_url(uri, experiment_id, run_id)
+
+
 def code_version(repo_dir: str | Path | None = None) -> str:
-    """Git commit of the code (with '-dirty' when tracked files changed), else 'unknown'."""
+    """Git commit of the code (with '-dirty' when tracked files changed); where there is no git
+    checkout (`ray job submit` uploads the working dir without .git) $TRM_CODE_VERSION when
+    set, else 'src-<digest>' of the project's Python sources."""
     repo_dir = Path(repo_dir or Path(__file__).resolve().parent.parent)
     try:
         sha = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=repo_dir, capture_output=True, text=True, timeout=10
         )
         if sha.returncode != 0:
-            return "unknown"
+            return os.environ.get("TRM_CODE_VERSION") or source_digest(repo_dir)
         dirty = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no"],
             cwd=repo_dir,
@@ -74,7 +151,24 @@ def code_version(repo_dir: str | Path | None = None) -> str:
         )
         return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        return os.environ.get("TRM_CODE_VERSION") or source_digest(repo_dir)
+
+
+def source_digest(repo_dir: Path) -> str:
+    """'src-' + SHA-256 (12 hex) of the paths and bytes of `trm/` and `pipeline/` *.py."""
+    h = hashlib.sha256()
+    for path in sorted(p for d in ("trm", "pipeline") for p in (repo_dir / d).rglob("*.py")):
+        h.update(str(path.relative_to(repo_dir)).encode() + b"\0" + path.read_bytes())
+    return f"src-{h.hexdigest()[:12]}"
+
+
+def source_tags(version: str) -> dict[str, str]:
+    """MLflow's own source tags for a `code_version` (the UI shows the commit)."""
+    tags = {"code_version": version}
+    commit = version.removesuffix("-dirty")
+    if len(commit) == 40 and all(c in "0123456789abcdef" for c in commit):
+        tags["mlflow.source.git.commit"] = commit
+    return tags
 
 
 def _artifact_location(uri: str, experiment: str) -> str | None:
@@ -95,9 +189,6 @@ class NullTracker:
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         pass
 
-    def log_series(self, key: str, values: list[float], start: int = 1) -> None:
-        pass
-
     def log_figure(self, fig: Any, artifact_file: str) -> None:
         pass
 
@@ -105,6 +196,9 @@ class NullTracker:
         pass
 
     def log_text(self, text: str, artifact_file: str) -> None:
+        pass
+
+    def log_dataset(self, name: str, source: str, meta_json: str) -> None:
         pass
 
     def set_tags(self, tags: dict[str, str]) -> None:
@@ -116,7 +210,13 @@ class NullTracker:
 
 class Tracker(NullTracker):
     """One MLflow run, logged through `MlflowClient` (no global active-run state, so several
-    runs can share a process, e.g. Tune function trainables)."""
+    runs can share a process, e.g. Tune function trainables).
+
+    Opening the run needs the server. Once it is open, a failed logging call does not stop
+    training: it is dropped with one logged line, and logging resumes after a bounded,
+    growing pause (`RETRY_BASE_S`, `RETRY_MAX_S`); MLflow's own per-request retries are cut
+    from ~4 minutes to a few seconds (unless $MLFLOW_HTTP_REQUEST_MAX_RETRIES is set), so an
+    outage never holds up a checkpoint for long."""
 
     def __init__(
         self,
@@ -127,11 +227,15 @@ class Tracker(NullTracker):
         params: dict[str, Any],
         tags: dict[str, str],
         parent_run_id: str | None = None,
+        system_metrics: bool = False,
     ):
         from mlflow.tracking import MlflowClient
 
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
         self.uri = uri
         self.client = MlflowClient(tracking_uri=uri)
+        self._failures, self._dropped, self._retry_at = 0, 0, 0.0
         exp_id = self._experiment_id(experiment)
         existing = _runs_with_key(self.client, exp_id, run_key)
         all_tags = {**tags, RUN_KEY_TAG: run_key}
@@ -148,22 +252,27 @@ class Tracker(NullTracker):
             self.resumed = False
         self.set_tags(all_tags)
         self._log_params(params, skip=set(run.data.params) if existing else set())
-        self.url = f"{redact(uri)} experiment={experiment} run={self.run_id}"
+        self.url = run_url(uri, exp_id, self.run_id) or (
+            f"{redact(uri)} experiment={experiment} run={self.run_id}"
+        )
+        self._system = _system_metrics(self.run_id, uri) if system_metrics else None
 
     def _experiment_id(self, name: str) -> str:
+        """The experiment's id (created when missing), tagged for MLflow's training view."""
         exp = self.client.get_experiment_by_name(name)
-        if exp is not None:
-            return exp.experiment_id
-        try:
-            return self.client.create_experiment(
-                name, artifact_location=_artifact_location(self.uri, name)
-            )
-        except Exception:
-            # another process created it between the lookup and the create
+        if exp is None:
+            try:
+                self.client.create_experiment(
+                    name, artifact_location=_artifact_location(self.uri, name)
+                )
+            except Exception:
+                # another process created it between the lookup and the create
+                if self.client.get_experiment_by_name(name) is None:
+                    raise
             exp = self.client.get_experiment_by_name(name)
-            if exp is None:
-                raise
-            return exp.experiment_id
+        if exp.tags.get(EXPERIMENT_KIND[0]) is None:
+            self.client.set_experiment_tag(exp.experiment_id, *EXPERIMENT_KIND)
+        return exp.experiment_id
 
     def _log_params(self, params: dict[str, Any], skip: set[str]) -> None:
         from mlflow.entities import Param
@@ -172,30 +281,64 @@ class Tracker(NullTracker):
         for i in range(0, len(items), 100):
             self.client.log_batch(self.run_id, params=items[i : i + 100])
 
+    def _guarded(self, what: str, call: Any, always: bool = False) -> None:
+        """`call()` unless the server failed recently and not `always` (then dropped,
+        counted); a failure is logged once per pause and never raised."""
+        now = time.monotonic()
+        if now < self._retry_at and not always:
+            self._dropped += 1
+            return
+        try:
+            call()
+        except Exception as e:
+            self._failures += 1
+            self._dropped += 1
+            pause = min(RETRY_MAX_S, RETRY_BASE_S * 2 ** (self._failures - 1))
+            self._retry_at = time.monotonic() + pause
+            first = (str(e).strip().splitlines() or [""])[0][:200]
+            logger.warning(
+                f"[tracking] MLflow {redact(self.uri)}: {what} failed ({type(e).__name__}: "
+                f"{first}); training goes on, next try in {pause:.0f} s"
+            )
+            return
+        if self._failures:
+            logger.warning(
+                f"[tracking] MLflow {redact(self.uri)} answers again; {self._dropped} logging "
+                "call(s) were dropped while it was away"
+            )
+            self._failures, self._dropped = 0, 0
+
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         from mlflow.entities import Metric
 
         ts = int(time.time() * 1000)
         items = [Metric(k, float(v), ts, int(step)) for k, v in metrics.items()]
         for i in range(0, len(items), 1000):
-            self.client.log_batch(self.run_id, metrics=items[i : i + 1000])
-
-    def log_series(self, key: str, values: list[float], start: int = 1) -> None:
-        """A metric whose MLflow 'step' axis is an index (e.g. ACT steps of a depth curve)."""
-        from mlflow.entities import Metric
-
-        ts = int(time.time() * 1000)
-        items = [Metric(key, float(v), ts, start + i) for i, v in enumerate(values)]
-        self.client.log_batch(self.run_id, metrics=items)
+            batch = items[i : i + 1000]
+            self._guarded("metrics", lambda b=batch: self.client.log_batch(self.run_id, metrics=b))
 
     def log_figure(self, fig: Any, artifact_file: str) -> None:
-        self.client.log_figure(self.run_id, fig, artifact_file)
+        self._guarded(
+            artifact_file, lambda: self.client.log_figure(self.run_id, fig, artifact_file)
+        )
 
     def log_dict(self, d: dict, artifact_file: str) -> None:
-        self.client.log_dict(self.run_id, d, artifact_file)
+        self._guarded(artifact_file, lambda: self.client.log_dict(self.run_id, d, artifact_file))
 
     def log_text(self, text: str, artifact_file: str) -> None:
-        self.client.log_text(self.run_id, text, artifact_file)
+        self._guarded(artifact_file, lambda: self.client.log_text(self.run_id, text, artifact_file))
+
+    def log_dataset(self, name: str, source: str, meta_json: str) -> None:
+        """The run's dataset as an MLflow dataset input (the run page's 'Datasets used'):
+        `source` its URI, the digest the SHA-256 of its meta.json (which holds every shard's
+        SHA-256), so two runs on the same data show the same digest."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        digest = hashlib.sha256(meta_json.encode()).hexdigest()[:16]
+        ds = Dataset(name=name, digest=digest, source_type="trm-shards",
+                     source=json.dumps({"uri": source}))  # fmt: skip
+        inputs = [DatasetInput(ds, tags=[InputTag("mlflow.data.context", "train")])]
+        self._guarded("dataset", lambda: self.client.log_inputs(self.run_id, datasets=inputs))
 
     def set_tags(self, tags: dict[str, str]) -> None:
         from mlflow.entities import RunTag
@@ -203,7 +346,33 @@ class Tracker(NullTracker):
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def finish(self, status: str = "FINISHED") -> None:
-        _set_terminated(self.client, self.uri, self.run_id, status)
+        if self._system is not None:
+            self._system.finish()
+        self._guarded(
+            "end of run",
+            lambda: _set_terminated(self.client, self.uri, self.run_id, status),
+            always=True,
+        )
+
+
+def depth_curve_metrics(curve: list[float]) -> dict[str, float]:
+    """A test-time depth curve (exact accuracy after ACT step k = 1, 2, ...) as one metric per
+    depth, logged at the training step of the evaluation: each depth's history over training
+    keeps MLflow's step axis honest (an ACT-step axis zigzags when a run is extended)."""
+    return {f"depth_curve/exact_accuracy_at_step_{k}": v for k, v in enumerate(curve, 1)}
+
+
+def _system_metrics(run_id: str, uri: str) -> Any:
+    """MLflow's system-metrics sampler (CPU, memory, GPU) logging into `run_id`; None (with a
+    warning) where it cannot run."""
+    try:
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+    except ImportError as e:
+        logger.warning(f"[tracking] tracking.system_metrics is on but unavailable: {e}")
+        return None
+    monitor = SystemMetricsMonitor(run_id, resume_logging=True, tracking_uri=uri)
+    monitor.start()
+    return monitor
 
 
 def _set_terminated(client: Any, uri: str, run_id: str, status: str) -> None:
@@ -294,6 +463,55 @@ def tag_run(uri: str, experiment: str, run_key: str, tags: dict[str, str]) -> st
         MlflowClient(tracking_uri=uri).log_batch(
             run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()]
         )
+    return run_id
+
+
+def log_model(uri: str, run_id: str, which: str, state: dict[str, Any]) -> None:
+    """Log a training checkpoint's model as `checkpoints/<which>/model.pt` of run `run_id`:
+    the weights it evaluates with (the EMA average when EMA is on), its model config and
+    step; `load_model` builds the model from it."""
+    import torch
+    from mlflow.tracking import MlflowClient
+
+    weights = dict(state["model"])
+    if state.get("ema"):
+        weights.update(state["ema"]["shadow"])
+    payload = {"model_config": state["model_config"], "state_dict": weights, "step": state["step"]}
+    with tempfile.TemporaryDirectory(prefix="trm-model-") as d:
+        path = Path(d) / MODEL_FILE
+        torch.save(payload, path)
+        MlflowClient(tracking_uri=uri).log_artifact(run_id, str(path), f"checkpoints/{which}")
+
+
+def load_model(uri: str, run_id: str, which: str = "best") -> Any:
+    """The TRM logged by `log_model` ('best' or 'final'), on the CPU, in eval mode:
+
+    model = load_model("http://mlflow:5000", run_id)
+    """
+    import torch
+    from mlflow.tracking import MlflowClient
+
+    from trm import TRM, TRMConfig
+
+    with tempfile.TemporaryDirectory(prefix="trm-model-") as dst:
+        path = f"checkpoints/{which}/{MODEL_FILE}"
+        local = MlflowClient(tracking_uri=uri).download_artifacts(run_id, path, dst)
+        d = torch.load(local, map_location="cpu", weights_only=False)
+    model = TRM(TRMConfig.from_dict(d["model_config"]))
+    model.load_state_dict(d["state_dict"])
+    return model.eval()
+
+
+def retire_run(uri: str, experiment: str, run_key: str) -> str | None:
+    """Detach the run tagged `run_key` from that key (`train.py --fresh`): a new run of the
+    same name then gets a new MLflow run, and the old one stays readable. Its id, or None."""
+    from mlflow.entities import RunTag
+    from mlflow.tracking import MlflowClient
+
+    run_id = find_run(uri, experiment, run_key)
+    if run_id is not None:
+        tag = RunTag(RUN_KEY_TAG, f"{run_key} (discarded {time.strftime('%Y-%m-%dT%H:%M:%S')})")
+        MlflowClient(tracking_uri=uri).log_batch(run_id, tags=[tag])
     return run_id
 
 

@@ -14,7 +14,8 @@ trials) per trial. Every check that can fail without a GPU or a worker (config v
 present and matching the model, storage writable, paths readable on every node) runs before any
 worker starts (pipeline/preflight.py).
 
-Re-running the same `name` with the same storage path resumes from its latest checkpoint.
+Re-running the same `name` with the same storage path resumes from its latest checkpoint;
+a changed model or batch size is refused before any worker starts (`--fresh` starts over).
 """
 
 from __future__ import annotations
@@ -77,8 +78,8 @@ def build_trainer(
 ) -> Any:
     """The `TorchTrainer` of a run (checks run first when `check`)."""
     import ray.train
-    from ray.train.torch import TorchTrainer
 
+    from pipeline.failures import TorchTrainer
     from pipeline.worker import train_loop_per_worker
 
     name = name or cfg.name
@@ -144,13 +145,23 @@ def run_training(
                 key=lambda cm: sign * float(cm[1].get(cfg.checkpoint.metric, float("-inf") * sign)),
             )
             tags["checkpoint.best"] = checkpoint_uri(best[0])
-        tag_run(
-            resolve_tracking_uri(cfg.tracking.uri),
-            cfg.tracking.experiment,
-            f"{storage_path}/{name}",
-            tags,
-        )
+        uri = resolve_tracking_uri(cfg.tracking.uri)
+        run_id = tag_run(uri, cfg.tracking.experiment, f"{storage_path}/{name}", tags)
+        best_ckpt = best[0] if result.best_checkpoints else result.checkpoint
+        if run_id is not None:
+            log_models(uri, run_id, {"final": result.checkpoint, "best": best_ckpt})
     return result
+
+
+def log_models(uri: str, run_id: str, checkpoints: dict[str, Any]) -> None:
+    """Log each Ray Train checkpoint's model (weights + config) to the MLflow run as
+    `checkpoints/<which>/model.pt` (`pipeline.tracking.load_model` reads it back)."""
+    from pipeline import checkpoint as ckpt
+    from pipeline.tracking import log_model
+
+    for which, checkpoint in checkpoints.items():
+        with checkpoint.as_directory() as d:
+            log_model(uri, run_id, which, ckpt.load(d, ckpt.TRAINER_FILE))
 
 
 def _storage_named(error: Exception, storage_path: str) -> Exception:
@@ -182,10 +193,13 @@ def run_local(cfg: RunConfig, *, name: str | None = None, storage_path: str | No
     metrics = run_in_process(cfg, info)
     final = latest_local_checkpoint(Path(storage_path) / name)
     if info.tracking_uri and final:
-        from pipeline.tracking import tag_run
+        from pipeline import checkpoint as ckpt
+        from pipeline.tracking import log_model, tag_run
 
-        tag_run(info.tracking_uri, cfg.tracking.experiment, info.run_key,
-                {"checkpoint.final": final})  # fmt: skip
+        run_id = tag_run(info.tracking_uri, cfg.tracking.experiment, info.run_key,
+                         {"checkpoint.final": final})  # fmt: skip
+        if run_id is not None:
+            log_model(info.tracking_uri, run_id, "final", ckpt.load(final, ckpt.TRAINER_FILE))
     return metrics
 
 
@@ -215,6 +229,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--storage-path", help="override checkpoint.storage_path")
     p.add_argument("--local", action="store_true", help="one process, no Ray (debugging)")
     p.add_argument(
+        "--fresh",
+        action="store_true",
+        help="start over: discard the checkpoints of this name (and detach its MLflow run)",
+    )
+    p.add_argument(
         "--dry-run", action="store_true", help="check config, dataset and storage; print; exit"
     )
     p.add_argument(
@@ -242,26 +261,61 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"# dataset: {meta.task}, seq_len {meta.seq_len}, vocab {meta.vocab_size}")
             print(f"# storage: {storage}/{cfg.name}")
             return 0
+        if cfg.tracking.enabled:  # before Ray's start-up; preflight checks it again
+            from pipeline.tracking import check_tracking, resolve_tracking_uri
+
+            check_tracking(resolve_tracking_uri(cfg.tracking.uri))
+        _prepare_resume(cfg, storage, fresh=args.fresh)
         if args.local:
             metrics = run_local(cfg)
             print(_final_line(metrics, cfg))
+            _print_mlflow_link(cfg)
             return 0
         connect_ray(args.address, reuse=True)
         result = run_training(cfg)
-    except ConfigError as e:
+    except (ConfigError, ConnectionError) as e:  # ConnectionError: pipeline.tracking's check
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except Exception as e:  # the worker's error, after all retries
-        print(f"error: training failed: {type(e).__name__}: {e}", file=sys.stderr)
+    except Exception as e:  # the worker's error: at once if deterministic, else after retries
+        from pipeline.failures import root_cause
+
+        print(f"error: training failed: {root_cause(e)}", file=sys.stderr)
         return 1
     print(_final_line(result.metrics or {}, cfg))
     if result.checkpoint is not None:
         print(f"final checkpoint: {checkpoint_uri(result.checkpoint)}")
-    if cfg.tracking.enabled:
-        from pipeline.tracking import resolve_tracking_uri, ui_command
-
-        print(f"MLflow: {ui_command(resolve_tracking_uri(cfg.tracking.uri))}")
+    _print_mlflow_link(cfg)
     return 0
+
+
+def _prepare_resume(cfg: RunConfig, storage: str, fresh: bool) -> None:
+    """`--fresh`: discard the run of this name; then refuse a resume that its checkpoints
+    cannot take (pipeline/resume.py)."""
+    from pipeline.preflight import check_dataset
+    from pipeline.resume import check_resume, discard_run, resolved
+    from pipeline.train_state import model_config
+
+    run_dir = f"{storage}/{cfg.name}"
+    if fresh:
+        discard_run(run_dir)
+        if cfg.tracking.enabled:
+            from pipeline.tracking import resolve_tracking_uri, retire_run
+
+            retire_run(resolve_tracking_uri(cfg.tracking.uri), cfg.tracking.experiment, run_dir)
+    meta = check_dataset(cfg)
+    check_resume(run_dir, resolved(cfg, model_config(cfg, meta).to_dict()))
+
+
+def _print_mlflow_link(cfg: RunConfig) -> None:
+    """The run's page on a tracking server, else how to open the local store."""
+    if not cfg.tracking.enabled:
+        return
+    from pipeline.tracking import find_run, resolve_tracking_uri, run_link
+
+    uri = resolve_tracking_uri(cfg.tracking.uri)
+    storage = absolute(cfg.checkpoint.storage_path)
+    run_id = find_run(uri, cfg.tracking.experiment, f"{storage}/{cfg.name}")
+    print(f"MLflow: {run_link(uri, run_id) if run_id else uri}")
 
 
 def _final_line(metrics: dict[str, Any], cfg: RunConfig) -> str:

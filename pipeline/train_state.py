@@ -127,7 +127,7 @@ class TrainState:
         states were restored too: not when the checkpoint was written by another number of
         workers (then the examples mid-way through their ACT steps restart)."""
         state = ckpt.load(directory, ckpt.TRAINER_FILE)
-        self.model.load_state_dict(state["model"])
+        _load_model_state(self.model, state["model"], directory)
         self.opt.load_state_dict(state["optim"])
         if self.sparse_opt is not None:
             self.sparse_opt.load_state_dict(state["sparse_optim"])
@@ -203,3 +203,16 @@ def _carry_from_state(d: dict[str, Any], device: torch.device) -> Carry:
         k: ({kk: vv.to(device) for kk, vv in v.items()} if isinstance(v, dict) else v.to(device))
         for k, v in d.items()
     })  # fmt: skip
+
+
+def _load_model_state(model: torch.nn.Module, state: dict[str, Any], where: str) -> None:
+    """`model.load_state_dict`, a `CheckpointError` naming the checkpoint when the shapes or
+    keys do not fit (a checkpoint of another model config): retrying cannot fix that."""
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        detail = " ".join(str(e).split())[:300]
+        raise ckpt.CheckpointError(
+            f"checkpoint {where!r} does not fit this model ({detail}); the run's model config "
+            "changed since it was written: use another name or --fresh"
+        ) from None

@@ -29,6 +29,7 @@ same steps on the same data with the same exploration draws as an uninterrupted 
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import logging
 import os
@@ -49,7 +50,7 @@ from pipeline.config import ConfigError, RunConfig, flatten
 from pipeline.device import compile_model, to_device
 from pipeline.evaluate import Evaluator
 from pipeline.metrics import MetricWindow, peak_flops
-from pipeline.tracking import NullTracker, start_tracker
+from pipeline.tracking import NullTracker, source_tags, start_tracker
 from pipeline.train_state import TrainState, model_config, train_step
 
 Report = Callable[[dict[str, Any], "str | None"], None]
@@ -226,7 +227,7 @@ def _start_tracking(
     tags = {
         "task": meta.task,
         "variant": cfg.tracking.variant or ("mlp-t" if model.config.mlp_t else "attention"),
-        "code_version": info.code_version,
+        **source_tags(info.code_version),
         "dataset": cfg.data.uri,
         **cfg.tracking.tags,
     }
@@ -239,9 +240,11 @@ def _start_tracking(
         params=params,
         tags=tags,
         parent_run_id=info.parent_run_id or None,
+        system_metrics=cfg.tracking.system_metrics,
     )
     if tracker.run_id:
         say(f"[{info.name}] MLflow: {tracker.url}")
+        tracker.log_dataset(meta.task, cfg.data.uri, meta.to_json())
     say(
         f"[{info.name}] {model.num_params():,} params, {session.world_size} worker(s) x "
         f"{cfg.per_worker_batch} rows, {cfg.schedule.steps} steps, device {device.type}"
@@ -315,7 +318,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     say = lambda msg: print(msg, file=sys.__stdout__, flush=True)  # noqa: E731
     checkpoint = ray.train.get_checkpoint()
-    with contextlib.ExitStack() as stack:
+    with _without_traceback(), contextlib.ExitStack() as stack:
         # the directory is only valid inside this block; train_loop reads it before training
         candidates = ckpt.resume_candidates(checkpoint, info.run_key, say)
         resume_dir = ckpt.first_complete_checkpoint(candidates, stack, say)
@@ -332,6 +335,20 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             say=say,
         )
         train_loop(cfg, info, session)
+
+
+@contextlib.contextmanager
+def _without_traceback() -> Iterator[None]:
+    """Errors of the input (`pipeline.failures.DETERMINISTIC`) leave the worker without their
+    traceback: their message names the input, and Ray Train logs the traceback of every
+    worker error in full."""
+    from pipeline.failures import DETERMINISTIC
+
+    try:
+        yield
+    except DETERMINISTIC as e:
+        # a copy: contextmanager puts the original traceback back on the same object
+        raise copy.copy(e).with_traceback(None) from None
 
 
 def _no_buffer_sync() -> dict[str, bool]:

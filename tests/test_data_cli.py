@@ -4,6 +4,7 @@ One test runs the script as a subprocess (the real entry point); the others call
 in-process, which parses the same arguments and prints the same lines, to keep the suite fast.
 """
 
+import itertools
 import json
 import subprocess
 import sys
@@ -90,3 +91,52 @@ def test_arc_from_task_files_and_a_bad_csv(tmp_path, capsys):
         and f"{bad}, line 2: question: expected 16 (4x4), 36 (6x6) or 81 (9x9) characters, got 3"
         in err
     )
+
+
+def test_help_shows_examples_defaults_and_s3_settings(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert "import-csv sudoku --train train.csv --test test.csv \\\n" in out  # the docstring
+    assert "AWS_ENDPOINT_URL" in out
+    for cmd in ("sudoku", "maze", "arc", "import-csv", "verify", "inspect"):
+        with pytest.raises(SystemExit):
+            main([cmd, "--help"])
+        text = capsys.readouterr().out
+        assert "AWS_ENDPOINT_URL" in text and "credential chain" in text, cmd
+        options = text.split("options:")[1].split("S3:")[0]
+        # every option has a help text: an option alone on its line has its help below
+        lines = [ln.strip() for ln in options.splitlines() if ln.strip()]
+        for ln, nxt in itertools.pairwise(lines):
+            if ln.startswith("-") and "  " not in ln:
+                assert not nxt.startswith("-"), (cmd, ln)
+    with pytest.raises(SystemExit):
+        main(["sudoku", "--help"])
+    assert "--size {4,6,9}" in capsys.readouterr().out
+
+
+def test_large_sudoku_is_refused_before_any_work(tmp_path, capsys):
+    from pipeline.data import build_sudoku
+
+    with pytest.raises(SystemExit):
+        main(["sudoku", "--size", "16", "--out", str(tmp_path / "s16")])
+    assert "invalid choice: 16 (choose from 4, 6, 9)" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="sudoku size 16 is not supported: one of 4, 6, 9"):
+        build_sudoku(str(tmp_path / "s16"), size=16)
+    assert not (tmp_path / "s16").exists()
+
+
+def test_failed_import_leaves_nothing_behind(tmp_path, capsys, s3_env):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("source,question,answer,rating\nx,1.2,123,0\n")
+    out = tmp_path / "imp"
+    rc, _, err = cli(capsys, "import-csv", "sudoku", "--train", bad, "--out", out)
+    assert rc == 2 and "line 2" in err and not out.exists()
+    made = tmp_path / "made"  # a directory the user made stays, emptied again
+    made.mkdir()
+    rc, _, _ = cli(capsys, "import-csv", "sudoku", "--train", bad, "--out", made)
+    assert rc == 2 and made.is_dir() and not list(made.iterdir())
+    uri = f"s3://{s3_env.bucket}/imp"
+    rc, _, err = cli(capsys, "import-csv", "sudoku", "--train", bad, "--out", uri)
+    assert rc == 2 and "line 2" in err
+    assert s3_env.client().list_objects_v2(Bucket=s3_env.bucket).get("KeyCount", 0) == 0

@@ -130,6 +130,11 @@ def test_smoke_sweep_end_to_end(ray_local, work, capfd):
     assert len(summary["trials"]) == 4 and summary["metric"] == "eval/accuracy"
     assert any(t["curve"] for t in summary["trials"])  # depth curves of the best trials
 
+    # every trial checkpointed, the early-stopped ones included: a trial's first evaluation
+    # (step 8) carries a checkpoint, which Tune persists before ASHA sees the report
+    for t in rows:
+        assert list((work / "runs" / "smoke" / f"trial_{t}").glob("checkpoint_*")), t
+
     # the same summary on the console and beside the experiment
     assert out.summary_text in console
     assert "exact accuracy by effective depth" in console and "early-stopped" in console

@@ -60,14 +60,25 @@ def test_ray_job_submit_smoke_sweep_on_s3_with_tracking_server(ray_head, mlflow_
     assert "Sweep 'smoke': 4 trial(s)" in log and "early-stopped" in log, log[-3000:]
 
     # data built on S3 on first use, trial checkpoints and the summary next to the experiment
-    keys = [o["Key"] for o in s3.client().list_objects_v2(Bucket=s3.bucket)["Contents"]]
+    pages = s3.client().get_paginator("list_objects_v2").paginate(Bucket=s3.bucket)
+    keys = [o["Key"] for page in pages for o in page.get("Contents", [])]  # past 1000 keys too
     assert "data/sudoku4/meta.json" in keys
     for name in ("sweep.yaml", "sweep.resolved.yaml", "summary.csv", "best_config.yaml"):
         assert f"sweeps/smoke/{name}" in keys, (name, keys)
+    # every trial checkpointed to S3: each reports an evaluation with a checkpoint (every 8
+    # steps) before ASHA can stop it, and Tune persists a reported checkpoint before the
+    # scheduler sees the report
+    trials = {k.split("/")[2] for k in keys if re.match(r"sweeps/smoke/trial_\w+/", k)}
     checkpoints = {
         k.split("/")[2] for k in keys if re.match(r"sweeps/smoke/trial_\w+/checkpoint_", k)
     }
-    assert len(checkpoints) == 4, keys  # every trial checkpointed to S3
+    summary = s3.client().get_object(Bucket=s3.bucket, Key="sweeps/smoke/summary.csv")
+    missing = trials - checkpoints
+    assert len(checkpoints) == 4, (
+        [k for k in keys if k.split("/")[2:3] and k.split("/")[2] in missing],
+        summary["Body"].read().decode(),
+        log[-4000:],
+    )
 
     # the tracking server holds the parent run with its four children and artifacts
     exp_path = f"{storage}/smoke"
@@ -85,6 +96,8 @@ def test_ray_job_submit_smoke_sweep_on_s3_with_tracking_server(ray_head, mlflow_
         assert key.startswith(f"{exp_path}/trials/smoke-")
         assert child["tags"]["trm.stop_reason"] in ("completed", "early-stopped")
         assert child["tags"]["dataset"] == data
+        # the job's working dir has no .git: the sources' digest names the code
+        assert child["tags"]["code_version"].startswith("src-"), child["tags"]
         assert "eval/exact_accuracy" in child["metrics"]
 
 

@@ -112,7 +112,10 @@ def test_resume_mid_act_is_exact_and_mlflow_holds_the_run(sudoku4, tmp_path):
     step_flops = flops(model_config(cfg, read_meta(sudoku4)))["inference_step"]
     assert m["eval/flops_per_example"][-1][1] == pytest.approx(5 * step_flops)
     assert [s for s, _ in m["eval/exact_accuracy"]] == [4, 8, 12]
-    assert [s for s, _ in m["depth_curve/exact_accuracy"]] == [1, 2, 3, 4, 5]
+    # one metric per ACT depth, over training steps (the evaluation steps)
+    depths = sorted(k for k in m if k.startswith("depth_curve/exact_accuracy_at_step_"))
+    assert depths == [f"depth_curve/exact_accuracy_at_step_{k}" for k in range(1, 6)]
+    assert all([s for s, _ in m[k]] == [4, 8, 12] for k in depths)
     assert all(v > 0 for _, v in m["train/examples_per_s"])
     # a peak probed on this CPU (best of several square matmuls): a tiny model uses a sliver of it
     assert p["resources.peak_flops_source"] == "probe: best square matmul"

@@ -100,9 +100,12 @@ def test_two_workers_s3_checkpoints_and_mlflow_server(ray_local, uninterrupted):
         assert key in m, key
     assert [s for s, _ in m["eval/exact_accuracy"]] == [6, 12, 18, 24]
     assert [v for _, v in m["eval/count"]] == [32.0] * 4  # test split shared by both ranks
-    assert [s for s, _ in m["depth_curve/exact_accuracy"]] == [1, 2, 3, 4, 5]
+    for k in range(1, 6):  # one metric per ACT depth, over the evaluation steps
+        assert [s for s, _ in m[f"depth_curve/exact_accuracy_at_step_{k}"]] == [6, 12, 18, 24]
     assert f"refinement/step_{STEPS:08d}.png" in run["artifacts"]
     assert f"depth_curve/step_{STEPS:08d}.png" in run["artifacts"]
+    for which in ("best", "final"):  # models that load back with pipeline.tracking.load_model
+        assert f"checkpoints/{which}/model.pt" in run["artifacts"]
     t = run["tags"]
     assert t["task"] == "sudoku" and t["code_version"]
     assert t["checkpoint.final"] == f"s3://{ray_local.s3.bucket}/{final.rstrip('/')}"

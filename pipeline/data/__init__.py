@@ -15,7 +15,7 @@ pipeline/data/reader.py; the sampler checked without a model: pipeline/data/cove
 """
 
 from pipeline.data.arc import build_arc
-from pipeline.data.builders import build_maze, build_sudoku, generate_sudoku
+from pipeline.data.builders import SUDOKU_SIZES, build_maze, build_sudoku, generate_sudoku
 from pipeline.data.errors import DatasetError, InputError, StorageError
 from pipeline.data.importers import import_csv
 from pipeline.data.meta import DatasetMeta, ShardMeta, SplitMeta, read_meta
@@ -24,6 +24,7 @@ from pipeline.data.storage import open_storage
 from pipeline.data.stream import ShardStream
 
 __all__ = [
+    "SUDOKU_SIZES",
     "DatasetError",
     "DatasetMeta",
     "DatasetWriter",

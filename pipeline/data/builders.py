@@ -34,6 +34,9 @@ from trm.puzzles import maze, sudoku
 from trm.puzzles.rng import example_keys
 
 GENERATOR_VERSION = "1"
+SUDOKU_SIZES = (4, 6, 9)
+"""Board sides `build_sudoku` makes. Larger boards (16x16: 256 cells) are refused: generating
+them with a unique solution by clue removal takes far too long with this solver."""
 Progress = Callable[[str], None]
 
 
@@ -277,6 +280,12 @@ def build_sudoku(
     if num_train < 0 or num_test < 0 or num_aug < 0:
         raise ValueError(
             f"counts must be >= 0: num_train={num_train}, num_test={num_test}, num_aug={num_aug}"
+        )
+    if size not in SUDOKU_SIZES:
+        raise ValueError(
+            f"sudoku size {size} is not supported: one of {', '.join(map(str, SUDOKU_SIZES))} "
+            "(larger boards with a unique solution take far too long to generate; import them "
+            "with import-csv instead)"
         )
     params = dict(size=size, num_train=num_train, num_test=num_test, min_clues=min_clues,
                   min_rating=min_rating, num_aug=num_aug)  # fmt: skip

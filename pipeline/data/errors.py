@@ -25,3 +25,8 @@ class InputError(ValueError):
 class StorageError(OSError):
     """Storage cannot be used: missing bucket, missing credentials, unreachable endpoint, a path
     that is not a directory. The message names the bucket/endpoint/path."""
+
+
+class StorageAccessError(StorageError):
+    """Storage refuses us: no usable credentials, access denied. Unlike an unreachable endpoint,
+    retrying does not help."""

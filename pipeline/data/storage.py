@@ -24,7 +24,7 @@ import uuid
 from pathlib import Path
 from typing import Protocol
 
-from pipeline.data.errors import StorageError
+from pipeline.data.errors import StorageAccessError, StorageError
 
 
 class Storage(Protocol):
@@ -199,7 +199,7 @@ class S3Storage:
             except CredentialRetrievalError as e:  # e.g. refreshing expiring pod credentials
                 raise StorageError(f"cannot get AWS credentials to {what} {target}: {e}") from e
             except (NoCredentialsError, PartialCredentialsError) as e:
-                raise StorageError(
+                raise StorageAccessError(
                     f"no usable AWS credentials to {what} {target} at {self.endpoint}: {e}. "
                     "Set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or an instance role."
                 ) from e
@@ -223,7 +223,7 @@ class S3Storage:
                 if code in ("NoSuchKey", "404", "NotFound"):
                     raise FileNotFoundError(f"{target} not found at {self.endpoint}") from e
                 if code in ("AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
-                    raise StorageError(
+                    raise StorageAccessError(
                         f"access denied to {target} at {self.endpoint} ({code}): check the "
                         "credentials and the bucket policy"
                     ) from e
