@@ -151,17 +151,20 @@ def _parser() -> argparse.ArgumentParser:
     s = command("verify", help="check every shard's size and SHA-256 against meta.json")
     s.add_argument("uri", help="dataset directory or s3://bucket/prefix")
 
-    s = command("inspect", help="run the training sampler without a model: per-epoch coverage across ranks, distinct groups per batch vs uniform sampling")  # fmt: skip
+    _inspect_options(command("inspect", help="run the training sampler without a model: per-epoch coverage across ranks, distinct groups per batch vs uniform sampling"))  # fmt: skip
+    return p
+
+
+def _inspect_options(s: argparse.ArgumentParser) -> None:
     s.add_argument("uri", help="dataset directory or s3://bucket/prefix")
-    s.add_argument("--split", default="train")
-    s.add_argument("--batch-size", type=int, default=768, help="global batch (all ranks; default 768)")  # fmt: skip
+    s.add_argument("--split", default="train", help="the split to sample")
+    s.add_argument("--batch-size", type=int, default=768, help="global batch (all ranks)")
     s.add_argument("--world-size", type=int, default=1, help="ranks (training workers)")
-    s.add_argument("--epochs", type=int, default=2)
+    s.add_argument("--epochs", type=int, default=2, help="epochs to sample")
     s.add_argument("--seed", type=int, default=0, help="data.seed")
     s.add_argument("--augment", choices=["fixed_pool", "on_the_fly", "none"], help="data.augment (default: the dataset's own regime)")  # fmt: skip
     s.add_argument("--num-aug", type=int, default=1000, help="data.num_aug (fixed_pool)")
     s.add_argument("--json", action="store_true", help="print one JSON object")
-    return p
 
 
 def _inspect(a) -> int:
