@@ -56,6 +56,28 @@ def ui_command(uri: str) -> str:
     return f"open {redact(uri)} in a browser"
 
 
+def is_server(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
+
+
+def run_url(uri: str, experiment_id: str, run_id: str) -> str:
+    """The page of a run in the MLflow UI when `uri` is a tracking server, else ''."""
+    if not is_server(uri):
+        return ""
+    return f"{redact(uri).rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def run_link(uri: str, run_id: str) -> str:
+    """Where a user finds run `run_id` of `uri`: its page on a tracking server, else the
+    command that opens the local store (for a training run or a sweep's parent run)."""
+    if not is_server(uri):
+        return ui_command(uri)
+    from mlflow.tracking import MlflowClient
+
+    experiment_id = MlflowClient(tracking_uri=uri).get_run(run_id).info.experiment_id
+    return run_url(uri, experiment_id, run_id)
+
+
 def code_version(repo_dir: str | Path | None = None) -> str:
     """Git commit of the code (with '-dirty' when tracked files changed), else 'unknown'."""
     repo_dir = Path(repo_dir or Path(__file__).resolve().parent.parent)
@@ -322,14 +344,28 @@ def child_runs(uri: str, experiment: str, parent_run_id: str) -> dict[str, str]:
             return out
 
 
-def end_run(uri: str, run_id: str, status: str, tags: dict[str, str]) -> None:
-    """Set tags and the final status (FINISHED, KILLED, FAILED) of a run that another process
-    logged, e.g. a trial that the sweep stopped early."""
-    from mlflow.entities import RunTag
+def end_run(
+    uri: str,
+    run_id: str,
+    status: str,
+    tags: dict[str, str],
+    params: dict[str, Any] | None = None,
+    metrics: dict[str, float] | None = None,
+) -> None:
+    """Set tags (`mlflow.runName` renames the run), params, metrics (at step 0) and the final
+    status (FINISHED, KILLED, FAILED) of a run that another process logged, e.g. a trial that
+    the sweep stopped early. A param logged again must keep its value (a resumed sweep does)."""
+    from mlflow.entities import Metric, Param, RunTag
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)
-    client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+    ts = int(time.time() * 1000)
+    client.log_batch(
+        run_id,
+        tags=[RunTag(k, str(v)) for k, v in tags.items()],
+        params=[Param(k, str(v)) for k, v in (params or {}).items()],
+        metrics=[Metric(k, float(v), ts, 0) for k, v in (metrics or {}).items()],
+    )
     _set_terminated(client, uri, run_id, status)
 
 

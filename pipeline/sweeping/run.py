@@ -33,7 +33,7 @@ from pipeline.cluster import (
 from pipeline.config import ConfigError, RunConfig
 from pipeline.sweeping.config import SweepConfig
 from pipeline.sweeping.dataset import ensure_dataset
-from pipeline.sweeping.prepare import preflight, resolve, with_absolute_data
+from pipeline.sweeping.prepare import check_durable, preflight, resolve, with_absolute_data
 from pipeline.sweeping.report import SweepOutcome, finish_sweep
 from pipeline.sweeping.store import resolved_text, store_sweep
 from pipeline.sweeping.trial import SweepContext, run_trial
@@ -52,11 +52,13 @@ def run_sweep(
     address: str | None = None,
     num_cpus: int | None = None,
 ) -> SweepOutcome:
-    """Check, then run (or resume) `sweep`; returns the summary."""
+    """Check, then run (or resume) `sweep`; returns the summary (the caller prints
+    `outcome.console_text()`)."""
     t_start = time.time()
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     given, sweep = sweep, with_absolute_data(sweep)
     base = resolve(sweep, exp_path)
+    check_durable(base, exp_path)
     ensure_dataset(sweep, base.data.uri)
     connect_ray(address, num_cpus)
     nodes = cluster_nodes()
@@ -163,6 +165,7 @@ def make_context(
         code_version=code_version(),
         parent_run_id=parent_run_id,
         tracking_uri=base.tracking.uri if base.tracking.enabled else "",
+        unique_points=sweep.search.algorithm == "grid" and sweep.search.num_samples == 1,
     )
 
 
