@@ -34,6 +34,7 @@ import yaml
 from pipeline.sweeping.config import SweepConfig, effective_depth
 from pipeline.sweeping.findings import (
     EXACT,
+    SEED_KEY,
     Group,
     finding,
     halt_cell,
@@ -334,7 +335,7 @@ def summary_text(
     headers, body = summary_table(rows, sweep.search.metric)
     groups = seed_groups(rows)
     parts = [head, "", table(headers, body), ""]
-    if any(len(g.rows) > 1 for g in groups):
+    if any(SEED_KEY in r.params for r in rows):
         parts += [by_grid_point(groups, sweep.search.metric), ""]
     parts += [by_depth(groups), ""]
     if best is not None:

@@ -56,6 +56,10 @@ def run_sweep(
     `outcome.console_text()`)."""
     t_start = time.time()
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # a reused trial process waits this long for the previous trial's function to return (its
+    # MLflow run to end) before Tune gives up on reusing it and errors the next trial; Tune's
+    # 2 s are too short on a busy machine (local clusters inherit the driver's environment)
+    os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", "60")
     given, sweep = sweep, with_absolute_data(sweep)
     base = resolve(sweep, exp_path)
     check_durable(base, exp_path)
