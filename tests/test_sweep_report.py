@@ -186,3 +186,22 @@ def test_a_ray_job_does_not_keep_results_in_its_temporary_working_dir(
     check_durable(durable, "s3://bucket/sweeps/smoke")  # durable places: no error
     monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR")
     check_durable(base.with_overrides([f"tracking.uri=sqlite:///{tmp_path}/m.db"]), "runs")
+
+
+def test_the_parent_run_page_is_printed_for_a_tracking_server():
+    from types import SimpleNamespace
+
+    from pipeline.sweeping.report import results_where
+    from pipeline.tracking import run_url
+
+    assert run_url("http://me:pw@mlflow:5000/", "3", "abc") == (
+        "http://me:***@mlflow:5000/#/experiments/3/runs/abc"
+    )
+    assert run_url("sqlite:////x/mlflow.db", "3", "abc") == ""
+    ctx = SimpleNamespace(exp_path="s3://b/sweeps/s", tracking_uri="sqlite:////x/mlflow.db")
+    where = results_where(ctx, SimpleNamespace(run_id="abc"))
+    assert where == (
+        "Results: s3://b/sweeps/s (summary, best_config.yaml, plots, trial checkpoints)\n"
+        "MLflow parent run abc: mlflow ui --backend-store-uri sqlite:////x/mlflow.db"
+    )
+    assert results_where(ctx, SimpleNamespace(run_id=None)).count("\n") == 0

@@ -3,7 +3,8 @@
 Three layers (as Ray's Train/Tune docs lay them out): the per-worker loop (`pipeline.worker`),
 a trial (`pipeline.sweeping.trial`), and the `Tuner` (`pipeline.sweeping.tuner`) that
 `run_sweep` fits. Trial runs are named `<sweep>-<trial id>`, never from timestamps, so
-`--resume` (`Tuner.restore`) finds them, their checkpoints and their MLflow runs again; the
+`--resume` (`Tuner.restore`) finds them, their checkpoints and their MLflow runs (by run key)
+again; only their MLflow display name is their swept values (`SweepContext.display_name`). The
 MLflow parent run is found by its run key (`PARENT_KEY_PREFIX` + experiment path).
 
 Every check that can fail before a trial starts runs first: the sweep file
