@@ -96,8 +96,10 @@ def _layer_split(groups: list[Group]) -> tuple[Any, list[Group]]:
     layers: dict[Any, list[Group]] = {}
     for g in groups:
         layers.setdefault(g.params.get("model.L_layers"), []).append(g)
-    return max(layers.items(),
-               key=lambda kv: (len({g.depth for g in kv[1]}), max(g.mean("exact") for g in kv[1])))  # fmt: skip
+    return max(
+        layers.items(),
+        key=lambda kv: (len({g.depth for g in kv[1]}), max(g.mean("exact") for g in kv[1])),
+    )
 
 
 def _at_depth(members: list[Group], depth: int) -> Group:

@@ -140,8 +140,14 @@ def halt_figure(rows: list[Any]):
             ys = [p["exact_accuracy"] for p in r.halt]
             (line,) = ax.plot(xs, ys, marker="o", ms=3, label=f"{r.name or r.trial_id}")
             for p in r.halt:
-                ax.annotate(f"{p['tau']:g}", (p["steps"], p["exact_accuracy"]), fontsize=6,
-                            color=line.get_color(), xytext=(2, 2), textcoords="offset points")  # fmt: skip
+                ax.annotate(
+                    f"{p['tau']:g}",
+                    (p["steps"], p["exact_accuracy"]),
+                    xytext=(2, 2),
+                    textcoords="offset points",
+                    fontsize=6,
+                    color=line.get_color(),
+                )
     ax.set_xlabel("mean ACT steps at test time (halting rule at threshold tau)")
     ax.set_ylabel("exact accuracy")
     ax.set_ylim(-0.02, 1.02)

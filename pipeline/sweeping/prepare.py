@@ -106,7 +106,8 @@ def check_durable(base: RunConfig, exp_path: str) -> None:
     if lost:
         raise ConfigError(
             f"running as a Ray job in a temporary working directory ({cwd}: Ray's copy of "
-            f"--working-dir), which Ray deletes after the job: {' and '.join(lost)} would be lost; set "
+            f"--working-dir), which Ray deletes after the job: {' and '.join(lost)} would be "
+            "lost; set "
             "MLFLOW_TRACKING_URI (an MLflow server) and --storage-path (s3://... or a shared "
             'disk), e.g. --runtime-env-json \'{"env_vars": {"MLFLOW_TRACKING_URI": ...}}\''
         )

@@ -290,8 +290,9 @@ def by_grid_point(groups: list[Group], metric: str) -> str:
     body = []
     for g in sorted(groups, key=lambda g: (g.depth, tuple(map(str, g.params.values())))):
         per, mean = _to_95(g)
+        seeds = " ".join("-" if r.best is None else f"{r.best:.3f}" for r in g.rows)
         body.append([*(_fmt(g.params.get(k)) for k in keys), str(g.depth), str(len(g.rows)),
-                     _range(g, "best"), " ".join(f"{r.best:.3f}" if r.best is not None else "-" for r in g.rows), per, mean])  # fmt: skip
+                     _range(g, "best"), seeds, per, mean])  # fmt: skip
     lines = table(headers, body).splitlines()
     title = "By grid point, over seeds (data.seed):"
     return "\n".join([title, *("  " + line for line in lines)])
@@ -378,7 +379,8 @@ def best_summary(sweep: SweepConfig, best: TrialRow) -> dict[str, Any]:
     return {"metric": sweep.search.metric, "mode": sweep.search.mode, "value": best.best,
             "step": best.best_step, "trial_id": best.trial_id, "name": best.name,
             "params": best.params, "run_id": best.run_id, "checkpoint": best.checkpoint,
-            "checkpoint_step": best.checkpoint_step, "config": best_config(sweep, best)}  # fmt: skip
+            "checkpoint_step": best.checkpoint_step,
+            "config": best_config(sweep, best)}  # fmt: skip
 
 
 def best_config_yaml(sweep: SweepConfig, best: TrialRow) -> str:
@@ -420,10 +422,11 @@ def attach_runs(rows: list[TrialRow], ctx: Any, experiment: str, mode: str) -> N
 def _log_plots(rows: list[TrialRow], mode: str, tracker: Any, store: Any) -> None:
     plt = pyplot()
     ranked = _ranked(rows, mode)
-    for make, subset, path in ((depth_figure, rows, "plots/exact_vs_depth.png"),
-                               (compute_figure, rows, "plots/exact_vs_compute.png"),
-                               (curves_figure, [r for r in rows if r.curve], "plots/depth_curves.png"),
-                               (halt_figure, [r for r in ranked if r.halt], "plots/halt_curves.png")):  # fmt: skip
+    figures = ((depth_figure, rows, "exact_vs_depth"), (compute_figure, rows, "exact_vs_compute"),
+               (curves_figure, [r for r in rows if r.curve], "depth_curves"),
+               (halt_figure, [r for r in ranked if r.halt], "halt_curves"))  # fmt: skip
+    for make, subset, name in figures:
+        path = f"plots/{name}.png"
         fig = make(subset)
         try:
             tracker.log_figure(fig, path)
@@ -510,6 +513,12 @@ def finish_sweep(sweep: SweepConfig, ctx: Any, results: Any, tracker: Any, wall_
     end_children(sweep, ctx, rows)
     ran = [r for r in rows if r.stop_reason != "not started"]
     failed = ran and all(r.stop_reason == "error" for r in ran)
-    return SweepOutcome(exp_path=ctx.exp_path, parent_run_id=tracker.run_id or "",
-                        tracking_uri=ctx.tracking_uri, rows=rows, summary_text=text,
-                        exit_code=1 if failed else 0, where=results_where(ctx, tracker))  # fmt: skip
+    return SweepOutcome(
+        ctx.exp_path,
+        tracker.run_id or "",
+        ctx.tracking_uri,
+        rows,
+        text,
+        exit_code=1 if failed else 0,
+        where=results_where(ctx, tracker),
+    )
