@@ -540,14 +540,28 @@ def child_runs(uri: str, experiment: str, parent_run_id: str) -> dict[str, str]:
             return out
 
 
-def end_run(uri: str, run_id: str, status: str, tags: dict[str, str]) -> None:
-    """Set tags and the final status (FINISHED, KILLED, FAILED) of a run that another process
-    logged, e.g. a trial that the sweep stopped early."""
-    from mlflow.entities import RunTag
+def end_run(
+    uri: str,
+    run_id: str,
+    status: str,
+    tags: dict[str, str],
+    params: dict[str, Any] | None = None,
+    metrics: dict[str, float] | None = None,
+) -> None:
+    """Set tags (`mlflow.runName` renames the run), params, metrics (at step 0) and the final
+    status (FINISHED, KILLED, FAILED) of a run that another process logged, e.g. a trial that
+    the sweep stopped early. A param logged again must keep its value (a resumed sweep does)."""
+    from mlflow.entities import Metric, Param, RunTag
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)
-    client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+    ts = int(time.time() * 1000)
+    client.log_batch(
+        run_id,
+        tags=[RunTag(k, str(v)) for k, v in tags.items()],
+        params=[Param(k, str(v)) for k, v in (params or {}).items()],
+        metrics=[Metric(k, float(v), ts, 0) for k, v in (metrics or {}).items()],
+    )
     _set_terminated(client, uri, run_id, status)
 
 

@@ -6,6 +6,7 @@ driver-kill drills are in test_sweep_cluster.py."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -17,6 +18,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from pipeline.config import ConfigError, RunConfig
+from pipeline.restore import restore
 from pipeline.sweeping.cli import main, parse_args
 from pipeline.sweeping.run import PARENT_KEY_PREFIX, run_sweep
 from pipeline.sweeping.store import load_sweep, stored_sweep
@@ -90,6 +92,16 @@ def test_smoke_sweep_end_to_end(ray_local, work, capfd):
         child = read_run(uri, children[f"{exp_path}/trials/smoke-{r.trial_id}"])
         assert r.run_id == children[f"{exp_path}/trials/smoke-{r.trial_id}"]
         assert child["tags"]["trm.stop_reason"] == r.stop_reason
+        # named by its swept values; trial id, stop reason, values and best metric to see
+        lr = "0.003" if r.params["optim.lr"] == 3e-3 else "1e-06"
+        assert r.name == child["tags"]["mlflow.runName"] == f"H{r.params['model.H_cycles']}-lr{lr}"
+        assert child["tags"]["trial_id"] == r.trial_id
+        assert child["tags"]["stop_reason"] == {"early-stopped": "asha"}.get(
+            r.stop_reason, r.stop_reason
+        )
+        assert child["params"]["swept.model.H_cycles"] == str(r.params["model.H_cycles"])
+        assert float(child["params"]["swept.optim.lr"]) == r.params["optim.lr"]
+        assert child["metrics"]["best/eval/accuracy"] == [(0, pytest.approx(r.best))]
         assert child["status"] == ("FINISHED" if r.stop_reason == "completed" else "KILLED")
         assert child["params"]["model.H_cycles"] == str(r.params["model.H_cycles"])
         assert float(child["params"]["optim.lr"]) == r.params["optim.lr"]
@@ -103,7 +115,7 @@ def test_smoke_sweep_end_to_end(ray_local, work, capfd):
     for path in ("sweep/sweep.yaml", "sweep/resolved.yaml", "summary/summary.txt",
                  "summary/summary.csv", "summary/summary.json", "best/best_config.yaml",
                  "plots/exact_vs_depth.png", "plots/exact_vs_compute.png",
-                 "plots/depth_curves.png"):  # fmt: skip
+                 "plots/depth_curves.png", "plots/halt_curves.png"):  # fmt: skip
         assert path in arts, (path, arts)
     assert Path(download_artifact(uri, parent_id, "sweep/sweep.yaml")).read_text() == (
         SMOKE.read_text()
@@ -121,7 +133,7 @@ def test_smoke_sweep_end_to_end(ray_local, work, capfd):
     cfg = RunConfig.from_yaml(download_artifact(uri, parent_id, "best/best_config.yaml"))
     assert cfg.model["H_cycles"] == best.params["model.H_cycles"]
     assert cfg.optim.lr == best.params["optim.lr"]
-    for png in ("exact_vs_depth", "exact_vs_compute", "depth_curves"):
+    for png in ("exact_vs_depth", "exact_vs_compute", "depth_curves", "halt_curves"):
         data = Path(download_artifact(uri, parent_id, f"plots/{png}.png")).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
     summary = json.loads(
@@ -129,15 +141,35 @@ def test_smoke_sweep_end_to_end(ray_local, work, capfd):
     )
     assert len(summary["trials"]) == 4 and summary["metric"] == "eval/accuracy"
     assert any(t["curve"] for t in summary["trials"])  # depth curves of the best trials
+    # every trial's halting-threshold curve (eval.halt_thresholds) of its last evaluation
+    assert all([p["tau"] for p in t["halt"]] == [0.1, 0.3, 0.5, 0.7, 0.9]
+               for t in summary["trials"])  # fmt: skip
+    # `best`: the metric's value, the checkpoint holding it (restore loads it), the config
+    b = summary["best"]
+    assert b["value"] == pytest.approx(best.best) and b["trial_id"] == best.trial_id
+    assert b["config"] == yaml.safe_load(
+        Path(download_artifact(uri, parent_id, "best/best_config.yaml")).read_text()
+    )
+    assert b["checkpoint"].startswith(f"{exp_path}/trial_{best.trial_id}/checkpoint_")
+    with contextlib.ExitStack() as stack:
+        restored = restore(b["checkpoint"], stack, say=lambda _: None)
+        assert restored.step == b["checkpoint_step"] and restored.checkpoint == b["checkpoint"]
+        assert restored.config.model["H_cycles"] == best.params["model.H_cycles"]
+    ck_metrics = [v for s, v in read_run(uri, best.run_id)["metrics"]["eval/accuracy"]
+                  if s == b["checkpoint_step"]]  # fmt: skip
+    assert ck_metrics == [pytest.approx(best.best)]  # the checkpoint holds the best value
 
     # every trial checkpointed, the early-stopped ones included: a trial's first evaluation
     # (step 8) carries a checkpoint, which Tune persists before ASHA sees the report
     for t in rows:
         assert list((work / "runs" / "smoke" / f"trial_{t}").glob("checkpoint_*")), t
 
-    # the same summary on the console and beside the experiment
-    assert out.summary_text in console
-    assert "exact accuracy by effective depth" in console and "early-stopped" in console
+    # the summary (grouped by depth, ending with what the sweep found) beside the experiment;
+    # the command line prints it last, with where the results are
+    assert "Exact accuracy by effective depth" in out.summary_text
+    assert out.summary_text.splitlines()[-1].startswith("Finding: ")
+    assert "early-stopped" in out.summary_text and "halt tau=0.5 steps/exact" in out.summary_text
+    assert out.where.startswith(f"Results: {exp_path} ") and parent_id in out.where
     for name in ("summary.csv", "summary.txt", "best_config.yaml", "sweep.yaml"):
         assert (work / "runs" / "smoke" / name).is_file(), name
 
@@ -147,7 +179,7 @@ def test_smoke_sweep_end_to_end(ray_local, work, capfd):
         run(args)
     again = run(args, resume=True)
     console = capfd.readouterr().out
-    assert "[smoke-" not in console  # no trial printed a line: none ran again
+    assert not any(f"[{r.name}]" in console for r in rows.values())  # no trial ran again
     assert again.parent_run_id == parent_id
     assert {r.trial_id: r.stop_reason for r in again.rows} == {
         t: r.stop_reason for t, r in rows.items()
@@ -250,7 +282,7 @@ def test_failed_trial_is_retried_from_its_last_checkpoint(ray_local, work, tmp_p
     assert killed, f"the trial process was never killed (checkpoints seen: {seen})"
     (row,) = out.rows
     assert row.stop_reason == "completed" and row.step == 400
-    m = re.search(rf"\[retry-{row.trial_id}\] resumed from step (\d+)", console)
+    m = re.search(rf"\[{row.name}\] resumed from step (\d+)", console)
     assert m, console[-3000:]
     # from a checkpoint, not from scratch; the newest directory seen at the kill may still have
     # been uploading and the one before it not yet registered by Tune: at most two behind

@@ -58,6 +58,10 @@ def test_ray_job_submit_smoke_sweep_on_s3_with_tracking_server(ray_head, mlflow_
     assert out.returncode == 0, log[-6000:]
     assert re.search(r"Job 'raysubmit_\w+' succeeded", log), log[-3000:]
     assert "Sweep 'smoke': 4 trial(s)" in log and "early-stopped" in log, log[-3000:]
+    # the summary comes last (after Ray's log lines), ending with where the results are
+    tail = log[log.index("Sweep 'smoke': 4 trial(s)") :]
+    assert "(run_trial pid=" not in tail and "Finding: " in tail, tail
+    assert "MLflow parent run " in tail and "/#/experiments/" in tail  # a server: its page
 
     # data built on S3 on first use, trial checkpoints and the summary next to the experiment
     pages = s3.client().get_paginator("list_objects_v2").paginate(Bucket=s3.bucket)
@@ -209,6 +213,10 @@ def test_multi_worker_trials_run_as_torchtrainer_runs(ray_head, tmp_path):
         child = read_run(uri, run_id)
         assert child["params"]["resources.num_workers"] == "2"
         assert child["status"] == "FINISHED"
+        # renamed by its swept values at the end (the Train run keeps the trial id)
+        assert (
+            child["tags"]["mlflow.runName"] == "H2" and child["tags"]["stop_reason"] == "completed"
+        )
         assert max(s for s, _ in child["metrics"]["eval/exact_accuracy"]) == 16
         # the Train run (checkpoints) lives under the sweep, named after the trial
         assert list((exp / "trials" / key.rsplit("/", 1)[1]).glob("checkpoint_*")), key

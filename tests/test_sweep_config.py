@@ -14,7 +14,8 @@ from pipeline.cluster import check_fits, trial_resources, trials_that_fit
 from pipeline.config import ConfigError, RunConfig
 from pipeline.sweeping.cli import dry_run_text, main
 from pipeline.sweeping.config import SweepConfig, iter_sweep_files
-from pipeline.sweeping.report import TrialRow, best_config_yaml, best_row, pareto_front
+from pipeline.sweeping.plots import pareto_front
+from pipeline.sweeping.report import TrialRow, best_config_yaml, best_row
 from pipeline.sweeping.space import config_fields
 
 SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"
@@ -80,6 +81,11 @@ def test_default_and_ablation_sweep_depth():
     keys = {n for d in default.domains.values() for n in d.names}
     assert {"model.H_cycles", "model.L_cycles", "model.L_layers"} <= keys
     assert default.base_config().resources.use_gpu is not True  # the CPU default
+    seeds = {}  # two or more seeds of every grid point, grouped by the summary
+    for p in default.grid_points():
+        point = tuple(sorted((k, v) for k, v in p.items() if k != "data.seed"))
+        seeds.setdefault(point, set()).add(p["data.seed"])
+    assert len(seeds) == 12 and all(len(s) >= 2 for s in seeds.values())
     ablation = SweepConfig.from_yaml(SWEEPS / "sudoku_extreme_ablation.yaml")
     keys = {n for d in ablation.domains.values() for n in d.names}
     assert {"model.H_cycles", "model.L_cycles", "model.L_layers"} <= keys

@@ -10,6 +10,8 @@ pipeline/sweep.py` or `trm-sweep`). One module per job:
     monitor   the driver-side callback: stop reasons, compute budget, status lines
     tuner     the `Tuner`: search space order, scheduler, configs
     run       the driver: `run_sweep` under an MLflow parent run
-    report    the summary: table, best config, plots
+    report    the summary: table, best config and checkpoint, child runs' final state
+    findings  seeds grouped per grid point, steps to 95%, halting curves, the finding sentence
+    plots     the summary's figures
     cli       the command line
 """

@@ -66,14 +66,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.dry_run:
             print(dry_run_text(sweep, exp_path))
             return 0
+        import ray
+
         from pipeline.sweeping.run import run_sweep  # Ray, Tune, MLflow: not for a dry run
 
+        connected = ray.is_initialized()
         outcome = run_sweep(
             sweep, text, exp_path, resume=args.resume, address=args.address, num_cpus=args.num_cpus
         )
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if not connected:
+        # Ray prints its deduplicated worker lines when the driver disconnects: before the
+        # summary, so the summary is the last thing on the console (and in a job's log)
+        ray.shutdown()
+    print("\n" + outcome.console_text(), flush=True)
     return outcome.exit_code
 
 

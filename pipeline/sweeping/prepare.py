@@ -3,6 +3,7 @@ directories, and checked against its datasets, its storage and every Ray node.""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pipeline.config import RunConfig
@@ -17,12 +18,17 @@ DATA_KEY = "data.uri"
 
 def resolve(sweep: SweepConfig, exp_path: str) -> RunConfig:
     """The base as trials need it: local data paths absolute, trial storage under the
-    experiment, the tracking URI resolved on the driver."""
+    experiment, checkpoints ranked by the sweep's metric (unless the base ranks them itself),
+    the tracking URI resolved on the driver."""
     from pipeline.tracking import resolve_tracking_uri
 
     d = {"name": sweep.name, **sweep.base}
     d["data"] = {**d.get("data", {}), "uri": absolute(d.get("data", {}).get("uri", ""))}
     d["checkpoint"] = {**d.get("checkpoint", {}), "storage_path": f"{exp_path}/{TRIALS_DIR}"}
+    s = sweep.search
+    if s.metric.startswith("eval/") and "metric" not in d["checkpoint"]:
+        # keep the checkpoints best by the sweep's metric: the best trial's best one is kept
+        d["checkpoint"].update(metric=s.metric, mode=s.mode)
     tracking = d.get("tracking", {})
     if tracking.get("enabled", True):
         d["tracking"] = {**tracking, "uri": resolve_tracking_uri(tracking.get("uri", ""))}
@@ -70,3 +76,38 @@ def preflight(sweep: SweepConfig, base: RunConfig, storage: str) -> None:
     with markers(places) as checks:
         checks += [(DATA_KEY, "dataset", u, "") for u in sorted(uris)]
         check_reachable(checks)
+
+
+# set by Ray's job supervisor for the entrypoint of `ray job submit` (and of a KubeRay RayJob);
+# RAY_JOB_ID is not a sign: Ray strips it from job entrypoints and sets it in every worker
+RAY_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+
+
+def in_ray_job() -> bool:
+    return bool(os.environ.get(RAY_JOB_ENV))
+
+
+def check_durable(base: RunConfig, exp_path: str) -> None:
+    """A sweep submitted as a Ray job (`ray job submit --working-dir .`) runs in Ray's temporary
+    copy of the working directory, which Ray deletes after the job: refuse to keep the MLflow
+    store or the sweep's storage there, before anything starts."""
+    from pipeline.config import ConfigError
+
+    if not in_ray_job():
+        return
+    cwd = Path.cwd().resolve()
+    lost = []
+    if "://" not in exp_path and Path(exp_path).resolve().is_relative_to(cwd):
+        lost.append(f"the sweep's storage ({exp_path})")
+    uri = base.tracking.uri
+    if base.tracking.enabled and uri.startswith("sqlite:///"):
+        if Path(uri.removeprefix("sqlite:///")).resolve().is_relative_to(cwd):
+            lost.append(f"the MLflow store ({uri})")
+    if lost:
+        raise ConfigError(
+            f"running as a Ray job in a temporary working directory ({cwd}: Ray's copy of "
+            f"--working-dir), which Ray deletes after the job: {' and '.join(lost)} would be "
+            "lost; set "
+            "MLFLOW_TRACKING_URI (an MLflow server) and --storage-path (s3://... or a shared "
+            'disk), e.g. --runtime-env-json \'{"env_vars": {"MLFLOW_TRACKING_URI": ...}}\''
+        )

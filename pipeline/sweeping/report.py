@@ -11,12 +11,20 @@ curves come from the trials' MLflow child runs. Parent-run artifacts:
     plots/exact_vs_depth.png                  best exact accuracy vs effective depth
     plots/exact_vs_compute.png                ... vs model FLOPs spent, with the Pareto front
     plots/depth_curves.png                    test-time depth curves of the best trials
+    plots/halt_curves.png                     exact accuracy vs test-time steps per tau
+
+`summary/summary.json` holds `best` (`value` of the ranking metric, the URI of the best
+trial's `checkpoint` that `pipeline.restore.restore` loads, and its run `config`, the same as
+best_config.yaml) and one entry per trial. Trials that differ only by `data.seed` are grouped
+per grid point (`pipeline.sweeping.findings`); the summary ends with one sentence on what the
+sweep found and where its results are.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import json
 import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -24,10 +32,26 @@ from typing import Any
 import yaml
 
 from pipeline.sweeping.config import SweepConfig, effective_depth
+from pipeline.sweeping.findings import (
+    EXACT,
+    SEED_KEY,
+    Group,
+    finding,
+    halt_cell,
+    halt_points,
+    seed_groups,
+    steps_to,
+)
 from pipeline.sweeping.monitor import clock
+from pipeline.sweeping.plots import (
+    TOP_CURVES,
+    compute_figure,
+    curves_figure,
+    depth_figure,
+    halt_figure,
+    pyplot,
+)
 
-EXACT = "eval/exact_accuracy"
-TOP_CURVES = 3
 STATUS = {"completed": "FINISHED", "error": "FAILED"}  # anything else: KILLED
 STOP_REASONS = ("completed", "early-stopped", "max_t", "budget", "error", "interrupted",
                 "not started", "not started (budget)")  # fmt: skip
@@ -43,6 +67,11 @@ class SweepOutcome:
     rows: list[TrialRow] = field(default_factory=list)
     summary_text: str = ""
     exit_code: int = 0
+    where: str = ""
+    """Where the results are (storage, MLflow parent run): the last lines to print."""
+
+    def console_text(self) -> str:
+        return self.summary_text + ("\n" + self.where if self.where else "")
 
 
 @dataclass
@@ -69,6 +98,15 @@ class TrialRow:
     error: str = ""
     run_id: str = ""
     curve: list[float] = field(default_factory=list)
+    name: str = ""
+    """Display name from the swept values (`SweepContext.display_name`), e.g. H2-L1-seed0."""
+    steps_to_95: int | None = None
+    """First evaluation step with eval/exact_accuracy >= 0.95; None if never."""
+    halt: list[dict[str, float]] = field(default_factory=list)
+    """Halting-threshold curve of the last evaluation: {tau, steps, exact_accuracy} per tau."""
+    checkpoint: str = ""
+    """URI of the kept checkpoint with the best value of the sweep's metric ('' if none)."""
+    checkpoint_step: int = 0
 
 
 def _trial_id(result: Any) -> str:
@@ -85,48 +123,79 @@ def _error_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {lines[-1][:200] if lines else ''}"
 
 
-def collect_rows(sweep: SweepConfig, ctx: Any, results: Any, wall_s: float) -> list[TrialRow]:
-    """One row per trial of Tune's `ResultGrid`."""
+def _evals(df: Any, key: str) -> list[tuple[int, float]]:
+    """(step, value) of every reported result holding `key`."""
+    if df is None or key not in df:
+        return []
+    rows = df[["step", key]].dropna()
+    return [(int(s), float(v)) for s, v in zip(rows["step"], rows[key])]
+
+
+def _last_halt(df: Any, last: dict[str, Any]) -> list[dict[str, float]]:
+    """The halting-threshold curve of the trial's last evaluation that reported one."""
+    if df is not None:
+        for _, result in df[::-1].iterrows():
+            points = halt_points(result.to_dict())
+            if points:
+                return points
+    return halt_points(last)
+
+
+def best_checkpoint(result: Any, metric: str, sign: int) -> tuple[str, int]:
+    """(URI, step) of the trial's kept checkpoint with the best `metric` (Tune keeps
+    checkpoint.num_to_keep of them), else of its latest; ('', 0) when it has none."""
+    from pipeline.train import checkpoint_uri
+
+    kept = [(c, m) for c, m in result.best_checkpoints or [] if m.get(metric) is not None]
+    if kept:
+        c, m = max(kept, key=lambda cm: sign * float(cm[1][metric]))
+        return checkpoint_uri(c), int(m.get("step", 0))
+    if result.checkpoint is not None:
+        return checkpoint_uri(result.checkpoint), int((result.metrics or {}).get("step", 0))
+    return "", 0
+
+
+def _stop_reason(row: TrialRow, result: Any, m: dict[str, Any]) -> str:
+    if result.error is not None:
+        row.error = _error_line(result.error)
+        return "error"
+    if "step" not in m:
+        return "not started"
+    if row.step >= row.total_steps:
+        return "completed"
+    return str(m.get("stop_reason") or "interrupted")
+
+
+def trial_row(sweep: SweepConfig, ctx: Any, result: Any) -> TrialRow:
+    """One trial of Tune's `ResultGrid` as the summary shows it."""
     metric, sign = sweep.search.metric, 1 if sweep.search.mode == "max" else -1
-    rows: list[TrialRow] = []
-    for result in results:
-        params = ctx.assignments(result.config or {})
-        cfg = sweep.base_config(params)
-        m = result.metrics or {}
-        row = TrialRow(
-            trial_id=_trial_id(result),
-            params=params,
-            depth=effective_depth(cfg.model),
-            halt_max_steps=cfg.halt_max_steps,
-            total_steps=cfg.schedule.steps,
-        )
-        df = result.metrics_dataframe
-        if df is not None and metric in df and df[metric].notna().any():
-            col = df[metric].astype(float)
-            i = (col * sign).idxmax()
-            row.best, row.best_step = float(col[i]), int(df["step"][i])
-        if df is not None and EXACT in df and df[EXACT].notna().any():
-            row.exact = float(df[EXACT].astype(float).max())
-        row.step = int(m.get("step", 0))
-        row.examples = int(m.get("examples", 0))
-        row.flops = float(m.get("flops", 0.0))
-        row.wall_s = float(m.get("time_total_s", 0.0))
-        if result.error is not None:
-            row.stop_reason = "error"
-            row.error = _error_line(result.error)
-        elif "step" not in m:
-            row.stop_reason = "not started"
-        elif row.step >= row.total_steps:
-            row.stop_reason = "completed"
-        elif m.get("stop_reason"):
-            row.stop_reason = str(m["stop_reason"])
-        else:
-            row.stop_reason = "interrupted"
-        rows.append(row)
+    params = ctx.assignments(result.config or {})
+    cfg = sweep.base_config(params)
+    m, df = result.metrics or {}, result.metrics_dataframe
+    trial_id = _trial_id(result)
+    row = TrialRow(trial_id=trial_id, params=params, depth=effective_depth(cfg.model),
+                   halt_max_steps=cfg.halt_max_steps, total_steps=cfg.schedule.steps,
+                   name=ctx.display_name(result.config or {}, trial_id))  # fmt: skip
+    evals = _evals(df, metric)
+    if evals:
+        row.best_step, row.best = max(evals, key=lambda sv: (sign * sv[1], -sv[0]))
+    exact = _evals(df, EXACT)
+    row.exact = max(v for _, v in exact) if exact else None
+    row.steps_to_95 = steps_to(exact)
+    row.halt = _last_halt(df, m)
+    row.checkpoint, row.checkpoint_step = best_checkpoint(result, metric, sign)
+    row.step, row.examples = int(m.get("step", 0)), int(m.get("examples", 0))
+    row.flops, row.wall_s = float(m.get("flops", 0.0)), float(m.get("time_total_s", 0.0))
+    row.stop_reason = _stop_reason(row, result, m)
+    return row
+
+
+def collect_rows(sweep: SweepConfig, ctx: Any, results: Any, wall_s: float) -> list[TrialRow]:
+    """One row per trial of Tune's `ResultGrid`; trials the compute budget cut short say so."""
+    rows = [trial_row(sweep, ctx, result) for result in results]
     spent = sum(r.flops for r in rows)
     b = sweep.budget
-    budget_hit = (b.flops and spent >= b.flops) or (b.hours and wall_s >= b.hours * 3600)
-    if budget_hit:
+    if (b.flops and spent >= b.flops) or (b.hours and wall_s >= b.hours * 3600):
         for r in rows:
             if r.stop_reason in ("interrupted", "not started"):
                 r.stop_reason = (
@@ -164,22 +233,28 @@ def table(headers: list[str], body: list[list[str]]) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
+def _keys(rows: list[TrialRow]) -> list[str]:
+    """The swept keys, in the space's order."""
+    return list(dict.fromkeys(k for r in rows for k in r.params))
+
+
 def summary_table(rows: list[TrialRow], metric: str) -> tuple[list[str], list[list[str]]]:
-    keys = sorted(
-        {k for r in rows for k in r.params},
-        key=lambda k: list(rows[0].params).index(k) if k in rows[0].params else 99,
-    )
-    headers = ["trial", *(_short(k, keys) for k in keys), "depth", f"best {metric}"]
+    keys = _keys(rows)
+    headers = ["trial", "name", *(_short(k, keys) for k in keys), "depth", f"best {metric}"]
     if metric != EXACT:
         headers.append(f"best {EXACT}")
-    headers += ["at step", "steps", "examples", "FLOPs", "wall", "stop"]
+    headers += ["at step", "to 95%", "halt tau=0.5 steps/exact", "steps", "examples", "FLOPs",
+                "wall", "stop"]  # fmt: skip
     body = []
-    for r in sorted(rows, key=lambda r: (r.depth, r.trial_id)):
-        line = [r.trial_id, *(_fmt(r.params.get(k)) for k in keys), str(r.depth), _fmt(r.best)]
+    for r in sorted(rows, key=lambda r: (r.depth, r.name, r.trial_id)):
+        line = [r.trial_id, r.name, *(_fmt(r.params.get(k)) for k in keys), str(r.depth),
+                _fmt(r.best)]  # fmt: skip
         if metric != EXACT:
             line.append(_fmt(r.exact))
         line += [
             str(r.best_step) if r.best is not None else "-",
+            _fmt(r.steps_to_95),
+            halt_cell(r.halt),
             f"{r.step}/{r.total_steps}",
             str(r.examples),
             f"{r.flops:.3g}",
@@ -190,32 +265,58 @@ def summary_table(rows: list[TrialRow], metric: str) -> tuple[list[str], list[li
     return headers, body
 
 
-def _layer_groups(rows: list[TrialRow]) -> dict[Any, list[TrialRow]]:
-    """Rows by L_layers when the sweep varies it (depth from layers and from recursion are not
-    the same thing), else one group."""
-    layers = {r.params.get("model.L_layers") for r in rows}
-    if len(layers) > 1 and None not in layers:
-        return {v: [r for r in rows if r.params["model.L_layers"] == v] for v in sorted(layers)}
-    return {None: rows}
+def _range(g: Group, attr: str) -> str:
+    """'0.41 (0.38-0.45)': the mean over seeds and its min-max; the value alone for one seed."""
+    v = g.values(attr)
+    if not v:
+        return "-"
+    return f"{g.mean(attr):.3f}" + (f" ({min(v):.3f}-{max(v):.3f})" if len(v) > 1 else "")
 
 
-def by_depth(rows: list[TrialRow]) -> str:
-    """Best exact accuracy per effective depth (one column per layer count when the sweep
-    varies it), with a bar for the best at each depth."""
-    groups = _layer_groups(rows)
-    cols = [f"L_layers={k}" if k is not None else "best exact" for k in groups]
+def _to_95(g: Group) -> tuple[str, str]:
+    """(per seed, e.g. '200 400 -'; summary, e.g. '300 (2/3 seeds)')."""
+    per = " ".join(_fmt(r.steps_to_95) for r in g.rows)
+    reached = sum(r.steps_to_95 is not None for r in g.rows)
+    mean = g.steps_to_target()
+    return per, (f"{mean:.0f} ({reached}/{len(g.rows)} seeds)" if mean is not None else "-")
+
+
+def by_grid_point(groups: list[Group], metric: str) -> str:
+    """One line per grid point over its seeds: the best metric's mean and min-max, each
+    seed's value, and steps to 95% exact accuracy per seed and on average."""
+    keys = list(dict.fromkeys(k for g in groups for k in g.params))
+    headers = [*(_short(k, keys) for k in keys), "depth", "seeds", f"{metric} mean (min-max)",
+               "per seed", "to 95% per seed", "to 95% mean"]  # fmt: skip
     body = []
-    for d in sorted({r.depth for r in rows}):
-        cells, best_here = [], None
-        for members in groups.values():
-            vals = [r.exact for r in members if r.depth == d and r.exact is not None]
-            cells.append(f"{max(vals):.3f}" if vals else "-")
-            if vals:
-                best_here = max(vals) if best_here is None else max(best_here, *vals)
-        n = sum(r.depth == d for r in rows)
-        bar = "#" * round(40 * best_here) if best_here is not None else ""
-        body.append([str(d), *cells, str(n), "|" + bar])
-    title = "Best exact accuracy by effective depth = H_cycles x (L_cycles + 1) x L_layers:"
+    for g in sorted(groups, key=lambda g: (g.depth, tuple(map(str, g.params.values())))):
+        per, mean = _to_95(g)
+        seeds = " ".join("-" if r.best is None else f"{r.best:.3f}" for r in g.rows)
+        body.append([*(_fmt(g.params.get(k)) for k in keys), str(g.depth), str(len(g.rows)),
+                     _range(g, "best"), seeds, per, mean])  # fmt: skip
+    lines = table(headers, body).splitlines()
+    title = "By grid point, over seeds (data.seed):"
+    return "\n".join([title, *("  " + line for line in lines)])
+
+
+def by_depth(groups: list[Group]) -> str:
+    """Per effective depth (one column per layer count when the sweep varies it): mean exact
+    accuracy over seeds of the best grid point at that depth, with its min-max."""
+    layers = sorted({g.params.get("model.L_layers") for g in groups}, key=str)
+    split = len(layers) > 1 and None not in layers
+    cols = [f"L_layers={k}" for k in layers] if split else ["exact (mean over seeds)"]
+    body = []
+    for d in sorted({g.depth for g in groups}):
+        here = [g for g in groups if g.depth == d and g.mean("exact") is not None]
+        cells, top = [], None
+        for k in layers if split else [None]:
+            members = [g for g in here if not split or g.params.get("model.L_layers") == k]
+            best = max(members, key=lambda g: g.mean("exact")) if members else None
+            cells.append(_range(best, "exact") if best else "-")
+            if best and (top is None or best.mean("exact") > top):
+                top = best.mean("exact")
+        n = sum(len(g.rows) for g in groups if g.depth == d)
+        body.append([str(d), *cells, str(n), "|" + ("#" * round(40 * top) if top else "")])
+    title = "Exact accuracy by effective depth = H_cycles x (L_cycles + 1) x L_layers:"
     lines = table(["depth", *cols, "trials", "best"], body).splitlines()
     return "\n".join([title, *("  " + line for line in lines)])
 
@@ -233,25 +334,31 @@ def summary_text(
         + f"{clock(sum(r.wall_s for r in rows))}, wall time of this invocation {clock(wall_s)}"
     )
     headers, body = summary_table(rows, sweep.search.metric)
-    parts = [head, "", table(headers, body), "", by_depth(rows), ""]
+    groups = seed_groups(rows)
+    parts = [head, "", table(headers, body), ""]
+    if any(SEED_KEY in r.params for r in rows):
+        parts += [by_grid_point(groups, sweep.search.metric), ""]
+    parts += [by_depth(groups), ""]
     if best is not None:
         params = ", ".join(f"{k}={v}" for k, v in best.params.items())
         parts.append(
-            f"Best: trial {best.trial_id} ({params}): {sweep.search.metric} {best.best:.4f} at "
-            f"step {best.best_step}; config: {where}"
+            f"Best: trial {best.trial_id} {best.name} ({params}): {sweep.search.metric} "
+            f"{best.best:.4f} at step {best.best_step}; config: {where}"
         )
     else:
         parts.append("Best: no trial reported an evaluation")
     if any(r.stop_reason in ("interrupted", "not started") for r in rows):
         parts.append("Some trials did not finish: continue the sweep with --resume")
+    parts.append(finding(groups))
     return "\n".join(parts)
 
 
 def summary_csv(rows: list[TrialRow]) -> str:
     buf = io.StringIO()
-    keys = list(dict.fromkeys(k for r in rows for k in r.params))
-    cols = ["trial_id", *keys, "depth", "best", "best_step", "exact", "step", "total_steps",
-            "examples", "flops", "wall_s", "stop_reason", "error", "run_id"]  # fmt: skip
+    keys = _keys(rows)
+    cols = ["trial_id", "name", *keys, "depth", "best", "best_step", "exact", "steps_to_95",
+            "step", "total_steps", "examples", "flops", "wall_s", "stop_reason", "error",
+            "run_id", "checkpoint"]  # fmt: skip
     w = csv.writer(buf)
     w.writerow(cols)
     for r in rows:
@@ -260,121 +367,40 @@ def summary_csv(rows: list[TrialRow]) -> str:
     return buf.getvalue()
 
 
-def best_config_yaml(sweep: SweepConfig, best: TrialRow) -> str:
+def best_config(sweep: SweepConfig, best: TrialRow) -> dict[str, Any]:
+    """The best trial's run config, named `<sweep>-best` (what best_config.yaml holds)."""
     cfg = sweep.base_config(best.params).to_dict()
     cfg["name"] = f"{sweep.name}-best"
+    return cfg
+
+
+def best_summary(sweep: SweepConfig, best: TrialRow) -> dict[str, Any]:
+    """summary.json's `best`: the metric's value, the checkpoint holding it and the config."""
+    return {"metric": sweep.search.metric, "mode": sweep.search.mode, "value": best.best,
+            "step": best.best_step, "trial_id": best.trial_id, "name": best.name,
+            "params": best.params, "run_id": best.run_id, "checkpoint": best.checkpoint,
+            "checkpoint_step": best.checkpoint_step,
+            "config": best_config(sweep, best)}  # fmt: skip
+
+
+def best_config_yaml(sweep: SweepConfig, best: TrialRow) -> str:
     header = (
         f"# Best trial of sweep {sweep.name!r}: trial {best.trial_id}, {sweep.search.metric} = "
         f"{best.best:.4f} at step {best.best_step}\n"
         f"# Its values: {', '.join(f'{k}={v}' for k, v in best.params.items())}\n"
+        f"# Its checkpoint: {best.checkpoint or '-'}\n"
         "# Run it: python pipeline/train.py best_config.yaml\n"
     )
-    return header + yaml.safe_dump(cfg, sort_keys=False)
-
-
-# ---- plots ----------------------------------------------------------------------------------
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _label(r: TrialRow) -> str:
-    p = r.params
-    parts = [f"{k.split('.')[-1]}={v}" for k, v in p.items()]
-    return ",".join(parts)
-
-
-def _depth_axis(ax: Any, depths: list[int]) -> None:
-    if len(depths) > 1 and depths[-1] / max(depths[0], 1) >= 16:
-        ax.set_xscale("log", base=2)
-    from matplotlib.ticker import MaxNLocator, ScalarFormatter
-
-    ax.xaxis.set_major_formatter(ScalarFormatter())
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-
-
-def depth_figure(rows: list[TrialRow]):
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    done = [r for r in rows if r.exact is not None]
-    for i, (layers, members) in enumerate(_layer_groups(done).items()):
-        name = f"L_layers={layers}" if layers is not None else "trials"
-        colour = f"C{i}"
-        for stopped, marker in ((False, "o"), (True, "x")):
-            pts = [r for r in members if (r.stop_reason != "completed") == stopped]
-            if pts:
-                ax.scatter([r.depth for r in pts], [r.exact for r in pts], marker=marker,
-                           c=colour, label=f"{name}{' (stopped early)' if stopped else ''}")  # fmt: skip
-        depths = sorted({r.depth for r in members})
-        best = [max(r.exact for r in members if r.depth == d) for d in depths]
-        ax.plot(depths, best, c=colour, lw=1, ls="--")
-    _depth_axis(ax, sorted({r.depth for r in done}))
-    ax.set_xlabel("effective depth = H_cycles x (L_cycles + 1) x L_layers")
-    ax.set_ylabel("best eval exact accuracy")
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_title("Exact accuracy vs effective depth (dashed: best per depth)")
-    if done:
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    """The points no other point beats on both less compute and higher accuracy, by compute."""
-    front: list[tuple[float, float]] = []
-    for x, y in sorted(points, key=lambda p: (p[0], -p[1])):
-        if not front or y > front[-1][1]:
-            front.append((x, y))
-    return front
-
-
-def compute_figure(rows: list[TrialRow]):
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    done = [r for r in rows if r.exact is not None and r.flops > 0]
-    if done:
-        sc = ax.scatter([r.flops for r in done], [r.exact for r in done],
-                        c=[r.depth for r in done], cmap="viridis")  # fmt: skip
-        fig.colorbar(sc, ax=ax, label="effective depth")
-        front = pareto_front([(r.flops, r.exact) for r in done])
-        ax.step([x for x, _ in front], [y for _, y in front], where="post", c="red", lw=1.2,
-                label="Pareto front")  # fmt: skip
-        ax.set_xscale("log")
-        ax.legend(fontsize=8)
-    ax.set_xlabel("model training FLOPs spent")
-    ax.set_ylabel("best eval exact accuracy")
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_title("Exact accuracy vs compute")
-    fig.tight_layout()
-    return fig
-
-
-def curves_figure(rows: list[TrialRow]):
-    plt = _plt()
-    from matplotlib.ticker import MaxNLocator
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for r in rows:
-        if r.curve:
-            ax.plot(range(1, len(r.curve) + 1), r.curve, marker="o", ms=3,
-                    label=f"{r.trial_id} (depth {r.depth}; {_label(r)})")  # fmt: skip
-            ax.axvline(r.halt_max_steps, c="grey", ls=":", lw=0.8)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("ACT steps at test time (dotted: training halt_max_steps)")
-    ax.set_ylabel("exact accuracy")
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_title(f"Depth curves of the {TOP_CURVES} best trials (last evaluation)")
-    if any(r.curve for r in rows):
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    return fig
+    return header + yaml.safe_dump(best_config(sweep, best), sort_keys=False)
 
 
 # ---- the whole end of a sweep ---------------------------------------------------------------
+def _ranked(rows: list[TrialRow], mode: str) -> list[TrialRow]:
+    """Rows that reported the sweep's metric, best first."""
+    sign = 1 if mode == "max" else -1
+    return sorted((r for r in rows if r.best is not None), key=lambda r: -sign * r.best)
+
+
 def attach_runs(rows: list[TrialRow], ctx: Any, experiment: str, mode: str) -> None:
     """MLflow child run of each trial, and the last depth curve of the best trials."""
     from pipeline.tracking import child_runs, list_artifacts, load_dict_artifact
@@ -384,10 +410,7 @@ def attach_runs(rows: list[TrialRow], ctx: Any, experiment: str, mode: str) -> N
     runs = child_runs(ctx.tracking_uri, experiment, ctx.parent_run_id)
     for r in rows:
         r.run_id = runs.get(ctx.run_key(r.trial_id), "")
-    sign = 1 if mode == "max" else -1
-    ranked = sorted((r for r in rows if r.best is not None and r.run_id),
-                    key=lambda r: -sign * r.best)  # fmt: skip
-    for r in ranked[:TOP_CURVES]:
+    for r in [r for r in _ranked(rows, mode) if r.run_id][:TOP_CURVES]:
         found = sorted(p for p in list_artifacts(ctx.tracking_uri, r.run_id, "depth_curve")
                        if p.endswith(".json"))  # fmt: skip
         if found:
@@ -396,42 +419,15 @@ def attach_runs(rows: list[TrialRow], ctx: Any, experiment: str, mode: str) -> N
             )
 
 
-def finish_sweep(sweep: SweepConfig, ctx: Any, results: Any, tracker: Any, wall_s: float) -> Any:
-    """Summarise, print, store and log the sweep; set each child run's final status."""
-    from pipeline.data.storage import open_storage
-    from pipeline.tracking import end_run
-
-    rows = collect_rows(sweep, ctx, results, wall_s)
-    experiment = ctx.base["tracking"]["experiment"]
-    attach_runs(rows, ctx, experiment, sweep.search.mode)
-    best = best_row(rows, sweep.search.mode)
-    store = open_storage(ctx.exp_path)
-    where = f"{ctx.exp_path}/best_config.yaml" + (
-        " (and on the MLflow parent run)" if tracker.run_id else ""
-    )
-    text = summary_text(sweep, rows, wall_s, best, where)
-    print("\n" + text, flush=True)
-    if tracker.run_id:
-        from pipeline.tracking import ui_command
-
-        print(f"MLflow: parent run {tracker.run_id}; {ui_command(ctx.tracking_uri)}", flush=True)
-
-    files = {
-        "summary/summary.txt": text + "\n",
-        "summary/summary.csv": summary_csv(rows),
-    }
-    if best is not None:
-        files["best/best_config.yaml"] = best_config_yaml(sweep, best)
-    for path, content in files.items():
-        store.write_bytes(path.split("/")[-1], content.encode())
-        tracker.log_text(content, path)
-    tracker.log_dict({"metric": sweep.search.metric, "mode": sweep.search.mode,
-                      "trials": [asdict(r) for r in rows]}, "summary/summary.json")  # fmt: skip
-    plt = _plt()
-    for make, path in ((depth_figure, "plots/exact_vs_depth.png"),
-                       (compute_figure, "plots/exact_vs_compute.png"),
-                       (curves_figure, "plots/depth_curves.png")):  # fmt: skip
-        fig = make([r for r in rows if r.curve] if make is curves_figure else rows)
+def _log_plots(rows: list[TrialRow], mode: str, tracker: Any, store: Any) -> None:
+    plt = pyplot()
+    ranked = _ranked(rows, mode)
+    figures = ((depth_figure, rows, "exact_vs_depth"), (compute_figure, rows, "exact_vs_compute"),
+               (curves_figure, [r for r in rows if r.curve], "depth_curves"),
+               (halt_figure, [r for r in ranked if r.halt], "halt_curves"))  # fmt: skip
+    for make, subset, name in figures:
+        path = f"plots/{name}.png"
+        fig = make(subset)
         try:
             tracker.log_figure(fig, path)
             buf = io.BytesIO()
@@ -439,29 +435,90 @@ def finish_sweep(sweep: SweepConfig, ctx: Any, results: Any, tracker: Any, wall_
             store.write_bytes(path.split("/")[-1], buf.getvalue())
         finally:
             plt.close(fig)
+
+
+def _parent_metrics(sweep: SweepConfig, rows: list[TrialRow], wall_s: float) -> dict:
     # every reason, zeros included, so a resumed sweep overwrites the counts of the last run
     counts = {f"trials/{re.sub(r'[^a-z_]+', '_', k).strip('_')}":
               float(sum(r.stop_reason == k for r in rows)) for k in STOP_REASONS}  # fmt: skip
-    metrics = {"trials/total": float(len(rows)), **counts,
-               "compute/flops": sum(r.flops for r in rows),
-               "sweep/trial_time_s": sum(r.wall_s for r in rows),
-               "sweep/invocation_wall_s": wall_s}  # fmt: skip
-    if best is not None:
-        metrics[f"best/{sweep.search.metric}"] = best.best
-        tracker.set_tags({"trm.best_trial": best.trial_id, "trm.best_run_id": best.run_id})
-    tracker.log_metrics(metrics, 0)
+    return {"trials/total": float(len(rows)), **counts,
+            "compute/flops": sum(r.flops for r in rows),
+            "sweep/trial_time_s": sum(r.wall_s for r in rows),
+            "sweep/invocation_wall_s": wall_s}  # fmt: skip
+
+
+def stop_reason_tag(reason: str, scheduler: str) -> str:
+    """The child run's `stop_reason` tag: which mechanism ended it (asha, budget, ...)."""
+    return scheduler if reason == "early-stopped" else reason
+
+
+def end_children(sweep: SweepConfig, ctx: Any, rows: list[TrialRow]) -> None:
+    """Each child run's final status, display name, stop reason, swept values (params
+    `swept.<key>`) and best value of the sweep's metric (`best/<metric>`)."""
+    from pipeline.tracking import end_run
 
     for r in rows:
-        if r.run_id:
-            end_run(ctx.tracking_uri, r.run_id, STATUS.get(r.stop_reason, "KILLED"),
-                    {"trm.stop_reason": r.stop_reason, "trm.trial_id": r.trial_id})  # fmt: skip
+        if not r.run_id:
+            continue
+        tags = {"mlflow.runName": r.name, "trial_id": r.trial_id, "trm.trial_id": r.trial_id,
+                "stop_reason": stop_reason_tag(r.stop_reason, sweep.scheduler.type),
+                "trm.stop_reason": r.stop_reason}  # fmt: skip
+        best = {f"best/{sweep.search.metric}": r.best} if r.best is not None else {}
+        end_run(ctx.tracking_uri, r.run_id, STATUS.get(r.stop_reason, "KILLED"), tags,
+                params={f"swept.{k}": v for k, v in r.params.items()}, metrics=best)  # fmt: skip
+
+
+def results_where(ctx: Any, tracker: Any) -> str:
+    """The lines that end the console output: where the results are."""
+    from pipeline.tracking import run_link
+
+    lines = [f"Results: {ctx.exp_path} (summary, best_config.yaml, plots, trial checkpoints)"]
+    if tracker.run_id:
+        lines.append(
+            f"MLflow parent run {tracker.run_id}: {run_link(ctx.tracking_uri, tracker.run_id)}"
+        )
+    return "\n".join(lines)
+
+
+def finish_sweep(sweep: SweepConfig, ctx: Any, results: Any, tracker: Any, wall_s: float) -> Any:
+    """Summarise, store and log the sweep; set each child run's final status. The caller
+    prints `console_text()` (last, after Ray's own output)."""
+    from pipeline.data.storage import open_storage
+
+    rows = collect_rows(sweep, ctx, results, wall_s)
+    attach_runs(rows, ctx, ctx.base["tracking"]["experiment"], sweep.search.mode)
+    best = best_row(rows, sweep.search.mode)
+    store = open_storage(ctx.exp_path)
+    where = f"{ctx.exp_path}/best_config.yaml" + (
+        " (and on the MLflow parent run)" if tracker.run_id else ""
+    )
+    text = summary_text(sweep, rows, wall_s, best, where)
+    files = {"summary/summary.txt": text + "\n", "summary/summary.csv": summary_csv(rows)}
+    if best is not None:
+        files["best/best_config.yaml"] = best_config_yaml(sweep, best)
+    summary = {"metric": sweep.search.metric, "mode": sweep.search.mode,
+               "best": best_summary(sweep, best) if best else None,
+               "trials": [asdict(r) for r in rows]}  # fmt: skip
+    files["summary/summary.json"] = json.dumps(summary, indent=1, default=str)
+    for path, content in files.items():
+        store.write_bytes(path.split("/")[-1], content.encode())
+        tracker.log_text(content, path)
+    _log_plots(rows, sweep.search.mode, tracker, store)
+    metrics = _parent_metrics(sweep, rows, wall_s)
+    if best is not None:
+        metrics[f"best/{sweep.search.metric}"] = best.best
+        tracker.set_tags({"trm.best_trial": best.trial_id, "trm.best_run_id": best.run_id,
+                          "trm.best_checkpoint": best.checkpoint})  # fmt: skip
+    tracker.log_metrics(metrics, 0)
+    end_children(sweep, ctx, rows)
     ran = [r for r in rows if r.stop_reason != "not started"]
     failed = ran and all(r.stop_reason == "error" for r in ran)
     return SweepOutcome(
-        exp_path=ctx.exp_path,
-        parent_run_id=tracker.run_id or "",
-        tracking_uri=ctx.tracking_uri,
-        rows=rows,
-        summary_text=text,
+        ctx.exp_path,
+        tracker.run_id or "",
+        ctx.tracking_uri,
+        rows,
+        text,
         exit_code=1 if failed else 0,
+        where=results_where(ctx, tracker),
     )

@@ -3,7 +3,8 @@
 Three layers (as Ray's Train/Tune docs lay them out): the per-worker loop (`pipeline.worker`),
 a trial (`pipeline.sweeping.trial`), and the `Tuner` (`pipeline.sweeping.tuner`) that
 `run_sweep` fits. Trial runs are named `<sweep>-<trial id>`, never from timestamps, so
-`--resume` (`Tuner.restore`) finds them, their checkpoints and their MLflow runs again; the
+`--resume` (`Tuner.restore`) finds them, their checkpoints and their MLflow runs (by run key)
+again; only their MLflow display name is their swept values (`SweepContext.display_name`). The
 MLflow parent run is found by its run key (`PARENT_KEY_PREFIX` + experiment path).
 
 Every check that can fail before a trial starts runs first: the sweep file
@@ -33,7 +34,7 @@ from pipeline.cluster import (
 from pipeline.config import ConfigError, RunConfig
 from pipeline.sweeping.config import SweepConfig
 from pipeline.sweeping.dataset import ensure_dataset
-from pipeline.sweeping.prepare import preflight, resolve, with_absolute_data
+from pipeline.sweeping.prepare import check_durable, preflight, resolve, with_absolute_data
 from pipeline.sweeping.report import SweepOutcome, finish_sweep
 from pipeline.sweeping.store import resolved_text, store_sweep
 from pipeline.sweeping.trial import SweepContext, run_trial
@@ -52,11 +53,17 @@ def run_sweep(
     address: str | None = None,
     num_cpus: int | None = None,
 ) -> SweepOutcome:
-    """Check, then run (or resume) `sweep`; returns the summary."""
+    """Check, then run (or resume) `sweep`; returns the summary (the caller prints
+    `outcome.console_text()`)."""
     t_start = time.time()
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # a reused trial process waits this long for the previous trial's function to return (its
+    # MLflow run to end) before Tune gives up on reusing it and errors the next trial; Tune's
+    # 2 s are too short on a busy machine (local clusters inherit the driver's environment)
+    os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", "60")
     given, sweep = sweep, with_absolute_data(sweep)
     base = resolve(sweep, exp_path)
+    check_durable(base, exp_path)
     ensure_dataset(sweep, base.data.uri)
     connect_ray(address, num_cpus)
     nodes = cluster_nodes()
@@ -163,6 +170,7 @@ def make_context(
         code_version=code_version(),
         parent_run_id=parent_run_id,
         tracking_uri=base.tracking.uri if base.tracking.enabled else "",
+        unique_points=sweep.search.algorithm == "grid" and sweep.search.num_samples == 1,
     )
 
 

@@ -11,7 +11,9 @@ compute budget.
 from __future__ import annotations
 
 import contextlib
+import re
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 from typing import Any
 
 from ray import tune
@@ -39,13 +41,27 @@ class SweepContext:
     code_version: str
     parent_run_id: str = ""
     tracking_uri: str = ""
+    unique_points: bool = True
+    """Every trial has its own swept values (a grid, one sample per point): display names need
+    no trial number."""
 
     @property
     def trials_path(self) -> str:
         return f"{self.exp_path}/{TRIALS_DIR}"
 
     def trial_name(self, trial_id: str) -> str:
+        """The trial's stable name (Train run directory, MLflow run key: --resume finds the
+        trial by it)."""
         return f"{self.name}-{trial_id}"
+
+    def display_name(self, params: dict[str, Any], trial_id: str) -> str:
+        """The MLflow run name shown for a trial: its swept values in short form, e.g.
+        `H3-L2-layers2-seed1`; the trial number is appended when values can repeat."""
+        point = self.assignments(params)
+        name = "-".join(f"{short_key(k, list(point))}{short_value(v)}" for k, v in point.items())
+        if not self.unique_points or not name:
+            name += f"{'-' if name else ''}{trial_id.rsplit('_', 1)[-1]}"
+        return name
 
     def run_key(self, trial_id: str) -> str:
         """MLflow run key of a trial (`pipeline.tracking`: storage path / run name)."""
@@ -68,6 +84,29 @@ class SweepContext:
             name=self.trial_name(trial_id),
             tags={"trm.sweep": self.name, "trm.trial_id": trial_id},
         )
+
+
+SHORT_KEYS = {"H_cycles": "H", "L_cycles": "L", "L_layers": "layers", "hidden_size": "hidden",
+              "halt_max_steps": "halt", "global_batch_size": "batch"}  # fmt: skip
+
+
+def short_key(key: str, keys: list[str]) -> str:
+    """`model.H_cycles` -> `H`; the last part of other keys, the whole key when two keys end
+    alike."""
+    last = key.split(".")[-1]
+    if sum(k.split(".")[-1] == last for k in keys) > 1:
+        return key.replace(".", "_")
+    return SHORT_KEYS.get(last, last)
+
+
+def short_value(value: Any) -> str:
+    """A swept value in a run name: `0.003`, `1e-06`, a path's last part, lists joined by x."""
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return "x".join(short_value(v) for v in value)
+    text = PurePosixPath(str(value)).name if isinstance(value, str) else str(value)
+    return re.sub(r"[^A-Za-z0-9._+]", "_", text)
 
 
 def is_eval_step(cfg: RunConfig, step: int) -> bool:
@@ -151,7 +190,7 @@ def run_trial(config: dict[str, Any], ctx: SweepContext) -> None:
 
     torch.set_num_threads(max(1, int(cfg.resources.cpus_per_worker)))
     info = RunInfo(
-        name=cfg.name,
+        name=ctx.display_name(config, trial_id),  # the run key keeps the trial id
         run_key=ctx.run_key(trial_id),
         tracking_uri=ctx.tracking_uri if cfg.tracking.enabled else "",
         code_version=ctx.code_version,
