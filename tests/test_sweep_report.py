@@ -131,9 +131,15 @@ def test_child_runs_are_named_by_their_swept_values():
     ctx = SweepContext(name="default", exp_path="/x", base={}, metric="m", mode="max",
                        keys={k: d.names for k, d in sweep.domains.items()}, use_gpu=False,
                        code_version="")  # fmt: skip
-    point = {"model.H_cycles": 3, "model.L_cycles": 2, "model.L_layers": 2, "data.seed": 1}
+    point = {"model.H_cycles,model.L_cycles,model.L_layers": [3, 2, 2], "data.seed": 1}
     assert ctx.display_name(point, "abc_00007") == "H3-L2-layers2-seed1"
-    names = {ctx.display_name(p, f"a_{i:05d}") for i, p in enumerate(sweep.grid_points())}
+
+    def tune_params(p):  # a grid point (dotted fields) as Tune hands it over (space keys)
+        return {k: p[n[0]] if len(n) == 1 else [p[x] for x in n] for k, n in ctx.keys.items()}
+
+    names = {
+        ctx.display_name(tune_params(p), f"a_{i:05d}") for i, p in enumerate(sweep.grid_points())
+    }
     assert len(names) == sweep.num_trials  # unique within the sweep
     ctx.unique_points = False  # values may repeat (num_samples > 1, random draws)
     assert ctx.display_name(point, "abc_00007") == "H3-L2-layers2-seed1-00007"
