@@ -355,6 +355,8 @@ class Evaluator:
         self.tracker, self.say, self.name = tracker, say, name
         self.depth_steps = max(cfg.depth_steps, halt_max_steps)
         self.voting = None
+        self.last_curve: list[float] = []
+        """The depth curve of the latest call (exact accuracy after each ACT step)."""
         if meta.task == "arc":
             from pipeline.arc_vote import ArcVoting
 
@@ -391,6 +393,7 @@ class Evaluator:
         if voting is not None:  # pass@K from the same rollout's predictions
             metrics.update(voting.metrics(res.predictions, self.device))
         metrics["eval/seconds"] = time.perf_counter() - t_eval
+        self.last_curve = curve
         if self.rank == 0:
             self._log(metrics, curve, res.pictures, step)
         return metrics
