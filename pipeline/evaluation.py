@@ -355,6 +355,8 @@ class Evaluator:
         self.tracker, self.say, self.name = tracker, say, name
         self.depth_steps = max(cfg.depth_steps, halt_max_steps)
         self.voting = None
+        self.split = "test"
+        """The split evaluated (the evaluation command may choose another)."""
         self.last_curve: list[float] = []
         """The depth curve of the latest call (exact accuracy after each ACT step)."""
         if meta.task == "arc":
@@ -376,7 +378,7 @@ class Evaluator:
         t_eval = time.perf_counter()
         cfg, world = self.cfg, self.world
         stream = ShardStream(
-            cfg.data.uri, "test", batch_size=cfg.data.eval_batch_size or cfg.per_worker_batch,
+            cfg.data.uri, self.split, batch_size=cfg.data.eval_batch_size or cfg.per_worker_batch,
             rank=self.rank, world_size=world, seed=cfg.data.seed, shuffle=False, augment=False,
             epoch=0, drop_last=False, meta=self.meta,
         )  # fmt: skip

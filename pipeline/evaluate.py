@@ -1,0 +1,233 @@
+"""Evaluate a trained checkpoint on a dataset, or watch it solve one puzzle.
+
+    python pipeline/evaluate.py runs/tiny                           # newest complete checkpoint
+    python pipeline/evaluate.py runs/tiny/checkpoint_00000012 --data data/sudoku-4x4-other
+    python pipeline/evaluate.py s3://bucket/runs/tiny --json --set eval.max_examples=0
+    python pipeline/evaluate.py runs/tiny --mlflow                  # logged as a new MLflow run
+    python pipeline/evaluate.py runs/tiny --puzzle "1.3......2....4."  # Sudoku, '.' or '0' blank
+
+CHECKPOINT is a checkpoint directory (it holds `trainer.pt`) or a run directory: its newest
+complete checkpoint is used, and damaged ones are named and skipped (`pipeline.restore`).
+Local paths and s3:// both work. The model carries the weights training evaluates with (the
+EMA averages when the run kept them).
+
+Evaluation runs the training run's own `Evaluator` (pipeline/evaluation.py) with the run's
+config: the same test split, batch size, `eval.max_examples`, depth steps and halting
+thresholds, so the numbers are those training logged at that step. Differences: `--data`
+(default: the run's `data.uri`) may name any dataset with the model's encoding (seq_len,
+vocab_size; puzzle identifiers within the model's table); `--set eval.KEY=VALUE` changes the
+evaluation; and it runs as one process, so for a run trained on several workers with
+`eval.max_examples` set, the examples evaluated are the first ones of the split rather than
+each worker's share. Output: the metrics by name, the halting-threshold curve and the depth
+curve; `--json` prints one JSON object keyed by the MLflow metric names (e.g.
+`eval/exact_accuracy`) plus `step`, `checkpoint`, `data` and `depth_curve/exact_accuracy`.
+`--mlflow` logs them, with the depth and halting curves, as a new MLflow run (tracking URI:
+$MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db, as training) in the training run's
+experiment, tagged `trm.source_run_id` (the training run) and `trm.checkpoint`.
+
+`--puzzle` runs the model on one puzzle and prints its answer after each ACT step, marking
+the step where the model halts: the first step where `trm.model.should_halt` says stop at the
+model's `halt_threshold` (at the latest halt_max_steps), the answer `TRM.predict` gives.
+`--max-steps` runs more (or fewer) steps. Sudoku: digits, '.' or '0' for blanks, size*size
+characters row-major; the answer is checked as a Sudoku (every row, column and box holds each
+digit once, the clues kept). Maze: the maze's characters `# SGo` as the dataset encodes them.
+
+Bad input (a missing checkpoint, a dataset of another encoding, a malformed puzzle, an unknown
+--set key) is one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipeline.checkpoint import CheckpointError
+from pipeline.config import ConfigError
+from pipeline.data.errors import DatasetError
+from pipeline.restore import Restored, restore
+
+SOURCE_RUN_TAG = "trm.source_run_id"
+CHECKPOINT_TAG = "trm.checkpoint"
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python pipeline/evaluate.py",
+        description=__doc__.split("\n\n")[0],
+        epilog="\n\n".join(__doc__.split("\n\n")[1:]),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("checkpoint", help="checkpoint or run directory, local or s3://")
+    p.add_argument("--data", help="dataset URI (default: the run's data.uri)")
+    p.add_argument("--split", default="test", help="split to evaluate (default: test)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="eval.KEY=VALUE",
+                   help="override an eval.* config key (repeatable; value is YAML)")  # fmt: skip
+    p.add_argument("--json", action="store_true", help="print one JSON object of the metrics")
+    p.add_argument("--mlflow", action="store_true", help="log the metrics as a new MLflow run")
+    p.add_argument("--puzzle", help="solve this one puzzle instead, printing every ACT step")
+    p.add_argument("--max-steps", type=int, help="ACT steps for --puzzle (default halt_max_steps)")
+    p.add_argument("--device", default="", help="cpu, cuda, ... (default: cuda when present)")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    out = sys.stderr if args.json else sys.stdout
+
+    def say(line: str) -> None:
+        print(line, file=out, flush=True)
+
+    try:
+        with contextlib.ExitStack() as stack:
+            device = torch.device(args.device) if args.device else _default_device()
+            _check_args(args)
+            r = restore(args.checkpoint, stack, device=device, say=say)
+            if args.puzzle is not None:
+                from pipeline.solve import solve_one
+
+                print(solve_one(r, args.puzzle, args.data, args.max_steps))
+                return 0
+            result = evaluate_checkpoint(r, args, device, say)
+    except (ConfigError, CheckpointError, DatasetError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # storage out of reach, a failure inside the model, ...
+        print(f"error: evaluation failed: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps(result) if args.json else report(result))
+    return 0
+
+
+def _default_device() -> torch.device:
+    from pipeline.worker import default_device
+
+    return default_device()
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    """Bad arguments are errors before the checkpoint is read."""
+    for kv in args.overrides:
+        if not kv.startswith("eval."):
+            raise ConfigError(f"--set {kv}: only eval.* keys can be set when evaluating")
+    if "://" not in args.checkpoint and not Path(args.checkpoint).exists():
+        raise CheckpointError(f"checkpoint {args.checkpoint!r}: no such file or directory")
+    if args.max_steps is not None and args.max_steps < 1:
+        raise ConfigError(f"--max-steps must be a positive integer, got {args.max_steps}")
+    if args.max_steps is not None and args.puzzle is None:
+        raise ConfigError("--max-steps goes with --puzzle (evaluation uses eval.depth_steps)")
+
+
+def check_fits(r: Restored, meta: Any, uri: str) -> None:
+    """`ConfigError` naming both when the dataset at `uri` is not in the model's encoding."""
+    m = r.model_config
+    if (
+        m.seq_len != meta.seq_len
+        or m.vocab_size != meta.vocab_size
+        or m.num_puzzle_identifiers < meta.num_puzzle_identifiers
+    ):
+        raise ConfigError(
+            f"the model of {r.checkpoint} (seq_len {m.seq_len}, vocab_size {m.vocab_size}, "
+            f"{m.num_puzzle_identifiers} puzzle identifiers) does not fit the {meta.task} "
+            f"dataset at {uri} (seq_len {meta.seq_len}, vocab_size {meta.vocab_size}, "
+            f"{meta.num_puzzle_identifiers} puzzle identifiers)"
+        )
+
+
+def evaluate_checkpoint(
+    r: Restored, args: argparse.Namespace, device: torch.device, say: Callable[[str], None]
+) -> dict[str, Any]:
+    """The training run's evaluation of `r` on `args.data` (default: its own dataset)."""
+    from pipeline.data.meta import read_meta
+    from pipeline.data.storage import absolute
+    from pipeline.evaluation import Evaluator
+
+    data = absolute(args.data or r.config.data.uri)
+    cfg = r.config.with_overrides([f"data.uri={data}", *args.overrides])
+    meta = read_meta(data)
+    check_fits(r, meta, data)
+    if args.split not in meta.splits:
+        raise DatasetError(f"the dataset at {data} has no split {args.split!r} "
+                           f"(it has {', '.join(sorted(meta.splits))})")  # fmt: skip
+    tracker = _tracker(r, cfg, meta, data) if args.mlflow else None
+    evaluator = Evaluator(cfg, meta, r.model_config.halt_max_steps, rank=0, world=1,
+                          device=device, tracker=tracker or _null(), say=say, name=cfg.name,
+                          halt_threshold=r.model_config.halt_threshold)  # fmt: skip
+    evaluator.split = args.split
+    try:
+        metrics = evaluator(r.model, r.step)
+    except BaseException:
+        if tracker is not None:
+            tracker.finish("FAILED")
+        raise
+    result = {"step": r.step, "checkpoint": r.checkpoint, "data": data, "split": args.split,
+              **metrics, "depth_curve/exact_accuracy": evaluator.last_curve}  # fmt: skip
+    if tracker is not None:
+        tracker.log_series("depth_curve/exact_accuracy", evaluator.last_curve)
+        tracker.finish("FINISHED")
+        result["mlflow_run_id"] = tracker.run_id
+        say(f"MLflow: logged as run {tracker.run_id} ({tracker.url})")
+    return result
+
+
+def _null() -> Any:
+    from pipeline.tracking import NullTracker
+
+    return NullTracker()
+
+
+def _tracker(r: Restored, cfg: Any, meta: Any, data: str) -> Any:
+    """A new MLflow run for this evaluation, in the training run's experiment."""
+    from pipeline.tracking import Tracker, code_version, resolve_tracking_uri
+
+    return Tracker(
+        resolve_tracking_uri(),
+        cfg.tracking.experiment,
+        run_name=f"eval-{cfg.name}-step{r.step}",
+        run_key=f"eval {r.checkpoint} on {data} at {time.time_ns()}",  # a new run every time
+        params={
+            **{k: v for k, v in cfg.flat().items() if k.startswith("eval.")},
+            "data.uri": data,
+            "step": r.step,
+        },
+        tags={
+            SOURCE_RUN_TAG: r.mlflow_run_id,
+            CHECKPOINT_TAG: r.checkpoint,
+            "task": meta.task,
+            "dataset": data,
+            "code_version": code_version(),
+            "trm.kind": "evaluation",
+        },
+    )
+
+
+def report(result: dict[str, Any]) -> str:
+    """The human-readable form of `evaluate_checkpoint`'s result."""
+    from pipeline.evaluation import halt_curve
+
+    lines = [f"checkpoint {result['checkpoint']} (step {result['step']})",
+             f"data {result['data']} ({result['split']} split)"]  # fmt: skip
+    for k, v in result.items():
+        if k.startswith("eval/") and "/halt_tau_" not in k:
+            lines.append(f"  {k:32s} {v:.6g}")
+    taus = [float(k.split("/")[1][len("halt_tau_") :])
+            for k in result if k.startswith("eval/halt_tau_") and k.endswith("/steps")]  # fmt: skip
+    if taus:
+        lines.append("halting-threshold curve (tau: mean steps, exact accuracy at halt)")
+        for p in halt_curve(result, taus):
+            lines.append(f"  {p['tau']:<5g} {p['steps']:7.3f} {p['exact_accuracy']:8.4f}")
+    lines.append("depth curve (ACT steps: exact accuracy)")
+    curve = result["depth_curve/exact_accuracy"]
+    lines += [f"  {k:3d} {v:.4f}" for k, v in enumerate(curve, 1)]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
