@@ -56,14 +56,19 @@ def encode_puzzle(task: str, text: str, seq_len: int) -> np.ndarray:
         raise ConfigError(f"--puzzle: {e}") from None
 
 
-def _grid(task: str, tokens: np.ndarray) -> list[str]:
-    """Rows of the answer `tokens` as text; tokens the encoding lacks print as '?'."""
+def _cells(task: str, tokens: Any) -> list[str]:
+    """The answer `tokens` as the puzzle's characters; tokens the encoding lacks print as '?'."""
     n = math.isqrt(len(tokens))
     if task == "sudoku":
-        chars = ["?" if t < 1 or t > n + 1 else "." if t == 1 else str(t - 1) for t in tokens]
-    else:
-        chars = [maze.CHARSET[t - 1] if 1 <= t <= len(maze.CHARSET) else "?" for t in tokens]
-    return [" ".join(chars[i * n : (i + 1) * n]) for i in range(n)]
+        return ["?" if t < 1 or t > n + 1 else "." if t == 1 else str(t - 1) for t in tokens]
+    return [maze.CHARSET[t - 1] if 1 <= t <= len(maze.CHARSET) else "?" for t in tokens]
+
+
+def _grid(task: str, tokens: Any) -> list[str]:
+    """Rows of `tokens` as text (Sudoku cells spaced; maze cells side by side, ' ' is open)."""
+    n, chars = math.isqrt(len(tokens)), _cells(task, tokens)
+    sep = " " if task == "sudoku" else ""
+    return [sep.join(chars[i * n : (i + 1) * n]) for i in range(n)]
 
 
 def sudoku_verdict(question: np.ndarray, answer: np.ndarray) -> str:
@@ -115,7 +120,7 @@ def solve_one(r: Restored, text: str, data_uri: str | None, max_steps: int | Non
                   *_grid(task, out.preds[k - 1, 0].tolist())]  # fmt: skip
     answer = out.preds[(halt or steps) - 1, 0].cpu().numpy()
     when = f"halted at step {halt}" if halt else f"did not halt within {steps} steps"
-    lines.append(f"answer ({when}): " + "".join(_grid(task, answer)).replace(" ", ""))
+    lines.append(f"answer ({when}): " + repr("".join(_cells(task, answer.tolist()))))
     if task == "sudoku":
         lines.append("the answer is " + sudoku_verdict(question, answer))
     return "\n".join(lines)

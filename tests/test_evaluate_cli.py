@@ -20,7 +20,7 @@ from pipeline.train import run_info
 from pipeline.worker import run_in_process
 
 ROOT = Path(__file__).resolve().parent.parent
-PUZZLE = "1.3......2....4."  # 4x4: blanks '.', digits 1..4
+PUZZLE = "1..43..2.1.34.2."  # 4x4 with one solution: blanks '.', digits 1..4
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +83,7 @@ def test_puzzle_prints_every_step_and_the_halting_one(trained):
                 cwd=trained["tmp"])  # fmt: skip
     assert p.returncode == 0, p.stderr
     out = p.stdout
-    assert "puzzle:\n1 . 3 .\n. . . .\n. 2 . .\n. . 4 ." in out
+    assert "puzzle:\n1 . . 4\n3 . . 2\n. 1 . 3\n4 . 2 ." in out
     assert [f"step {k} (" in out for k in range(1, 6)] == [True] * 4 + [False]
     assert out.count("<- halts here") == 1 or "did not halt" in out
     assert "the answer is " in out and "Sudoku" in out.splitlines()[-1]
@@ -129,3 +129,33 @@ def test_bad_input_is_one_line_and_exit_2(trained, sudoku6, tmp_path, capsys, ar
     assert err.startswith("error: ") and "\n" not in err and says in err, err
     if "--data" in args:
         assert sudoku6 in err and "seq_len 36, vocab_size 8" in err  # names both
+
+
+def test_puzzle_text_as_the_datasets_encode_it():
+    from pipeline.config import ConfigError
+    from pipeline.solve import _grid, encode_puzzle, sudoku_verdict
+    from trm.puzzles import maze, sudoku
+
+    assert (
+        encode_puzzle("sudoku", PUZZLE, 16).tolist()
+        == sudoku.encode(sudoku.parse_board(PUZZLE, 4)).tolist()
+    )
+    assert encode_puzzle("sudoku", PUZZLE.replace(".", "0"), 16).tolist()[:4] == [2, 1, 1, 5]
+    text = "S # " + "  # " + "#   " + "  #G"
+    tokens = encode_puzzle("maze", text, 16)
+    assert tokens.tolist() == maze.encode(text).tolist()
+    assert "".join(_grid("maze", tokens)) == text
+    with pytest.raises(ConfigError, match="'x' at position 1"):
+        encode_puzzle("maze", "Sx" + text[2:], 16)
+    with pytest.raises(ConfigError, match="this model is for arc"):
+        encode_puzzle("arc", text, 16)
+
+    question = sudoku.encode(sudoku.parse_board(PUZZLE, 4))
+    (solution,) = sudoku.solve(sudoku.parse_board(PUZZLE, 4).tolist(), 4).solutions
+    answer = sudoku.encode(solution)
+    assert sudoku_verdict(question, answer).startswith("a valid Sudoku")
+    swapped = answer.copy()
+    swapped[[1, 2]] = swapped[[2, 1]]  # two blanks of row 1: the row stays a permutation
+    assert "repeats a digit" in sudoku_verdict(question, swapped)
+    relabelled = sudoku.encode([{1: 2, 2: 1}.get(d, d) for d in solution])  # valid, clues lost
+    assert "clues changed" in sudoku_verdict(question, relabelled)
