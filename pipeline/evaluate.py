@@ -20,7 +20,8 @@ evaluation; and it runs as one process, so for a run trained on several workers 
 `eval.max_examples` set, the examples evaluated are the first ones of the split rather than
 each worker's share. Output: the metrics by name, the halting-threshold curve and the depth
 curve; `--json` prints one JSON object keyed by the MLflow metric names (e.g.
-`eval/exact_accuracy`) plus `step`, `checkpoint`, `data` and `depth_curve/exact_accuracy`.
+`eval/exact_accuracy`) plus `step`, `checkpoint`, `data`, `split`, the depth curve as
+`depth_curve/exact_accuracy` and, with --mlflow, `mlflow_run_id`.
 `--mlflow` logs them, with the depth and halting curves, as a new MLflow run (tracking URI:
 $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db, as training) in the training run's
 experiment, tagged `trm.source_run_id` (the training run) and `trm.checkpoint`.
@@ -52,7 +53,7 @@ import torch
 from pipeline.checkpoint import CheckpointError
 from pipeline.config import ConfigError
 from pipeline.data.errors import DatasetError
-from pipeline.restore import Restored, restore
+from pipeline.restore import Restored, check_fits, restore
 
 SOURCE_RUN_TAG = "trm.source_run_id"
 CHECKPOINT_TAG = "trm.checkpoint"
@@ -87,8 +88,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         with contextlib.ExitStack() as stack:
-            device = torch.device(args.device) if args.device else _default_device()
             _check_args(args)
+            device = _device(args.device)
             r = restore(args.checkpoint, stack, device=device, say=say)
             if args.puzzle is not None:
                 from pipeline.solve import solve_one
@@ -106,10 +107,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _default_device() -> torch.device:
+def _device(name: str) -> torch.device:
+    """--device, or the training default (cuda when present)."""
     from pipeline.worker import default_device
 
-    return default_device()
+    try:
+        return torch.device(name) if name else default_device()
+    except RuntimeError as e:
+        raise ConfigError(f"--device {name!r}: {e}") from None
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -123,22 +128,6 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ConfigError(f"--max-steps must be a positive integer, got {args.max_steps}")
     if args.max_steps is not None and args.puzzle is None:
         raise ConfigError("--max-steps goes with --puzzle (evaluation uses eval.depth_steps)")
-
-
-def check_fits(r: Restored, meta: Any, uri: str) -> None:
-    """`ConfigError` naming both when the dataset at `uri` is not in the model's encoding."""
-    m = r.model_config
-    if (
-        m.seq_len != meta.seq_len
-        or m.vocab_size != meta.vocab_size
-        or m.num_puzzle_identifiers < meta.num_puzzle_identifiers
-    ):
-        raise ConfigError(
-            f"the model of {r.checkpoint} (seq_len {m.seq_len}, vocab_size {m.vocab_size}, "
-            f"{m.num_puzzle_identifiers} puzzle identifiers) does not fit the {meta.task} "
-            f"dataset at {uri} (seq_len {meta.seq_len}, vocab_size {meta.vocab_size}, "
-            f"{meta.num_puzzle_identifiers} puzzle identifiers)"
-        )
 
 
 def evaluate_checkpoint(
@@ -170,7 +159,8 @@ def evaluate_checkpoint(
     result = {"step": r.step, "checkpoint": r.checkpoint, "data": data, "split": args.split,
               **metrics, "depth_curve/exact_accuracy": evaluator.last_curve}  # fmt: skip
     if tracker is not None:
-        tracker.log_series("depth_curve/exact_accuracy", evaluator.last_curve)
+        if r.step != cfg.schedule.steps:  # the Evaluator logs it at the final step
+            tracker.log_series("depth_curve/exact_accuracy", evaluator.last_curve)
         tracker.finish("FINISHED")
         result["mlflow_run_id"] = tracker.run_id
         say(f"MLflow: logged as run {tracker.run_id} ({tracker.url})")

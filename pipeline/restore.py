@@ -10,7 +10,7 @@
 first; a damaged or half-written one is named and skipped (`pipeline.checkpoint.verify`). The
 model carries the weights evaluation uses in training (the EMA averages when the run kept them)
 and is in eval mode. An s3:// checkpoint is downloaded into a temporary directory that `stack`
-removes on exit.
+removes on exit. `check_fits(r, meta, uri)` says whether a dataset is in the model's encoding.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from pipeline import checkpoint as ckpt
-from pipeline.config import RunConfig
+from pipeline.config import ConfigError, RunConfig
 from trm import TRM, TRMConfig
 from trm.optim import EMA
 
@@ -77,6 +77,22 @@ def restore(
         checkpoint=chosen[0],
         mlflow_run_id=state.get("mlflow_run_id", ""),
     )
+
+
+def check_fits(r: Restored, meta: Any, uri: str) -> None:
+    """`ConfigError` naming both when the dataset at `uri` is not in the model's encoding."""
+    m = r.model_config
+    if (
+        m.seq_len != meta.seq_len
+        or m.vocab_size != meta.vocab_size
+        or m.num_puzzle_identifiers < meta.num_puzzle_identifiers
+    ):
+        raise ConfigError(
+            f"the model of {r.checkpoint} (seq_len {m.seq_len}, vocab_size {m.vocab_size}, "
+            f"{m.num_puzzle_identifiers} puzzle identifiers) does not fit the {meta.task} "
+            f"dataset at {uri} (seq_len {meta.seq_len}, vocab_size {meta.vocab_size}, "
+            f"{meta.num_puzzle_identifiers} puzzle identifiers)"
+        )
 
 
 def _candidates(uri: str) -> Iterator[tuple[str, Any]]:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from pipeline.config import ConfigError
-from pipeline.restore import Restored
+from pipeline.restore import Restored, check_fits
 from trm.puzzles import maze, sudoku
 
 
@@ -29,9 +29,13 @@ def puzzle_task(r: Restored, data_uri: str | None) -> str:
     model's shape says (a Sudoku of side n has seq_len n*n and vocab_size n + 2)."""
     from pipeline.data.meta import read_meta
 
+    if data_uri:  # named: it must be there and fit
+        meta = read_meta(data_uri)
+        check_fits(r, meta, data_uri)
+        return meta.task
     try:
-        return read_meta(data_uri or r.config.data.uri).task
-    except Exception:  # the dataset is gone or out of reach: the shape decides
+        return read_meta(r.config.data.uri).task
+    except Exception:  # the run's dataset is gone or out of reach: the shape decides
         n = math.isqrt(r.model_config.seq_len)
         if n * n == r.model_config.seq_len and r.model_config.vocab_size == n + 2:
             return "sudoku"

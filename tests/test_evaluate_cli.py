@@ -115,6 +115,7 @@ def sudoku6(tmp_path_factory) -> str:
         (["{tmp}/nowhere"], "no such file or directory"),
         (["{tmp}/empty"], "neither a checkpoint directory"),
         (["{run}", "--data", "{sudoku6}"], "seq_len 16, vocab_size 6"),
+        (["{run}", "--data", "{sudoku6}", "--puzzle", PUZZLE], "seq_len 16, vocab_size 6"),
         (["{run}", "--puzzle", "1.3"], "has 16 characters, got 3"),
         (["{run}", "--puzzle", "1.3......2....5."], "'5' at position 14"),
         (["{run}", "--set", "eval.nope=1"], "eval.nope"),
