@@ -106,7 +106,8 @@ def _candidates(uri: str) -> Iterator[tuple[str, Any]]:
     if trainer.type == pafs.FileType.File:
         import ray.train
 
-        yield uri, ray.train.Checkpoint(path, filesystem=fs).as_directory()
+        name = uri if "://" in uri else _absolute(uri)
+        yield name, ray.train.Checkpoint(path, filesystem=fs).as_directory()
         return
     for name, opener in ckpt._checkpoints_in(fs, path):
         yield (name if "://" not in uri else f"{uri.split('://')[0]}://{name}"), opener
