@@ -1,7 +1,7 @@
 """ARC pass@K: votes over the augmented variants of each test input, scored as the official
 evaluator scores them.
 
-One evaluation rollout serves every metric: `pipeline.evaluate.evaluate(...,
+One evaluation rollout serves every metric: `pipeline.evaluation.evaluate(...,
 keep_predictions=True)` over `ArcVoting.rows(test_stream)` keeps, per evaluated row, its
 puzzle identifier, input and label canvases, the predicted tokens after halt_max_steps ACT steps
 and that step's q_halt logit. `ArcVoting.metrics` turns those records into pass@K:

@@ -1,458 +1,223 @@
-"""Evaluation on the test split: accuracies, halting, the test-time depth and halting curves,
-pictures.
+"""Evaluate a trained checkpoint on a dataset, or watch it solve one puzzle.
 
-One `model.rollout_preds(..., num_steps=K)` per batch gives each example's answer tokens and q
-logits after every ACT step 1..K, K = max(halt_max_steps, depth_steps) (= halt_max_steps by
-default: the official evaluation's cost; only [K, B, L] answers and [K, B] q logits are kept,
-not logits). Every metric below is read off that one rollout. The headline metrics are those
-of step halt_max_steps (the official eval: every example runs exactly halt_max_steps steps);
-the depth curve is the exact accuracy after each step 1..K, so K > halt_max_steps (opt-in)
-shows what extra test-time recursion does. Halting uses `trm.model.should_halt`, the one rule
-the model halts by, at `model.halt_threshold` (tau): the at-halt metrics are exactly what
-`TRM.predict(halt=True)` returns. Sums are returned per rank; the caller adds them across ranks.
+    python pipeline/evaluate.py runs/tiny                           # newest complete checkpoint
+    python pipeline/evaluate.py runs/tiny/checkpoint_00000012 --data data/sudoku-4x4-other
+    python pipeline/evaluate.py s3://bucket/runs/tiny --json --set eval.max_examples=0
+    python pipeline/evaluate.py runs/tiny --mlflow                  # logged as a new MLflow run
+    python pipeline/evaluate.py runs/tiny --puzzle "1.3......2....4."  # Sudoku, '.' or '0' blank
 
-Metric names (all fractions of evaluated examples unless said otherwise):
-  eval/exact_accuracy   every scored token right, at step halt_max_steps
-  eval/accuracy         token accuracy (mean over examples of the fraction of right tokens)
-  eval/q_halt_accuracy  the halting decision (should_halt at tau) agrees with exact
-                        correctness, at step halt_max_steps
-  eval/steps            mean ACT steps with test-time halting: the first step where
-                        should_halt says stop at tau (halt_max_steps if none)
-  eval/exact_accuracy_at_halt   exact accuracy of the answer at that step
-  eval/halt_tau_<tau>/steps, eval/halt_tau_<tau>/exact_accuracy
-                        the same two at each tau of eval.halt_thresholds (tau printed as
-                        `f"{tau:g}"`, e.g. 0.5): the test-time compute vs accuracy curve
-  eval/exact_accuracy_at_{K}    exact accuracy after the deepest rollout step K
-  eval/flops_per_example        model FLOPs spent per example (steps run x trm.flops
-                        inference step), not a fraction
-  eval/count            examples evaluated (not a fraction)
-ARC pass@K comes from the same rollout: `keep_predictions=True` keeps per example what
-pipeline/arc_vote.py votes with.
+CHECKPOINT is a checkpoint directory (it holds `trainer.pt`) or a run directory: its newest
+complete checkpoint is used, and damaged ones are named and skipped (`pipeline.restore`).
+Local paths and s3:// both work. The model carries the weights training evaluates with (the
+EMA averages when the run kept them).
+
+Evaluation runs the training run's own `Evaluator` (pipeline/evaluation.py) with the run's
+config: the same test split, batch size, `eval.max_examples`, depth steps and halting
+thresholds, so the numbers are those training logged at that step. Differences: `--data`
+(default: the run's `data.uri`) may name any dataset with the model's encoding (seq_len,
+vocab_size; puzzle identifiers within the model's table); `--set eval.KEY=VALUE` changes the
+evaluation; and it runs as one process, so for a run trained on several workers with
+`eval.max_examples` set, the examples evaluated are the first ones of the split rather than
+each worker's share. Output: the metrics by name, the halting-threshold curve and the depth
+curve; `--json` prints one JSON object keyed by the MLflow metric names (e.g.
+`eval/exact_accuracy`) plus `step`, `checkpoint`, `data`, `split`, the depth curve as
+`depth_curve/exact_accuracy` and, with --mlflow, `mlflow_run_id`.
+`--mlflow` logs them, with the depth and halting curves, as a new MLflow run (tracking URI:
+$MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db, as training) in the training run's
+experiment, tagged `trm.source_run_id` (the training run) and `trm.checkpoint`.
+
+`--puzzle` runs the model on one puzzle and prints its answer after each ACT step, marking
+the step where the model halts: the first step where `trm.model.should_halt` says stop at the
+model's `halt_threshold` (at the latest halt_max_steps), the answer `TRM.predict` gives.
+`--max-steps` runs more (or fewer) steps. Sudoku: digits, '.' or '0' for blanks, size*size
+characters row-major; the answer is checked as a Sudoku (every row, column and box holds each
+digit once, the clues kept). Maze: the maze's characters `# SGo` as the dataset encodes them.
+
+Bad input (a missing checkpoint, a dataset of another encoding, a malformed puzzle, an unknown
+--set key) is one line on stderr and exit code 2.
 """
 
 from __future__ import annotations
 
-import math
+import argparse
+import contextlib
+import json
+import sys
 import time
-from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from pipeline.config import RunConfig
-from pipeline.tracking import NullTracker, depth_curve_metrics
+from pipeline.checkpoint import CheckpointError
+from pipeline.config import ConfigError
+from pipeline.data.errors import DatasetError
+from pipeline.restore import Restored, check_fits, restore
 
-IGNORE = -100
-
-
-@dataclass
-class EvalSums:
-    """Per-rank sums; `finish` turns the all-rank sums into metrics."""
-
-    sums: dict[str, float] = field(default_factory=lambda: defaultdict(float))
-    depth: list[float] = field(default_factory=list)
-    """Exactly-correct examples after each ACT step 1..K."""
-    pictures: list[dict[str, np.ndarray]] = field(default_factory=list)
-    predictions: list[dict[str, Any]] = field(default_factory=list)
-    """With keep_predictions, per example: puzzle_identifier, inputs, labels, pred (tokens at
-    step halt_max_steps) and q_halt (its logit); pipeline/arc_vote.py votes with them."""
-
-    def flat(self) -> dict[str, float]:
-        out = dict(self.sums)
-        out.update({f"depth_{k + 1}": v for k, v in enumerate(self.depth)})
-        return out
+SOURCE_RUN_TAG = "trm.source_run_id"
+CHECKPOINT_TAG = "trm.checkpoint"
 
 
-def tau_name(tau: float) -> str:
-    """How a halting threshold appears in metric names: 0.5 -> 'halt_tau_0.5'."""
-    return f"halt_tau_{tau:g}"
-
-
-@torch.no_grad()
-def evaluate(
-    model: torch.nn.Module,
-    batches: Iterable[dict[str, np.ndarray]],
-    *,
-    device: torch.device,
-    halt_max_steps: int,
-    depth_steps: int,
-    halt_thresholds: Sequence[float] = (),
-    max_examples: int = 0,
-    num_pictures: int = 0,
-    keep_predictions: bool = False,
-) -> EvalSums:
-    """Roll `model` over `batches` and sum the metrics of this rank's share (any mode: the
-    rollout has no dropout or halting that depends on it)."""
-    from trm.flops import inference_flops
-
-    K = max(halt_max_steps, depth_steps)
-    res = EvalSums(depth=[0.0] * K)
-    flops_per_example = inference_flops(model.config, K)
-    seen = 0
-    for batch in batches:
-        if max_examples and seen >= max_examples:
-            break
-        # rows with no scored token are padding of the last batch: not examples
-        keep = np.nonzero((np.asarray(batch["labels"]) != IGNORE).any(-1))[0]
-        if max_examples:
-            keep = keep[: max_examples - seen]
-        if len(keep) == 0:
-            continue
-        inputs, labels, pids = (
-            torch.as_tensor(np.asarray(batch[k])[keep], device=device).long()
-            for k in ("inputs", "labels", "puzzle_identifiers")
-        )
-        seen += len(keep)
-        out = model.rollout_preds(inputs, pids, num_steps=K)
-        exact_KB = _score(res, out, labels, model.config, halt_max_steps, halt_thresholds)
-        res.sums["flops"] += len(keep) * flops_per_example
-        for k in range(K):
-            res.depth[k] += exact_KB[k].sum().item()
-        _keep_examples(res, out, inputs, labels, pids, num_pictures, keep_predictions,
-                       halt_max_steps)  # fmt: skip
-    return res
-
-
-def _score(
-    res: EvalSums,
-    out: Any,
-    labels: torch.Tensor,
-    config: Any,
-    halt_max_steps: int,
-    halt_thresholds: Sequence[float],
-) -> torch.Tensor:
-    """Add one batch's metric sums to `res`; returns exact correctness after each step [K, B]."""
-    from trm.model import should_halt
-
-    valid_BL = labels != IGNORE
-    n_valid_B = valid_BL.sum(-1)
-    correct_KBL = (out.preds == labels) & valid_BL
-    exact_KB = correct_KBL.sum(-1) == n_valid_B
-    h = halt_max_steps - 1
-    tau = config.halt_threshold
-    q_halt_HB = out.q_halt_logits[:halt_max_steps].float()
-    q_cont_HB = out.q_continue_logits[:halt_max_steps].float()
-    res.sums["count"] += labels.shape[0]
-    res.sums["exact_accuracy"] += exact_KB[h].sum().item()
-    res.sums["accuracy"] += (correct_KBL[h].sum(-1) / n_valid_B.clamp_min(1)).sum().item()
-    says_halt_B = should_halt(
-        q_halt_HB[h], q_cont_HB[h], no_ACT_continue=config.no_ACT_continue, threshold=tau
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python pipeline/evaluate.py",
+        description=__doc__.split("\n\n")[0],
+        epilog="\n\n".join(__doc__.split("\n\n")[1:]),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    res.sums["q_halt_accuracy"] += (says_halt_B == exact_KB[h]).sum().item()
-    for t in sorted({tau, *halt_thresholds}):
-        # the first step (within halt_max_steps) where the halting rule at t says stop
-        halts_HB = should_halt(q_halt_HB, q_cont_HB, no_ACT_continue=config.no_ACT_continue,
-                               threshold=t)  # fmt: skip
-        halts_HB[h] = True
-        first_B = halts_HB.int().argmax(0)
-        steps = (first_B + 1).sum().item()
-        exact = exact_KB[:halt_max_steps].gather(0, first_B.unsqueeze(0)).sum().item()
-        if t == tau:
-            res.sums["steps"] += steps
-            res.sums["exact_accuracy_at_halt"] += exact
-        if t in halt_thresholds:
-            res.sums[f"{tau_name(t)}/steps"] += steps
-            res.sums[f"{tau_name(t)}/exact_accuracy"] += exact
-    return exact_KB
+    p.add_argument("checkpoint", help="checkpoint or run directory, local or s3://")
+    p.add_argument("--data", help="dataset URI (default: the run's data.uri)")
+    p.add_argument("--split", default="test", help="split to evaluate (default: test)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="eval.KEY=VALUE",
+                   help="override an eval.* config key (repeatable; value is YAML)")  # fmt: skip
+    p.add_argument("--json", action="store_true", help="print one JSON object of the metrics")
+    p.add_argument("--mlflow", action="store_true", help="log the metrics as a new MLflow run")
+    p.add_argument("--puzzle", help="solve this one puzzle instead, printing every ACT step")
+    p.add_argument("--max-steps", type=int, help="ACT steps for --puzzle (default halt_max_steps)")
+    p.add_argument("--device", default="", help="cpu, cuda, ... (default: cuda when present)")
+    return p.parse_args(argv)
 
 
-def _keep_examples(
-    res: EvalSums,
-    out: Any,
-    inputs: torch.Tensor,
-    labels: torch.Tensor,
-    pids: torch.Tensor,
-    num_pictures: int,
-    keep_predictions: bool,
-    halt_max_steps: int,
-) -> None:
-    """Pictures (answers at every step) and, for ARC voting, the final-step predictions."""
-    take = inputs.shape[0]
-    n = min(num_pictures - len(res.pictures), take)
-    for i in range(max(n, 0)):
-        res.pictures.append(
-            {
-                "inputs": inputs[i].cpu().numpy(),
-                "labels": labels[i].cpu().numpy(),
-                "preds": out.preds[:, i].cpu().numpy(),
-            }
-        )
-    if not keep_predictions:
-        return
-    h = halt_max_steps - 1
-    preds = out.preds[h].cpu().numpy().astype(np.int8)
-    q = out.q_halt_logits[h].float().cpu().numpy()
-    for i in range(take):
-        res.predictions.append(
-            {
-                "puzzle_identifier": int(pids[i]),
-                "inputs": inputs[i].cpu().numpy().astype(np.int8),
-                "labels": labels[i].cpu().numpy().astype(np.int16),
-                "pred": preds[i],
-                "q_halt": float(q[i]),
-            }
-        )
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    out = sys.stderr if args.json else sys.stdout
 
-
-def finish(sums: dict[str, float], halt_max_steps: int) -> tuple[dict[str, float], list[float]]:
-    """All-rank sums -> (eval/* metrics, depth curve)."""
-    n = max(sums.get("count", 0.0), 1.0)
-    depth_keys = sorted(
-        (k for k in sums if k.startswith("depth_")), key=lambda k: int(k.split("_")[1])
-    )
-    curve = [sums[k] / n for k in depth_keys]
-    metrics = {
-        "eval/count": sums.get("count", 0.0),
-        "eval/exact_accuracy": sums.get("exact_accuracy", 0.0) / n,
-        "eval/accuracy": sums.get("accuracy", 0.0) / n,
-        "eval/q_halt_accuracy": sums.get("q_halt_accuracy", 0.0) / n,
-        "eval/steps": sums.get("steps", 0.0) / n,
-        "eval/exact_accuracy_at_halt": sums.get("exact_accuracy_at_halt", 0.0) / n,
-        "eval/flops_per_example": sums.get("flops", 0.0) / n,
-    }
-    metrics.update({f"eval/{k}": v / n for k, v in sums.items() if k.startswith("halt_tau_")})
-    if curve:
-        metrics[f"eval/exact_accuracy_at_{len(curve)}"] = curve[-1]
-    return metrics, curve
-
-
-def halt_curve(metrics: dict[str, float], halt_thresholds: Sequence[float]) -> list[dict]:
-    """The test-time halting curve from `finish`'s metrics: per tau, mean steps and exact
-    accuracy (ascending tau)."""
-    return [
-        {
-            "tau": t,
-            "steps": metrics[f"eval/{tau_name(t)}/steps"],
-            "exact_accuracy": metrics[f"eval/{tau_name(t)}/exact_accuracy"],
-        }
-        for t in sorted(halt_thresholds)
-    ]
-
-
-# ---- pictures -------------------------------------------------------------------------------
-def _side(seq_len: int) -> tuple[int, int]:
-    s = math.isqrt(seq_len)
-    return (s, s) if s * s == seq_len else (1, seq_len)
-
-
-def refinement_figure(
-    pictures: list[dict[str, np.ndarray]], task: str, max_columns: int = 8, step: int | None = None
-):
-    """Rows = test puzzles; columns = input, the prediction after ACT steps (evenly chosen up
-    to `max_columns`), target. Wrong cells are outlined in red; Sudoku's given cells are bold
-    digits on a grey dot; a caption explains both and names the training `step`."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Rectangle
-
-    K = len(pictures[0]["preds"])
-    steps = sorted({round(x) for x in np.linspace(0, K - 1, min(K, max_columns))})
-    cols = ["input"] + [f"ACT step {s + 1}" for s in steps] + ["target"]
-    H, W = _side(len(pictures[0]["inputs"]))
-    cell = 0.22 if H > 12 else 0.35
-    fig, axes = plt.subplots(
-        len(pictures),
-        len(cols),
-        figsize=(max(2.0, W * cell) * len(cols), max(2.0, H * cell) * len(pictures) + 0.4),
-        squeeze=False,
-    )
-    vmax = int(max(p["labels"].max() for p in pictures))
-    vmax = max(vmax, int(max(p["inputs"].max() for p in pictures)), 1)
-    for r, pic in enumerate(pictures):
-        labels = pic["labels"].reshape(H, W)
-        grids = [pic["inputs"].reshape(H, W)]
-        grids += [pic["preds"][s].reshape(H, W) for s in steps]
-        grids += [np.where(labels == IGNORE, 0, labels)]
-        for c, grid in enumerate(grids):
-            ax = axes[r][c]
-            ax.imshow(grid, cmap="tab20", vmin=0, vmax=max(vmax, 19), interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if r == 0:
-                ax.set_title(cols[c], fontsize=9)
-            if task == "sudoku" and H <= 16:
-                given = grids[0] >= 2  # tokens: 0 pad, 1 blank, 2.. digits 1..
-                for (i, j), v in np.ndenumerate(grid):
-                    if given[i, j]:
-                        ax.plot(j, i, "o", ms=9, color="lightgrey", zorder=1)
-                    if v >= 2:
-                        ax.text(j, i, str(v - 1), ha="center", va="center", fontsize=7,
-                                fontweight="bold" if given[i, j] else "normal", zorder=2)  # fmt: skip
-            if 0 < c < len(grids) - 1:
-                wrong = (grid != labels) & (labels != IGNORE)
-                for i, j in zip(*np.nonzero(wrong)):
-                    ax.add_patch(
-                        Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", lw=1.2)
-                    )
-                ax.set_xlabel(f"{int(wrong.sum())} wrong", fontsize=7)
-    _refinement_caption(fig, task, step)
-    return fig
-
-
-def _refinement_caption(fig: Any, task: str, step: int | None) -> None:
-    """Title (training step) and a legend line under the grid of pictures."""
-    when = f" at training step {step}" if step is not None else ""
-    fig.suptitle(f"Test puzzles as the model refines them{when}", fontsize=10)
-    legend = ("columns: the puzzle, the model's answer after ACT step k, the solution\n"
-              "colour = token value; red box = cell that differs from the solution")  # fmt: skip
-    if task == "sudoku":
-        legend += "; bold digit on a grey dot = given in the puzzle"
-    fig.text(0.5, 0.005, legend, ha="center", va="bottom", fontsize=7)
-    fig.tight_layout(rect=(0, 0.06, 1, 0.95))
-
-
-def depth_curve_figure(curve: list[float], halt_max_steps: int, step: int):
-    """Exact accuracy after each ACT step; the dashed line marks the training halt_max_steps."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.2))
-    ks = list(range(1, len(curve) + 1))
-    ax.plot(ks, curve, marker="o", ms=3)
-    ax.axvline(halt_max_steps, ls="--", c="grey", lw=1, label=f"halt_max_steps={halt_max_steps}")
-    ax.set_xlabel("ACT steps at test time")
-    ax.set_ylabel("exact accuracy")
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_title(f"Depth curve at training step {step}")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-def halt_curve_figure(points: list[dict], halt_threshold: float, step: int):
-    """Test-time ACT halting: exact accuracy vs mean ACT steps, one point per threshold tau
-    (labelled); the model's own `halt_threshold` is marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.2))
-    xs = [p["steps"] for p in points]
-    ys = [p["exact_accuracy"] for p in points]
-    ax.plot(xs, ys, marker="o", ms=4)
-    labels: dict[tuple[float, float], list[str]] = defaultdict(list)  # one label per point
-    for p in points:
-        mark = " (model)" if p["tau"] == halt_threshold else ""
-        labels[(p["steps"], p["exact_accuracy"])].append(f"{p['tau']:g}{mark}")
-    for xy, taus in labels.items():
-        ax.annotate("tau=" + ", ".join(taus), xy, fontsize=7, textcoords="offset points",
-                    xytext=(3, 3))  # fmt: skip
-    ax.margins(x=0.25)  # room for the labels
-    ax.set_xlabel("mean ACT steps at halt")
-    ax.set_ylabel("exact accuracy at halt")
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_title(f"Halting threshold curve at training step {step}")
-    fig.tight_layout()
-    return fig
-
-
-# ---- evaluation during training -----------------------------------------------------------
-class Evaluator:
-    """The periodic evaluation of a training run: each rank evaluates its share of the test
-    split, the sums are added across ranks (every rank calls `__call__` at the same steps),
-    and rank 0 prints a line and logs the metrics, the depth curve and pictures to `tracker`.
-
-    `cfg` is the run config (`data`, `eval`, `schedule` sections), `meta` the dataset's
-    metadata, `halt_max_steps` the model's ACT step limit, `halt_threshold` its test-time
-    halting threshold (marked on the halting-threshold plot).
-    """
-
-    def __init__(self, cfg: RunConfig, meta: Any, halt_max_steps: int, *, rank: int,
-                 world: int, device: torch.device, tracker: NullTracker,
-                 say: Callable[[str], None], name: str, halt_threshold: float = 0.5):  # fmt: skip
-        self.cfg, self.meta, self.halt_max_steps = cfg, meta, halt_max_steps
-        self.halt_threshold = halt_threshold
-        self.rank, self.world, self.device = rank, world, device
-        self.tracker, self.say, self.name = tracker, say, name
-        self.depth_steps = max(cfg.depth_steps, halt_max_steps)
-        self.voting = None
-        if meta.task == "arc":
-            from pipeline.arc_vote import ArcVoting
-
-            self.voting = ArcVoting(
-                cfg.data.uri, meta, pass_ks=cfg.eval.pass_ks, max_variants=cfg.eval.arc_variants,
-                aggregate=cfg.eval.arc_aggregate,
-            )  # fmt: skip
-            if rank == 0:
-                say(f"[{name}] {self.voting.summary}")
-
-    def __call__(self, model: torch.nn.Module, step: int) -> dict[str, float]:
-        """Evaluate `model` (the EMA weights when the run keeps them) at training `step`;
-        returns the `eval/*` metrics over all ranks."""
-        from pipeline import distributed
-        from pipeline.data.stream import ShardStream
-
-        t_eval = time.perf_counter()
-        cfg, world = self.cfg, self.world
-        stream = ShardStream(
-            cfg.data.uri, "test", batch_size=cfg.data.eval_batch_size or cfg.per_worker_batch,
-            rank=self.rank, world_size=world, seed=cfg.data.seed, shuffle=False, augment=False,
-            epoch=0, drop_last=False, meta=self.meta,
-        )  # fmt: skip
-        per_rank_max = math.ceil(cfg.eval.max_examples / world) if cfg.eval.max_examples else 0
-        voting, eval_bs = self.voting, cfg.data.eval_batch_size or cfg.per_worker_batch
-        res = evaluate(
-            model, voting.rows(stream, eval_bs) if voting else stream, device=self.device,
-            halt_max_steps=self.halt_max_steps, depth_steps=self.depth_steps,
-            halt_thresholds=cfg.eval.halt_thresholds, max_examples=per_rank_max, num_pictures=cfg.eval.num_pictures if self.rank == 0 else 0,
-            keep_predictions=voting is not None,
-        )  # fmt: skip
-        sums = distributed.sum_across_ranks(res.flat(), self.device)
-        metrics, curve = finish(sums, self.halt_max_steps)
-        if voting is not None:  # pass@K from the same rollout's predictions
-            metrics.update(voting.metrics(res.predictions, self.device))
-        metrics["eval/seconds"] = time.perf_counter() - t_eval
-        if self.rank == 0:
-            self._log(metrics, curve, res.pictures, step)
-        return metrics
-
-    def _log(
-        self, metrics: dict[str, float], curve: list[float], pictures: list, step: int
-    ) -> None:
-        shown = " ".join(f"{k}:{v:.2f}" for k, v in enumerate(curve, 1) if _show(k, len(curve)))
-        self.say(
-            f"[{self.name}] eval step {step}: exact {metrics['eval/exact_accuracy']:.4f} "
-            f"token {metrics['eval/accuracy']:.4f} q_halt {metrics['eval/q_halt_accuracy']:.3f}"
-            f" steps {metrics['eval/steps']:.2f} (n={int(metrics['eval/count'])}) | depth {shown}"
-        )
-        tracker, tag = self.tracker, f"step_{step:08d}"
-        tracker.log_metrics(metrics, step)
-        tracker.log_dict(
-            {"step": step, "halt_max_steps": self.halt_max_steps, "exact_accuracy": curve},
-            f"depth_curve/{tag}.json",
-        )
-        _log_figure(tracker, depth_curve_figure(curve, self.halt_max_steps, step),
-                    f"depth_curve/{tag}.png")  # fmt: skip
-        if self.cfg.eval.halt_thresholds:
-            points = halt_curve(metrics, self.cfg.eval.halt_thresholds)
-            tracker.log_dict({"step": step, "points": points}, f"halt_curve/{tag}.json")
-            _log_figure(tracker, halt_curve_figure(points, self.halt_threshold, step),
-                        f"halt_curve/{tag}.png")  # fmt: skip
-        if pictures:
-            _log_figure(tracker, refinement_figure(pictures, self.meta.task, step=step),
-                        f"refinement/{tag}.png")  # fmt: skip
-        # one metric per ACT depth over training steps: MLflow's step axis stays the training
-        # step (an ACT-step axis zigzags when a run is extended)
-        tracker.log_metrics(depth_curve_metrics(curve), step)
-
-
-def _show(k: int, n: int) -> bool:
-    """Whether the console line shows depth-curve step k of n (all of a short curve)."""
-    return n <= 12 or k in (1, 2, 4, 8, 16, 32, 64, n) or k % 16 == 0
-
-
-def _log_figure(tracker: NullTracker, fig: Any, path: str) -> None:
-    import matplotlib.pyplot as plt
+    def say(line: str) -> None:
+        print(line, file=out, flush=True)
 
     try:
-        tracker.log_figure(fig, path)
-    finally:
-        plt.close(fig)
+        with contextlib.ExitStack() as stack:
+            _check_args(args)
+            device = _device(args.device)
+            r = restore(args.checkpoint, stack, device=device, say=say)
+            if args.puzzle is not None:
+                from pipeline.solve import solve_one
+
+                print(solve_one(r, args.puzzle, args.data, args.max_steps))
+                return 0
+            result = evaluate_checkpoint(r, args, device, say)
+    except (ConfigError, CheckpointError, DatasetError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # storage out of reach, a failure inside the model, ...
+        print(f"error: evaluation failed: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps(result) if args.json else report(result))
+    return 0
+
+
+def _device(name: str) -> torch.device:
+    """--device, or the training default (cuda when present)."""
+    from pipeline.worker import default_device
+
+    try:
+        return torch.device(name) if name else default_device()
+    except RuntimeError as e:
+        raise ConfigError(f"--device {name!r}: {e}") from None
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    """Bad arguments are errors before the checkpoint is read."""
+    for kv in args.overrides:
+        if not kv.startswith("eval."):
+            raise ConfigError(f"--set {kv}: only eval.* keys can be set when evaluating")
+    if "://" not in args.checkpoint and not Path(args.checkpoint).exists():
+        raise CheckpointError(f"checkpoint {args.checkpoint!r}: no such file or directory")
+    if args.max_steps is not None and args.max_steps < 1:
+        raise ConfigError(f"--max-steps must be a positive integer, got {args.max_steps}")
+    if args.max_steps is not None and args.puzzle is None:
+        raise ConfigError("--max-steps goes with --puzzle (evaluation uses eval.depth_steps)")
+
+
+def evaluate_checkpoint(
+    r: Restored, args: argparse.Namespace, device: torch.device, say: Callable[[str], None]
+) -> dict[str, Any]:
+    """The training run's evaluation of `r` on `args.data` (default: its own dataset)."""
+    from pipeline.data.meta import read_meta
+    from pipeline.data.storage import absolute
+    from pipeline.evaluation import Evaluator
+
+    data = absolute(args.data or r.config.data.uri)
+    cfg = r.config.with_overrides([f"data.uri={data}", *args.overrides])
+    meta = read_meta(data)
+    check_fits(r, meta, data)
+    if args.split not in meta.splits:
+        raise DatasetError(f"the dataset at {data} has no split {args.split!r} "
+                           f"(it has {', '.join(sorted(meta.splits))})")  # fmt: skip
+    tracker = _tracker(r, cfg, meta, data) if args.mlflow else None
+    evaluator = Evaluator(cfg, meta, r.model_config.halt_max_steps, rank=0, world=1,
+                          device=device, tracker=tracker or _null(), say=say, name=cfg.name,
+                          halt_threshold=r.model_config.halt_threshold)  # fmt: skip
+    evaluator.split = args.split
+    try:
+        metrics = evaluator(r.model, r.step)
+    except BaseException:
+        if tracker is not None:
+            tracker.finish("FAILED")
+        raise
+    result = {"step": r.step, "checkpoint": r.checkpoint, "data": data, "split": args.split,
+              **metrics, "depth_curve/exact_accuracy": evaluator.last_curve}  # fmt: skip
+    if tracker is not None:
+        if r.step != cfg.schedule.steps:  # the Evaluator logs it at the final step
+            tracker.log_series("depth_curve/exact_accuracy", evaluator.last_curve)
+        tracker.finish("FINISHED")
+        result["mlflow_run_id"] = tracker.run_id
+        say(f"MLflow: logged as run {tracker.run_id} ({tracker.url})")
+    return result
+
+
+def _null() -> Any:
+    from pipeline.tracking import NullTracker
+
+    return NullTracker()
+
+
+def _tracker(r: Restored, cfg: Any, meta: Any, data: str) -> Any:
+    """A new MLflow run for this evaluation, in the training run's experiment."""
+    from pipeline.tracking import Tracker, code_version, resolve_tracking_uri
+
+    return Tracker(
+        resolve_tracking_uri(),
+        cfg.tracking.experiment,
+        run_name=f"eval-{cfg.name}-step{r.step}",
+        run_key=f"eval {r.checkpoint} on {data} at {time.time_ns()}",  # a new run every time
+        params={
+            **{k: v for k, v in cfg.flat().items() if k.startswith("eval.")},
+            "data.uri": data,
+            "step": r.step,
+        },
+        tags={
+            SOURCE_RUN_TAG: r.mlflow_run_id,
+            CHECKPOINT_TAG: r.checkpoint,
+            "task": meta.task,
+            "dataset": data,
+            "code_version": code_version(),
+            "trm.kind": "evaluation",
+        },
+    )
+
+
+def report(result: dict[str, Any]) -> str:
+    """The human-readable form of `evaluate_checkpoint`'s result."""
+    from pipeline.evaluation import halt_curve
+
+    lines = [f"checkpoint {result['checkpoint']} (step {result['step']})",
+             f"data {result['data']} ({result['split']} split)"]  # fmt: skip
+    for k, v in result.items():
+        if k.startswith("eval/") and "/halt_tau_" not in k:
+            lines.append(f"  {k:32s} {v:.6g}")
+    taus = [float(k.split("/")[1][len("halt_tau_") :])
+            for k in result if k.startswith("eval/halt_tau_") and k.endswith("/steps")]  # fmt: skip
+    if taus:
+        lines.append("halting-threshold curve (tau: mean steps, exact accuracy at halt)")
+        for p in halt_curve(result, taus):
+            lines.append(f"  {p['tau']:<5g} {p['steps']:7.3f} {p['exact_accuracy']:8.4f}")
+    lines.append("depth curve (ACT steps: exact accuracy)")
+    curve = result["depth_curve/exact_accuracy"]
+    lines += [f"  {k:3d} {v:.4f}" for k, v in enumerate(curve, 1)]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -10,7 +10,7 @@
 first; a damaged or half-written one is named and skipped (`pipeline.checkpoint.verify`). The
 model carries the weights evaluation uses in training (the EMA averages when the run kept them)
 and is in eval mode. An s3:// checkpoint is downloaded into a temporary directory that `stack`
-removes on exit.
+removes on exit. `check_fits(r, meta, uri)` says whether a dataset is in the model's encoding.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from pipeline import checkpoint as ckpt
-from pipeline.config import RunConfig
+from pipeline.config import ConfigError, RunConfig
 from trm import TRM, TRMConfig
 from trm.optim import EMA
 
@@ -79,6 +79,22 @@ def restore(
     )
 
 
+def check_fits(r: Restored, meta: Any, uri: str) -> None:
+    """`ConfigError` naming both when the dataset at `uri` is not in the model's encoding."""
+    m = r.model_config
+    if (
+        m.seq_len != meta.seq_len
+        or m.vocab_size != meta.vocab_size
+        or m.num_puzzle_identifiers < meta.num_puzzle_identifiers
+    ):
+        raise ConfigError(
+            f"the model of {r.checkpoint} (seq_len {m.seq_len}, vocab_size {m.vocab_size}, "
+            f"{m.num_puzzle_identifiers} puzzle identifiers) does not fit the {meta.task} "
+            f"dataset at {uri} (seq_len {meta.seq_len}, vocab_size {meta.vocab_size}, "
+            f"{meta.num_puzzle_identifiers} puzzle identifiers)"
+        )
+
+
 def _candidates(uri: str) -> Iterator[tuple[str, Any]]:
     """(name, context giving a local directory), newest first: `uri` itself when it is a
     checkpoint, else the checkpoints inside it."""
@@ -90,7 +106,8 @@ def _candidates(uri: str) -> Iterator[tuple[str, Any]]:
     if trainer.type == pafs.FileType.File:
         import ray.train
 
-        yield uri, ray.train.Checkpoint(path, filesystem=fs).as_directory()
+        name = uri if "://" in uri else _absolute(uri)
+        yield name, ray.train.Checkpoint(path, filesystem=fs).as_directory()
         return
     for name, opener in ckpt._checkpoints_in(fs, path):
         yield (name if "://" not in uri else f"{uri.split('://')[0]}://{name}"), opener

@@ -5,7 +5,7 @@
 batch, summing metrics in a `MetricWindow`; every `eval.every` steps an `Evaluator` scores the
 EMA weights on the test split, every `checkpoint.every` steps the state is saved. The parts
 live in their own modules: `pipeline.train_state` (TrainState, train_step, learning rates),
-`pipeline.metrics` (train/* metrics, MFU), `pipeline.evaluate` (Evaluator). A `Session` says
+`pipeline.metrics` (train/* metrics, MFU), `pipeline.evaluation` (Evaluator). A `Session` says
 where the loop runs:
 
 - `train_loop_per_worker(config)`: a Ray Train worker (`TorchTrainer`, data parallel);
@@ -18,7 +18,7 @@ where the loop runs:
 evaluation step, every `schedule.report_every` steps (if set), and at each checkpoint step with
 checkpoint_dir = a temp directory holding this rank's files (deleted after `report` returns).
 `metrics` holds `step`, `epoch`, the `train/*` metrics of the last logging interval and the
-latest `eval/*` metrics: see `pipeline.metrics.METRICS` and `pipeline/evaluate.py`. Console
+latest `eval/*` metrics: see `pipeline.metrics.METRICS` and `pipeline/evaluation.py`. Console
 lines and MLflow step metrics come every `schedule.log_every` steps, independently of reports.
 
 Resume is exact: the checkpoint holds the model, optimisers, EMA, step, data position
@@ -48,7 +48,7 @@ import trm
 from pipeline import checkpoint as ckpt
 from pipeline.config import ConfigError, RunConfig, flatten
 from pipeline.device import compile_model, to_device
-from pipeline.evaluate import Evaluator
+from pipeline.evaluation import Evaluator
 from pipeline.metrics import MetricWindow, peak_flops
 from pipeline.tracking import NullTracker, source_tags, start_tracker
 from pipeline.train_state import TrainState, model_config, train_step

@@ -13,7 +13,7 @@ import torch
 from pipeline.arc_vote import ArcVoting, grid_hash, merge, pass_at_k, vote_table
 from pipeline.config import ConfigError, RunConfig
 from pipeline.data import ShardStream, build_arc, read_meta
-from pipeline.evaluate import evaluate
+from pipeline.evaluation import evaluate
 from trm.puzzles import arc
 
 # ---- a hand-computed case ----------------------------------------------------------------------

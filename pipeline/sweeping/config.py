@@ -49,7 +49,7 @@ ALGORITHMS = ("grid", "random")
 SCHEDULERS = ("fifo", "asha")
 # sweep time axis -> the key every trial reports it under
 TIME_ATTRS = {"steps": "step", "examples": "examples", "flops": "flops"}
-# metrics a trial reports at every evaluation (pipeline/evaluate.py, pipeline/metrics.py)
+# metrics a trial reports at every evaluation (pipeline/evaluation.py, pipeline/metrics.py)
 EVAL_METRICS = (
     "eval/exact_accuracy",
     "eval/accuracy",

@@ -1,0 +1,162 @@
+"""pipeline/evaluate.py, the evaluation command: on a checkpoint it gives the numbers training
+logged at that step, logs them as a new MLflow run, solves one puzzle step by step, and turns
+bad input into one line and exit code 2."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from test_train import sudoku4, tiny_cfg  # noqa: F401 (sudoku4 is a fixture)
+
+from pipeline.evaluate import CHECKPOINT_TAG, SOURCE_RUN_TAG, main
+from pipeline.tracking import find_run, read_run
+from pipeline.train import run_info
+from pipeline.worker import run_in_process
+
+ROOT = Path(__file__).resolve().parent.parent
+PUZZLE = "1..43..2.1.34.2."  # 4x4 with one solution: blanks '.', digits 1..4
+
+
+@pytest.fixture(scope="module")
+def trained(sudoku4, tmp_path_factory):  # noqa: F811
+    """A tiny tracked run of 8 steps, evaluated and checkpointed at 4 and 8."""
+    tmp = tmp_path_factory.mktemp("run")
+    cfg = tiny_cfg(sudoku4, tmp, "schedule.steps=8", "eval.max_examples=0")
+    storage = str(tmp / "runs")
+    run_in_process(cfg, run_info(cfg, "tiny", storage))
+    run_id = find_run(cfg.tracking.uri, "trm-test", f"{storage}/tiny")
+    return {"run_dir": tmp / "runs" / "tiny", "cfg": cfg, "run_id": run_id, "tmp": tmp}
+
+
+def command(*args: str, cwd: Path, env: dict[str, str] | None = None):
+    """The real command in a fresh process."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    return subprocess.run([sys.executable, str(ROOT / "pipeline" / "evaluate.py"), *args],
+                          cwd=cwd, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+
+
+def test_json_gives_the_numbers_training_logged_at_that_step(trained):
+    uri = trained["cfg"].tracking.uri
+    logged = read_run(uri, trained["run_id"])["metrics"]
+    p = command(str(trained["run_dir"]), "--json", cwd=trained["tmp"])
+    assert p.returncode == 0, p.stderr
+    got = json.loads(p.stdout)
+    assert got["step"] == 8 and got["checkpoint"].endswith("checkpoint_00000008")
+    keys = [k for k in logged if k.startswith("eval/") and k != "eval/seconds"]
+    assert "eval/halt_tau_0.3/exact_accuracy" in keys and "eval/exact_accuracy_at_5" in keys
+    for k in keys:
+        step, value = logged[k][-1]
+        assert step == 8 and got[k] == value, k
+    assert got["eval/count"] == 64  # the whole test split
+    assert got["depth_curve/exact_accuracy"] == [v for _, v in logged["depth_curve/exact_accuracy"]]
+
+
+def test_mlflow_logs_a_new_run_tagged_with_its_source(trained, tmp_path):
+    ckpt4 = trained["run_dir"] / "checkpoint_00000004"
+    db = f"sqlite:///{tmp_path / 'eval.db'}"
+    p = command(str(ckpt4), "--mlflow", "--set", "eval.halt_thresholds=[0.5]", cwd=tmp_path,
+                env={"MLFLOW_TRACKING_URI": db})  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    assert f"checkpoint {ckpt4} (step 4)" in p.stdout
+    assert "halting-threshold curve" in p.stdout and "depth curve" in p.stdout
+    training = read_run(trained["cfg"].tracking.uri, trained["run_id"])["metrics"]
+    from mlflow.tracking import MlflowClient
+
+    (run,) = MlflowClient(db).search_runs(
+        [MlflowClient(db).get_experiment_by_name("trm-test").experiment_id]
+    )
+    assert run.data.tags[SOURCE_RUN_TAG] == trained["run_id"]
+    assert run.data.tags[CHECKPOINT_TAG] == str(ckpt4)
+    assert run.data.metrics["eval/accuracy"] == dict(training["eval/accuracy"])[4]
+    assert "eval/halt_tau_0.5/steps" in run.data.metrics
+    assert "eval/halt_tau_0.3/steps" not in run.data.metrics  # --set took effect
+
+
+def test_puzzle_prints_every_step_and_the_halting_one(trained):
+    p = command(str(trained["run_dir"]), "--puzzle", PUZZLE, "--max-steps", "4",
+                cwd=trained["tmp"])  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    out = p.stdout
+    assert "puzzle:\n1 . . 4\n3 . . 2\n. 1 . 3\n4 . 2 ." in out
+    assert [f"step {k} (" in out for k in range(1, 6)] == [True] * 4 + [False]
+    assert out.count("<- halts here") == 1 or "did not halt" in out
+    assert "the answer is " in out and "Sudoku" in out.splitlines()[-1]
+
+
+def test_damaged_newest_checkpoint_falls_back_to_the_previous(trained, tmp_path):
+    run = tmp_path / "tiny"
+    shutil.copytree(trained["run_dir"], run)
+    trainer = run / "checkpoint_00000008" / "trainer.pt"
+    trainer.write_bytes(trainer.read_bytes()[:100])
+    p = command(str(run), "--puzzle", PUZZLE, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert "skipping checkpoint" in p.stdout and "checkpoint_00000008" in p.stdout
+    assert f"checkpoint {run / 'checkpoint_00000004'} (step 4)" in p.stdout
+
+
+@pytest.fixture(scope="module")
+def sudoku6(tmp_path_factory) -> str:
+    from pipeline.data import build_sudoku
+
+    uri = str(tmp_path_factory.mktemp("data") / "sudoku6")
+    build_sudoku(uri, size=6, num_train=8, num_test=8, seed=0, min_clues=20)
+    return uri
+
+
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["{tmp}/nowhere"], "no such file or directory"),
+        (["{tmp}/empty"], "neither a checkpoint directory"),
+        (["{run}", "--data", "{sudoku6}"], "seq_len 16, vocab_size 6"),
+        (["{run}", "--data", "{sudoku6}", "--puzzle", PUZZLE], "seq_len 16, vocab_size 6"),
+        (["{run}", "--puzzle", "1.3"], "has 16 characters, got 3"),
+        (["{run}", "--puzzle", "1.3......2....5."], "'5' at position 14"),
+        (["{run}", "--set", "eval.nope=1"], "eval.nope"),
+        (["{run}", "--set", "optim.lr=1"], "only eval.* keys"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(trained, sudoku6, tmp_path, capsys, args, says):
+    (tmp_path / "empty").mkdir()
+    fill = {"tmp": tmp_path, "run": trained["run_dir"], "sudoku6": sudoku6}
+    assert main([a.format(**fill) for a in args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and says in err, err
+    if "--data" in args:
+        assert sudoku6 in err and "seq_len 36, vocab_size 8" in err  # names both
+
+
+def test_puzzle_text_as_the_datasets_encode_it():
+    from pipeline.config import ConfigError
+    from pipeline.solve import _grid, encode_puzzle, sudoku_verdict
+    from trm.puzzles import maze, sudoku
+
+    assert (
+        encode_puzzle("sudoku", PUZZLE, 16).tolist()
+        == sudoku.encode(sudoku.parse_board(PUZZLE, 4)).tolist()
+    )
+    assert encode_puzzle("sudoku", PUZZLE.replace(".", "0"), 16).tolist()[:4] == [2, 1, 1, 5]
+    text = "S # " + "  # " + "#   " + "  #G"
+    tokens = encode_puzzle("maze", text, 16)
+    assert tokens.tolist() == maze.encode(text).tolist()
+    assert "".join(_grid("maze", tokens)) == text
+    with pytest.raises(ConfigError, match="'x' at position 1"):
+        encode_puzzle("maze", "Sx" + text[2:], 16)
+    with pytest.raises(ConfigError, match="this model is for arc"):
+        encode_puzzle("arc", text, 16)
+
+    question = sudoku.encode(sudoku.parse_board(PUZZLE, 4))
+    (solution,) = sudoku.solve(sudoku.parse_board(PUZZLE, 4).tolist(), 4).solutions
+    answer = sudoku.encode(solution)
+    assert sudoku_verdict(question, answer).startswith("a valid Sudoku")
+    swapped = answer.copy()
+    swapped[[1, 2]] = swapped[[2, 1]]  # two blanks of row 1: the row stays a permutation
+    assert "repeats a digit" in sudoku_verdict(question, swapped)
+    relabelled = sudoku.encode([{1: 2, 2: 1}.get(d, d) for d in solution])  # valid, clues lost
+    assert "clues changed" in sudoku_verdict(question, relabelled)
