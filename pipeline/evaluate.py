@@ -20,8 +20,8 @@ evaluation; and it runs as one process, so for a run trained on several workers 
 `eval.max_examples` set, the examples evaluated are the first ones of the split rather than
 each worker's share. Output: the metrics by name, the halting-threshold curve and the depth
 curve; `--json` prints one JSON object keyed by the MLflow metric names (e.g.
-`eval/exact_accuracy`) plus `step`, `checkpoint`, `data`, `split`, the depth curve as
-`depth_curve/exact_accuracy` and, with --mlflow, `mlflow_run_id`.
+`eval/exact_accuracy`, `depth_curve/exact_accuracy_at_step_<k>`) plus `step`, `checkpoint`,
+`data`, `split` and, with --mlflow, `mlflow_run_id`.
 `--mlflow` logs them, with the depth and halting curves, as a new MLflow run (tracking URI:
 $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db, as training) in the training run's
 experiment, tagged `trm.source_run_id` (the training run) and `trm.checkpoint`.
@@ -137,6 +137,7 @@ def evaluate_checkpoint(
     from pipeline.data.meta import read_meta
     from pipeline.data.storage import absolute
     from pipeline.evaluation import Evaluator
+    from pipeline.tracking import depth_curve_metrics
 
     data = absolute(args.data or r.config.data.uri)
     cfg = r.config.with_overrides([f"data.uri={data}", *args.overrides])
@@ -157,10 +158,8 @@ def evaluate_checkpoint(
             tracker.finish("FAILED")
         raise
     result = {"step": r.step, "checkpoint": r.checkpoint, "data": data, "split": args.split,
-              **metrics, "depth_curve/exact_accuracy": evaluator.last_curve}  # fmt: skip
-    if tracker is not None:
-        if r.step != cfg.schedule.steps:  # the Evaluator logs it at the final step
-            tracker.log_series("depth_curve/exact_accuracy", evaluator.last_curve)
+              **metrics, **depth_curve_metrics(evaluator.last_curve)}  # fmt: skip
+    if tracker is not None:  # the Evaluator logged the metrics and curves
         tracker.finish("FINISHED")
         result["mlflow_run_id"] = tracker.run_id
         say(f"MLflow: logged as run {tracker.run_id} ({tracker.url})")
@@ -214,8 +213,9 @@ def report(result: dict[str, Any]) -> str:
         for p in halt_curve(result, taus):
             lines.append(f"  {p['tau']:<5g} {p['steps']:7.3f} {p['exact_accuracy']:8.4f}")
     lines.append("depth curve (ACT steps: exact accuracy)")
-    curve = result["depth_curve/exact_accuracy"]
-    lines += [f"  {k:3d} {v:.4f}" for k, v in enumerate(curve, 1)]
+    prefix = "depth_curve/exact_accuracy_at_step_"
+    curve = sorted((int(k[len(prefix) :]), v) for k, v in result.items() if k.startswith(prefix))
+    lines += [f"  {k:3d} {v:.4f}" for k, v in curve]
     return "\n".join(lines)
 
 
