@@ -41,6 +41,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--name", help="sweep name (default: the file's `name`)")
     p.add_argument(
+        "--checkpoint",
+        help="evaluate-mode sweeps: the checkpoint or run directory to evaluate, local or "
+        "s3:// (default: the file's `checkpoint`)",
+    )
+    p.add_argument(
         "--storage-path", help="where the sweep lives (default: base checkpoint.storage_path)"
     )
     p.add_argument("--resume", action="store_true", help="continue an interrupted sweep")
@@ -60,7 +65,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        sweep, text, exp_path = load_sweep(args.sweep, args.overrides, args.storage_path, args.name)
+        sweep, text, exp_path = load_sweep(
+            args.sweep, args.overrides, args.storage_path, args.name, args.checkpoint
+        )
         if args.resume:
             sweep, text = stored_sweep(sweep, exp_path)
         if args.dry_run:
