@@ -91,6 +91,8 @@ def dry_run_text(sweep: SweepConfig, exp_path: str) -> str:
         f"scheduler {sweep.scheduler.type}, metric {sweep.search.metric} ({sweep.search.mode})",
         f"storage: {exp_path}",
     ]
+    if sweep.mode == "evaluate":
+        lines.append(f"evaluates checkpoint {sweep.checkpoint} (no training)")
     ranges = {k: f"{d.kind}{d.values}" for k, d in sweep.domains.items() if d.kind != "grid"}
     for i, point in enumerate(sweep.grid_points()):
         lines.append(f"  grid point {i}: " + ", ".join(f"{k}={v}" for k, v in point.items()))
