@@ -228,6 +228,21 @@ class EvalConfig:
     """ARC only: pool the votes of every evaluation of the run, as the official evaluator does
     by default (`aggregated_voting`), so later scores include predictions of earlier weights.
     Off: each evaluation scores the weights it evaluated. The pool is not checkpointed."""
+    # test-time compute settings: used by evaluate-mode sweeps (`TRM.predict` per trial);
+    # the periodic evaluation of training keeps the official fixed-depth rollout
+    halt_threshold: float | None = None
+    """Test-time halting threshold tau in (0, 1) of `TRM.predict(halt=True)`; unset (null) =
+    the model's `halt_threshold`."""
+    max_steps: int = 0
+    """Most ACT steps per trajectory at test time; 0 = the model's halt_max_steps."""
+    trajectories: int = 1
+    """K trajectories per example run side by side (`TRM.predict`); 1 = the plain answer."""
+    noise_std: float = 0.0
+    """Std of the noise added to the latent z_L once per ACT step in each trajectory; 0 = none."""
+    select: str = "q_halt"
+    """How one of the K trajectories is picked: 'q_halt', 'vote' or 'first' (`TRM.predict`)."""
+    seed: int = 0
+    """Seed of the trajectories' noise (`torch.Generator().manual_seed(seed)`)."""
 
     def __post_init__(self) -> None:
         require(
@@ -255,6 +270,35 @@ class EvalConfig:
             f"must be a non-empty list of positive integers, got {self.pass_ks!r}",
         )
         require(isinstance(self.arc_aggregate, bool), "eval.arc_aggregate", "must be true/false")
+        self._check_test_time()
+
+    def _check_test_time(self) -> None:
+        from trm.model import SELECTS
+
+        tau = self.halt_threshold
+        require(
+            tau is None or (is_num(tau) and 0 < tau < 1),
+            "eval.halt_threshold",
+            f"must be a number in (0, 1) or null (the model's), got {tau!r}",
+        )
+        require(
+            is_int(self.max_steps) and self.max_steps >= 0,
+            "eval.max_steps",
+            f"must be an integer >= 1 (0 = the model's halt_max_steps), got {self.max_steps!r}",
+        )
+        require(
+            is_int(self.trajectories) and self.trajectories >= 1,
+            "eval.trajectories",
+            f"must be an integer >= 1, got {self.trajectories!r}",
+        )
+        require(
+            is_num(self.noise_std) and self.noise_std >= 0,
+            "eval.noise_std",
+            f"must be a number >= 0, got {self.noise_std!r}",
+        )
+        require(self.select in SELECTS, "eval.select",
+                f"must be one of {SELECTS}, got {self.select!r}")  # fmt: skip
+        require(is_int(self.seed), "eval.seed", f"must be an integer, got {self.seed!r}")
 
 
 @dataclass

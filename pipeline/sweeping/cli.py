@@ -41,6 +41,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--name", help="sweep name (default: the file's `name`)")
     p.add_argument(
+        "--checkpoint",
+        help="evaluate-mode sweeps: the checkpoint or run directory to evaluate, local or "
+        "s3:// (default: the file's `checkpoint`)",
+    )
+    p.add_argument(
         "--storage-path", help="where the sweep lives (default: base checkpoint.storage_path)"
     )
     p.add_argument("--resume", action="store_true", help="continue an interrupted sweep")
@@ -60,7 +65,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        sweep, text, exp_path = load_sweep(args.sweep, args.overrides, args.storage_path, args.name)
+        sweep, text, exp_path = load_sweep(
+            args.sweep, args.overrides, args.storage_path, args.name, args.checkpoint
+        )
         if args.resume:
             sweep, text = stored_sweep(sweep, exp_path)
         if args.dry_run:
@@ -92,6 +99,8 @@ def dry_run_text(sweep: SweepConfig, exp_path: str) -> str:
         f"scheduler {sweep.scheduler.type}, metric {sweep.search.metric} ({sweep.search.mode})",
         f"storage: {exp_path}",
     ]
+    if sweep.mode == "evaluate":
+        lines.append(f"evaluates checkpoint {sweep.checkpoint} (no training)")
     ranges = {k: f"{d.kind}{d.values}" for k, d in sweep.domains.items() if d.kind != "grid"}
     for i, point in enumerate(sweep.grid_points()):
         lines.append(f"  grid point {i}: " + ", ".join(f"{k}={v}" for k, v in point.items()))

@@ -46,6 +46,16 @@ from pipeline.sweeping.space import Domain, check_field, trial_config
 from trm.config import is_int
 
 ALGORITHMS = ("grid", "random")
+MODES = ("train", "evaluate")
+# the only fields an evaluate-mode sweep may vary: test-time settings of `TRM.predict`
+EVAL_MODE_FIELDS = (
+    "eval.halt_threshold",
+    "eval.max_steps",
+    "eval.trajectories",
+    "eval.noise_std",
+    "eval.select",
+    "eval.seed",
+)
 SCHEDULERS = ("fifo", "asha")
 # sweep time axis -> the key every trial reports it under
 TIME_ATTRS = {"steps": "step", "examples": "examples", "flops": "flops"}
@@ -56,6 +66,8 @@ EVAL_METRICS = (
     "eval/q_halt_accuracy",
     "eval/steps",
     "eval/exact_accuracy_at_halt",
+    "eval/inference_flops_per_example",  # evaluate-mode sweeps
+    "eval/count",
 )
 TRAIN_METRICS = (
     "train/loss",
@@ -201,6 +213,13 @@ class SweepConfig:
     dataset: dict[str, Any] = field(default_factory=dict)
     """Optional: how to build base.data.uri when it holds no dataset yet: `builder` (sudoku,
     maze or arc) and the builder's keyword arguments (pipeline.data.build_*)."""
+    mode: str = "train"
+    """'train': every trial trains a run config. 'evaluate': no training; every trial
+    evaluates `checkpoint` with one test-time setting (`pipeline.sweeping.eval_trial`); the
+    space may only vary EVAL_MODE_FIELDS."""
+    checkpoint: str = ""
+    """evaluate mode: the checkpoint or run directory (local or s3://) every trial evaluates
+    (`pipeline.restore`); `--checkpoint` replaces it."""
 
     def __post_init__(self) -> None:
         require(
@@ -233,7 +252,11 @@ class SweepConfig:
             "is empty: a sweep needs at least one key to vary (to train one config, use "
             "pipeline/train.py)",
         )
-        self.base_config()  # the base alone must be a valid run config
+        require(self.mode in MODES, "mode", f"must be one of {MODES}, got {self.mode!r}")
+        if self.mode == "evaluate":
+            self._check_evaluate()
+        else:
+            self.base_config()  # the base alone must be a valid run config
         self.domains = {key: Domain.parse(key, spec) for key, spec in self.space.items()}
         seen: dict[str, str] = {}
         for key, dom in self.domains.items():
@@ -253,9 +276,53 @@ class SweepConfig:
                     f"search.algorithm 'grid' needs grid domains, got {dom.kind!r} "
                     "(use algorithm: random to draw from it)",
                 )
-        self._check_values()
+        if self.mode == "evaluate":
+            self._check_eval_space()
+        if self.mode == "train" or self.base.get("data", {}).get("uri"):
+            self._check_values()
+        else:  # an unbound evaluate sweep: its run config comes with the checkpoint
+            self.checked = []
         if self.dataset:
             check_builder_args(self.dataset)
+
+    def _check_evaluate(self) -> None:
+        require(
+            isinstance(self.checkpoint, str) and self.checkpoint.strip() != "",
+            "checkpoint",
+            "mode: evaluate needs the checkpoint (or run directory) to evaluate: set "
+            "`checkpoint:` in the file or pass --checkpoint URI",
+        )
+        require(
+            self.scheduler.type == "fifo",
+            "scheduler.type",
+            "an evaluate-mode sweep has no training to stop early: use fifo",
+        )
+        require(
+            self.base.get("resources", {}).get("num_workers", 1) == 1,
+            "base.resources.num_workers",
+            "an evaluate-mode trial runs in one process: use 1 (pack trials with fractional "
+            "gpus_per_worker instead)",
+        )
+
+    def _check_eval_space(self) -> None:
+        """Only test-time fields vary, and every checked point gives a valid eval section."""
+        from pipeline.config import EvalConfig
+
+        for key, dom in self.domains.items():
+            for name in dom.names:
+                require(
+                    name in EVAL_MODE_FIELDS,
+                    f"space[{key!r}]",
+                    f"{name!r} is a training field; an evaluate-mode sweep evaluates a trained "
+                    f"checkpoint and can only vary {', '.join(EVAL_MODE_FIELDS)}",
+                )
+        for point in self.checked_points():
+            section = dict(self.base.get("eval", {}))
+            section.update({k.split(".", 1)[1]: v for k, v in point.items()})
+            try:
+                build_section(EvalConfig, section, "eval")
+            except ConfigError as e:
+                raise ConfigError(f"space: the trial {point} is not a valid setting: {e}") from None
 
     # ---- derived ---------------------------------------------------------------------------
     def base_config(self, point: dict[str, Any] | None = None) -> RunConfig:
@@ -325,6 +392,8 @@ class SweepConfig:
             "budget": vars(self.budget),
             "max_failures": self.max_failures,
             "dataset": self.dataset,
+            "mode": self.mode,
+            "checkpoint": self.checkpoint,
         }
 
     @classmethod
@@ -334,10 +403,14 @@ class SweepConfig:
 
     @classmethod
     def from_yaml(
-        cls, path: str | Path, overrides: list[str] | tuple[str, ...] = (), name: str | None = None
+        cls,
+        path: str | Path,
+        overrides: list[str] | tuple[str, ...] = (),
+        name: str | None = None,
+        checkpoint: str | None = None,
     ) -> SweepConfig:
         """Load a sweep file; `overrides` ('section.key=value') apply to the base run config;
-        `name` replaces the file's sweep name."""
+        `name` replaces the file's sweep name, `checkpoint` its checkpoint."""
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"sweep file {str(path)!r} does not exist")
@@ -358,6 +431,8 @@ class SweepConfig:
             d = {**d, "base": apply_overrides(base, overrides)}
         if name:
             d = {**d, "name": name}
+        if checkpoint:
+            d = {**d, "checkpoint": checkpoint}
         try:
             return cls.from_dict(d)
         except ConfigError as e:

@@ -61,6 +61,10 @@ def run_sweep(
     # MLflow run to end) before Tune gives up on reusing it and errors the next trial; Tune's
     # 2 s are too short on a busy machine (local clusters inherit the driver's environment)
     os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", "60")
+    if sweep.mode == "evaluate":  # the run config comes with the checkpoint
+        from pipeline.sweeping.eval_trial import bind_checkpoint
+
+        sweep = bind_checkpoint(sweep)
     given, sweep = sweep, with_absolute_data(sweep)
     base = resolve(sweep, exp_path)
     check_durable(base, exp_path)
@@ -74,9 +78,7 @@ def run_sweep(
     restore = check_resume(sweep.name, exp_path, resume)
     tracker = start_parent_run(given, sweep_text, base, exp_path, fits, restore, resume)
     ctx = make_context(sweep, base, exp_path, use_gpu, tracker.run_id or "")
-    trainable = tune.with_resources(
-        tune.with_parameters(run_trial, ctx=ctx), trial_resources(base, use_gpu)
-    )
+    trainable = tune.with_resources(trial_function(sweep, ctx), trial_resources(base, use_gpu))
     concurrency = sweep.concurrency or fits
     print(
         f"[sweep] {sweep.name}: {sweep.num_trials} trial(s), {concurrency} at a time "
@@ -95,9 +97,22 @@ def run_sweep(
     except BaseException:
         tracker.set_tags({"trm.status": "interrupted"})
         raise
-    outcome = finish_sweep(sweep, ctx, results, tracker, time.time() - t_start)
+    if sweep.mode == "evaluate":
+        from pipeline.sweeping.eval_report import finish_eval_sweep as finish
+    else:
+        finish = finish_sweep
+    outcome = finish(sweep, ctx, results, tracker, time.time() - t_start)
     tracker.finish("FINISHED" if outcome.exit_code == 0 else "FAILED")
     return outcome
+
+
+def trial_function(sweep: SweepConfig, ctx: SweepContext) -> Any:
+    """What each Tune trial runs: training, or (evaluate mode) evaluating the checkpoint."""
+    if sweep.mode == "evaluate":
+        from pipeline.sweeping.eval_trial import run_eval_trial
+
+        return tune.with_parameters(run_eval_trial, ctx=ctx, checkpoint=sweep.checkpoint)
+    return tune.with_parameters(run_trial, ctx=ctx)
 
 
 def check_resume(name: str, exp_path: str, resume: bool) -> bool:
@@ -179,6 +194,8 @@ def sweep_params(sweep: SweepConfig, base: RunConfig, fits: int) -> dict[str, An
     s = sweep.search
     return {
         "sweep.name": sweep.name,
+        "sweep.mode": sweep.mode,
+        **({"sweep.checkpoint": sweep.checkpoint} if sweep.mode == "evaluate" else {}),
         "sweep.num_trials": sweep.num_trials,
         "sweep.space": ", ".join(sweep.space),
         "search.algorithm": s.algorithm,

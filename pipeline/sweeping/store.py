@@ -34,10 +34,14 @@ def storage_text(uri: str, key: str) -> str | None:
 
 
 def load_sweep(
-    path: str | Path, overrides: Sequence[str], storage: str | None, name: str | None = None
+    path: str | Path,
+    overrides: Sequence[str],
+    storage: str | None,
+    name: str | None = None,
+    checkpoint: str | None = None,
 ) -> tuple[SweepConfig, str, str]:
     """(sweep, its file's text, experiment path = storage root / sweep name)."""
-    sweep = SweepConfig.from_yaml(path, list(overrides), name=name)
+    sweep = SweepConfig.from_yaml(path, list(overrides), name=name, checkpoint=checkpoint)
     default = sweep.base.get("checkpoint", {}).get("storage_path", CheckpointConfig.storage_path)
     root = absolute(storage or default)
     return sweep, Path(path).read_text(), f"{root}/{sweep.name}"

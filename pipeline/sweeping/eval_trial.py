@@ -1,0 +1,160 @@
+"""Evaluate-mode sweeps: one trained checkpoint, many test-time settings, no training.
+
+A sweep file with `mode: evaluate` and `checkpoint: URI` (or `--checkpoint URI`) varies only
+the test-time fields of the eval section (`EVAL_MODE_FIELDS`: halting threshold, ACT step
+limit, trajectories K, latent noise, selection rule, noise seed). Before Ray starts,
+`bind_checkpoint` restores the checkpoint on the driver (a missing or damaged one is a
+`ConfigError`) and makes the sweep's base from the run config it was trained with: its model
+(dataset fields pinned to the checkpoint's, so a `data.uri` that does not fit the model fails
+the usual dataset preflight), its data section unless the sweep sets `data`, and the sweep's
+own eval, resources and tracking sections. Each Tune trial (`run_eval_trial`) restores the
+model and runs `TRM.predict(halt=True, ...)` batch by batch over the test split.
+
+Metrics (fractions of evaluated examples unless said otherwise):
+  eval/exact_accuracy   every scored token of the selected answer right
+  eval/accuracy         token accuracy of the selected answer
+  eval/steps            mean ACT steps one trajectory ran (all K trajectories counted)
+  eval/inference_flops_per_example   trm.flops.inference_flops(model, eval/steps, K)
+  eval/count            examples evaluated (not a fraction)
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+import torch
+from ray import tune
+
+from pipeline.config import DATASET_FIELDS, ConfigError, EvalConfig, RunConfig
+from pipeline.sweeping.config import EVAL_MODE_FIELDS, SweepConfig
+from pipeline.sweeping.store import completed_result
+from pipeline.sweeping.trial import SweepContext
+
+# labels of unscored positions (and of the padding rows of a last batch)
+IGNORE = -100
+
+
+def bind_checkpoint(sweep: SweepConfig) -> SweepConfig:
+    """`sweep` with a full base made from its checkpoint's run config (module docstring);
+    `ConfigError` naming the checkpoint when it cannot be restored."""
+    from pipeline.checkpoint import CheckpointError
+    from pipeline.restore import restore
+
+    with contextlib.ExitStack() as stack:
+        try:
+            r = restore(sweep.checkpoint, stack, say=lambda m: print(f"[sweep] {m}", flush=True))
+        except (CheckpointError, OSError) as e:
+            raise ConfigError(f"checkpoint {sweep.checkpoint!r}: {e}") from None
+    print(f"[sweep] evaluating {r.checkpoint} (step {r.step})", flush=True)
+    d = r.config.to_dict()
+    d.pop("name", None)
+    d["model"] = {**d["model"], **{f: getattr(r.model_config, f) for f in DATASET_FIELDS}}
+    # the training run's eval cadence, checkpointing, resources and tracking are not this
+    # sweep's: trials evaluate the whole test split (unless eval.max_examples says otherwise)
+    for section in ("eval", "checkpoint", "resources", "tracking"):
+        d[section] = {}
+    for section, values in sweep.base.items():
+        d[section] = {**d.get(section, {}), **values}
+    return SweepConfig.from_dict({**sweep.to_dict(), "base": d, "checkpoint": r.checkpoint})
+
+
+def eval_params(e: EvalConfig, checkpoint: str) -> dict[str, Any]:
+    """A trial's MLflow params: its test-time setting (`eval.trajectories`, ...)."""
+    params: dict[str, Any] = {name: getattr(e, name.split(".", 1)[1]) for name in EVAL_MODE_FIELDS}
+    params["eval.max_examples"] = e.max_examples
+    return {**params, "checkpoint": checkpoint}
+
+
+def run_eval_trial(config: dict[str, Any], ctx: SweepContext, checkpoint: str) -> None:
+    """One Tune trial of an evaluate-mode sweep: evaluate `checkpoint` with this trial's
+    test-time setting and report the metrics once (to Tune and to its MLflow child run)."""
+    from pipeline.restore import restore
+    from pipeline.tracking import start_tracker
+
+    trial_id = tune.get_context().get_trial_id()
+    done = completed_result(ctx.exp_path, trial_id)
+    if done is not None:  # ended before a driver crash; --resume must not rerun it
+        tune.report(done)
+        return
+    cfg = ctx.trial_config(config, trial_id)
+    torch.set_num_threads(max(1, int(cfg.resources.cpus_per_worker)))
+    device = torch.device("cuda" if ctx.use_gpu else "cpu")
+    tracker = start_tracker(
+        bool(ctx.tracking_uri) and cfg.tracking.enabled,
+        uri=ctx.tracking_uri,
+        experiment=cfg.tracking.experiment,
+        run_name=cfg.name,
+        run_key=ctx.run_key(trial_id),
+        params=eval_params(cfg.eval, checkpoint),
+        tags={**cfg.tracking.tags, "trm.kind": "evaluate"},
+        parent_run_id=ctx.parent_run_id or None,
+    )
+    try:
+        with contextlib.ExitStack() as stack:
+            r = restore(checkpoint, stack, device=device, say=lambda m: None)
+            metrics = evaluate_setting(r.model, cfg, device)
+    except BaseException:
+        tracker.finish("FAILED")
+        raise
+    finally:
+        if device.type == "cuda":  # trials that share the GPU get the memory back
+            torch.cuda.empty_cache()
+    tracker.log_metrics(metrics, 0)
+    tracker.finish()
+    tune.report(metrics)
+
+
+@torch.no_grad()
+def evaluate_setting(model: Any, cfg: RunConfig, device: torch.device) -> dict[str, float]:
+    """`model.predict(halt=True, ...)` with `cfg.eval`'s test-time setting over the test
+    split of `cfg.data.uri`, batch by batch; the metrics of the module docstring."""
+    from pipeline.data.meta import cached_meta
+    from pipeline.data.stream import ShardStream
+    from trm.flops import inference_flops
+
+    e = cfg.eval
+    K = e.trajectories
+    # K copies of each example share a forward: keep the rows per call near the batch size
+    rows = max(1, (cfg.data.eval_batch_size or cfg.per_worker_batch) // K)
+    stream = ShardStream(
+        cfg.data.uri, "test", batch_size=rows, rank=0, world_size=1, seed=cfg.data.seed,
+        shuffle=False, augment=False, epoch=0, drop_last=False, meta=cached_meta(cfg.data.uri),
+    )  # fmt: skip
+    generator = torch.Generator(device=device).manual_seed(e.seed)
+    sums: dict[str, float] = defaultdict(float)
+    for batch in stream:
+        take = e.max_examples - int(sums["count"]) if e.max_examples else None
+        if take is not None and take <= 0:
+            break
+        keep = np.nonzero((np.asarray(batch["labels"]) != IGNORE).any(-1))[0][:take]
+        if len(keep) == 0:
+            continue
+        inputs, labels, pids = (
+            torch.as_tensor(np.asarray(batch[k])[keep], device=device).long()
+            for k in ("inputs", "labels", "puzzle_identifiers")
+        )
+        out = model.predict(
+            inputs, pids, halt=True, max_steps=e.max_steps or None,
+            halt_threshold=e.halt_threshold, trajectories=K, noise_std=float(e.noise_std),
+            select=e.select, generator=generator,
+        )  # fmt: skip
+        valid_BL = labels != IGNORE
+        correct_BL = (out.preds == labels) & valid_BL
+        sums["count"] += len(keep)
+        sums["exact"] += (correct_BL.sum(-1) == valid_BL.sum(-1)).sum().item()
+        sums["accuracy"] += (correct_BL.sum(-1) / valid_BL.sum(-1).clamp_min(1)).sum().item()
+        sums["steps"] += out.trajectory_steps.sum().item()
+    n = max(sums["count"], 1.0)
+    steps = sums["steps"] / (n * K)
+    return {
+        "eval/exact_accuracy": sums["exact"] / n,
+        "eval/accuracy": sums["accuracy"] / n,
+        "eval/steps": steps,
+        "eval/inference_flops_per_example": (
+            inference_flops(model.config, steps, K) if sums["count"] else 0.0
+        ),
+        "eval/count": sums["count"],
+    }
