@@ -147,6 +147,9 @@ def evaluate_checkpoint(
         raise DatasetError(f"the dataset at {data} has no split {args.split!r} "
                            f"(it has {', '.join(sorted(meta.splits))})")  # fmt: skip
     tracker = _tracker(r, cfg, meta, data) if args.mlflow else None
+    head = {"step": r.step, "checkpoint": r.checkpoint, "data": data, "split": args.split}
+    if is_test_time(cfg.eval):  # a setting of an evaluate-mode sweep: TRM.predict's metrics
+        return _test_time_result(r, cfg, device, args.split, head, tracker, say)
     evaluator = Evaluator(cfg, meta, r.model_config.halt_max_steps, rank=0, world=1,
                           device=device, tracker=tracker or _null(), say=say, name=cfg.name,
                           halt_threshold=r.model_config.halt_threshold)  # fmt: skip
@@ -157,13 +160,44 @@ def evaluate_checkpoint(
         if tracker is not None:
             tracker.finish("FAILED")
         raise
-    result = {"step": r.step, "checkpoint": r.checkpoint, "data": data, "split": args.split,
-              **metrics, **depth_curve_metrics(evaluator.last_curve)}  # fmt: skip
+    result = {**head, **metrics, **depth_curve_metrics(evaluator.last_curve)}
     if tracker is not None:  # the Evaluator logged the metrics and curves
-        tracker.finish("FINISHED")
-        result["mlflow_run_id"] = tracker.run_id
-        say(f"MLflow: logged as run {tracker.run_id} ({tracker.url})")
+        _finish(tracker, result, say)
     return result
+
+
+def is_test_time(e: Any) -> bool:
+    """Whether the eval section asks for a test-time setting (K trajectories, noise, another
+    step limit, threshold or selection) rather than the training run's evaluation."""
+    return (e.trajectories != 1 or e.noise_std != 0 or e.max_steps != 0
+            or e.halt_threshold is not None or e.select != "q_halt")  # fmt: skip
+
+
+def _test_time_result(r, cfg, device, split, head, tracker, say) -> dict[str, Any]:
+    """`TRM.predict(halt=True, ...)` with the setting, as an evaluate-mode sweep's trial
+    measures it (`pipeline.evaluation.evaluate_test_time`)."""
+    from pipeline.evaluation import evaluate_test_time
+
+    e = cfg.eval
+    say(f"test-time setting: trajectories={e.trajectories} noise_std={e.noise_std} "
+        f"select={e.select} max_steps={e.max_steps or 'halt_max_steps'} "
+        f"halt_threshold={e.halt_threshold or 'the model' + chr(39) + 's'} seed={e.seed}")  # fmt: skip
+    try:
+        result = {**head, **evaluate_test_time(r.model, cfg, device, split)}
+    except BaseException:
+        if tracker is not None:
+            tracker.finish("FAILED")
+        raise
+    if tracker is not None:
+        tracker.log_metrics({k: v for k, v in result.items() if k.startswith("eval/")}, r.step)
+        _finish(tracker, result, say)
+    return result
+
+
+def _finish(tracker: Any, result: dict[str, Any], say: Callable[[str], None]) -> None:
+    tracker.finish("FINISHED")
+    result["mlflow_run_id"] = tracker.run_id
+    say(f"MLflow: logged as run {tracker.run_id} ({tracker.url})")
 
 
 def _null() -> Any:
@@ -212,10 +246,11 @@ def report(result: dict[str, Any]) -> str:
         lines.append("halting-threshold curve (tau: mean steps, exact accuracy at halt)")
         for p in halt_curve(result, taus):
             lines.append(f"  {p['tau']:<5g} {p['steps']:7.3f} {p['exact_accuracy']:8.4f}")
-    lines.append("depth curve (ACT steps: exact accuracy)")
     prefix = "depth_curve/exact_accuracy_at_step_"
     curve = sorted((int(k[len(prefix) :]), v) for k, v in result.items() if k.startswith(prefix))
-    lines += [f"  {k:3d} {v:.4f}" for k, v in curve]
+    if curve:
+        lines.append("depth curve (ACT steps: exact accuracy)")
+        lines += [f"  {k:3d} {v:.4f}" for k, v in curve]
     return "\n".join(lines)
 
 

@@ -461,3 +461,62 @@ def _log_figure(tracker: NullTracker, fig: Any, path: str) -> None:
         tracker.log_figure(fig, path)
     finally:
         plt.close(fig)
+
+
+@torch.no_grad()
+def evaluate_test_time(
+    model: Any, cfg: RunConfig, device: torch.device, split: str = "test"
+) -> dict[str, float]:
+    """`model.predict(halt=True, ...)` with `cfg.eval`'s test-time setting (halting threshold,
+    step limit, K trajectories, latent noise, selection, noise seed) over `split` of
+    `cfg.data.uri`, batch by batch, in one process: eval/exact_accuracy, eval/accuracy,
+    eval/steps (mean ACT steps one trajectory ran), eval/inference_flops_per_example
+    (trm.flops.inference_flops at those steps x K) and eval/count. The evaluate-mode sweep's
+    trials and `pipeline/evaluate.py --set eval.trajectories=...` report these."""
+    from pipeline.data.meta import cached_meta
+    from pipeline.data.stream import ShardStream
+    from trm.flops import inference_flops
+
+    e = cfg.eval
+    K = e.trajectories
+    # K copies of each example share a forward: keep the rows per call near the batch size
+    rows = max(1, (cfg.data.eval_batch_size or cfg.per_worker_batch) // K)
+    stream = ShardStream(
+        cfg.data.uri, split, batch_size=rows, rank=0, world_size=1, seed=cfg.data.seed,
+        shuffle=False, augment=False, epoch=0, drop_last=False, meta=cached_meta(cfg.data.uri),
+    )  # fmt: skip
+    generator = torch.Generator(device=device).manual_seed(e.seed)
+    sums: dict[str, float] = defaultdict(float)
+    for batch in stream:
+        take = e.max_examples - int(sums["count"]) if e.max_examples else None
+        if take is not None and take <= 0:
+            break
+        keep = np.nonzero((np.asarray(batch["labels"]) != IGNORE).any(-1))[0][:take]
+        if len(keep) == 0:
+            continue
+        inputs, labels, pids = (
+            torch.as_tensor(np.asarray(batch[k])[keep], device=device).long()
+            for k in ("inputs", "labels", "puzzle_identifiers")
+        )
+        out = model.predict(
+            inputs, pids, halt=True, max_steps=e.max_steps or None,
+            halt_threshold=e.halt_threshold, trajectories=K, noise_std=float(e.noise_std),
+            select=e.select, generator=generator,
+        )  # fmt: skip
+        valid_BL = labels != IGNORE
+        correct_BL = (out.preds == labels) & valid_BL
+        sums["count"] += len(keep)
+        sums["exact"] += (correct_BL.sum(-1) == valid_BL.sum(-1)).sum().item()
+        sums["accuracy"] += (correct_BL.sum(-1) / valid_BL.sum(-1).clamp_min(1)).sum().item()
+        sums["steps"] += out.trajectory_steps.sum().item()
+    n = max(sums["count"], 1.0)
+    steps = sums["steps"] / (n * K)
+    return {
+        "eval/exact_accuracy": sums["exact"] / n,
+        "eval/accuracy": sums["accuracy"] / n,
+        "eval/steps": steps,
+        "eval/inference_flops_per_example": (
+            inference_flops(model.config, steps, K) if sums["count"] else 0.0
+        ),
+        "eval/count": sums["count"],
+    }

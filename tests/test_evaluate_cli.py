@@ -58,6 +58,29 @@ def test_json_gives_the_numbers_training_logged_at_that_step(trained):
     assert len(depth) == 5 and all(got[k] == logged[k][-1][1] for k in depth)
 
 
+def test_a_test_time_setting_gives_what_the_evaluate_mode_sweep_measures(trained):
+    """`--set eval.trajectories=...` (the lines an evaluate-mode sweep prints for its best
+    setting) evaluates with TRM.predict exactly as the sweep's trial does, seeded noise included."""
+    import contextlib
+
+    import torch
+
+    from pipeline.evaluation import evaluate_test_time
+    from pipeline.restore import restore
+
+    sets = ["eval.trajectories=3", "eval.noise_std=0.2", "eval.max_steps=4", "eval.seed=7"]
+    p = command(str(trained["run_dir"]), "--json", *[a for s in sets for a in ("--set", s)],
+                cwd=trained["tmp"])  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    got = json.loads(p.stdout)
+    with contextlib.ExitStack() as stack:
+        r = restore(str(trained["run_dir"]), stack, say=lambda _: None)
+        want = evaluate_test_time(r.model, r.config.with_overrides(sets), torch.device("cpu"))
+    assert want["eval/count"] == 64 and want["eval/inference_flops_per_example"] > 0
+    assert {k: got[k] for k in want} == want
+    assert "eval/halt_tau_0.5/steps" not in got  # not the training run's fixed-step evaluation
+
+
 def test_mlflow_logs_a_new_run_tagged_with_its_source(trained, tmp_path):
     ckpt4 = trained["run_dir"] / "checkpoint_00000004"
     db = f"sqlite:///{tmp_path / 'eval.db'}"

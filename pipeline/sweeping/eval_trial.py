@@ -21,20 +21,16 @@ Metrics (fractions of evaluated examples unless said otherwise):
 from __future__ import annotations
 
 import contextlib
-from collections import defaultdict
 from typing import Any
 
-import numpy as np
 import torch
 from ray import tune
 
-from pipeline.config import DATASET_FIELDS, ConfigError, EvalConfig, RunConfig
+from pipeline.config import DATASET_FIELDS, ConfigError, EvalConfig
+from pipeline.evaluation import evaluate_test_time
 from pipeline.sweeping.config import EVAL_MODE_FIELDS, SweepConfig
 from pipeline.sweeping.store import completed_result
 from pipeline.sweeping.trial import SweepContext
-
-# labels of unscored positions (and of the padding rows of a last batch)
-IGNORE = -100
 
 
 def bind_checkpoint(sweep: SweepConfig) -> SweepConfig:
@@ -95,7 +91,7 @@ def run_eval_trial(config: dict[str, Any], ctx: SweepContext, checkpoint: str) -
     try:
         with contextlib.ExitStack() as stack:
             r = restore(checkpoint, stack, device=device, say=lambda m: None)
-            metrics = evaluate_setting(r.model, cfg, device)
+            metrics = evaluate_test_time(r.model, cfg, device)
     except BaseException:
         tracker.finish("FAILED")
         raise
@@ -105,56 +101,3 @@ def run_eval_trial(config: dict[str, Any], ctx: SweepContext, checkpoint: str) -
     tracker.log_metrics(metrics, 0)
     tracker.finish()
     tune.report(metrics)
-
-
-@torch.no_grad()
-def evaluate_setting(model: Any, cfg: RunConfig, device: torch.device) -> dict[str, float]:
-    """`model.predict(halt=True, ...)` with `cfg.eval`'s test-time setting over the test
-    split of `cfg.data.uri`, batch by batch; the metrics of the module docstring."""
-    from pipeline.data.meta import cached_meta
-    from pipeline.data.stream import ShardStream
-    from trm.flops import inference_flops
-
-    e = cfg.eval
-    K = e.trajectories
-    # K copies of each example share a forward: keep the rows per call near the batch size
-    rows = max(1, (cfg.data.eval_batch_size or cfg.per_worker_batch) // K)
-    stream = ShardStream(
-        cfg.data.uri, "test", batch_size=rows, rank=0, world_size=1, seed=cfg.data.seed,
-        shuffle=False, augment=False, epoch=0, drop_last=False, meta=cached_meta(cfg.data.uri),
-    )  # fmt: skip
-    generator = torch.Generator(device=device).manual_seed(e.seed)
-    sums: dict[str, float] = defaultdict(float)
-    for batch in stream:
-        take = e.max_examples - int(sums["count"]) if e.max_examples else None
-        if take is not None and take <= 0:
-            break
-        keep = np.nonzero((np.asarray(batch["labels"]) != IGNORE).any(-1))[0][:take]
-        if len(keep) == 0:
-            continue
-        inputs, labels, pids = (
-            torch.as_tensor(np.asarray(batch[k])[keep], device=device).long()
-            for k in ("inputs", "labels", "puzzle_identifiers")
-        )
-        out = model.predict(
-            inputs, pids, halt=True, max_steps=e.max_steps or None,
-            halt_threshold=e.halt_threshold, trajectories=K, noise_std=float(e.noise_std),
-            select=e.select, generator=generator,
-        )  # fmt: skip
-        valid_BL = labels != IGNORE
-        correct_BL = (out.preds == labels) & valid_BL
-        sums["count"] += len(keep)
-        sums["exact"] += (correct_BL.sum(-1) == valid_BL.sum(-1)).sum().item()
-        sums["accuracy"] += (correct_BL.sum(-1) / valid_BL.sum(-1).clamp_min(1)).sum().item()
-        sums["steps"] += out.trajectory_steps.sum().item()
-    n = max(sums["count"], 1.0)
-    steps = sums["steps"] / (n * K)
-    return {
-        "eval/exact_accuracy": sums["exact"] / n,
-        "eval/accuracy": sums["accuracy"] / n,
-        "eval/steps": steps,
-        "eval/inference_flops_per_example": (
-            inference_flops(model.config, steps, K) if sums["count"] else 0.0
-        ),
-        "eval/count": sums["count"],
-    }
