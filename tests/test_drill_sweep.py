@@ -29,7 +29,7 @@ import yaml
 from drills import record
 from mlflow.tracking import MlflowClient
 
-from pipeline.config import set_dotted
+from pipeline.fields import set_dotted
 from pipeline.sweeping.run import PARENT_KEY_PREFIX
 from pipeline.tracking import child_runs, find_run, read_run
 

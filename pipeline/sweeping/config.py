@@ -40,7 +40,8 @@ from typing import Any
 
 import yaml
 
-from pipeline.config import ConfigError, RunConfig, apply_overrides, build_section, is_num, require
+from pipeline.config import RunConfig
+from pipeline.fields import ConfigError, apply_overrides, build_section, is_num, require
 from pipeline.sweeping.dataset import check_builder_args
 from pipeline.sweeping.space import Domain, check_field, trial_config
 from trm.config import is_int

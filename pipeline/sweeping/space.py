@@ -15,7 +15,8 @@ import typing
 from dataclasses import dataclass, fields, is_dataclass
 from typing import Any
 
-from pipeline.config import ConfigError, RunConfig, is_num, require, set_dotted
+from pipeline.config import RunConfig
+from pipeline.fields import ConfigError, is_num, require, set_dotted
 from trm.config import is_int
 
 DOMAINS = ("grid", "choice", "uniform", "loguniform", "randint")
