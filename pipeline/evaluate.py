@@ -208,7 +208,9 @@ def _null() -> Any:
 
 def _tracker(r: Restored, cfg: Any, meta: Any, data: str) -> Any:
     """A new MLflow run for this evaluation, in the training run's experiment."""
-    from pipeline.tracking import Tracker, code_version, resolve_tracking_uri
+    from pipeline.provenance import code_version
+    from pipeline.tracking import Tracker
+    from pipeline.tracking_server import resolve_tracking_uri
 
     return Tracker(
         resolve_tracking_uri(),

@@ -72,7 +72,7 @@ def preflight(cfg: RunConfig, storage_path: str, *, cluster: bool) -> Any:
     meta = check_dataset(cfg)
     check_storage_writable(storage_path)
     if cfg.tracking.enabled:  # a server that is down: one line now, not minutes of retries later
-        from pipeline.tracking import check_tracking, resolve_tracking_uri
+        from pipeline.tracking_server import check_tracking, resolve_tracking_uri
 
         check_tracking(resolve_tracking_uri(cfg.tracking.uri))
     if cluster:

@@ -1,10 +1,8 @@
-"""MLflow tracking of training runs; the only module of the project that talks to MLflow.
+"""MLflow tracking of training runs: the live `Tracker` and the reads and edits of stored runs;
+with `pipeline.tracking_server` (where the store is), the only modules that talk to MLflow.
 
 Only world rank 0 makes a `Tracker`; the other ranks get a `NullTracker` with the same
-methods. The tracking location is, in order: the run config's `tracking.uri`, the
-`MLFLOW_TRACKING_URI` environment variable, or an embedded store in the working directory:
-`sqlite:///<cwd>/mlflow.db` with artifacts in `<cwd>/mlruns/`, which
-`mlflow ui --backend-store-uri sqlite:///<cwd>/mlflow.db` opens. The URI is resolved once, on
+methods. The tracking URI (`pipeline.tracking_server.resolve_tracking_uri`) is resolved once, on
 the driver, and sent to the workers (whose working directories differ).
 
 A run is identified by a `run_key` tag (storage path + run name): a restarted or resumed
@@ -17,17 +15,14 @@ import hashlib
 import json
 import logging
 import os
-import subprocess
 import tempfile
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from pathlib import Path
 from typing import Any
 
+from pipeline.tracking_server import redact, run_url
+
 RUN_KEY_TAG = "trm.run_key"
-LOCAL_DB = "mlflow.db"
 LOCAL_ARTIFACTS = "mlruns"
 MODEL_FILE = "model.pt"
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
@@ -38,137 +33,6 @@ RETRY_BASE_S, RETRY_MAX_S = 2.0, 60.0
 one tried after 2, 4, 8, ... s (at most 60 s); training and checkpoints go on."""
 
 logger = logging.getLogger(__name__)
-
-
-class TrackingError(ConnectionError):
-    """The tracking server cannot be reached; the message names its URI."""
-
-
-def resolve_tracking_uri(configured: str = "", cwd: str | Path | None = None) -> str:
-    """The tracking URI to use: `configured`, else $MLFLOW_TRACKING_URI, else the embedded
-    sqlite store in `cwd` (absolute path, so processes with other working dirs agree)."""
-    if configured:
-        return configured
-    env = os.environ.get("MLFLOW_TRACKING_URI", "")
-    if env:
-        return env
-    root = Path(cwd or os.getcwd()).resolve()
-    return f"sqlite:///{root / LOCAL_DB}"
-
-
-def redact(uri: str) -> str:
-    """`uri` fit to print or log: a password in its user info (http://user:pw@host, which
-    MLflow's HTTP client accepts) replaced by '***'."""
-    parts = urllib.parse.urlsplit(uri)
-    userinfo, at, hostport = parts.netloc.rpartition("@")
-    if not at or ":" not in userinfo:
-        return uri
-    user = userinfo.split(":", 1)[0]
-    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{hostport}"))
-
-
-def ui_command(uri: str) -> str:
-    """The command that shows the runs of `uri` in a browser."""
-    if uri.startswith("sqlite:///"):
-        return f"mlflow ui --backend-store-uri {uri}"
-    return f"open {redact(uri)} in a browser"
-
-
-def is_server(uri: str) -> bool:
-    return uri.startswith(("http://", "https://"))
-
-
-def check_tracking(uri: str, timeout_s: float = 5.0) -> None:
-    """`TrackingError` naming `uri` unless the tracking server there answers (its /health);
-    a local store (sqlite, file) needs no check. Run it before any worker starts: MLflow's
-    own client retries a refused connection for minutes before it gives up."""
-    if not is_server(uri):
-        return
-    parts = urllib.parse.urlsplit(uri)
-    netloc = parts.netloc.rpartition("@")[2]  # urllib takes no user:password in the URL
-    url = urllib.parse.urlunsplit(parts._replace(netloc=netloc, query="", fragment=""))
-    try:
-        urllib.request.urlopen(
-            url.rstrip("/") + "/health", timeout=timeout_s, context=_tls_context()
-        ).close()
-    except urllib.error.HTTPError as e:
-        if e.code < 500:  # it answers (a proxy or an auth layer in front): usable
-            return
-        raise TrackingError(f"MLflow tracking server {redact(uri)} answers HTTP {e.code}") from None
-    except (OSError, ValueError) as e:
-        reason = getattr(e, "reason", e)
-        raise TrackingError(
-            f"MLflow tracking server {redact(uri)} is not reachable ({reason}): start it, point "
-            "tracking.uri / MLFLOW_TRACKING_URI at a running one, or set tracking.enabled=false"
-        ) from None
-
-
-def _tls_context() -> Any:
-    """TLS as MLflow's client does it: $MLFLOW_TRACKING_SERVER_CERT_PATH as the CA bundle,
-    no verification when $MLFLOW_TRACKING_INSECURE_TLS is true."""
-    import ssl
-
-    if os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true":
-        return ssl._create_unverified_context()
-    return ssl.create_default_context(cafile=os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH"))
-
-
-def run_url(uri: str, experiment_id: str, run_id: str) -> str:
-    """The page of a run in the MLflow UI when `uri` is a tracking server, else ''."""
-    if not is_server(uri):
-        return ""
-    return f"{redact(uri).rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
-
-
-def run_link(uri: str, run_id: str) -> str:
-    """Where a user finds run `run_id` of `uri`: its page on a tracking server, else the
-    command that opens the local store (for a training run or a sweep's parent run)."""
-    if not is_server(uri):
-        return ui_command(uri)
-    from mlflow.tracking import MlflowClient
-
-    experiment_id = MlflowClient(tracking_uri=uri).get_run(run_id).info.experiment_id
-    return run_url(uri, experiment_id, run_id)
-
-
-def code_version(repo_dir: str | Path | None = None) -> str:
-    """Git commit of the code (with '-dirty' when tracked files changed); where there is no git
-    checkout (`ray job submit` uploads the working dir without .git) $TRM_CODE_VERSION when
-    set, else 'src-<digest>' of the project's Python sources."""
-    repo_dir = Path(repo_dir or Path(__file__).resolve().parent.parent)
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=repo_dir, capture_output=True, text=True, timeout=10
-        )
-        if sha.returncode != 0:
-            return os.environ.get("TRM_CODE_VERSION") or source_digest(repo_dir)
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=repo_dir,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-        return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.SubprocessError):
-        return os.environ.get("TRM_CODE_VERSION") or source_digest(repo_dir)
-
-
-def source_digest(repo_dir: Path) -> str:
-    """'src-' + SHA-256 (12 hex) of the paths and bytes of `trm/` and `pipeline/` *.py."""
-    h = hashlib.sha256()
-    for path in sorted(p for d in ("trm", "pipeline") for p in (repo_dir / d).rglob("*.py")):
-        h.update(str(path.relative_to(repo_dir)).encode() + b"\0" + path.read_bytes())
-    return f"src-{h.hexdigest()[:12]}"
-
-
-def source_tags(version: str) -> dict[str, str]:
-    """MLflow's own source tags for a `code_version` (the UI shows the commit)."""
-    tags = {"code_version": version}
-    commit = version.removesuffix("-dirty")
-    if len(commit) == 40 and all(c in "0123456789abcdef" for c in commit):
-        tags["mlflow.source.git.commit"] = commit
-    return tags
 
 
 def _artifact_location(uri: str, experiment: str) -> str | None:

@@ -56,7 +56,8 @@ def with_absolute_paths(cfg: RunConfig) -> RunConfig:
 # ---- the driver -----------------------------------------------------------------------------
 def run_info(cfg: RunConfig, name: str, storage_path: str, parent_run_id: str = "") -> RunInfo:
     """Resolve, on the driver, what workers cannot: tracking URI (absolute), code version."""
-    from pipeline.tracking import code_version, resolve_tracking_uri
+    from pipeline.provenance import code_version
+    from pipeline.tracking_server import resolve_tracking_uri
 
     return RunInfo(
         name=name,
@@ -135,7 +136,8 @@ def run_training(
     except Exception as e:
         raise _storage_named(e, storage_path) from e
     if cfg.tracking.enabled and result.checkpoint is not None:
-        from pipeline.tracking import resolve_tracking_uri, tag_run
+        from pipeline.tracking import tag_run
+        from pipeline.tracking_server import resolve_tracking_uri
 
         tags = {"checkpoint.final": checkpoint_uri(result.checkpoint)}
         if result.best_checkpoints:
@@ -262,7 +264,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"# storage: {storage}/{cfg.name}")
             return 0
         if cfg.tracking.enabled:  # before Ray's start-up; preflight checks it again
-            from pipeline.tracking import check_tracking, resolve_tracking_uri
+            from pipeline.tracking_server import check_tracking, resolve_tracking_uri
 
             check_tracking(resolve_tracking_uri(cfg.tracking.uri))
         _prepare_resume(cfg, storage, fresh=args.fresh)
@@ -299,7 +301,8 @@ def _prepare_resume(cfg: RunConfig, storage: str, fresh: bool) -> None:
     if fresh:
         discard_run(run_dir)
         if cfg.tracking.enabled:
-            from pipeline.tracking import resolve_tracking_uri, retire_run
+            from pipeline.tracking import retire_run
+            from pipeline.tracking_server import resolve_tracking_uri
 
             retire_run(resolve_tracking_uri(cfg.tracking.uri), cfg.tracking.experiment, run_dir)
     meta = check_dataset(cfg)
@@ -310,7 +313,8 @@ def _print_mlflow_link(cfg: RunConfig) -> None:
     """The run's page on a tracking server, else how to open the local store."""
     if not cfg.tracking.enabled:
         return
-    from pipeline.tracking import find_run, resolve_tracking_uri, run_link
+    from pipeline.tracking import find_run
+    from pipeline.tracking_server import resolve_tracking_uri, run_link
 
     uri = resolve_tracking_uri(cfg.tracking.uri)
     storage = absolute(cfg.checkpoint.storage_path)

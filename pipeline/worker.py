@@ -50,7 +50,8 @@ from pipeline.config import ConfigError, RunConfig, flatten
 from pipeline.device import compile_model, to_device
 from pipeline.evaluation import Evaluator
 from pipeline.metrics import MetricWindow, peak_flops
-from pipeline.tracking import NullTracker, source_tags, start_tracker
+from pipeline.provenance import source_tags
+from pipeline.tracking import NullTracker, start_tracker
 from pipeline.train_state import TrainState, model_config, train_step
 
 Report = Callable[[dict[str, Any], "str | None"], None]

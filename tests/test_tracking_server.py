@@ -22,16 +22,9 @@ from mlflow.tracking import MlflowClient
 
 from pipeline import checkpoint as ckpt
 from pipeline.data import read_meta
-from pipeline.tracking import (
-    EXPERIMENT_KIND,
-    TrackingError,
-    check_tracking,
-    code_version,
-    find_run,
-    load_model,
-    read_run,
-    source_digest,
-)
+from pipeline.provenance import code_version, source_digest
+from pipeline.tracking import EXPERIMENT_KIND, find_run, load_model, read_run
+from pipeline.tracking_server import TrackingError, check_tracking
 from pipeline.train import main, run_info
 from pipeline.worker import LocalCheckpoints, run_in_process
 

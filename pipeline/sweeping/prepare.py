@@ -20,7 +20,7 @@ def resolve(sweep: SweepConfig, exp_path: str) -> RunConfig:
     """The base as trials need it: local data paths absolute, trial storage under the
     experiment, checkpoints ranked by the sweep's metric (unless the base ranks them itself),
     the tracking URI resolved on the driver."""
-    from pipeline.tracking import resolve_tracking_uri
+    from pipeline.tracking_server import resolve_tracking_uri
 
     d = {"name": sweep.name, **sweep.base}
     d["data"] = {**d.get("data", {}), "uri": absolute(d.get("data", {}).get("uri", ""))}

@@ -470,7 +470,7 @@ def end_children(sweep: SweepConfig, ctx: Any, rows: list[TrialRow]) -> None:
 
 def results_where(ctx: Any, tracker: Any) -> str:
     """The lines that end the console output: where the results are."""
-    from pipeline.tracking import run_link
+    from pipeline.tracking_server import run_link
 
     lines = [f"Results: {ctx.exp_path} (summary, best_config.yaml, plots, trial checkpoints)"]
     if tracker.run_id:

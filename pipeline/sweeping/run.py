@@ -172,7 +172,7 @@ def start_parent_run(
 def make_context(
     sweep: SweepConfig, base: RunConfig, exp_path: str, use_gpu: bool, parent_run_id: str
 ) -> SweepContext:
-    from pipeline.tracking import code_version
+    from pipeline.provenance import code_version
 
     return SweepContext(
         name=sweep.name,
