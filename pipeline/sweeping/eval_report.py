@@ -14,7 +14,8 @@ from typing import Any
 import yaml
 
 from pipeline.sweeping.config import EVAL_MODE_FIELDS, SweepConfig
-from pipeline.sweeping.report import SweepOutcome, pareto_front
+from pipeline.sweeping.plots import pareto_front
+from pipeline.sweeping.report import SweepOutcome
 
 PLOT = "plots/accuracy_vs_inference_flops.png"
 BEST = "best/best_eval.yaml"
@@ -43,7 +44,7 @@ class EvalOutcome(SweepOutcome):
 
 
 def collect(sweep: SweepConfig, ctx: Any, results: Any) -> list[EvalRow]:
-    from pipeline.sweeping.report import _trial_id
+    from pipeline.sweeping.rows import result_trial_id
 
     rows = []
     for result in results:
@@ -51,7 +52,7 @@ def collect(sweep: SweepConfig, ctx: Any, results: Any) -> list[EvalRow]:
         setting = {n: getattr(cfg.eval, n.split(".", 1)[1]) for n in EVAL_MODE_FIELDS}
         m = {k: float(v) for k, v in (result.metrics or {}).items() if k.startswith("eval/")}
         err = str(result.error).strip().splitlines()[-1] if result.error is not None else ""
-        rows.append(EvalRow(_trial_id(result), setting, m, error=err))
+        rows.append(EvalRow(result_trial_id(result), setting, m, error=err))
     return rows
 
 
