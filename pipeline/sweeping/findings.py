@@ -1,4 +1,4 @@
-"""What a sweep found, from its trials' rows (`pipeline.sweeping.report.TrialRow`): trials that
+"""What a sweep found, from its trials' rows (`pipeline.sweeping.rows.TrialRow`): trials that
 differ only by seed grouped per grid point (mean and spread of the best metric, steps to 95%
 exact accuracy per seed), the halting-threshold curve of a trial's last evaluation, and one
 plain sentence on the depth trend, computed from the numbers.

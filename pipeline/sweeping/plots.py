@@ -1,4 +1,4 @@
-"""The sweep's plots (figures of `pipeline.sweeping.report.TrialRow`s): exact accuracy vs
+"""The sweep's plots (figures of `pipeline.sweeping.rows.TrialRow`s): exact accuracy vs
 effective depth (every seed's point, jittered, and the mean per depth), vs compute (with the
 Pareto front), the test-time depth curves and the halting-threshold curves of the best trials.
 """

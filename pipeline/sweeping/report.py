@@ -1,5 +1,6 @@
-"""The end of a sweep: one row per trial, the console summary, the best config, the plots, and
-their place on the MLflow parent run (and beside the Tune experiment in the sweep's storage).
+"""The end of a sweep: the rows of its trials (`pipeline.sweeping.rows`), the console summary,
+the best config, the plots, and their place on the MLflow parent run (and beside the Tune
+experiment in the sweep's storage).
 
 Rows come from Tune's results (the last and every reported result of each trial, kept in the
 experiment's storage, so a resumed sweep summarises the trials of every invocation); depth
