@@ -33,6 +33,9 @@ MODEL_FILE = "model.pt"
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 """MLflow 3 opens an experiment without this tag in its GenAI view (traces, where training runs
 look empty); this value selects the model-training view (runs, metrics, charts)."""
+TRAINING_VIEW = "workflowType=machine_learning"
+"""The UI query that opens a page in the model-training view: MLflow 3.17 opens a fresh
+browser in its GenAI view (runs under "Evaluations") whatever the experiment's kind tag says."""
 RETRY_BASE_S, RETRY_MAX_S = 2.0, 60.0
 """A tracking server that stops answering mid-run: logging calls are dropped, and the next
 one tried after 2, 4, 8, ... s (at most 60 s); training and checkpoints go on."""
@@ -114,10 +117,13 @@ def _tls_context() -> Any:
 
 
 def run_url(uri: str, experiment_id: str, run_id: str) -> str:
-    """The page of a run in the MLflow UI when `uri` is a tracking server, else ''."""
+    """The page of a run in the MLflow UI when `uri` is a tracking server, else ''.
+
+    Opened in the model-training view (`TRAINING_VIEW`)."""
     if not is_server(uri):
         return ""
-    return f"{redact(uri).rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    base = redact(uri).rstrip("/")
+    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}?{TRAINING_VIEW}"
 
 
 def run_link(uri: str, run_id: str) -> str:
