@@ -26,8 +26,8 @@ RUN_KEY_TAG = "trm.run_key"
 LOCAL_ARTIFACTS = "mlruns"
 MODEL_FILE = "model.pt"
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
-"""MLflow 3 opens an experiment without this tag in its GenAI view (traces, where training runs
-look empty); this value selects the model-training view (runs, metrics, charts)."""
+"""The experiment's type in MLflow 3 (model training, not GenAI). MLflow 3.17's UI still opens a
+fresh browser in its GenAI view, so the links we print add `tracking_server.TRAINING_VIEW`."""
 RETRY_BASE_S, RETRY_MAX_S = 2.0, 60.0
 """A tracking server that stops answering mid-run: logging calls are dropped, and the next
 one tried after 2, 4, 8, ... s (at most 60 s); training and checkpoints go on."""

@@ -23,6 +23,11 @@ class TrackingError(ConnectionError):
     """The tracking server cannot be reached; the message names its URI."""
 
 
+TRAINING_VIEW = "workflowType=machine_learning"
+"""The UI query that opens a page in the model-training view: MLflow 3.17 opens a fresh
+browser in its GenAI view (runs under "Evaluations") whatever the experiment's kind tag says."""
+
+
 def resolve_tracking_uri(configured: str = "", cwd: str | Path | None = None) -> str:
     """The tracking URI to use: `configured`, else $MLFLOW_TRACKING_URI, else the embedded
     sqlite store in `cwd` (absolute path, so processes with other working dirs agree)."""
@@ -93,10 +98,12 @@ def _tls_context() -> Any:
 
 
 def run_url(uri: str, experiment_id: str, run_id: str) -> str:
-    """The page of a run in the MLflow UI when `uri` is a tracking server, else ''."""
+    """The page of a run in the MLflow UI when `uri` is a tracking server, else '', opened in
+    the model-training view (`TRAINING_VIEW`)."""
     if not is_server(uri):
         return ""
-    return f"{redact(uri).rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    base = redact(uri).rstrip("/")
+    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}?{TRAINING_VIEW}"
 
 
 def run_link(uri: str, run_id: str) -> str:

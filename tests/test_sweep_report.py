@@ -201,7 +201,7 @@ def test_the_parent_run_page_is_printed_for_a_tracking_server():
     from pipeline.tracking_server import run_url
 
     assert run_url("http://me:pw@mlflow:5000/", "3", "abc") == (
-        "http://me:***@mlflow:5000/#/experiments/3/runs/abc"
+        "http://me:***@mlflow:5000/#/experiments/3/runs/abc?workflowType=machine_learning"
     )
     assert run_url("sqlite:////x/mlflow.db", "3", "abc") == ""
     ctx = SimpleNamespace(exp_path="s3://b/sweeps/s", tracking_uri="sqlite:////x/mlflow.db")

@@ -57,7 +57,7 @@ def test_a_run_on_the_server_as_users_expect(mlflow_server, data, tmp_path, caps
     client = MlflowClient(mlflow_server)
     exp = client.get_experiment_by_name("trm-ux")
     assert exp.tags[EXPERIMENT_KIND[0]] == "custom_model_development"  # the training view
-    url = f"{mlflow_server}/#/experiments/{exp.experiment_id}/runs/{run_id}"
+    url = f"{mlflow_server}/#/experiments/{exp.experiment_id}/runs/{run_id}?workflowType=machine_learning"
     assert out.strip().splitlines()[-1] == f"MLflow: {url}"
     assert f"[drill] MLflow: {url}" in out
 
