@@ -153,7 +153,7 @@ def record(cfg: Any, data: dict[str, Any], evals: list[dict[str, Any]], args, se
 
 def _model_config(cfg: Any) -> Any:
     from pipeline.data.meta import read_meta
-    from pipeline.worker import model_config
+    from pipeline.train_state import model_config
 
     return model_config(cfg, read_meta(cfg.data.uri))
 
@@ -184,7 +184,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     import torch
-    from pipeline.sweep_config import SweepConfig, builders
+
+    from pipeline.sweeping.config import SweepConfig
+    from pipeline.sweeping.dataset import builders
 
     args = parse_args(argv)
     torch.set_num_threads(1)
