@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from pipeline.sweeping.config import EVAL_MODE_FIELDS, SweepConfig
-from pipeline.sweeping.plots import pareto_front
+from pipeline.sweeping.plots import pareto_figure
 from pipeline.sweeping.report import SweepOutcome
 
 PLOT = "plots/accuracy_vs_inference_flops.png"
@@ -99,29 +99,14 @@ def summary_text(sweep: SweepConfig, rows: list[EvalRow], best: EvalRow | None) 
 
 
 def accuracy_figure(rows: list[EvalRow]):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
     done = [r for r in rows if "eval/exact_accuracy" in r.metrics]
-    xs = [r.get("eval/inference_flops_per_example") for r in done]
-    ys = [r.get("eval/exact_accuracy") for r in done]
-    if done:
-        sc = ax.scatter(xs, ys, c=[r.setting["eval.trajectories"] for r in done], cmap="viridis")
-        fig.colorbar(sc, ax=ax, label="trajectories K")
-        front = pareto_front(list(zip(xs, ys)))
-        ax.step([x for x, _ in front], [y for _, y in front], where="post", c="red", lw=1.2,
-                label="Pareto front")  # fmt: skip
-        ax.set_xscale("log")
-        ax.legend(fontsize=8)
-    ax.set_xlabel("inference FLOPs per example")
-    ax.set_ylabel("exact accuracy")
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_title("Test-time compute: exact accuracy vs inference FLOPs")
-    fig.tight_layout()
-    return fig
+    return pareto_figure(
+        [r.get("eval/inference_flops_per_example") for r in done],
+        [r.get("eval/exact_accuracy") for r in done],
+        [r.setting["eval.trajectories"] for r in done],
+        color_label="trajectories K", xlabel="inference FLOPs per example",
+        ylabel="exact accuracy", title="Test-time compute: exact accuracy vs inference FLOPs",
+    )  # fmt: skip
 
 
 def finish_eval_sweep(

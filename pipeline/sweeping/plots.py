@@ -88,22 +88,32 @@ def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]
 
 
 def compute_figure(rows: list[Any]):
+    done = [r for r in rows if r.exact is not None and r.flops > 0]
+    return pareto_figure(
+        [r.flops for r in done], [r.exact for r in done], [r.depth for r in done],
+        color_label="effective depth", xlabel="model training FLOPs spent",
+        ylabel="best eval exact accuracy", title="Exact accuracy vs compute",
+    )  # fmt: skip
+
+
+def pareto_figure(xs: list[float], ys: list[float], colors: list[float], *, color_label: str,
+                  xlabel: str, ylabel: str, title: str):  # fmt: skip
+    """Exact accuracy (`ys`) vs FLOPs (`xs`, log scale), points coloured by `colors`, with the
+    Pareto front of the points (most accuracy for the least compute)."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    done = [r for r in rows if r.exact is not None and r.flops > 0]
-    if done:
-        sc = ax.scatter([r.flops for r in done], [r.exact for r in done],
-                        c=[r.depth for r in done], cmap="viridis")  # fmt: skip
-        fig.colorbar(sc, ax=ax, label="effective depth")
-        front = pareto_front([(r.flops, r.exact) for r in done])
+    if xs:
+        sc = ax.scatter(xs, ys, c=colors, cmap="viridis")
+        fig.colorbar(sc, ax=ax, label=color_label)
+        front = pareto_front(list(zip(xs, ys)))
         ax.step([x for x, _ in front], [y for _, y in front], where="post", c="red", lw=1.2,
                 label="Pareto front")  # fmt: skip
         ax.set_xscale("log")
         ax.legend(fontsize=8)
-    ax.set_xlabel("model training FLOPs spent")
-    ax.set_ylabel("best eval exact accuracy")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.set_ylim(-0.02, 1.02)
-    ax.set_title("Exact accuracy vs compute")
+    ax.set_title(title)
     fig.tight_layout()
     return fig
 
