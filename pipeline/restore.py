@@ -24,6 +24,7 @@ import torch
 
 from pipeline import checkpoint as ckpt
 from pipeline.config import ConfigError, RunConfig
+from pipeline.data.storage import absolute
 from trm import TRM, TRMConfig
 from trm.optim import EMA
 
@@ -101,19 +102,13 @@ def _candidates(uri: str) -> Iterator[tuple[str, Any]]:
     import pyarrow.fs as pafs
 
     uri = uri.rstrip("/")
-    fs, path = pafs.FileSystem.from_uri(uri if "://" in uri else f"file://{_absolute(uri)}")
+    fs, path = pafs.FileSystem.from_uri(uri if "://" in uri else f"file://{absolute(uri)}")
     trainer = fs.get_file_info(f"{path}/{ckpt.TRAINER_FILE}")
     if trainer.type == pafs.FileType.File:
         import ray.train
 
-        name = uri if "://" in uri else _absolute(uri)
+        name = uri if "://" in uri else absolute(uri)
         yield name, ray.train.Checkpoint(path, filesystem=fs).as_directory()
         return
     for name, opener in ckpt._checkpoints_in(fs, path):
         yield (name if "://" not in uri else f"{uri.split('://')[0]}://{name}"), opener
-
-
-def _absolute(path: str) -> str:
-    from pipeline.data.storage import absolute
-
-    return absolute(path)
