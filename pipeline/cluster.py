@@ -102,11 +102,12 @@ def scaling_config(cfg: RunConfig, use_gpu: bool) -> Any:
     )
 
 
-def checkpoint_config(ck: CheckpointConfig, cls: Any) -> Any:
-    """`cls` (`ray.train.CheckpointConfig` for a run, `ray.tune.CheckpointConfig` for a sweep:
-    two classes with the same fields) from the run config's checkpoint section: keep the
-    `num_to_keep` best by `metric`."""
-    return cls(
+def checkpoint_config(ck: CheckpointConfig) -> Any:
+    """The `ray.train.CheckpointConfig` of a run's checkpoint section: keep the `num_to_keep`
+    best by `metric` (and the latest)."""
+    import ray.train
+
+    return ray.train.CheckpointConfig(
         num_to_keep=ck.num_to_keep or None,
         checkpoint_score_attribute=ck.metric,
         checkpoint_score_order=ck.mode,

@@ -98,7 +98,7 @@ def build_trainer(
             name=name,
             storage_path=storage_path,
             failure_config=ray.train.FailureConfig(max_failures=cfg.checkpoint.max_failures),
-            checkpoint_config=checkpoint_config(cfg.checkpoint, ray.train.CheckpointConfig),
+            checkpoint_config=checkpoint_config(cfg.checkpoint),
             callbacks=list(callbacks),
         ),
     )

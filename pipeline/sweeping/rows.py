@@ -80,17 +80,25 @@ def _last_halt(df: Any, last: dict[str, Any]) -> list[dict[str, float]]:
 
 
 def best_checkpoint(result: Any, metric: str, sign: int) -> tuple[str, int]:
-    """(URI, step) of the trial's kept checkpoint with the best `metric` (Tune keeps
-    checkpoint.num_to_keep of them), else of its latest; ('', 0) when it has none."""
+    """(URI, step) of the trial's kept checkpoint with the best `metric`, else of its latest;
+    ('', 0) when it has none. Tune lists every checkpoint the trial reported, including those
+    the trial pruned since (`retention`)."""
     from pipeline.train import checkpoint_uri
 
-    kept = [(c, m) for c, m in result.best_checkpoints or [] if m.get(metric) is not None]
+    kept = [(c, m) for c, m in result.best_checkpoints or []
+            if m.get(metric) is not None and _exists(c)]  # fmt: skip
     if kept:
         c, m = max(kept, key=lambda cm: sign * float(cm[1][metric]))
         return checkpoint_uri(c), int(m.get("step", 0))
     if result.checkpoint is not None:
         return checkpoint_uri(result.checkpoint), int((result.metrics or {}).get("step", 0))
     return "", 0
+
+
+def _exists(checkpoint: Any) -> bool:
+    import pyarrow.fs as pafs
+
+    return checkpoint.filesystem.get_file_info(checkpoint.path).type != pafs.FileType.NotFound
 
 
 def _stop_reason(row: TrialRow, result: Any, m: dict[str, Any]) -> str:

@@ -19,9 +19,16 @@ from typing import Any
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
+from pipeline import checkpoint as ckpt
 from pipeline.config import RunConfig
+from pipeline.sweeping import retention
 from pipeline.sweeping.space import trial_config
 from pipeline.sweeping.store import TRIALS_DIR, completed_result
+
+
+def trial_dirname(trial_id: str) -> str:
+    """A trial's directory in the experiment directory."""
+    return f"trial_{trial_id}"
 
 
 @dataclass
@@ -129,17 +136,24 @@ def with_time_axes(metrics: dict[str, Any], cfg: RunConfig, flops_per_row: float
 
 
 class TuneReporter:
-    """The `report` of an in-process trial: evaluation reports (with checkpoints) to Tune."""
+    """The `report` of an in-process trial: evaluation reports (with checkpoints) to Tune; then
+    prunes the trial's checkpoints (`retention`)."""
 
-    def __init__(self, cfg: RunConfig, flops_per_row: float):
-        self.cfg, self.flops_per_row = cfg, flops_per_row
+    def __init__(self, cfg: RunConfig, flops_per_row: float, trial_uri: str):
+        self.cfg, self.flops_per_row, self.trial_uri = cfg, flops_per_row, trial_uri
 
     def __call__(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
         if checkpoint_dir is None and not is_eval_step(self.cfg, int(metrics["step"])):
             return  # training-only reports go to MLflow; Tune ranks on evaluations
         report = with_time_axes(metrics, self.cfg, self.flops_per_row)
-        ck = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-        tune.report(report, checkpoint=ck)  # copies the checkpoint to storage before returning
+        if checkpoint_dir is None:
+            tune.report(report)
+            return
+        retention.write_report(checkpoint_dir, report)
+        # copies the checkpoint to storage before returning
+        tune.report(report, checkpoint=tune.Checkpoint.from_directory(checkpoint_dir))
+        ck = self.cfg.checkpoint
+        retention.prune(self.trial_uri, ck.num_to_keep, ck.metric, ck.mode)
 
 
 class SweepReportCallback(TuneReportCallback):
@@ -197,12 +211,14 @@ def run_trial(config: dict[str, Any], ctx: SweepContext) -> None:
         parent_run_id=ctx.parent_run_id,
     )
     device = torch.device("cuda" if ctx.use_gpu else "cpu")
-    ck = tune.get_checkpoint()  # set when Tune retries the trial or the sweep is resumed
+    trial_uri = f"{ctx.exp_path}/{trial_dirname(trial_id)}"
+    report = TuneReporter(cfg, fpr, trial_uri)
     try:
-        with ck.as_directory() if ck else contextlib.nullcontext() as resume_dir:
-            run_in_process(
-                cfg, info, report=TuneReporter(cfg, fpr), resume_dir=resume_dir, device=device
-            )
+        with contextlib.ExitStack() as stack:
+            # a retried or resumed trial: its highest-step complete checkpoint (`retention`)
+            candidates = retention.resume_candidates(trial_uri)
+            resume_dir = ckpt.first_complete_checkpoint(candidates, stack)
+            run_in_process(cfg, info, report=report, resume_dir=resume_dir, device=device)
     finally:
         # Tune runs the next trial in this process (reuse_actors): free this one's memory,
         # including what CUDA's caching allocator holds, for the trials sharing the GPU

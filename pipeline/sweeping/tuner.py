@@ -7,16 +7,15 @@ from typing import Any
 
 from ray import tune
 
-from pipeline.cluster import checkpoint_config
 from pipeline.config import RunConfig
 from pipeline.sweeping.config import SweepConfig
 from pipeline.sweeping.monitor import SweepMonitor
 from pipeline.sweeping.space import trial_config
-from pipeline.sweeping.trial import flops_per_example
+from pipeline.sweeping.trial import flops_per_example, trial_dirname
 
 
-def trial_dirname(trial: Any) -> str:
-    return f"trial_{trial.trial_id}"
+def _dirname(trial: Any) -> str:
+    return trial_dirname(trial.trial_id)
 
 
 def grid_longest_first(sweep: SweepConfig, base: RunConfig) -> dict[str, list[Any]]:
@@ -82,7 +81,7 @@ def build_tuner(
             # a trial starts in the process its predecessor ran in: no process start and no
             # imports per trial (3-21 s each on a small box); see benchmarks/sweep_overhead.py
             reuse_actors=True,
-            trial_dirname_creator=trial_dirname,
+            trial_dirname_creator=_dirname,
         ),
         run_config=tune.RunConfig(
             name=name,
@@ -90,7 +89,12 @@ def build_tuner(
             stop=monitor,
             callbacks=[monitor],
             failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
-            checkpoint_config=checkpoint_config(base.checkpoint, tune.CheckpointConfig),
+            # Tune deletes no checkpoint: one-process trials prune their own (see `retention`),
+            # multi-worker trials' Ray Train runs keep checkpoint.num_to_keep
+            checkpoint_config=tune.CheckpointConfig(
+                checkpoint_score_attribute=base.checkpoint.metric,
+                checkpoint_score_order=base.checkpoint.mode,
+            ),
             verbose=0,  # the monitor prints a status line and one line per finished trial
         ),
     )
