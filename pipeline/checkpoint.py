@@ -16,7 +16,8 @@ Distinct file names per rank let Ray Train merge all ranks' files into one check
 Which checkpoint a run resumes from: `first_complete_checkpoint` takes the newest complete
 one among candidates (`resume_candidates` for a Ray Train worker: its run directory in
 storage and Ray Train's record; `local_checkpoints` for runs without Ray), skipping and naming
-damaged or half-written ones.
+damaged or half-written ones. `stored_in` lists a directory's checkpoints newest first, by the
+step in the `report.json` a sweep trial puts beside its files, else by name.
 """
 
 from __future__ import annotations
@@ -24,9 +25,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import json
 import os
 import random
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +37,8 @@ import numpy as np
 import torch
 
 TRAINER_FILE = "trainer.pt"
+REPORT_FILE = "report.json"
+"""The metrics reported with the checkpoint (sweep trials write it; it orders and ranks them)."""
 
 
 def rank_file(rank: int) -> str:
@@ -158,31 +163,69 @@ def _ray_checkpoints(checkpoint: Any) -> Iterator[tuple[str, Any]]:
     the run's older checkpoints in the same storage, newest first (names sort by step)."""
     yield checkpoint.path, checkpoint.as_directory()
     parent, _, name = checkpoint.path.rstrip("/").rpartition("/")
-    yield from _checkpoints_in(checkpoint.filesystem, parent, before=name)
+    for s in stored_in(checkpoint.filesystem, parent):
+        if s.name < name:
+            yield s.path, s.opener()
 
 
 def _stored_checkpoints(run_dir: str) -> Iterator[tuple[str, Any]]:
     """Candidates for `first_complete_checkpoint` in a run directory (local path or s3://)."""
+    for s in stored_in(*filesystem(run_dir)):
+        yield s.path, s.opener()
+
+
+# ---- the checkpoints in a directory -----------------------------------------------------------
+def write_report(directory: str | Path, metrics: dict[str, Any]) -> None:
+    """Put a report's scalar metrics beside the checkpoint files (`REPORT_FILE`)."""
+    scalars = {k: v for k, v in metrics.items() if isinstance(v, int | float | str | bool)}
+    _write_atomic(Path(directory) / REPORT_FILE, json.dumps(scalars).encode())
+
+
+@dataclass
+class Stored:
+    """A checkpoint directory in storage and the report it was made with (empty if none)."""
+
+    fs: Any
+    """The `pyarrow.fs` filesystem it is on."""
+    path: str
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.path.rpartition("/")[2]
+
+    @property
+    def step(self) -> int:
+        return int(self.metrics.get("step", -1))
+
+    def opener(self) -> Any:
+        """A context giving a local directory with its files (downloaded from s3://)."""
+        import ray.train
+
+        return ray.train.Checkpoint(self.path, filesystem=self.fs).as_directory()
+
+
+def filesystem(uri: str) -> tuple[Any, str]:
+    """(`pyarrow.fs` filesystem, path on it) of a local path or s3:// URI."""
     import pyarrow.fs as pafs
 
-    fs, path = pafs.FileSystem.from_uri(run_dir if "://" in run_dir else f"file://{run_dir}")
-    yield from _checkpoints_in(fs, path)
+    return pafs.FileSystem.from_uri(uri if "://" in uri else f"file://{Path(uri).absolute()}")
 
 
-def _checkpoints_in(fs: Any, parent: str, before: str = "") -> Iterator[tuple[str, Any]]:
+def stored_in(fs: Any, parent: str) -> list[Stored]:
+    """The `checkpoint_*` directories under `parent`, newest first: by the step in their report
+    where they have one, else by name (Ray Train names them by step; a resumed Tune trial may
+    reuse a name for a later step)."""
     import pyarrow.fs as pafs
-    import ray.train
 
     infos = fs.get_file_info(pafs.FileSelector(parent, allow_not_found=True))
-    found = [
-        i.path
-        for i in infos
-        if i.type == pafs.FileType.Directory
-        and i.base_name.startswith("checkpoint_")
-        and (not before or i.base_name < before)
-    ]
-    for path in sorted(found, reverse=True):
-        yield path, ray.train.Checkpoint(path, filesystem=fs).as_directory()
+    found = [Stored(fs, i.path) for i in infos
+             if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint_")]  # fmt: skip
+    for s in found:
+        with contextlib.suppress(OSError, ValueError):
+            with fs.open_input_stream(f"{s.path}/{REPORT_FILE}") as f:
+                s.metrics = json.loads(f.read())
+    return sorted(found, key=lambda s: (s.step, s.name), reverse=True)
 
 
 def first_complete_checkpoint(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -113,12 +114,19 @@ def datasheet_peak_flops(name: str, dtype: torch.dtype, tf32: bool) -> float:
     return 0.0
 
 
-def probe_peak_flops(device: torch.device, dtype: torch.dtype = torch.float32) -> float:
-    """Best achieved FLOP/s of a square matmul on `device` over several timed repetitions: a
-    stand-in for the peak where no datasheet number is known (CPUs). The best repetition, not
-    the mean, so that a burst of contention while probing does not lower the peak and push the
-    reported utilisation over 100%."""
-    n = 2048 if device.type == "cuda" else 1024
+def probe_peak_flops(
+    device: torch.device,
+    dtype: torch.dtype = torch.float32,
+    n: int = 0,
+    timer: Callable[[], float] = time.perf_counter,
+) -> float:
+    """Best achieved FLOP/s of an `n` x `n` matmul (default 2048 on GPUs, 1024 on CPUs) on
+    `device` over several timed repetitions: a stand-in for the peak where no datasheet number
+    is known (CPUs), and the square-matmul peak of the benchmarks. The best repetition, not the
+    mean, so that a burst of contention while probing does not lower the peak and push the
+    reported utilisation over 100%. `timer` is wall time by default (benchmarks may pass
+    `time.process_time`)."""
+    n = n or (2048 if device.type == "cuda" else 1024)
     # own generator: the global RNG state is part of a checkpoint (ACT exploration draws)
     g = torch.Generator(device=device).manual_seed(0)
     a = torch.randn(n, n, device=device, dtype=dtype, generator=g)
@@ -129,12 +137,12 @@ def probe_peak_flops(device: torch.device, dtype: torch.dtype = torch.float32) -
     for _ in range(5):
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        t = time.perf_counter()
+        t = timer()
         for _ in range(inner):
             a @ b
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        best = min(best, time.perf_counter() - t)
+        best = min(best, timer() - t)
     return 2 * n**3 * inner / max(best, 1e-9)
 
 

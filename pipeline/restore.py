@@ -110,5 +110,5 @@ def _candidates(uri: str) -> Iterator[tuple[str, Any]]:
         name = uri if "://" in uri else absolute(uri)
         yield name, ray.train.Checkpoint(path, filesystem=fs).as_directory()
         return
-    for name, opener in ckpt._checkpoints_in(fs, path):
-        yield (name if "://" not in uri else f"{uri.split('://')[0]}://{name}"), opener
+    for s in ckpt.stored_in(fs, path):
+        yield (s.path if "://" not in uri else f"{uri.split('://')[0]}://{s.path}"), s.opener()

@@ -135,6 +135,8 @@ def train_loop(cfg: RunConfig, info: RunInfo, session: Session) -> dict[str, flo
                 if due.checkpoint:
                     with tempfile.TemporaryDirectory(prefix="trm-ckpt-") as d:
                         state.save(d, rank, world, saved_with)
+                        if rank == 0:  # what it scored, to rank and order checkpoints by
+                            ckpt.write_report(d, last_metrics)
                         session.report(last_metrics, d)
                 elif due.report:
                     session.report(last_metrics, None)

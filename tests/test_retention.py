@@ -1,6 +1,7 @@
-"""A one-process sweep trial's own checkpoint retention (`pipeline.sweeping.retention`), on a
-local directory and on S3 (a real moto server): which checkpoints stay, which one a resumed
-trial continues from, and that a checkpoint already gone is no error."""
+"""A one-process sweep trial's own checkpoint retention (`pipeline.sweeping.retention`) and the
+listing under it (`pipeline.checkpoint.stored_in`), on a local directory and on S3 (a real moto
+server): which checkpoints stay, which one a resumed trial continues from, and that a
+checkpoint already gone is no error."""
 
 from __future__ import annotations
 
@@ -21,10 +22,30 @@ def _put(trial_uri: str, tmp: Path, name: str, step: int, acc: float | None) -> 
     ckpt.save(src, ckpt.TRAINER_FILE, {"world_size": 1, "step": step})
     ckpt.save(src, ckpt.rank_file(0), {"rng": step})
     report = {"step": step, **({"eval/exact_accuracy": acc} if acc is not None else {})}
-    retention.write_report(src, report)
+    ckpt.write_report(src, report)
     storage = open_storage(trial_uri)
     for f in src.iterdir():
         storage.write_bytes(f"{name}/{f.name}", f.read_bytes())
+
+
+def test_persist_names_by_step_and_the_copy_is_a_complete_checkpoint(trial_uri, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    ckpt.save(src, ckpt.TRAINER_FILE, {"world_size": 1, "step": 120})
+    ckpt.save(src, ckpt.rank_file(0), {"rng": 1})
+    ckpt.write_report(src, {"step": 120, "eval/exact_accuracy": 0.5, "note": [1]})
+    uri = retention.persist(src, trial_uri, 120)
+    assert uri == f"{trial_uri}/checkpoint_00000120"
+    (only,) = _stored(trial_uri)
+    assert only.name == "checkpoint_00000120"
+    assert only.metrics == {"step": 120, "eval/exact_accuracy": 0.5}  # scalars only
+    with contextlib.ExitStack() as stack:
+        found = ckpt.first_complete_checkpoint(retention.resume_candidates(trial_uri), stack)
+        assert ckpt.load(found, ckpt.TRAINER_FILE)["step"] == 120
+
+
+def _stored(trial_uri: str) -> list[ckpt.Stored]:
+    return ckpt.stored_in(*ckpt.filesystem(trial_uri))
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -41,7 +62,7 @@ def test_prune_keeps_the_best_and_the_latest(trial_uri, tmp_path):
     deleted = retention.prune(trial_uri, 2, "eval/exact_accuracy", "max")
     assert deleted == ["checkpoint_000000"]
     # best two by accuracy: steps 20 (0.9) and 30 (0.5); the latest (step 40) always stays
-    assert [s.step for s in retention.stored(trial_uri)] == [40, 30, 20]
+    assert [s.step for s in _stored(trial_uri)] == [40, 30, 20]
     assert not any(k.startswith("checkpoint_000000/") for k in open_storage(trial_uri).list(""))
     # pruning again when nothing is over the limit (or a checkpoint is already gone) is a no-op
     assert retention.prune(trial_uri, 3, "eval/exact_accuracy", "max") == []
@@ -52,9 +73,9 @@ def test_prune_without_a_metric_keeps_the_newest_and_min_mode_inverts(trial_uri,
     for i, (step, acc) in enumerate([(10, 0.2), (20, 0.9), (30, 0.5)]):
         _put(trial_uri, tmp_path, f"checkpoint_00000{i}", step, acc)
     retention.prune(trial_uri, 1, "eval/exact_accuracy", "min")
-    assert [s.step for s in retention.stored(trial_uri)] == [30, 10]  # latest + lowest
+    assert [s.step for s in _stored(trial_uri)] == [30, 10]  # latest + lowest
     retention.prune(trial_uri, 1, None, "max")
-    assert [s.step for s in retention.stored(trial_uri)] == [30]
+    assert [s.step for s in _stored(trial_uri)] == [30]
 
 
 def test_a_resumed_trial_continues_from_the_highest_step_not_the_highest_name(trial_uri, tmp_path):
@@ -82,6 +103,6 @@ def test_a_half_deleted_checkpoint_is_skipped_on_resume(trial_uri, tmp_path):
 
 
 def test_an_empty_trial_directory_has_nothing_to_resume(trial_uri):
-    assert retention.stored(trial_uri) == []
+    assert _stored(trial_uri) == []
     with contextlib.ExitStack() as stack:
         assert ckpt.first_complete_checkpoint(retention.resume_candidates(trial_uri), stack) is None

@@ -79,26 +79,17 @@ def _last_halt(df: Any, last: dict[str, Any]) -> list[dict[str, float]]:
     return halt_points(last)
 
 
-def best_checkpoint(result: Any, metric: str, sign: int) -> tuple[str, int]:
-    """(URI, step) of the trial's kept checkpoint with the best `metric`, else of its latest;
-    ('', 0) when it has none. Tune lists every checkpoint the trial reported, including those
-    the trial pruned since (`retention`)."""
-    from pipeline.train import checkpoint_uri
+def best_checkpoint(directory: str, metric: str, sign: int) -> tuple[str, int]:
+    """(URI, step) of the checkpoint in a trial's checkpoint directory with the best `metric`
+    in its report, else of its newest; ('', 0) when it has none."""
+    from pipeline import checkpoint as ckpt
+    from pipeline.data.storage import join
 
-    kept = [(c, m) for c, m in result.best_checkpoints or []
-            if m.get(metric) is not None and _exists(c)]  # fmt: skip
-    if kept:
-        c, m = max(kept, key=lambda cm: sign * float(cm[1][metric]))
-        return checkpoint_uri(c), int(m.get("step", 0))
-    if result.checkpoint is not None:
-        return checkpoint_uri(result.checkpoint), int((result.metrics or {}).get("step", 0))
-    return "", 0
-
-
-def _exists(checkpoint: Any) -> bool:
-    import pyarrow.fs as pafs
-
-    return checkpoint.filesystem.get_file_info(checkpoint.path).type != pafs.FileType.NotFound
+    stored = ckpt.stored_in(*ckpt.filesystem(directory))
+    scored = [s for s in stored if isinstance(s.metrics.get(metric), int | float)]
+    best = max(scored, key=lambda s: sign * s.metrics[metric]) if scored else None
+    best = best or (stored[0] if stored else None)
+    return (join(directory, best.name), max(best.step, 0)) if best else ("", 0)
 
 
 def _stop_reason(row: TrialRow, result: Any, m: dict[str, Any]) -> str:
@@ -129,7 +120,8 @@ def trial_row(sweep: SweepConfig, ctx: Any, result: Any) -> TrialRow:
     row.exact = max(v for _, v in exact) if exact else None
     row.steps_to_95 = steps_to(exact)
     row.halt = _last_halt(df, m)
-    row.checkpoint, row.checkpoint_step = best_checkpoint(result, metric, sign)
+    directory = ctx.checkpoint_dir(trial_id, cfg.resources.num_workers)
+    row.checkpoint, row.checkpoint_step = best_checkpoint(directory, metric, sign)
     row.step, row.examples = int(m.get("step", 0)), int(m.get("examples", 0))
     row.flops, row.wall_s = float(m.get("flops", 0.0)), float(m.get("time_total_s", 0.0))
     row.stop_reason = _stop_reason(row, result, m)

@@ -56,6 +56,13 @@ class SweepContext:
     def trials_path(self) -> str:
         return f"{self.exp_path}/{TRIALS_DIR}"
 
+    def checkpoint_dir(self, trial_id: str, num_workers: int) -> str:
+        """Where a trial's checkpoints are: its Tune trial directory (one-process trials keep
+        them there, `retention`), or its Ray Train run directory (multi-worker trials)."""
+        if num_workers > 1:
+            return f"{self.trials_path}/{self.trial_name(trial_id)}"
+        return f"{self.exp_path}/{trial_dirname(trial_id)}"
+
     def trial_name(self, trial_id: str) -> str:
         """The trial's stable name (Train run directory, MLflow run key: --resume finds the
         trial by it)."""
@@ -136,8 +143,8 @@ def with_time_axes(metrics: dict[str, Any], cfg: RunConfig, flops_per_row: float
 
 
 class TuneReporter:
-    """The `report` of an in-process trial: evaluation reports (with checkpoints) to Tune; then
-    prunes the trial's checkpoints (`retention`)."""
+    """The `report` of an in-process trial: evaluation reports to Tune; checkpoints to the
+    trial's directory, pruned there (`retention`)."""
 
     def __init__(self, cfg: RunConfig, flops_per_row: float, trial_uri: str):
         self.cfg, self.flops_per_row, self.trial_uri = cfg, flops_per_row, trial_uri
@@ -145,15 +152,11 @@ class TuneReporter:
     def __call__(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
         if checkpoint_dir is None and not is_eval_step(self.cfg, int(metrics["step"])):
             return  # training-only reports go to MLflow; Tune ranks on evaluations
-        report = with_time_axes(metrics, self.cfg, self.flops_per_row)
-        if checkpoint_dir is None:
-            tune.report(report)
-            return
-        retention.write_report(checkpoint_dir, report)
-        # copies the checkpoint to storage before returning
-        tune.report(report, checkpoint=tune.Checkpoint.from_directory(checkpoint_dir))
-        ck = self.cfg.checkpoint
-        retention.prune(self.trial_uri, ck.num_to_keep, ck.metric, ck.mode)
+        if checkpoint_dir is not None:  # stored before Tune sees the report
+            ck = self.cfg.checkpoint
+            retention.persist(checkpoint_dir, self.trial_uri, int(metrics["step"]))
+            retention.prune(self.trial_uri, ck.num_to_keep, ck.metric, ck.mode)
+        tune.report(with_time_axes(metrics, self.cfg, self.flops_per_row))
 
 
 class SweepReportCallback(TuneReportCallback):
@@ -211,7 +214,7 @@ def run_trial(config: dict[str, Any], ctx: SweepContext) -> None:
         parent_run_id=ctx.parent_run_id,
     )
     device = torch.device("cuda" if ctx.use_gpu else "cpu")
-    trial_uri = f"{ctx.exp_path}/{trial_dirname(trial_id)}"
+    trial_uri = ctx.checkpoint_dir(trial_id, num_workers=1)
     report = TuneReporter(cfg, fpr, trial_uri)
     try:
         with contextlib.ExitStack() as stack:

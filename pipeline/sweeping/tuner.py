@@ -89,12 +89,7 @@ def build_tuner(
             stop=monitor,
             callbacks=[monitor],
             failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
-            # Tune deletes no checkpoint: one-process trials prune their own (see `retention`),
-            # multi-worker trials' Ray Train runs keep checkpoint.num_to_keep
-            checkpoint_config=tune.CheckpointConfig(
-                checkpoint_score_attribute=base.checkpoint.metric,
-                checkpoint_score_order=base.checkpoint.mode,
-            ),
+            # no checkpoint_config: trials keep their checkpoints themselves (`retention`)
             verbose=0,  # the monitor prints a status line and one line per finished trial
         ),
     )
