@@ -93,9 +93,9 @@ def one_line(e: ValidationError, cls: type[BaseModel], where: str = "") -> str:
     if isinstance(error, ConfigError):  # `require` in a validator: its key is relative
         inner = ".".join(p for p in (key, error.where) if p)
         return f"{inner}: {error.problem}" if inner else error.problem
-    key = key or "config"
     if err["type"] in ("value_error", "assertion_error"):
-        return f"{key}: {error}"
+        return f"{key}: {error}" if key else str(error)
+    key = key or "config"
     if err["type"] == "missing":
         return f"{key}: is required"
     field = owner.model_fields.get(err["loc"][-1]) if owner and err["loc"] else None
