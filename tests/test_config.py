@@ -116,6 +116,7 @@ def test_fractional_gpus_only_for_one_worker_or_without_gpus():
         (BASE, ["resources.use_gpu=maybe"], "resources.use_gpu: must be true/false or null"),
         (BASE, ["optim"], "override 'optim' must look like section.key=value"),
         (BASE, ["optim=3"], "optim: must be a mapping, got 3"),
+        ({**BASE, "optim": {1: 2}}, [], "optim: keys must be strings, got 1"),
         (BASE, ["schedule.steps=true"], "schedule.steps: must be an integer > 0, got True"),
     ],
 )  # fmt: skip

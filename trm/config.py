@@ -89,6 +89,9 @@ def one_line(e: ValidationError, cls: type[BaseModel], where: str = "") -> str:
     owner = _model_at(cls, err["loc"][:-1])
     if err["type"] == "extra_forbidden" and owner is not None:
         return _unknown_key(key, owner)
+    if err["type"] == "invalid_key":  # a YAML key such as `1:` or `true:`
+        parent = ".".join([where, *loc[:-1]] if where else loc[:-1]).replace(".[", "[")
+        return f"{parent or 'config'}: keys must be strings, got {err.get('input')!r}"
     error = err.get("ctx", {}).get("error")
     if isinstance(error, ConfigError):  # `require` in a validator: its key is relative
         inner = ".".join(p for p in (key, error.where) if p)
