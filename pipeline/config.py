@@ -179,10 +179,7 @@ def describe() -> str:
             continue
         lines.append(f"{name}:  ({doc})")
         for key, f in sec.annotation.model_fields.items():
-            if f.is_required():
-                default: Any = "<required>"
-            else:
-                default = f.get_default(call_default_factory=True)
+            default = f.get_default(call_default_factory=True)
             if (name, key) == ("data", "uri"):
                 default = "<required>"
             elif name == "model" and key in DATASET_FIELDS:
