@@ -128,7 +128,7 @@ def record(cfg: Any, data: dict[str, Any], evals: list[dict[str, Any]], args, se
     reached = [e["step"] for e in evals if e["exact"] >= args.target]
     per_step = sorted(e["s_per_step"] for e in evals)
     mcfg = cfg.model
-    depth = mcfg["H_cycles"] * (mcfg["L_cycles"] + 1) * mcfg["L_layers"]
+    depth = mcfg.H_cycles * (mcfg.L_cycles + 1) * mcfg.L_layers
     return {
         "label": args.label,
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -153,9 +153,8 @@ def record(cfg: Any, data: dict[str, Any], evals: list[dict[str, Any]], args, se
 
 def _model_config(cfg: Any) -> Any:
     from pipeline.data.meta import read_meta
-    from pipeline.train_state import model_config
 
-    return model_config(cfg, read_meta(cfg.data.uri))
+    return cfg.resolve(read_meta(cfg.data.uri))
 
 
 def append(rec: dict[str, Any], path: Path) -> None:

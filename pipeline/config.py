@@ -1,10 +1,12 @@
 """`RunConfig`: the typed, validated config of one training run.
 
-One run = model (a `trm.TRMConfig` as a dict of its fields) + optimiser + data + schedule +
+One run = model (a `trm.TRMConfig`) + optimiser + data + schedule +
 evaluation + checkpointing + resources + tracking. A YAML file gives the sections; `--set
 section.key=value` overrides any field (values parsed as YAML: `--set model.H_cycles=2`,
-`--set optim.ema=false`). Unknown keys, wrong types and nonsense values raise `ValueError`
-naming the field, on construction, before anything starts.
+`--set optim.ema=false`). Every section is a typed pydantic model (`StrictConfig`): unknown
+keys, wrong types and nonsense values raise `ConfigError` (a `ValueError`) of one line naming
+the dotted key, on construction, before anything starts. The dataset-derived model fields are
+filled by `RunConfig.resolve(meta)`.
 
 Across a Ray boundary the config travels as `cfg.to_dict()` and is rebuilt with
 `RunConfig.from_dict(d)` on the other side.
@@ -12,19 +14,17 @@ Across a Ray boundary the config travels as `cfg.to_dict()` and is rebuilt with
 
 from __future__ import annotations
 
-import typing
-from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import Field, model_validator
 
 from pipeline.fields import (
     ConfigError,
+    StrictConfig,
     apply_overrides,
-    build_section,
     check_name,
-    field_docs,
     flatten,
     require,
     type_name,
@@ -38,6 +38,7 @@ from pipeline.sections import (
     ScheduleConfig,
     TrackingConfig,
 )
+from trm.config import TRMConfig
 
 TASKS_WITH_VOTING = ("arc",)
 # Fields of TRMConfig that a dataset determines; a run config may omit them.
@@ -53,42 +54,35 @@ def check_data_against(data: DataConfig, meta: Any) -> None:
         raise ConfigError(f"{problem[0]}: {problem[1]} (dataset {data.uri!r})")
 
 
-@dataclass
-class RunConfig:
+class RunConfig(StrictConfig):
     """One training run."""
 
     name: str = "trm"
     """Run name: Ray Train run directory under storage_path and the MLflow run name. Stable (no
     timestamps): re-running the same name resumes from its latest checkpoint."""
-    model: dict[str, Any] = field(default_factory=dict)
-    """trm.TRMConfig fields (see `--help`); seq_len, vocab_size and num_puzzle_identifiers
-    default to the dataset's and must match it when given."""
-    optim: OptimConfig = field(default_factory=OptimConfig)
+    model: TRMConfig = Field(default_factory=TRMConfig)
+    """The model (trm.TRMConfig); seq_len, vocab_size and num_puzzle_identifiers default to
+    the dataset's and must match it when given (`resolve`)."""
+    optim: OptimConfig = Field(default_factory=OptimConfig)
     """Optimisers, schedule and EMA."""
-    data: DataConfig = field(default_factory=DataConfig)
+    data: DataConfig = Field(default={}, validate_default=True)  # data.uri has no default
     """Dataset and batching."""
-    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     """Training length and logging interval."""
-    eval: EvalConfig = field(default_factory=EvalConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
     """Evaluation."""
-    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     """Checkpoints and fault tolerance."""
-    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     """Workers and devices."""
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     """MLflow."""
 
-    def __post_init__(self) -> None:
+    @model_validator(mode="after")
+    def _check(self) -> RunConfig:
         check_name(self.name, "name")
-        require(isinstance(self.model, dict), "model", "must be a mapping of TRMConfig fields")
-        from trm.config import TRMConfig
-
-        try:
-            TRMConfig.from_dict({**self.model, "batch_size": None})
-        except ValueError as e:
-            raise ConfigError(f"model: {e}") from None
         require(
-            "batch_size" not in self.model,
+            "batch_size" not in self.model.model_fields_set,
             "model.batch_size",
             "is set by data.global_batch_size / resources.num_workers; remove it",
         )
@@ -104,6 +98,7 @@ class RunConfig:
             f"({self.checkpoint.every}) must be a multiple of eval.every ({self.eval.every}): "
             f"checkpoints are ranked by {self.checkpoint.metric!r}, measured at evaluations",
         )
+        return self
 
     # ---- derived values ------------------------------------------------------------------
     @property
@@ -112,22 +107,44 @@ class RunConfig:
 
     @property
     def halt_max_steps(self) -> int:
-        from trm.config import TRMConfig
-
-        return TRMConfig.from_dict(self.model).halt_max_steps
+        return self.model.halt_max_steps
 
     @property
     def depth_steps(self) -> int:
         return max(self.eval.depth_steps, self.halt_max_steps)
 
+    def resolve(self, meta: Any) -> TRMConfig:
+        """The model this run trains on the dataset `meta`: the dataset fields (DATASET_FIELDS)
+        the config leaves out filled from it, batch_size the per-worker batch. A given value
+        that contradicts the dataset, or an augmentation regime it cannot run, is a
+        `ConfigError` naming the key."""
+        check_data_against(self.data, meta)
+        d = self.model.model_dump(exclude_unset=True)
+        for name in DATASET_FIELDS:
+            have = getattr(meta, name)
+            if name in d:
+                ok = d[name] >= have if name == "num_puzzle_identifiers" else d[name] == have
+                if not ok:
+                    raise ConfigError(
+                        f"model.{name} = {d[name]} does not match the dataset at "
+                        f"{self.data.uri!r} ({name} = {have}); remove it from the config to "
+                        "use the dataset's"
+                    )
+            else:
+                d[name] = have
+        return TRMConfig.build({**d, "batch_size": self.per_worker_batch}, "model")
+
     # ---- (de)serialisation ---------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Plain nested dicts; the model section holds the fields the config gives (the
+        dataset's and derived ones stay unset, so overrides and `resolve` still fill them)."""
+        return {**self.model_dump(), "model": self.model.model_dump(exclude_unset=True)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunConfig:
-        """Build from nested dicts; unknown keys raise `ConfigError` naming the dotted key."""
-        return build_section(cls, d, "")
+        """Build from nested dicts; an unknown key or a bad value is a `ConfigError` naming
+        the dotted key."""
+        return cls.build(d)
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
@@ -152,41 +169,25 @@ class RunConfig:
 
 
 def describe() -> str:
-    """Every config key with its type, default and meaning (used by `train.py --help`)."""
-    from trm.config import TRMConfig
-
+    """Every config key with its type, default and meaning (used by `train.py --help`), from
+    the fields' declarations."""
     lines: list[str] = []
-    for sec in fields(RunConfig):
-        hint = typing.get_type_hints(RunConfig)[sec.name]
-        if sec.name == "model":
-            lines.append("model:  (trm.TRMConfig; dataset fields default to the dataset's)")
-            sub_cls: type | None = TRMConfig
-        elif is_dataclass(hint):
-            lines.append(f"{sec.name}:  ({field_docs(RunConfig)[sec.name]})")
-            sub_cls = hint
-        else:
-            default = sec.default if sec.default is not MISSING else ""
-            lines.append(f"{sec.name} = {default!r}  {field_docs(RunConfig)[sec.name]}")
-            sub_cls = None
-        if sub_cls is None:
+    for name, sec in RunConfig.model_fields.items():
+        doc = " ".join((sec.description or "").split())
+        if not (isinstance(sec.annotation, type) and issubclass(sec.annotation, StrictConfig)):
+            lines.append(f"{name} = {sec.default!r}  {doc}")
             continue
-        docs = field_docs(sub_cls)
-        hints = typing.get_type_hints(sub_cls)
-        for f in fields(sub_cls):
-            if sub_cls is TRMConfig and f.name == "batch_size":
-                continue
-            if f.default is not MISSING:
-                default = f.default
-            elif f.default_factory is not MISSING:
-                default = f.default_factory()
-            else:
+        lines.append(f"{name}:  ({doc})")
+        for key, f in sec.annotation.model_fields.items():
+            default = f.get_default(call_default_factory=True)
+            if (name, key) == ("data", "uri"):
                 default = "<required>"
-            if sub_cls is DataConfig and f.name == "uri":
-                default = "<required>"
-            if sub_cls is TRMConfig and f.name in DATASET_FIELDS:
+            elif name == "model" and key in DATASET_FIELDS:
                 default = "<from dataset>"
+            elif (name, key) == ("model", "batch_size"):
+                continue
             lines.append(
-                f"  {sec.name}.{f.name}: {type_name(hints[f.name])} = {default!r}\n"
-                f"      {docs.get(f.name, '')}"
+                f"  {name}.{key}: {type_name(f.annotation)} = {default!r}\n"
+                f"      {' '.join((f.description or '').split())}"
             )
     return "\n".join(lines)

@@ -1,33 +1,20 @@
-"""The machinery under every config file: typed dataclass sections built from YAML mappings,
-dotted-key overrides, validation helpers that name the failing field, and attribute docstrings
-for `--help`. Used by the run config (`pipeline.config`) and the sweep config
-(`pipeline.sweeping.config`)."""
+"""The machinery under every config file: the typed base (`StrictConfig`, pydantic, from
+`trm.config`, which `trm` cannot import from here), dotted-key overrides, validation helpers
+that name the failing field, and type names for `--help`. Used by the run config
+(`pipeline.config`) and the sweep config (`pipeline.sweeping.config`)."""
 
 from __future__ import annotations
 
-import ast
-import inspect
-import itertools
 import math
-import textwrap
 import types
 import typing
-from dataclasses import fields, is_dataclass
 from typing import Any
 
 import yaml
 
-from trm.config import is_int
+from trm.config import ConfigError, Float, StrictConfig, require
 
-
-class ConfigError(ValueError):
-    """A run config that cannot run; the message names the field and what is wrong."""
-
-
-def require(ok: bool, where: str, msg: str) -> None:
-    """Raise `ConfigError("<where>: <msg>")` unless `ok` (`where` names the config field)."""
-    if not ok:
-        raise ConfigError(f"{where}: {msg}")
+__all__ = ["ConfigError", "Float", "StrictConfig", "require"]
 
 
 def is_num(v: Any) -> bool:
@@ -87,67 +74,15 @@ def apply_overrides(d: dict[str, Any], overrides: list[str] | tuple[str, ...]) -
     return d
 
 
-def build_section(cls: type, d: Any, where: str) -> Any:
-    """The dataclass `cls` from the mapping `d`, nested sections included; an unknown key or a
-    value of the wrong type is a `ConfigError` naming `where.key`."""
-    if isinstance(d, cls):
-        return d
-    if not isinstance(d, dict):
-        raise ConfigError(f"{where or 'config'}: must be a mapping, got {type(d).__name__}")
-    hints = typing.get_type_hints(cls)
-    known = {f.name: f for f in fields(cls)}
-    kwargs = {}
-    for key, value in d.items():
-        dotted = f"{where}.{key}" if where else str(key)
-        if key not in known:
-            raise ConfigError(
-                f"unknown config key {dotted!r}; known keys here: {', '.join(sorted(known))}"
-            )
-        hint = hints[key]
-        if is_dataclass(hint):
-            kwargs[key] = build_section(hint, value, dotted)
-        else:
-            kwargs[key] = _coerce(value, hint)
-    try:
-        return cls(**kwargs)
-    except TypeError as e:  # e.g. a required field missing
-        raise ConfigError(f"{where or 'config'}: {e}") from None
-
-
-def _coerce(value: Any, hint: Any) -> Any:
-    # YAML reads 1e-4 as a float but `1e4` as a string and `5` where a float is wanted as an
-    # int; accept those. Everything else is checked by the dataclass's own validation.
-    if hint is float and is_int(value):
-        return float(value)
-    if hint is float and isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    return value
-
-
-# ---- documentation for --help ---------------------------------------------------------------
-def field_docs(cls: type) -> dict[str, str]:
-    """Attribute docstrings (the string literal under each field) of a dataclass."""
-    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    body = tree.body[0].body  # type: ignore[attr-defined]
-    docs: dict[str, str] = {}
-    for node, nxt in itertools.pairwise(body):
-        if (
-            isinstance(node, ast.AnnAssign)
-            and isinstance(node.target, ast.Name)
-            and isinstance(nxt, ast.Expr)
-            and isinstance(nxt.value, ast.Constant)
-            and isinstance(nxt.value.value, str)
-        ):
-            docs[node.target.id] = " ".join(nxt.value.value.split())
-    return docs
-
-
 def type_name(hint: Any) -> str:
-    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
-        return " | ".join(type_name(a) for a in typing.get_args(hint))
+    """A field type as `--help` shows it: 'int', 'float | null', 'rope | learned | none'."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType, typing.Literal):
+        return " | ".join(type_name(a) if origin is not typing.Literal else str(a) for a in args)
+    if origin is typing.Annotated:
+        return type_name(args[0])
+    if origin in (list, dict):
+        return f"{origin.__name__}[{', '.join(type_name(a) for a in args)}]"
     if hint is type(None):
         return "null"
-    return getattr(hint, "__name__", str(hint)).replace("NoneType", "null")
+    return getattr(hint, "__name__", str(hint))

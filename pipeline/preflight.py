@@ -27,7 +27,6 @@ def check_dataset(cfg: RunConfig) -> Any:
     """Read the dataset's metadata (once per process, `cached_meta`) and check it against the
     model and batch; returns it."""
     from pipeline.data.meta import cached_meta
-    from pipeline.train_state import model_config
 
     try:
         meta = cached_meta(cfg.data.uri)
@@ -36,7 +35,7 @@ def check_dataset(cfg: RunConfig) -> Any:
     for split in ("train", "test"):
         if split not in meta.splits:
             raise ConfigError(f"data.uri {cfg.data.uri!r} has no {split!r} split")
-    model_config(cfg, meta)  # raises on vocab/seq_len mismatch
+    cfg.resolve(meta)  # raises on vocab/seq_len mismatch
     if meta.task == "arc":  # pass@K needs the test-input counts; eval.arc_variants must fit
         from pipeline.arc_vote import ArcVoting
 

@@ -21,7 +21,6 @@ a changed model or batch size is refused before any worker starts (`--fresh` sta
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 from collections.abc import Sequence
@@ -44,12 +43,13 @@ from pipeline.worker import RunInfo, loop_config, run_in_process
 
 def with_absolute_paths(cfg: RunConfig) -> RunConfig:
     """Local data and storage paths made absolute here: workers run in other directories."""
-    return dataclasses.replace(
-        cfg,
-        data=dataclasses.replace(cfg.data, uri=absolute(cfg.data.uri)),
-        checkpoint=dataclasses.replace(
-            cfg.checkpoint, storage_path=absolute(cfg.checkpoint.storage_path)
-        ),
+    return cfg.model_copy(
+        update={
+            "data": cfg.data.model_copy(update={"uri": absolute(cfg.data.uri)}),
+            "checkpoint": cfg.checkpoint.model_copy(
+                update={"storage_path": absolute(cfg.checkpoint.storage_path)}
+            ),
+        }
     )
 
 
@@ -295,7 +295,6 @@ def _prepare_resume(cfg: RunConfig, storage: str, fresh: bool) -> None:
     cannot take (pipeline/resume.py)."""
     from pipeline.preflight import check_dataset
     from pipeline.resume import check_resume, discard_run, resolved
-    from pipeline.train_state import model_config
 
     run_dir = f"{storage}/{cfg.name}"
     if fresh:
@@ -306,7 +305,7 @@ def _prepare_resume(cfg: RunConfig, storage: str, fresh: bool) -> None:
 
             retire_run(resolve_tracking_uri(cfg.tracking.uri), cfg.tracking.experiment, run_dir)
     meta = check_dataset(cfg)
-    check_resume(run_dir, resolved(cfg, model_config(cfg, meta).to_dict()))
+    check_resume(run_dir, resolved(cfg, cfg.resolve(meta).to_dict()))
 
 
 def _print_mlflow_link(cfg: RunConfig) -> None:

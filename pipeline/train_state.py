@@ -21,30 +21,10 @@ import torch
 
 from pipeline import checkpoint as ckpt
 from pipeline import distributed
-from pipeline.config import DATASET_FIELDS, ConfigError, RunConfig, check_data_against
+from pipeline.config import RunConfig
 from trm import TRM, Carry, TRMConfig
 from trm.losses import act_loss
 from trm.optim import EMA, AdamATan2, SignSGD, lr_lambda
-
-
-def model_config(cfg: RunConfig, meta: Any) -> TRMConfig:
-    """The TRMConfig of this run: dataset fields filled from the dataset's metadata; a given
-    value that contradicts the dataset is a `ConfigError`."""
-    check_data_against(cfg.data, meta)
-    d = dict(cfg.model)
-    for name in DATASET_FIELDS:
-        have = getattr(meta, name)
-        if name in d:
-            ok = d[name] >= have if name == "num_puzzle_identifiers" else d[name] == have
-            if not ok:
-                raise ConfigError(
-                    f"model.{name} = {d[name]} does not match the dataset at {cfg.data.uri!r} "
-                    f"({name} = {have}); remove it from the config to use the dataset's"
-                )
-        else:
-            d[name] = have
-    d["batch_size"] = cfg.per_worker_batch
-    return TRMConfig.from_dict(d)
 
 
 def batch_chunk(setting: int, mcfg: TRMConfig, device: torch.device) -> int | None:

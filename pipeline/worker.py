@@ -52,7 +52,7 @@ from pipeline.evaluation import Evaluator
 from pipeline.metrics import MetricWindow, peak_flops
 from pipeline.provenance import source_tags
 from pipeline.tracking import NullTracker, start_tracker
-from pipeline.train_state import TrainState, model_config, train_step
+from pipeline.train_state import TrainState, train_step
 
 Report = Callable[[dict[str, Any], "str | None"], None]
 
@@ -98,7 +98,7 @@ def train_loop(cfg: RunConfig, info: RunInfo, session: Session) -> dict[str, flo
             f"resources.num_workers is {cfg.resources.num_workers} but {world} workers run"
         )
     meta = cached_meta(cfg.data.uri)  # the driver of an in-process trial read it already
-    mcfg = model_config(cfg, meta)
+    mcfg = cfg.resolve(meta)
     state = TrainState.create(cfg, mcfg, rank, device)
     if session.resume_dir is not None:
         _resume(state, session, info.name)

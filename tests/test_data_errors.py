@@ -89,7 +89,17 @@ def test_bad_meta_json(copy):
     meta = json.loads((uri / "meta.json").read_text())
     meta["sequence_length"] = 81
     (uri / "meta.json").write_text(json.dumps(meta))
-    with pytest.raises(DatasetError, match=r"unknown key\(s\) \['sequence_length'\]"):
+    with pytest.raises(
+        DatasetError,
+        match=r"meta\.json: unknown config key 'sequence_length'",
+    ):
+        read_meta(str(uri))
+    del meta["sequence_length"]
+    meta["splits"]["train"]["shards"][0]["num_rows"] = "3"
+    (uri / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(
+        DatasetError, match=r"splits\.train\.shards\[0\]\.num_rows: must be an integer, got '3'"
+    ):
         read_meta(str(uri))
     (uri / "meta.json").write_text("{")
     with pytest.raises(DatasetError, match="not valid JSON"):

@@ -3,7 +3,6 @@ ranks with the remainder carried over, disjoint equal rank slices, determinism, 
 group per epoch, batch mixing near uniform sampling, the `inspect` CLI, S3, and the augmentation
 regimes (fixed_pool / on_the_fly / none) with their config errors."""
 
-import dataclasses
 import json
 import subprocess
 import sys
@@ -245,7 +244,7 @@ def test_regime_that_the_dataset_cannot_run_is_a_config_error(odd, grouped):
         check_data_against(cfg(grouped, augment="on_the_fly"), read_meta(grouped))
     with pytest.raises(ConfigError, match=r"data.num_aug: 5 exceeds the 4 variants"):
         check_data_against(cfg(grouped, augment="fixed_pool", num_aug=5), read_meta(grouped))
-    plain = dataclasses.replace(read_meta(odd), augmentation={"mode": "none"})
+    plain = read_meta(odd).model_copy(update={"augmentation": {"mode": "none"}})
     with pytest.raises(ConfigError, match=r"data.augment: fixed_pool: the sudoku dataset has no"):
         check_data_against(cfg(odd, augment="fixed_pool"), plain)
     check_data_against(cfg(odd, augment="none"), plain)

@@ -3,8 +3,6 @@ halting-threshold curve, and the cost of one evaluation (the official halt_max_s
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pytest
 import torch
@@ -75,7 +73,7 @@ def test_halting_threshold_curve(no_ACT_continue):
     assert half["steps"] == m["eval/steps"]
     assert half["exact_accuracy"] == m["eval/exact_accuracy_at_halt"]
     # the curve comes from the same rollout: a model with tau 0.9 reports that point as its own
-    strict = halting_model(dataclasses.replace(cfg, halt_threshold=0.9))
+    strict = halting_model(cfg.model_copy(update={"halt_threshold": 0.9}))
     _, (m9, _) = _evaluate(strict, batches)
     assert m9["eval/steps"] == curve[-1]["steps"]
     assert m9["eval/exact_accuracy_at_halt"] == curve[-1]["exact_accuracy"]

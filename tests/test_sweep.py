@@ -131,7 +131,7 @@ def test_smoke_sweep_end_to_end(ray_local, work, capfd):
     assert parent["tags"]["trm.best_trial"] == best.trial_id
     assert parent["metrics"]["best/eval/accuracy"][0][1] == pytest.approx(best.best)
     cfg = RunConfig.from_yaml(download_artifact(uri, parent_id, "best/best_config.yaml"))
-    assert cfg.model["H_cycles"] == best.params["model.H_cycles"]
+    assert cfg.model.H_cycles == best.params["model.H_cycles"]
     assert cfg.optim.lr == best.params["optim.lr"]
     for png in ("exact_vs_depth", "exact_vs_compute", "depth_curves", "halt_curves"):
         data = Path(download_artifact(uri, parent_id, f"plots/{png}.png")).read_bytes()
@@ -154,7 +154,7 @@ def test_smoke_sweep_end_to_end(ray_local, work, capfd):
     with contextlib.ExitStack() as stack:
         restored = restore(b["checkpoint"], stack, say=lambda _: None)
         assert restored.step == b["checkpoint_step"] and restored.checkpoint == b["checkpoint"]
-        assert restored.config.model["H_cycles"] == best.params["model.H_cycles"]
+        assert restored.config.model.H_cycles == best.params["model.H_cycles"]
     ck_metrics = [v for s, v in read_run(uri, best.run_id)["metrics"]["eval/accuracy"]
                   if s == b["checkpoint_step"]]  # fmt: skip
     assert ck_metrics == [pytest.approx(best.best)]  # the checkpoint holds the best value

@@ -38,7 +38,7 @@ def eval_sweep(uri: str, space: dict, **base) -> dict:
         ({"space": {"eval.noise_std": {"grid": [0.1, -0.1]}}}, "eval.noise_std: must be a number >= 0"),
         ({"space": {"eval.select": {"grid": ["best"]}}}, "eval.select: must be one of"),
         ({"space": {"eval.halt_threshold": {"grid": [1.0]}}}, "eval.halt_threshold: must be a number in (0, 1)"),
-        ({"space": {"eval.max_steps": {"grid": [-1]}}}, "eval.max_steps: must be an integer >= 1"),
+        ({"space": {"eval.max_steps": {"grid": [-1]}}}, "eval.max_steps: must be an integer >= 0"),
         ({"checkpoint": ""}, "mode: evaluate needs the checkpoint"),
         ({"mode": "infer"}, "mode: must be one of"),
         ({"scheduler": {"type": "asha"}}, "has no training to stop early"),

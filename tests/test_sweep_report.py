@@ -160,7 +160,7 @@ def test_best_in_summary_json_holds_value_checkpoint_and_config(tmp_path):
     assert got["value"] == 0.98 and got["checkpoint"] == "/s/trial_x/checkpoint_000001"
     (tmp_path / "best.yaml").write_text(best_config_yaml(sweep, best))
     assert got["config"] == yaml.safe_load((tmp_path / "best.yaml").read_text())
-    assert RunConfig.from_dict(got["config"]).model["H_cycles"] == 2
+    assert RunConfig.from_dict(got["config"]).model.H_cycles == 2
 
 
 def test_a_ray_job_does_not_keep_results_in_its_temporary_working_dir(

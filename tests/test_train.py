@@ -17,7 +17,6 @@ from pipeline.metrics import datasheet_peak_flops
 from pipeline.preflight import preflight
 from pipeline.tracking import find_run, read_run
 from pipeline.train import main, run_info
-from pipeline.train_state import model_config
 from pipeline.worker import LocalCheckpoints, run_in_process
 from trm import flops
 
@@ -109,7 +108,7 @@ def test_resume_mid_act_is_exact_and_mlflow_holds_the_run(sudoku4, tmp_path):
             assert [s for s, _ in m[f"eval/halt_tau_{tau}/{what}"]] == [4, 8, 12], (tau, what)
     assert m["eval/halt_tau_0.5/steps"] == m["eval/steps"]
     # depth_steps 5 > halt_max_steps 3: every example ran 5 inference steps
-    step_flops = flops(model_config(cfg, read_meta(sudoku4)))["inference_step"]
+    step_flops = flops(cfg.resolve(read_meta(sudoku4)))["inference_step"]
     assert m["eval/flops_per_example"][-1][1] == pytest.approx(5 * step_flops)
     assert [s for s, _ in m["eval/exact_accuracy"]] == [4, 8, 12]
     # one metric per ACT depth, over training steps (the evaluation steps)

@@ -10,24 +10,28 @@ sizes, byte size and SHA-256.
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import types
-import typing
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
+
+from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.data.errors import DatasetError
 from pipeline.data.storage import absolute, is_local, open_storage
-from trm.config import is_int
+from trm.config import StrictConfig, is_int, one_line
 
 FORMAT_VERSION = 1
 META_FILE = "meta.json"
 TASKS = ("sudoku", "maze", "arc")
 
 
-@dataclass(frozen=True)
-class ShardMeta:
+class _Meta(StrictConfig):
+    """Metadata is read, never edited: frozen."""
+
+    model_config = ConfigDict(frozen=True)
+
+
+class ShardMeta(_Meta):
     path: str
     """Shard path relative to the dataset root, e.g. 'train/part-00000-<build>.parquet'."""
     num_rows: int
@@ -37,8 +41,7 @@ class ShardMeta:
     """Rows in each Parquet row group, in file order (the reader's unit of work)."""
 
 
-@dataclass(frozen=True)
-class SplitMeta:
+class SplitMeta(_Meta):
     num_rows: int
     """Examples in the split (before on-the-fly augmentation)."""
     num_groups: int
@@ -46,19 +49,18 @@ class SplitMeta:
     shards: list[ShardMeta]
 
 
-@dataclass(frozen=True)
-class DatasetMeta:
-    task: str
+class DatasetMeta(_Meta):
+    task: Literal[TASKS]  # type: ignore[valid-type]
     """'sudoku', 'maze' or 'arc'."""
-    seq_len: int
-    vocab_size: int
+    seq_len: int = Field(gt=0)
+    vocab_size: int = Field(gt=0)
     pad_id: int
     """Input token used for padding (0 for every task)."""
     ignore_label_id: int | None
     """Label token left out of the loss; the reader maps it to -100 (0 = PAD for every task)."""
     blank_identifier_id: int
     """Puzzle identifier of padding rows (0)."""
-    num_puzzle_identifiers: int
+    num_puzzle_identifiers: int = Field(gt=0)
     """Size of the puzzle-embedding table: every identifier the reader can yield is below this."""
     encoding: dict
     """Task encoding details, e.g. {'size': 9, 'box': [3, 3]} or {'charset': '# SGo'}."""
@@ -70,18 +72,19 @@ class DatasetMeta:
     columns: dict[str, str]
     """Parquet column name -> Arrow type string; shards must match exactly."""
     splits: dict[str, SplitMeta]
-    extra: dict = field(default_factory=dict)
+    extra: dict = Field(default_factory=dict)
     """Task-specific tables small enough for meta (ARC: task names per base identifier)."""
     format_version: int = FORMAT_VERSION
 
-    def __post_init__(self):
-        if self.task not in TASKS:
-            raise DatasetError(f"unknown task {self.task!r}; expected one of {TASKS}")
-        if self.seq_len <= 0 or self.vocab_size <= 0 or self.num_puzzle_identifiers <= 0:
-            raise DatasetError(
-                f"seq_len, vocab_size and num_puzzle_identifiers must be positive: {self.seq_len}, "
-                f"{self.vocab_size}, {self.num_puzzle_identifiers}"
-            )
+    @field_validator("format_version")
+    @classmethod
+    def _supported(cls, v: int) -> int:
+        if v != FORMAT_VERSION:
+            raise DatasetError(f"{v} is not supported (this code reads {FORMAT_VERSION})")
+        return v
+
+    @model_validator(mode="after")
+    def _check(self) -> DatasetMeta:
         for name, s in self.splits.items():
             if sum(sh.num_rows for sh in s.shards) != s.num_rows:
                 raise DatasetError(
@@ -98,6 +101,7 @@ class DatasetMeta:
                         f"not add up to its {sh.num_rows} rows (or a size is negative)"
                     )
         self._check_augmentation()
+        return self
 
     def _check_augmentation(self) -> None:
         """What the reader's on-the-fly augmentation reads from meta is there and consistent."""
@@ -125,72 +129,23 @@ class DatasetMeta:
                 )
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=1, sort_keys=True)
+        return json.dumps(self.model_dump(), indent=1, sort_keys=True)
 
     @classmethod
     def from_dict(cls, d: dict, where: str = "meta.json") -> DatasetMeta:
-        _check_keys(cls, d, where)
-        d = dict(d)
-        splits = {}
-        for name, s in d.pop("splits").items():
-            _check_keys(SplitMeta, s, f"{where} split {name!r}")
-            shards = []
-            for i, sh in enumerate(s["shards"]):
-                _check_keys(ShardMeta, sh, f"{where} split {name!r} shard {i}")
-                shards.append(ShardMeta(**sh))
-            splits[name] = SplitMeta(s["num_rows"], s["num_groups"], shards)
-        if d.get("format_version", FORMAT_VERSION) != FORMAT_VERSION:
-            raise DatasetError(
-                f"{where}: format_version {d['format_version']} is not supported "
-                f"(this code reads {FORMAT_VERSION})"
-            )
+        """Metadata from parsed JSON; a `DatasetError` naming `where` and the key when a key is
+        unknown or missing, a value has the wrong type or the sizes do not add up."""
+        if not isinstance(d, dict):
+            raise DatasetError(f"{where}: expected an object, got {type(d).__name__}")
         try:
-            return cls(splits=splits, **d)
-        except DatasetError as e:
-            raise DatasetError(f"{where}: {e}") from None
+            return cls.model_validate(d)
+        except ValidationError as e:
+            raise DatasetError(f"{where}: {one_line(e, cls)}") from None
 
     def split(self, name: str) -> SplitMeta:
         if name not in self.splits:
             raise DatasetError(f"split {name!r} not in dataset; it has {sorted(self.splits)}")
         return self.splits[name]
-
-
-def _fits(v, hint) -> bool:
-    """`v` (parsed JSON) has the type `hint` of a metadata field (nested dataclasses: a dict,
-    checked on its own)."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if hint is int:
-        return is_int(v)
-    if hint is type(None):
-        return v is None
-    if origin in (types.UnionType, typing.Union):
-        return any(_fits(v, a) for a in args)
-    if dataclasses.is_dataclass(hint) or hint is dict:
-        return isinstance(v, dict)
-    if origin is list:
-        return isinstance(v, list) and all(_fits(x, args[0]) for x in v)
-    if origin is dict:
-        return isinstance(v, dict) and all(_fits(x, args[1]) for x in v.values())
-    return isinstance(v, hint)
-
-
-def _check_keys(cls, d, where: str) -> None:
-    if not isinstance(d, dict):
-        raise DatasetError(f"{where}: expected an object, got {type(d).__name__}")
-    names = {f.name for f in dataclasses.fields(cls)}
-    required = {
-        f.name
-        for f in dataclasses.fields(cls)
-        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-    }
-    if unknown := set(d) - names:
-        raise DatasetError(f"{where}: unknown key(s) {sorted(unknown)}")
-    if missing := required - set(d):
-        raise DatasetError(f"{where}: missing key(s) {sorted(missing)}")
-    hints = typing.get_type_hints(cls)
-    for key, value in d.items():
-        if not _fits(value, hints[key]):
-            raise DatasetError(f"{where}: {key} must be {hints[key]}, got {value!r:.80}")
 
 
 def read_meta(uri: str) -> DatasetMeta:

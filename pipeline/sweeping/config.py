@@ -34,17 +34,23 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
+from pydantic import Field, PrivateAttr, model_validator
 
 from pipeline.config import RunConfig
-from pipeline.fields import ConfigError, apply_overrides, build_section, is_num, require
+from pipeline.fields import (
+    ConfigError,
+    Float,
+    StrictConfig,
+    apply_overrides,
+    check_name,
+    require,
+)
 from pipeline.sweeping.dataset import check_builder_args
 from pipeline.sweeping.space import Domain, check_field, trial_config
-from trm.config import is_int
 
 ALGORITHMS = ("grid", "random")
 MODES = ("train", "evaluate")
@@ -83,138 +89,101 @@ TRAIN_METRICS = (
 MAX_CHECKED_POINTS = 2000
 
 
-@dataclass
-class SearchConfig:
+class SearchConfig(StrictConfig):
     """How trials are drawn from the space and what they are ranked by."""
 
-    algorithm: str = "grid"
+    algorithm: Literal[ALGORITHMS] = "grid"  # type: ignore[valid-type]
     """'grid': every key is a grid, trials = their cross product (x num_samples). 'random':
     grid keys are crossed, every other key is drawn num_samples times per grid point."""
-    num_samples: int = 1
+    num_samples: int = Field(1, gt=0)
     """Repeats of each grid point (grid) / draws per grid point (random)."""
     metric: str = "eval/exact_accuracy"
     """Reported metric that ranks trials, drives ASHA and picks the best config."""
-    mode: str = "max"
+    mode: Literal["max", "min"] = "max"
     """'max' or 'min': which direction of `metric` is better."""
     seed: int = 0
     """Seed of the random draws (the same seed gives the same trials)."""
 
-    def __post_init__(self) -> None:
-        require(
-            self.algorithm in ALGORITHMS,
-            "search.algorithm",
-            f"must be one of {ALGORITHMS}, got {self.algorithm!r}",
-        )
-        require(
-            is_int(self.num_samples) and self.num_samples > 0,
-            "search.num_samples",
-            f"must be a positive integer, got {self.num_samples!r}",
-        )
+    @model_validator(mode="after")
+    def _check(self) -> SearchConfig:
         require(
             known_metric(self.metric),
-            "search.metric",
+            "metric",
             f"{self.metric!r} is not a metric trials report; use one of "
             f"{', '.join(EVAL_METRICS + TRAIN_METRICS)} (or eval/arc_pass_at_K on ARC, eval/halt_tau_<tau>/exact_accuracy)",
         )
-        require(
-            self.mode in ("max", "min"), "search.mode", f"must be max or min, got {self.mode!r}"
-        )
-        require(is_int(self.seed), "search.seed", f"must be an integer, got {self.seed!r}")
+        return self
 
 
-@dataclass
-class SchedulerConfig:
+class SchedulerConfig(StrictConfig):
     """Early stopping: FIFO (every trial runs to its end) or ASHA."""
 
-    type: str = "fifo"
+    type: Literal[SCHEDULERS] = "fifo"  # type: ignore[valid-type]
     """'fifo' or 'asha' (asynchronous successive halving)."""
-    time_attr: str = "steps"
+    time_attr: Literal[tuple(TIME_ATTRS)] = "steps"  # type: ignore[valid-type]
     """ASHA's time axis: 'steps' (optimiser steps), 'examples' (example-ACT-steps trained) or
     'flops' (model training FLOPs spent, trm.flops): with 'flops' a deeper model reaches each
     rung after fewer steps, so trials are compared at equal compute."""
-    max_t: float = 0
+    max_t: Float = Field(0, ge=0)
     """ASHA: longest time a trial may run, in time_attr units (0 = the longest
     schedule.steps of the space; required for 'examples' and 'flops')."""
-    grace_period: float = 0
+    grace_period: Float = Field(0, ge=0)
     """ASHA: time every trial gets before it can be stopped (time_attr units; 0 = max_t / 8)."""
-    reduction_factor: float = 2
+    reduction_factor: Float = Field(2, gt=1)
     """ASHA: 1/reduction_factor of the trials at a rung continue to the next."""
 
-    def __post_init__(self) -> None:
-        require(
-            self.type in SCHEDULERS,
-            "scheduler.type",
-            f"unknown scheduler {self.type!r}; use one of {SCHEDULERS}",
-        )
-        require(
-            self.time_attr in TIME_ATTRS,
-            "scheduler.time_attr",
-            f"must be one of {tuple(TIME_ATTRS)}, got {self.time_attr!r}",
-        )
-        for name in ("max_t", "grace_period"):
-            v = getattr(self, name)
-            require(is_num(v) and v >= 0, f"scheduler.{name}", f"must be a number >= 0, got {v!r}")
-        require(
-            is_num(self.reduction_factor) and self.reduction_factor > 1,
-            "scheduler.reduction_factor",
-            f"must be a number > 1, got {self.reduction_factor!r}",
-        )
+    @model_validator(mode="after")
+    def _check(self) -> SchedulerConfig:
         if self.type == "asha" and self.time_attr != "steps":
             require(
                 self.max_t > 0,
-                "scheduler.max_t",
+                "max_t",
                 f"is required with time_attr {self.time_attr!r} (the most {self.time_attr} "
                 "a trial may spend)",
             )
         if self.max_t and self.grace_period:
             require(
                 self.grace_period <= self.max_t,
-                "scheduler.grace_period",
+                "grace_period",
                 f"({self.grace_period}) must not exceed max_t ({self.max_t})",
             )
+        return self
 
 
-@dataclass
-class BudgetConfig:
+class BudgetConfig(StrictConfig):
     """An optional compute budget: once spent, running trials stop and no new ones start."""
 
-    flops: float = 0
+    flops: Float = Field(0, ge=0)
     """Model training FLOPs summed over all trials (trm.flops x examples); 0 = no limit."""
-    hours: float = 0
+    hours: Float = Field(0, ge=0)
     """Wall-clock hours of one invocation of the sweep (--resume starts a new allowance);
     0 = no limit."""
 
-    def __post_init__(self) -> None:
-        for name in ("flops", "hours"):
-            v = getattr(self, name)
-            require(is_num(v) and v >= 0, f"budget.{name}", f"must be a number >= 0, got {v!r}")
 
-
-@dataclass
-class SweepConfig:
+class SweepConfig(StrictConfig):
     """One sweep: base run config, search space, search algorithm, scheduler, limits."""
 
     name: str = "sweep"
     """Sweep name: the Tune experiment directory under the storage path and the MLflow parent
     run. Stable (no timestamps): --resume finds the sweep by it."""
-    base: dict[str, Any] = field(default_factory=dict)
+    base: dict[str, Any] = Field(default_factory=dict)
     """The run config every trial starts from (sections of pipeline/config.py's RunConfig)."""
-    space: dict[str, Any] = field(default_factory=dict)
+    space: dict[str, Any] = Field(default_factory=dict)
     """Dotted config key (or comma-joined keys with tied values) -> one domain mapping."""
-    search: SearchConfig = field(default_factory=SearchConfig)
+    search: SearchConfig = Field(default_factory=SearchConfig)
     """Search algorithm, samples, ranking metric."""
-    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     """FIFO or ASHA early stopping."""
-    concurrency: int = 0
+    concurrency: int = Field(0, ge=0)
     """Trials running at once; 0 = as many as the cluster fits."""
-    budget: BudgetConfig = field(default_factory=BudgetConfig)
+    budget: BudgetConfig = Field(default_factory=BudgetConfig)
     """Compute budget that stops the sweep."""
-    max_failures: int = 2
+    max_failures: int = Field(2, ge=-1)
     """Times a failed trial is retried from its last checkpoint (-1 = forever)."""
-    dataset: dict[str, Any] = field(default_factory=dict)
+    dataset: dict[str, Any] = Field(default_factory=dict)
     """Optional: how to build base.data.uri when it holds no dataset yet: `builder` (sudoku,
     maze or arc) and the builder's keyword arguments (pipeline.data.build_*)."""
-    mode: str = "train"
+    mode: Literal[MODES] = "train"  # type: ignore[valid-type]
     """'train': every trial trains a run config. 'evaluate': no training; every trial
     evaluates `checkpoint` with one test-time setting (`pipeline.sweeping.eval_trial`); the
     space may only vary EVAL_MODE_FIELDS."""
@@ -222,43 +191,50 @@ class SweepConfig:
     """evaluate mode: the checkpoint or run directory (local or s3://) every trial evaluates
     (`pipeline.restore`); `--checkpoint` replaces it."""
 
-    def __post_init__(self) -> None:
-        require(
-            isinstance(self.name, str)
-            and self.name != ""
-            and all(c.isalnum() or c in "-_." for c in self.name),
-            "name",
-            f"must be a non-empty string of letters, digits, '-', '_', '.', got {self.name!r}",
-        )
-        require(isinstance(self.base, dict), "base", "must be a mapping of run config sections")
+    _domains: dict[str, Domain] = PrivateAttr(default_factory=dict)
+    _checked: list[tuple[dict[str, Any], RunConfig]] = PrivateAttr(default_factory=list)
+
+    @property
+    def domains(self) -> dict[str, Domain]:
+        """Space key -> its parsed domain."""
+        return self._domains
+
+    @property
+    def checked(self) -> list[tuple[dict[str, Any], RunConfig]]:
+        """(point, its run config) of every checked point (`_check_values`); [] for an
+        evaluate sweep not yet bound to its checkpoint."""
+        return self._checked
+
+    @model_validator(mode="after")
+    def _check(self) -> SweepConfig:
+        check_name(self.name, "name")
         require(
             "name" not in self.base,
             "base.name",
             "trial runs are named <sweep name>-<trial id>; remove it (the sweep has `name`)",
         )
         require(
-            is_int(self.concurrency) and self.concurrency >= 0,
-            "concurrency",
-            f"must be an integer >= 0, got {self.concurrency!r}",
-        )
-        require(
-            is_int(self.max_failures) and self.max_failures >= -1,
-            "max_failures",
-            f"must be an integer >= -1, got {self.max_failures!r}",
-        )
-        require(isinstance(self.space, dict), "space", "must be a mapping of key -> domain")
-        require(
             len(self.space) > 0,
             "space",
             "is empty: a sweep needs at least one key to vary (to train one config, use "
             "pipeline/train.py)",
         )
-        require(self.mode in MODES, "mode", f"must be one of {MODES}, got {self.mode!r}")
         if self.mode == "evaluate":
             self._check_evaluate()
         else:
             self.base_config()  # the base alone must be a valid run config
-        self.domains = {key: Domain.parse(key, spec) for key, spec in self.space.items()}
+        self._domains = {key: Domain.parse(key, spec) for key, spec in self.space.items()}
+        self._check_keys()
+        if self.mode == "evaluate":
+            self._check_eval_space()
+        if self.mode == "train" or self.base.get("data", {}).get("uri"):
+            self._check_values()
+        if self.dataset:
+            check_builder_args(self.dataset)
+        return self
+
+    def _check_keys(self) -> None:
+        """Every space key names a real field, once; grid search has only grid domains."""
         seen: dict[str, str] = {}
         for key, dom in self.domains.items():
             for name in dom.names:
@@ -269,22 +245,12 @@ class SweepConfig:
                     f"{name!r} is also set by {seen.get(name)!r}",
                 )
                 seen[name] = key
-        if self.search.algorithm == "grid":
-            for key, dom in self.domains.items():
-                require(
-                    dom.kind == "grid",
-                    f"space[{key!r}]",
-                    f"search.algorithm 'grid' needs grid domains, got {dom.kind!r} "
-                    "(use algorithm: random to draw from it)",
-                )
-        if self.mode == "evaluate":
-            self._check_eval_space()
-        if self.mode == "train" or self.base.get("data", {}).get("uri"):
-            self._check_values()
-        else:  # an unbound evaluate sweep: its run config comes with the checkpoint
-            self.checked = []
-        if self.dataset:
-            check_builder_args(self.dataset)
+            require(
+                self.search.algorithm != "grid" or dom.kind == "grid",
+                f"space[{key!r}]",
+                f"search.algorithm 'grid' needs grid domains, got {dom.kind!r} "
+                "(use algorithm: random to draw from it)",
+            )
 
     def _check_evaluate(self) -> None:
         require(
@@ -321,7 +287,7 @@ class SweepConfig:
             section = dict(self.base.get("eval", {}))
             section.update({k.split(".", 1)[1]: v for k, v in point.items()})
             try:
-                build_section(EvalConfig, section, "eval")
+                EvalConfig.build(section, "eval")
             except ConfigError as e:
                 raise ConfigError(f"space: the trial {point} is not a valid setting: {e}") from None
 
@@ -359,7 +325,7 @@ class SweepConfig:
         """Every checked point, applied to the base, gives a valid RunConfig (whole points, so
         cross-field rules such as checkpoint.every being a multiple of eval.every hold); kept
         as `self.checked` ((point, its run config) pairs) for the driver's dataset checks."""
-        self.checked = [(point, self._check_point(point)) for point in self.checked_points()]
+        self._checked = [(point, self._check_point(point)) for point in self.checked_points()]
 
     def _check_point(self, point: dict[str, Any], key: str | None = None) -> RunConfig:
         try:
@@ -383,24 +349,12 @@ class SweepConfig:
 
     # ---- (de)serialisation -----------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "base": self.base,
-            "space": self.space,
-            "search": vars(self.search),
-            "scheduler": vars(self.scheduler),
-            "concurrency": self.concurrency,
-            "budget": vars(self.budget),
-            "max_failures": self.max_failures,
-            "dataset": self.dataset,
-            "mode": self.mode,
-            "checkpoint": self.checkpoint,
-        }
+        return self.model_dump()
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SweepConfig:
         """Build from nested dicts; unknown keys raise `ConfigError` naming the key."""
-        return build_section(cls, d, "")
+        return cls.build(d)
 
     @classmethod
     def from_yaml(

@@ -16,7 +16,6 @@ placed.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 import uuid
@@ -72,7 +71,8 @@ def run_sweep(
     connect_ray(address, num_cpus)
     nodes = cluster_nodes()
     use_gpu = decide_use_gpu(base, nodes)
-    base = dataclasses.replace(base, resources=dataclasses.replace(base.resources, use_gpu=use_gpu))
+    resources = base.resources.model_copy(update={"use_gpu": use_gpu})
+    base = base.model_copy(update={"resources": resources})
     fits = check_fits(base, use_gpu, nodes)
     preflight(sweep, base, exp_path.rsplit("/", 1)[0])
     restore = check_resume(sweep.name, exp_path, resume)

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import copy
 import difflib
-import typing
-from dataclasses import dataclass, fields, is_dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from pipeline.config import RunConfig
-from pipeline.fields import ConfigError, is_num, require, set_dotted
+from pipeline.fields import ConfigError, StrictConfig, is_num, require, set_dotted
 from trm.config import is_int
 
 DOMAINS = ("grid", "choice", "uniform", "loguniform", "randint")
@@ -136,17 +135,13 @@ class Domain:
 # ---- config keys ----------------------------------------------------------------------------
 def config_fields() -> list[str]:
     """Every dotted leaf key of a RunConfig (model.* = trm.TRMConfig fields)."""
-    from trm.config import TRMConfig
-
     out: list[str] = []
-    hints = typing.get_type_hints(RunConfig)
-    for f in fields(RunConfig):
-        if f.name == "model":
-            out += [f"model.{m.name}" for m in fields(TRMConfig) if m.name != "batch_size"]
-        elif is_dataclass(hints[f.name]):
-            out += [f"{f.name}.{s.name}" for s in fields(hints[f.name])]
+    for name, f in RunConfig.model_fields.items():
+        if isinstance(f.annotation, type) and issubclass(f.annotation, StrictConfig):
+            keys = [k for k in f.annotation.model_fields if (name, k) != ("model", "batch_size")]
+            out += [f"{name}.{k}" for k in keys]
         else:
-            out.append(f.name)
+            out.append(name)
     return out
 
 

@@ -42,7 +42,9 @@ def load_sweep(
 ) -> tuple[SweepConfig, str, str]:
     """(sweep, its file's text, experiment path = storage root / sweep name)."""
     sweep = SweepConfig.from_yaml(path, list(overrides), name=name, checkpoint=checkpoint)
-    default = sweep.base.get("checkpoint", {}).get("storage_path", CheckpointConfig.storage_path)
+    default = sweep.base.get("checkpoint", {}).get(
+        "storage_path", CheckpointConfig.model_fields["storage_path"].default
+    )
     root = absolute(storage or default)
     return sweep, Path(path).read_text(), f"{root}/{sweep.name}"
 

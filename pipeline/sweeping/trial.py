@@ -130,10 +130,9 @@ def is_eval_step(cfg: RunConfig, step: int) -> bool:
 def flops_per_example(cfg: RunConfig) -> float:
     """Model training FLOPs per example-ACT-step (trm.flops) of this run's model."""
     from pipeline.data.meta import cached_meta
-    from pipeline.train_state import model_config
     from trm import flops
 
-    return float(flops(model_config(cfg, cached_meta(cfg.data.uri)))["train_step"])
+    return float(flops(cfg.resolve(cached_meta(cfg.data.uri)))["train_step"])
 
 
 def with_time_axes(metrics: dict[str, Any], cfg: RunConfig, flops_per_row: float) -> dict:
