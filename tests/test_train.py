@@ -254,4 +254,4 @@ def test_batch_chunk_slices_big_models_on_a_cpu_only():
     assert batch_chunk(-1, tiny, cpu) is None  # whole batch fits in cache: no slicing
     assert batch_chunk(0, paper, cpu) is None and batch_chunk(4, tiny, gpu) == 4
     with pytest.raises(ConfigError, match=r"resources\.batch_chunk: must be an integer >= -1"):
-        RunConfig.from_dict({"resources": {"batch_chunk": -2}})
+        RunConfig.from_dict({"data": {"uri": "d"}, "resources": {"batch_chunk": -2}})

@@ -25,7 +25,8 @@ def check_builder_args(spec: dict[str, Any]) -> None:
     require(isinstance(spec, dict), where, "must be a mapping with `builder` and its arguments")
     name = spec.get("builder")
     table = builders()
-    require(name in table, f"{where}.builder", f"must be one of {tuple(table)}, got {name!r}")
+    require(isinstance(name, str) and name in table, f"{where}.builder",
+            f"must be one of {', '.join(table)}, got {name!r}")  # fmt: skip
     args = {k: v for k, v in spec.items() if k != "builder"}
     for bad in ("out_uri", "progress", "overwrite"):
         require(bad not in args, f"{where}.{bad}", "is set by the sweep; remove it")
