@@ -267,7 +267,7 @@ def ray_head(s3_server):
         for p in procs:
             with contextlib.suppress(psutil.NoSuchProcess):
                 p.terminate()
-        _, alive = psutil.wait_procs(procs, timeout=15)
+        _, alive = psutil.wait_procs(procs, timeout=3)
         for p in alive:  # gcs_server and the autoscaler monitor ignore SIGTERM for a while
             with contextlib.suppress(psutil.NoSuchProcess):
                 p.kill()

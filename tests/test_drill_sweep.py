@@ -1,10 +1,11 @@
 """Drills 3 and 8, the sweep driver (`pipeline/sweep.py`) on a `ray start --head` cluster
 (the `ray_head` fixture, private temp dir):
 
-3. The driver is SIGKILLed at a random moment shortly (0-2 s) after the first, second or third
-   trial ended (seeded, replayable with TRM_DRILL_SEED): `--resume` completes the sweep;
-   trials that had finished before the kill are not run again; the MLflow parent run is
-   continued, not duplicated, and every trial has exactly one child run.
+3. The driver is SIGKILLed at a random moment shortly (0-1 s) after the first or second
+   trial ended, while another has a checkpoint (seeded, replayable with TRM_DRILL_SEED):
+   `--resume` completes the sweep; trials that had finished before the kill are not run
+   again, the ones cut short continue from their checkpoints in their own MLflow runs; the
+   parent run is continued, not duplicated, and every trial has exactly one child run.
 8. Load: more trials than fit (12 by default, TRM_DRILL_LOAD_TRIALS=50 for the full drill) of
    0.5 CPU each on 2 CPUs (at most 4 at once) queue and all complete, and the driver's memory
    stays bounded while they do.
@@ -59,8 +60,13 @@ def _driver_args(sweep: Path, ray_head, tmp: Path, uri: str) -> list[str]:
 
 
 # ---- drill 3: the driver killed at a random moment --------------------------------------------
+def _with_checkpoint(exp: Path) -> set[str]:
+    """Ids of the trials with a complete checkpoint (its trainer file is copied last)."""
+    return {p.parts[-3].removeprefix("trial_") for p in exp.glob("trial_*/checkpoint_*/trainer.pt")}
+
+
 def test_driver_killed_after_a_trial_ended_resume_completes_without_rerunning(ray_head, tmp_path):
-    steps, every = 32, 8
+    steps, every = 64, 8
     sweep = _sweep_file(
         tmp_path, "drill3",
         base__schedule={"steps": steps, "log_every": every},
@@ -72,20 +78,23 @@ def test_driver_killed_after_a_trial_ended_resume_completes_without_rerunning(ra
     args = _driver_args(sweep, ray_head, tmp_path, uri)
     seed = int(os.environ.get("TRM_DRILL_SEED", time.time_ns() % 2**31))
     print(f"\ndrill seed {seed} (TRM_DRILL_SEED={seed} replays it)")
-    # The kill comes at a random moment shortly after the j-th trial ended: the worst time,
-    # since Tune saves its experiment state (which trials ended) only every >= 10 s.
+    # The kill comes at a random moment shortly after the j-th trial ended (the worst time,
+    # since Tune saves its experiment state, which trials ended, only every >= 10 s) while
+    # another trial is part-way, with a checkpoint.
     rng = random.Random(seed)
-    j, delay = rng.randint(1, 3), rng.uniform(0, 2)
+    j, delay = rng.randint(1, 2), rng.uniform(0, 1)
     env = {**ray_head.env, "RAY_DEDUP_LOGS": "0"}  # every trial line reaches the driver log
 
     log1 = tmp_path / "first.log"
+    exp = tmp_path / "runs" / "drill3"
     with open(log1, "w") as f:
         driver = subprocess.Popen(args, stdout=f, stderr=subprocess.STDOUT, env=env)
     deadline = time.monotonic() + 600
     try:
         while True:
             text = log1.read_text()
-            if len(re.findall(r"\[sweep\] trial \w+ ended", text)) >= j:
+            ended = set(re.findall(r"\[sweep\] trial (\w+) ended", text))
+            if len(ended) >= j and _with_checkpoint(exp) - ended:
                 break
             assert driver.poll() is None, f"the sweep ended before the kill: {text[-3000:]}"
             assert time.monotonic() < deadline, text[-3000:]
@@ -98,6 +107,8 @@ def test_driver_killed_after_a_trial_ended_resume_completes_without_rerunning(ra
     killed_at = time.monotonic()
     first = log1.read_text()
     ended = set(re.findall(r"\[sweep\] trial (\w+) ended", first))
+    cut = _with_checkpoint(exp) - ended  # trials cut short
+    assert cut, f"no trial was part-way at the kill: {first[-3000:]}"
     created = re.search(r"MLflow parent run (\w+) \(created\)", first)
     assert created, first[-3000:]
     parent_id = created.group(1)
@@ -112,9 +123,16 @@ def test_driver_killed_after_a_trial_ended_resume_completes_without_rerunning(ra
     assert summary and summary.group(1) == "4", second[-3000:]
     assert summary.group(2) == "4 completed", summary.group(0)
     assert f"MLflow parent run {parent_id} (continuing)" in second, second[-3000:]
-    rerun = [t for t in ended if f"[drill3-{t}]" in second]
-    exp = tmp_path / "runs" / "drill3"
+    # trials log under their display names (H1-lr0.003), which the summary table pairs with ids
+    names = dict(re.findall(r"^(\w+_\d+)\s+(H\d-lr\S+)\s", second, re.M))
+    assert len(names) == 4 and ended <= set(names), (names, ended)
+    rerun = [t for t in ended if f"[{names[t]}] step" in second]
     assert not rerun, f"finished before the kill, run again after --resume: {rerun}"
+    # the ones cut short continued from their checkpoints, not from scratch
+    for t in cut:
+        resumed = re.search(rf"\[{re.escape(names[t])}\] resumed from step (\d+)", second)
+        assert resumed and int(resumed.group(1)) >= every, (t, second[-3000:])
+        assert f"[{names[t]}] step {every}/{steps} " not in second, t
 
     assert find_run(uri, "trm-sweeps", PARENT_KEY_PREFIX + str(exp)) == parent_id
     assert read_run(uri, parent_id)["status"] == "FINISHED"
@@ -128,6 +146,9 @@ def test_driver_killed_after_a_trial_ended_resume_completes_without_rerunning(ra
         assert child["status"] == "FINISHED", (key, child["status"])
         evals = [s for s, _ in child["metrics"]["eval/accuracy"]]
         assert max(evals) == steps, (key, evals)
+    for t in cut:  # the cut-short trials' runs were continued: one run holds every step
+        logged = read_run(uri, children[f"{exp}/trials/drill3-{t}"])["metrics"]["train/loss"]
+        assert {s for s, _ in logged} == set(range(every, steps + 1, every)), (t, logged)
     record("sweep_driver_kill", runs=1, seed=seed, kill_after_ended=j, delay_s=delay,
            finished_before_kill=len(ended), resume_s=resume_s,
            recovery_s=time.monotonic() - killed_at)  # fmt: skip
