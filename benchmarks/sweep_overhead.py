@@ -14,7 +14,7 @@ With `--fractions`, the same N identical trials run at several CPUs-per-trial se
 
     python benchmarks/sweep_overhead.py                             # default sweep + fractions
     python benchmarks/sweep_overhead.py --sweep sweeps/smoke.yaml --fractions ""
-    python benchmarks/sweep_overhead.py --quick                     # smoke sweep, a smoke run
+    python benchmarks/sweep_overhead.py --quick                     # smoke sweep only
 
 Everything (data, trial storage, MLflow sqlite) goes to a temporary directory. Writes
 benchmarks/results/sweep_overhead.json. Timestamps are wall-clock: on a shared machine the
@@ -281,7 +281,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--fraction-steps", type=int, default=200)
     ap.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray cluster")
     ap.add_argument(
-        "--quick", action="store_true", help="the smoke sweep, one fraction: a smoke run"
+        "--quick", action="store_true", help="the smoke sweep only, no fractions: a smoke run"
     )
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
     ap.add_argument("--what-if-fresh-processes", action="store_true",
@@ -291,7 +291,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     a = ap.parse_args(argv)
     if a.quick:
         a.sweep = str(SMOKE_SWEEP) if a.sweep == str(DEFAULT_SWEEP) else a.sweep
-        a.fractions, a.fraction_trials, a.fraction_steps = "0.5", 2, 8
+        # no fractions: the device check's dry run (gpu_check.py --dry-run) runs a fraction sweep
+        a.fractions = ""
     fractions = [float(f) for f in a.fractions.split(",") if f.strip()]
     if any(f <= 0 for f in fractions):
         ap.error("--fractions must be positive numbers")

@@ -101,7 +101,7 @@ def test_default_sweep_search_quick_records_every_evaluation(tmp_path):
 
 @pytest.mark.slow
 def test_sweep_overhead_quick_times_a_real_sweep(tmp_path):
-    # a real local Ray cluster and the smoke sweep (4 trials), then 2 fraction trials: ~2-4 min
+    # a real local Ray cluster and the smoke sweep (4 trials): ~1 min
     out = tmp_path / "sweep_overhead.json"
     run_script("sweep_overhead.py", "--quick", "--out", str(out), timeout=1200)
     res = json.loads(out.read_text())
@@ -113,8 +113,7 @@ def test_sweep_overhead_quick_times_a_real_sweep(tmp_path):
     assert s["ratio_wall_vs_lower_bound"] >= 1.0
     for t in s["per_trial"]:
         assert 0 < t["to_first_step_s"] <= t["to_first_report_s"] <= t["busy_s"]
-    (f,) = res["fractions"]
-    assert f["cpus_per_trial"] == 0.5 and f["trials"] == 2 and positive(f["examples_per_s"])
+    assert res["fractions"] == []  # a fraction sweep runs in the gpu_check dry run
 
 
 def test_gpu_check_refuses_to_start_without_cuda():

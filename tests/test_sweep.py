@@ -239,6 +239,33 @@ def test_compute_budget_stops_the_sweep(ray_local, work, tmp_path, capfd):
 
 
 @pytest.mark.slow
+def test_a_damaged_shard_ends_its_trial_once_naming_the_shard(ray_local, work, tmp_path, capfd):
+    """~20 s: a truncated shard (which only reading it finds) fails the trial with a
+    DatasetError; Tune is not asked to retry it (max_failures 2 would start it 3 times), and
+    the summary row and the console name the shard."""
+    from drills import build_tiny_sudoku
+
+    data = tmp_path / "damaged"
+    meta = build_tiny_sudoku(str(data))
+    shard = data / meta.splits["train"].shards[-1].path
+    shard.write_bytes(shard.read_bytes()[:-200])
+    sweep = yaml.safe_load(SMOKE.read_text())
+    sweep.pop("dataset", None)
+    sweep["space"] = {"model.H_cycles": {"grid": [1]}}
+    sweep["max_failures"] = 2
+    path = tmp_path / "damaged.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    args = smoke_args(work, "damaged", "--set", f"data.uri={data}")
+    args[1] = str(path)
+    out = run(args)
+    console = capfd.readouterr().out
+    (row,) = out.rows
+    assert row.stop_reason == "error" and row.error.startswith(f"DatasetError: shard {shard}")
+    assert "failed, not retried (its input fails the same way every time): DatasetError" in console
+    assert "retrying it" not in console, console  # the monitor prints it for every retry
+
+
+@pytest.mark.slow
 def test_failed_trial_is_retried_from_its_last_checkpoint(ray_local, work, tmp_path, capfd):
     """~1 min: the trial's process is killed (SIGKILL) after its second checkpoint; Tune
     retries it (max_failures) from that checkpoint and it finishes, in the same child run."""

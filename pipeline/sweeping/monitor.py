@@ -8,7 +8,7 @@ from typing import Any
 
 from ray import tune
 
-from pipeline.sweeping.store import record_completed
+from pipeline.sweeping.store import failed_line, record_completed
 
 
 class SweepMonitor(tune.Callback, tune.Stopper):
@@ -99,7 +99,11 @@ class SweepMonitor(tune.Callback, tune.Stopper):
         exp_path = getattr(self, "exp_path", "")  # monitors pickled before it existed lack it
         if exp_path:  # before the line below: an ended trial is never trained again
             record_completed(exp_path, trial.trial_id, r)
-        if self.metric in r:
+        failed = failed_line(exp_path, trial.trial_id) if exp_path else None
+        if failed:
+            print(f"[sweep] trial {trial.trial_id} failed, not retried (its input fails the "
+                  f"same way every time): {failed}", flush=True)  # fmt: skip
+        elif self.metric in r:
             print(
                 f"[sweep] trial {trial.trial_id} ended at step {int(r.get('step', 0))}: "
                 f"{self.metric} {r[self.metric]:.4f} ({r.get('stop_reason', 'completed')})",

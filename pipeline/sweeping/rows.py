@@ -10,6 +10,7 @@ from typing import Any
 
 from pipeline.sweeping.config import SweepConfig, effective_depth
 from pipeline.sweeping.findings import EXACT, halt_points, steps_to
+from pipeline.sweeping.store import failed_line
 
 
 @dataclass
@@ -92,9 +93,9 @@ def best_checkpoint(directory: str, metric: str, sign: int) -> tuple[str, int]:
     return (join(directory, best.name), max(best.step, 0)) if best else ("", 0)
 
 
-def _stop_reason(row: TrialRow, result: Any, m: dict[str, Any]) -> str:
-    if result.error is not None:
-        row.error = _error_line(result.error)
+def _stop_reason(row: TrialRow, result: Any, m: dict[str, Any], failed: str | None) -> str:
+    if result.error is not None or failed:
+        row.error = failed or _error_line(result.error)
         return "error"
     if "step" not in m:
         return "not started"
@@ -124,7 +125,8 @@ def trial_row(sweep: SweepConfig, ctx: Any, result: Any) -> TrialRow:
     row.checkpoint, row.checkpoint_step = best_checkpoint(directory, metric, sign)
     row.step, row.examples = int(m.get("step", 0)), int(m.get("examples", 0))
     row.flops, row.wall_s = float(m.get("flops", 0.0)), float(m.get("time_total_s", 0.0))
-    row.stop_reason = _stop_reason(row, result, m)
+    failed = failed_line(ctx.exp_path, trial_id) if ctx.exp_path else None
+    row.stop_reason = _stop_reason(row, result, m, failed)
     return row
 
 

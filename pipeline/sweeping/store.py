@@ -20,6 +20,7 @@ STORED_SWEEP = "sweep.yaml"
 STORED_RESOLVED = "sweep.resolved.yaml"
 TRIALS_DIR = "trials"
 COMPLETED_DIR = "completed"
+FAILED_DIR = "failed"
 # keys Tune adds to every result; a trial's own metrics are the rest
 _TUNE_KEYS = {"done", "training_iteration", "trial_id", "date", "timestamp", "time_this_iter_s",
               "time_total_s", "pid", "hostname", "node_ip", "time_since_restore",
@@ -90,3 +91,13 @@ def completed_result(exp_path: str, trial_id: str) -> dict[str, Any] | None:
     """The final metrics `record_completed` kept for a trial, None if it has not ended."""
     text = storage_text(exp_path, f"{COMPLETED_DIR}/{trial_id}.json")
     return json.loads(text) if text is not None else None
+
+
+def record_failed(exp_path: str, trial_id: str, line: str) -> None:
+    """Record (durably) that a trial stopped on an error its input makes every time."""
+    open_storage(exp_path).write_bytes(f"{FAILED_DIR}/{trial_id}.txt", line.encode())
+
+
+def failed_line(exp_path: str, trial_id: str) -> str | None:
+    """The one-line error `record_failed` kept for a trial, None if it has none."""
+    return storage_text(exp_path, f"{FAILED_DIR}/{trial_id}.txt")

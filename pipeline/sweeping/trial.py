@@ -21,9 +21,10 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from pipeline import checkpoint as ckpt
 from pipeline.config import RunConfig
+from pipeline.failures import deterministic, root_cause
 from pipeline.sweeping import retention
 from pipeline.sweeping.space import trial_config
-from pipeline.sweeping.store import TRIALS_DIR, completed_result
+from pipeline.sweeping.store import TRIALS_DIR, completed_result, record_failed
 
 
 def trial_dirname(trial_id: str) -> str:
@@ -185,21 +186,36 @@ def run_trial(config: dict[str, Any], ctx: SweepContext) -> None:
         tune.report(done)
         return
     cfg = ctx.trial_config(config, trial_id)
-    fpr = flops_per_example(cfg)
-    if cfg.resources.num_workers > 1:
-        from pipeline.train import run_training
+    try:
+        if cfg.resources.num_workers > 1:
+            _train_with_workers(cfg, ctx)
+        else:
+            _train_in_process(cfg, ctx, config, trial_id)
+    except Exception as e:
+        if deterministic(e) is None:
+            raise  # Tune retries it (max_failures) from the trial's last checkpoint
+        # the same input fails every attempt: end the trial instead of Tune retrying it, and
+        # leave its one line for the monitor and the summary
+        record_failed(ctx.exp_path, trial_id, root_cause(e))
 
-        # Train V2 resumes a run with the same name and storage from its own checkpoints, so a
-        # retried trial continues where its worker group stopped
-        run_training(
-            cfg,
-            name=cfg.name,
-            storage_path=ctx.trials_path,
-            callbacks=[SweepReportCallback(cfg, fpr)],
-            parent_run_id=ctx.parent_run_id,
-        )
-        return
 
+def _train_with_workers(cfg: RunConfig, ctx: SweepContext) -> None:
+    from pipeline.train import run_training
+
+    # Train V2 resumes a run with the same name and storage from its own checkpoints, so a
+    # retried trial continues where its worker group stopped
+    run_training(
+        cfg,
+        name=cfg.name,
+        storage_path=ctx.trials_path,
+        callbacks=[SweepReportCallback(cfg, flops_per_example(cfg))],
+        parent_run_id=ctx.parent_run_id,
+    )
+
+
+def _train_in_process(
+    cfg: RunConfig, ctx: SweepContext, config: dict[str, Any], trial_id: str
+) -> None:
     import torch
 
     from pipeline.worker import RunInfo, run_in_process
@@ -214,7 +230,7 @@ def run_trial(config: dict[str, Any], ctx: SweepContext) -> None:
     )
     device = torch.device("cuda" if ctx.use_gpu else "cpu")
     trial_uri = ctx.checkpoint_dir(trial_id, num_workers=1)
-    report = TuneReporter(cfg, fpr, trial_uri)
+    report = TuneReporter(cfg, flops_per_example(cfg), trial_uri)
     try:
         with contextlib.ExitStack() as stack:
             # a retried or resumed trial: its highest-step complete checkpoint (`retention`)
