@@ -181,6 +181,12 @@ def write_report(directory: str | Path, metrics: dict[str, Any]) -> None:
     _write_atomic(Path(directory) / REPORT_FILE, json.dumps(scalars).encode())
 
 
+def read_report(directory: str | Path) -> dict[str, Any]:
+    """The metrics `write_report` put beside a checkpoint's files; {} when it has none."""
+    path = Path(directory) / REPORT_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 @dataclass
 class Stored:
     """A checkpoint directory in storage and the report it was made with (empty if none)."""

@@ -144,6 +144,12 @@ def train_loop(cfg: RunConfig, info: RunInfo, session: Session) -> dict[str, flo
     except BaseException:
         tracker.finish("FAILED")
         raise
+    if not last_metrics and session.resume_dir is not None:
+        # resumed from its final checkpoint (the run had ended, but whatever drove it had not
+        # recorded the end): that checkpoint's report is the run's result, reported again
+        last_metrics = ckpt.read_report(session.resume_dir)
+        if last_metrics:
+            session.report(last_metrics, None)
     if rank == 0:
         session.say(f"[{info.name}] done: step {state.step}, {_summary(last_metrics)}")
     tracker.finish("FINISHED")

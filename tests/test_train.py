@@ -255,3 +255,23 @@ def test_batch_chunk_slices_big_models_on_a_cpu_only():
     assert batch_chunk(0, paper, cpu) is None and batch_chunk(4, tiny, gpu) == 4
     with pytest.raises(ConfigError, match=r"resources\.batch_chunk: must be an integer >= -1"):
         RunConfig.from_dict({"data": {"uri": "d"}, "resources": {"batch_chunk": -2}})
+
+
+def test_a_run_resumed_from_its_final_checkpoint_reports_its_result_again(tmp_path):
+    """A run whose end was not recorded (a sweep driver killed as the trial finished) resumes
+    from its final checkpoint, trains nothing and reports that checkpoint's metrics again."""
+    from drills import build_tiny_sudoku, tiny_config
+
+    data = str(tmp_path / "data")
+    build_tiny_sudoku(data)
+    cfg = tiny_config(data, tmp_path / "runs")
+    info = run_info(cfg, "final", str(tmp_path / "runs"))
+    first = LocalCheckpoints(tmp_path / "runs" / "final")
+    run_in_process(cfg, info, report=first)
+    final = ckpt.latest_local_checkpoint(tmp_path / "runs" / "final")
+    again: list[dict] = []
+    last = run_in_process(cfg, info, report=lambda m, d: again.append(m), resume_dir=final)
+    assert [m["step"] for m in again] == [cfg.schedule.steps]
+    ended = first.history[-1]
+    assert again[0]["eval/exact_accuracy"] == ended["eval/exact_accuracy"]
+    assert last == again[0]
