@@ -144,7 +144,7 @@ def resume_candidates(
     """
     known = checkpoint.path.rstrip("/").rpartition("/")[2] if checkpoint is not None else ""
     try:
-        stored = list(_stored_checkpoints(run_dir))
+        stored = list(stored_checkpoints(run_dir))
     except OSError as e:  # fail (Ray Train retries the group) rather than resume from less
         from pipeline.data.errors import StorageError
 
@@ -168,10 +168,13 @@ def _ray_checkpoints(checkpoint: Any) -> Iterator[tuple[str, Any]]:
             yield s.path, s.opener()
 
 
-def _stored_checkpoints(run_dir: str) -> Iterator[tuple[str, Any]]:
-    """Candidates for `first_complete_checkpoint` in a run directory (local path or s3://)."""
+def stored_checkpoints(run_dir: str) -> Iterator[tuple[str, Any]]:
+    """Candidates for `first_complete_checkpoint` in a run directory (local path or s3://):
+    (URI, context giving a local directory), newest first (`stored_in`)."""
+    from pipeline.data.storage import join
+
     for s in stored_in(*filesystem(run_dir)):
-        yield s.path, s.opener()
+        yield join(run_dir, s.name), s.opener()
 
 
 # ---- the checkpoints in a directory -----------------------------------------------------------
@@ -215,7 +218,9 @@ def filesystem(uri: str) -> tuple[Any, str]:
     """(`pyarrow.fs` filesystem, path on it) of a local path or s3:// URI."""
     import pyarrow.fs as pafs
 
-    return pafs.FileSystem.from_uri(uri if "://" in uri else f"file://{Path(uri).absolute()}")
+    from pipeline.data.storage import absolute
+
+    return pafs.FileSystem.from_uri(uri if "://" in uri else f"file://{absolute(uri)}")
 
 
 def stored_in(fs: Any, parent: str) -> list[Stored]:

@@ -102,7 +102,7 @@ def _candidates(uri: str) -> Iterator[tuple[str, Any]]:
     import pyarrow.fs as pafs
 
     uri = uri.rstrip("/")
-    fs, path = pafs.FileSystem.from_uri(uri if "://" in uri else f"file://{absolute(uri)}")
+    fs, path = ckpt.filesystem(uri)
     trainer = fs.get_file_info(f"{path}/{ckpt.TRAINER_FILE}")
     if trainer.type == pafs.FileType.File:
         import ray.train
@@ -110,5 +110,4 @@ def _candidates(uri: str) -> Iterator[tuple[str, Any]]:
         name = uri if "://" in uri else absolute(uri)
         yield name, ray.train.Checkpoint(path, filesystem=fs).as_directory()
         return
-    for s in ckpt.stored_in(fs, path):
-        yield (s.path if "://" not in uri else f"{uri.split('://')[0]}://{s.path}"), s.opener()
+    yield from ckpt.stored_checkpoints(uri if "://" in uri else absolute(uri))

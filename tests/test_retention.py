@@ -40,7 +40,7 @@ def test_persist_names_by_step_and_the_copy_is_a_complete_checkpoint(trial_uri, 
     assert only.name == "checkpoint_00000120"
     assert only.metrics == {"step": 120, "eval/exact_accuracy": 0.5}  # scalars only
     with contextlib.ExitStack() as stack:
-        found = ckpt.first_complete_checkpoint(retention.resume_candidates(trial_uri), stack)
+        found = ckpt.first_complete_checkpoint(ckpt.stored_checkpoints(trial_uri), stack)
         assert ckpt.load(found, ckpt.TRAINER_FILE)["step"] == 120
 
 
@@ -83,10 +83,10 @@ def test_a_resumed_trial_continues_from_the_highest_step_not_the_highest_name(tr
     # was written again for step 50, while checkpoint_000002 still holds step 30
     _put(trial_uri, tmp_path, "checkpoint_000001", 50, 0.3)
     _put(trial_uri, tmp_path, "checkpoint_000002", 30, 0.4)
-    names = [uri.rpartition("/")[2] for uri, _ in retention.resume_candidates(trial_uri)]
+    names = [uri.rpartition("/")[2] for uri, _ in ckpt.stored_checkpoints(trial_uri)]
     assert names == ["checkpoint_000001", "checkpoint_000002"]
     with contextlib.ExitStack() as stack:
-        found = ckpt.first_complete_checkpoint(retention.resume_candidates(trial_uri), stack)
+        found = ckpt.first_complete_checkpoint(ckpt.stored_checkpoints(trial_uri), stack)
         assert ckpt.load(found, ckpt.TRAINER_FILE)["step"] == 50
 
 
@@ -97,7 +97,7 @@ def test_a_half_deleted_checkpoint_is_skipped_on_resume(trial_uri, tmp_path):
     open_storage(trial_uri).delete(f"checkpoint_000001/{ckpt.TRAINER_FILE}")
     with contextlib.ExitStack() as stack:
         found = ckpt.first_complete_checkpoint(
-            retention.resume_candidates(trial_uri), stack, say=lambda m: None
+            ckpt.stored_checkpoints(trial_uri), stack, say=lambda m: None
         )
         assert ckpt.load(found, ckpt.TRAINER_FILE)["step"] == 10
 
@@ -105,4 +105,4 @@ def test_a_half_deleted_checkpoint_is_skipped_on_resume(trial_uri, tmp_path):
 def test_an_empty_trial_directory_has_nothing_to_resume(trial_uri):
     assert _stored(trial_uri) == []
     with contextlib.ExitStack() as stack:
-        assert ckpt.first_complete_checkpoint(retention.resume_candidates(trial_uri), stack) is None
+        assert ckpt.first_complete_checkpoint(ckpt.stored_checkpoints(trial_uri), stack) is None

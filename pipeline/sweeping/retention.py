@@ -11,16 +11,15 @@ latest checkpoint is gone ("does not exist on storage anymore") or fails pruning
 After each checkpoint the trial prunes its directory from what is actually there: the latest
 and the `checkpoint.num_to_keep` best by `checkpoint.metric` (the step when there is none)
 stay, Tune's own rule; each checkpoint's `report.json` holds its metrics. A retried or resumed
-trial continues from the newest complete checkpoint there (`resume_candidates`).
+trial continues from the newest complete checkpoint there
+(`pipeline.checkpoint.stored_checkpoints`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 from pipeline import checkpoint as ckpt
 from pipeline.data.storage import join
@@ -63,10 +62,3 @@ def prune(trial_uri: str, num_to_keep: int, metric: str | None, mode: str) -> li
         with contextlib.suppress(FileNotFoundError):
             fs.delete_dir(s.path)
     return [s.name for s in doomed]
-
-
-def resume_candidates(trial_uri: str) -> Iterator[tuple[str, Any]]:
-    """(URI, context giving a local directory) of the trial's checkpoints, highest step first,
-    for `pipeline.checkpoint.first_complete_checkpoint`."""
-    for s in ckpt.stored_in(*ckpt.filesystem(trial_uri)):
-        yield join(trial_uri, s.name), s.opener()

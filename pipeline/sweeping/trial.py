@@ -234,7 +234,7 @@ def _train_in_process(
     try:
         with contextlib.ExitStack() as stack:
             # a retried or resumed trial: its highest-step complete checkpoint (`retention`)
-            candidates = retention.resume_candidates(trial_uri)
+            candidates = ckpt.stored_checkpoints(trial_uri)
             resume_dir = ckpt.first_complete_checkpoint(candidates, stack)
             run_in_process(cfg, info, report=report, resume_dir=resume_dir, device=device)
     finally:
