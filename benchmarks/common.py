@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from pipeline.metrics import probe_peak_flops
+from pipeline.training.metrics import probe_peak_flops
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -261,7 +261,7 @@ def square_peak(
     device: torch.device, dtype: torch.dtype, clock: str, n: int | None = None
 ) -> float:
     """FLOP/s of a large square matmul (n = 2048 on CPU, 8192 on a GPU), measured by the
-    training workers' own peak probe (`pipeline.metrics.probe_peak_flops`), so that the
+    training workers' own peak probe (`pipeline.training.metrics.probe_peak_flops`), so that the
     benchmarks' utilisation and the runs' `train/mfu` share a denominator."""
     n = n or (8192 if device.type == "cuda" else 2048)
     timer = time.process_time if clock == "cpu" else time.perf_counter

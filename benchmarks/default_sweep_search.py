@@ -1,6 +1,6 @@
 """Search, by measurement, for a default sweep (`sweeps/default.yaml`) in which TRM learns.
 
-One try = one training run of the project's own in-process loop (`pipeline.worker.
+One try = one training run of the project's own in-process loop (`pipeline.training.worker.
 run_in_process`, what a 1-worker sweep trial runs) on a dataset built by the sweep's own
 builder, evaluated on the whole held-out test split every `--eval-every` steps. A try starts
 from a sweep file's base config and dataset section (default: sweeps/default.yaml) with
@@ -91,7 +91,7 @@ def train(cfg: Any, label: str, stop_at: float) -> tuple[list[dict[str, Any]], s
     """Run `cfg` in this process; returns (the metrics of every evaluation, how it ended:
     'completed', 'target' (--stop-at) or 'killed' (SIGTERM))."""
     from pipeline.train import run_info
-    from pipeline.worker import run_in_process
+    from pipeline.training.worker import run_in_process
 
     evals: list[dict[str, Any]] = []
     cpu0 = time.process_time()

@@ -10,7 +10,7 @@ costs that part only), in this order:
 2. `train_step` Sudoku TRM-MLP and attention, batch 768, bf16, eager vs compiled
                 (`benchmarks/train_step.py`): examples/s, MFU against the datasheet peak;
 3. `train`      ~2-3 minutes of paper-recipe TRM-MLP training on that dataset through the real
-                worker loop (`pipeline.worker.run_in_process`: pinned non-blocking copies,
+                worker loop (`pipeline.training.worker.run_in_process`: pinned non-blocking copies,
                 compiled blocks, bf16): the loss curve and MFU;
 4. `inference`  ACT halting vs fixed 16 steps (`benchmarks/inference.py`, cached weights);
 5. `sweep`      a 2-trial sweep with `gpus_per_worker: 0.5`, both trials on the one GPU
@@ -18,7 +18,7 @@ costs that part only), in this order:
 6. `maze`       Maze-Hard at its paper batch per GPU (768 over 8 GPUs: 96), eager vs compiled,
                 in whatever time is left.
 Writes benchmarks/results/gpu_check_cuda.json and prints a table. Target: bf16 MFU >= 45%
-compiled at batch 768 (datasheet dense peak, `pipeline.worker.GPU_PEAKS`).
+compiled at batch 768 (datasheet dense peak, `pipeline.training.worker.GPU_PEAKS`).
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def part_data(a: argparse.Namespace, work: Path) -> dict[str, Any]:
 def _train_step_rows(a: argparse.Namespace, work: Path, configs: str, batch: int) -> dict[str, Any]:
     import train_step
 
-    from pipeline.metrics import datasheet_peak_flops
+    from pipeline.training.metrics import datasheet_peak_flops
 
     argv = ["--configs", configs, "--out", str(work / f"train_step_{configs}.json")]
     if a.dry_run:
@@ -107,8 +107,8 @@ def _steps_for(work: Path, seconds: float, default: int) -> int:
 def part_train(a: argparse.Namespace, work: Path) -> dict[str, Any]:
     import torch
 
-    from pipeline.config import RunConfig
-    from pipeline.worker import RunInfo, run_in_process
+    from pipeline.config.run import RunConfig
+    from pipeline.training.worker import RunInfo, run_in_process
 
     data = json.loads((work / "data.json").read_text())["result"]["uri"]
     if a.dry_run:

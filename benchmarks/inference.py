@@ -4,7 +4,7 @@ A small TRM is trained here on generated 4x4 Sudoku (10 clues given) with the pa
 (deep supervision, halting learned by the q head, exploration; ~5 CPU-minutes), then evaluated
 on held-out puzzles (none of them in the training set) three ways:
 - `rollout`: the library's fixed-depth evaluation (halt_max_steps steps, every step's
-  logits kept; what pipeline/evaluation.py runs), answer = last step;
+  logits kept; what pipeline/evaluation/evaluator.py runs), answer = last step;
 - `fixed`: `TRM.predict(halt=False)`, the same halt_max_steps steps, heads on the last only;
 - `act`: `TRM.predict(halt=True)`, each example stops at its first q_halt > 0 and leaves the
   batch (the running rows are compacted), answer = that step's.

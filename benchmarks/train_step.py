@@ -2,7 +2,7 @@
 
 One training ACT step = the model's forward through all cycles, backward through the last,
 the ACT loss, AdamATan2 on the weights and SignSGD on the puzzle table (`train_step`
-of pipeline/train_state.py without data). MFU = trm.flops train FLOPs/s divided by the matmul rate
+of pipeline/training/state.py without data). MFU = trm.flops train FLOPs/s divided by the matmul rate
 measured in the same run: at a large square shape (probed between the timed steps, so both
 see the same machine) and at the model's own GEMM shapes.
 
@@ -46,7 +46,7 @@ from common import (
     timed,
 )
 
-from pipeline.device import compile_model
+from pipeline.training.device import compile_model
 from trm import TRM, TRMConfig, flops
 from trm.compat import official_config
 from trm.losses import act_loss

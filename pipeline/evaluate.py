@@ -7,11 +7,11 @@
     python pipeline/evaluate.py runs/tiny --puzzle "1.3......2....4."  # Sudoku, '.' or '0' blank
 
 CHECKPOINT is a checkpoint directory (it holds `trainer.pt`) or a run directory: its newest
-complete checkpoint is used, and damaged ones are named and skipped (`pipeline.restore`).
+complete checkpoint is used, and damaged ones are named and skipped (`pipeline.checkpoints.restore`).
 Local paths and s3:// both work. The model carries the weights training evaluates with (the
 EMA averages when the run kept them).
 
-Evaluation runs the training run's own `Evaluator` (pipeline/evaluation.py) with the run's
+Evaluation runs the training run's own `Evaluator` (pipeline/evaluation/evaluator.py) with the run's
 config: the same test split, batch size, `eval.max_examples`, depth steps and halting
 thresholds, so the numbers are those training logged at that step. Differences: `--data`
 (default: the run's `data.uri`) may name any dataset with the model's encoding (seq_len,
@@ -50,10 +50,10 @@ from typing import Any
 
 import torch
 
-from pipeline.checkpoint import CheckpointError
-from pipeline.config import ConfigError
+from pipeline.checkpoints.restore import Restored, check_fits, restore
+from pipeline.checkpoints.store import CheckpointError
+from pipeline.config.run import ConfigError
 from pipeline.data.errors import DatasetError
-from pipeline.restore import Restored, check_fits, restore
 
 SOURCE_RUN_TAG = "trm.source_run_id"
 CHECKPOINT_TAG = "trm.checkpoint"
@@ -92,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             device = _device(args.device)
             r = restore(args.checkpoint, stack, device=device, say=say)
             if args.puzzle is not None:
-                from pipeline.solve import solve_one
+                from pipeline.evaluation.solve import solve_one
 
                 print(solve_one(r, args.puzzle, args.data, args.max_steps))
                 return 0
@@ -109,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _device(name: str) -> torch.device:
     """--device, or the training default (cuda when present)."""
-    from pipeline.worker import default_device
+    from pipeline.training.worker import default_device
 
     try:
         return torch.device(name) if name else default_device()
@@ -136,8 +136,8 @@ def evaluate_checkpoint(
     """The training run's evaluation of `r` on `args.data` (default: its own dataset)."""
     from pipeline.data.meta import read_meta
     from pipeline.data.storage import absolute
-    from pipeline.evaluation import Evaluator
-    from pipeline.tracking import depth_curve_metrics
+    from pipeline.evaluation.evaluator import Evaluator
+    from pipeline.tracking.tracker import depth_curve_metrics
 
     data = absolute(args.data or r.config.data.uri)
     cfg = r.config.with_overrides([f"data.uri={data}", *args.overrides])
@@ -175,8 +175,8 @@ def is_test_time(e: Any) -> bool:
 
 def _test_time_result(r, cfg, device, split, head, tracker, say) -> dict[str, Any]:
     """`TRM.predict(halt=True, ...)` with the setting, as an evaluate-mode sweep's trial
-    measures it (`pipeline.evaluation.evaluate_test_time`)."""
-    from pipeline.evaluation import evaluate_test_time
+    measures it (`pipeline.evaluation.evaluator.evaluate_test_time`)."""
+    from pipeline.evaluation.evaluator import evaluate_test_time
 
     e = cfg.eval
     say(f"test-time setting: trajectories={e.trajectories} noise_std={e.noise_std} "
@@ -201,16 +201,16 @@ def _finish(tracker: Any, result: dict[str, Any], say: Callable[[str], None]) ->
 
 
 def _null() -> Any:
-    from pipeline.tracking import NullTracker
+    from pipeline.tracking.tracker import NullTracker
 
     return NullTracker()
 
 
 def _tracker(r: Restored, cfg: Any, meta: Any, data: str) -> Any:
     """A new MLflow run for this evaluation, in the training run's experiment."""
-    from pipeline.provenance import code_version
-    from pipeline.tracking import Tracker
-    from pipeline.tracking_server import resolve_tracking_uri
+    from pipeline.tracking.provenance import code_version
+    from pipeline.tracking.server import resolve_tracking_uri
+    from pipeline.tracking.tracker import Tracker
 
     return Tracker(
         resolve_tracking_uri(),
@@ -235,7 +235,7 @@ def _tracker(r: Restored, cfg: Any, meta: Any, data: str) -> Any:
 
 def report(result: dict[str, Any]) -> str:
     """The human-readable form of `evaluate_checkpoint`'s result."""
-    from pipeline.evaluation import halt_curve
+    from pipeline.evaluation.evaluator import halt_curve
 
     lines = [f"checkpoint {result['checkpoint']} (step {result['step']})",
              f"data {result['data']} ({result['split']} split)"]  # fmt: skip

@@ -7,12 +7,12 @@ checkpoints to a local or s3:// storage path, metrics and pictures in MLflow.
     python pipeline/train.py configs/sudoku_tiny.yaml --local      # one process, no Ray
     python pipeline/train.py --help                                # every config key
 
-Three layers, as in Ray's Train + Tune examples: `pipeline.worker.train_loop_per_worker` runs on
+Three layers, as in Ray's Train + Tune examples: `pipeline.training.worker.train_loop_per_worker` runs on
 each worker, `run_training` builds the `TorchTrainer` and fits it, and a sweep
-(pipeline/sweep.py) calls `run_training` (or `pipeline.worker.run_in_process` for 1-worker
+(pipeline/sweep.py) calls `run_training` (or `pipeline.training.worker.run_in_process` for 1-worker
 trials) per trial. Every check that can fail without a GPU or a worker (config values, dataset
 present and matching the model, storage writable, paths readable on every node) runs before any
-worker starts (pipeline/preflight.py).
+worker starts (pipeline/training/preflight.py).
 
 Re-running the same `name` with the same storage path resumes from its latest checkpoint;
 a changed model or batch size is refused before any worker starts (`--fresh` starts over).
@@ -27,18 +27,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pipeline.checkpoint import latest_local_checkpoint
-from pipeline.cluster import (
+from pipeline.checkpoints.store import latest_local_checkpoint
+from pipeline.config.run import ConfigError, RunConfig, describe
+from pipeline.data.storage import absolute, is_local
+from pipeline.training.cluster import (
     checkpoint_config,
     cluster_nodes,
     connect_ray,
     decide_use_gpu,
     scaling_config,
 )
-from pipeline.config import ConfigError, RunConfig, describe
-from pipeline.data.storage import absolute, is_local
-from pipeline.preflight import preflight
-from pipeline.worker import RunInfo, loop_config, run_in_process
+from pipeline.training.preflight import preflight
+from pipeline.training.worker import RunInfo, loop_config, run_in_process
 
 
 def with_absolute_paths(cfg: RunConfig) -> RunConfig:
@@ -56,8 +56,8 @@ def with_absolute_paths(cfg: RunConfig) -> RunConfig:
 # ---- the driver -----------------------------------------------------------------------------
 def run_info(cfg: RunConfig, name: str, storage_path: str, parent_run_id: str = "") -> RunInfo:
     """Resolve, on the driver, what workers cannot: tracking URI (absolute), code version."""
-    from pipeline.provenance import code_version
-    from pipeline.tracking_server import resolve_tracking_uri
+    from pipeline.tracking.provenance import code_version
+    from pipeline.tracking.server import resolve_tracking_uri
 
     return RunInfo(
         name=name,
@@ -80,8 +80,8 @@ def build_trainer(
     """The `TorchTrainer` of a run (checks run first when `check`)."""
     import ray.train
 
-    from pipeline.failures import TorchTrainer
-    from pipeline.worker import train_loop_per_worker
+    from pipeline.training.failures import TorchTrainer
+    from pipeline.training.worker import train_loop_per_worker
 
     name = name or cfg.name
     cfg = with_absolute_paths(cfg)
@@ -136,8 +136,8 @@ def run_training(
     except Exception as e:
         raise _storage_named(e, storage_path) from e
     if cfg.tracking.enabled and result.checkpoint is not None:
-        from pipeline.tracking import tag_run
-        from pipeline.tracking_server import resolve_tracking_uri
+        from pipeline.tracking.server import resolve_tracking_uri
+        from pipeline.tracking.tracker import tag_run
 
         tags = {"checkpoint.final": checkpoint_uri(result.checkpoint)}
         if result.best_checkpoints:
@@ -157,9 +157,9 @@ def run_training(
 
 def log_models(uri: str, run_id: str, checkpoints: dict[str, Any]) -> None:
     """Log each Ray Train checkpoint's model (weights + config) to the MLflow run as
-    `checkpoints/<which>/model.pt` (`pipeline.tracking.load_model` reads it back)."""
-    from pipeline import checkpoint as ckpt
-    from pipeline.tracking import log_model
+    `checkpoints/<which>/model.pt` (`pipeline.tracking.tracker.load_model` reads it back)."""
+    from pipeline.checkpoints import store as ckpt
+    from pipeline.tracking.tracker import log_model
 
     for which, checkpoint in checkpoints.items():
         with checkpoint.as_directory() as d:
@@ -195,8 +195,8 @@ def run_local(cfg: RunConfig, *, name: str | None = None, storage_path: str | No
     metrics = run_in_process(cfg, info)
     final = latest_local_checkpoint(Path(storage_path) / name)
     if info.tracking_uri and final:
-        from pipeline import checkpoint as ckpt
-        from pipeline.tracking import log_model, tag_run
+        from pipeline.checkpoints import store as ckpt
+        from pipeline.tracking.tracker import log_model, tag_run
 
         run_id = tag_run(info.tracking_uri, cfg.tracking.experiment, info.run_key,
                          {"checkpoint.final": final})  # fmt: skip
@@ -264,7 +264,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"# storage: {storage}/{cfg.name}")
             return 0
         if cfg.tracking.enabled:  # before Ray's start-up; preflight checks it again
-            from pipeline.tracking_server import check_tracking, resolve_tracking_uri
+            from pipeline.tracking.server import check_tracking, resolve_tracking_uri
 
             check_tracking(resolve_tracking_uri(cfg.tracking.uri))
         _prepare_resume(cfg, storage, fresh=args.fresh)
@@ -275,11 +275,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         connect_ray(args.address, reuse=True)
         result = run_training(cfg)
-    except (ConfigError, ConnectionError) as e:  # ConnectionError: pipeline.tracking's check
+    except (ConfigError, ConnectionError) as e:  # ConnectionError: pipeline.tracking.tracker's check
         print(f"error: {e}", file=sys.stderr)
         return 2
     except Exception as e:  # the worker's error: at once if deterministic, else after retries
-        from pipeline.failures import root_cause
+        from pipeline.training.failures import root_cause
 
         print(f"error: training failed: {root_cause(e)}", file=sys.stderr)
         return 1
@@ -292,16 +292,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _prepare_resume(cfg: RunConfig, storage: str, fresh: bool) -> None:
     """`--fresh`: discard the run of this name; then refuse a resume that its checkpoints
-    cannot take (pipeline/resume.py)."""
-    from pipeline.preflight import check_dataset
-    from pipeline.resume import check_resume, discard_run, resolved
+    cannot take (pipeline/checkpoints/resume.py)."""
+    from pipeline.checkpoints.resume import check_resume, discard_run, resolved
+    from pipeline.training.preflight import check_dataset
 
     run_dir = f"{storage}/{cfg.name}"
     if fresh:
         discard_run(run_dir)
         if cfg.tracking.enabled:
-            from pipeline.tracking import retire_run
-            from pipeline.tracking_server import resolve_tracking_uri
+            from pipeline.tracking.server import resolve_tracking_uri
+            from pipeline.tracking.tracker import retire_run
 
             retire_run(resolve_tracking_uri(cfg.tracking.uri), cfg.tracking.experiment, run_dir)
     meta = check_dataset(cfg)
@@ -312,8 +312,8 @@ def _print_mlflow_link(cfg: RunConfig) -> None:
     """The run's page on a tracking server, else how to open the local store."""
     if not cfg.tracking.enabled:
         return
-    from pipeline.tracking import find_run
-    from pipeline.tracking_server import resolve_tracking_uri, run_link
+    from pipeline.tracking.server import resolve_tracking_uri, run_link
+    from pipeline.tracking.tracker import find_run
 
     uri = resolve_tracking_uri(cfg.tracking.uri)
     storage = absolute(cfg.checkpoint.storage_path)

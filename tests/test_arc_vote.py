@@ -1,4 +1,4 @@
-"""ARC pass@K (pipeline/arc_vote.py): a hand-computed vote, truncation, two ranks (merged, and
+"""ARC pass@K (pipeline/evaluation/arc_vote.py): a hand-computed vote, truncation, two ranks (merged, and
 over a real gloo process group), aggregation across evaluations, the variant rows of on-the-fly
 and materialised datasets, and a tiny ARC training run that logs the metrics."""
 
@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.arc_vote import ArcVoting, grid_hash, merge, pass_at_k, vote_table
-from pipeline.config import ConfigError, RunConfig
+from pipeline.config.run import ConfigError, RunConfig
 from pipeline.data import ShardStream, build_arc, read_meta
-from pipeline.evaluation import evaluate
+from pipeline.evaluation.arc_vote import ArcVoting, grid_hash, merge, pass_at_k, vote_table
+from pipeline.evaluation.evaluator import evaluate
 from trm.puzzles import arc
 
 # ---- a hand-computed case ----------------------------------------------------------------------
@@ -279,10 +279,10 @@ def test_two_ranks_gather_to_rank_0_and_report_the_same(arc_data):
 def test_tiny_arc_run_logs_pass_at_k(arc_data, tmp_path):
     """A real run (one process, MLflow in sqlite) on the on-the-fly dataset; eval.max_examples
     cuts the 3 x 8 variant rows to 12, so only 2 of the 3 test inputs get votes."""
-    from pipeline.preflight import preflight
-    from pipeline.tracking import find_run, read_run
+    from pipeline.tracking.tracker import find_run, read_run
     from pipeline.train import run_info
-    from pipeline.worker import LocalCheckpoints, run_in_process
+    from pipeline.training.preflight import preflight
+    from pipeline.training.worker import LocalCheckpoints, run_in_process
 
     storage, db = str(tmp_path / "runs"), f"sqlite:///{tmp_path / 'mlflow.db'}"
     cfg = RunConfig.from_dict({

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.config import ConfigError, RunConfig, apply_overrides, describe
-from pipeline.fields import StrictConfig
+from pipeline.config.fields import StrictConfig
+from pipeline.config.run import ConfigError, RunConfig, apply_overrides, describe
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE = {"data": {"uri": "/tmp/somewhere"}, "model": {"hidden_size": 64, "num_heads": 4}}

@@ -194,7 +194,7 @@ def test_imported_4x4_sudoku_trains(tmp_path):
     from test_train import tiny_cfg
 
     from pipeline.train import run_info
-    from pipeline.worker import LocalCheckpoints, run_in_process
+    from pipeline.training.worker import LocalCheckpoints, run_in_process
 
     train, _ = _sudoku_csv(tmp_path / "train.csv", 4, 32, seed=0)
     test, _ = _sudoku_csv(tmp_path / "test.csv", 4, 8, seed=1)

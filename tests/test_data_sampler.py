@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from pipeline.config import ConfigError, RunConfig, check_data_against
+from pipeline.config.run import ConfigError, RunConfig, check_data_against
 from pipeline.data import DatasetWriter, ShardStream, build_sudoku, read_meta
 from pipeline.data.builders import sudoku_meta_fields
 from pipeline.data.coverage import sampler_report

@@ -1,4 +1,4 @@
-"""pipeline/device.py: narrow host-to-device batches, on-device metric sums, and compiled
+"""pipeline/training/device.py: narrow host-to-device batches, on-device metric sums, and compiled
 training steps that match eager ones (puzzle-table gradient and SignSGD update included)."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.config import ConfigError, RunConfig
-from pipeline.device import DeviceSums, compile_model, narrowest, pins_memory, to_device
+from pipeline.config.run import ConfigError, RunConfig
+from pipeline.training.device import DeviceSums, compile_model, narrowest, pins_memory, to_device
 from trm import TRM, TRMConfig
 from trm.losses import act_loss
 from trm.optim import AdamATan2, SignSGD

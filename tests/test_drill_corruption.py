@@ -23,10 +23,10 @@ from drills import build_tiny_sudoku, record, tiny_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline import checkpoint as ckpt
+from pipeline.checkpoints import store as ckpt
 from pipeline.data import DatasetError, ShardStream, read_meta, verify_dataset
 from pipeline.train import main, run_info
-from pipeline.worker import LocalCheckpoints, run_in_process
+from pipeline.training.worker import LocalCheckpoints, run_in_process
 
 COMPARED = ("train/loss", "train/lm_loss", "train/exact_accuracy", "train/steps", "train/lr",
             "eval/exact_accuracy", "eval/accuracy", "eval/q_halt_accuracy")  # fmt: skip
@@ -249,7 +249,7 @@ def test_damaged_latest_checkpoint_on_s3_ray_train_resumes_from_the_previous(s3_
     import boto3
     from drills import LocalRay
 
-    from pipeline.tracking import find_run, read_run
+    from pipeline.tracking.tracker import find_run, read_run
     from pipeline.train import run_training
 
     bucket = "drill-ckpt"

@@ -32,7 +32,7 @@ from hypothesis import strategies as st
 
 import pipeline
 import trm
-from pipeline.config import ConfigError, RunConfig, apply_overrides, flatten
+from pipeline.config.run import ConfigError, RunConfig, apply_overrides, flatten
 from pipeline.data import DatasetError, InputError, ShardStream, build_arc, import_csv, read_meta
 from pipeline.data.meta import META_FILE
 from pipeline.train import main

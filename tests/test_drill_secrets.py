@@ -20,7 +20,7 @@ import pytest
 import yaml
 from drills import build_tiny_sudoku, record, tiny_config
 
-from pipeline.tracking import find_run, read_run
+from pipeline.tracking.tracker import find_run, read_run
 from pipeline.train import main
 
 SECRETS = {

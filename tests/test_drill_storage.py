@@ -21,10 +21,10 @@ import pytest
 from drills import build_tiny_sudoku, record, tiny_config
 from drills.proxy import FaultProxy
 
-from pipeline import checkpoint as ckpt
+from pipeline.checkpoints import store as ckpt
 from pipeline.data import ShardStream, StorageError
 from pipeline.train import run_info
-from pipeline.worker import LocalCheckpoints, run_in_process
+from pipeline.training.worker import LocalCheckpoints, run_in_process
 
 ATTEMPTS, BASE_S = 4, 0.5  # TRM_S3_MAX_ATTEMPTS, TRM_S3_RETRY_BASE_S: gives up after 3.5 s
 COMPARED = ("train/loss", "train/exact_accuracy", "train/lr", "eval/accuracy",

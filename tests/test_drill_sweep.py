@@ -30,9 +30,9 @@ import yaml
 from drills import record
 from mlflow.tracking import MlflowClient
 
-from pipeline.fields import set_dotted
+from pipeline.config.fields import set_dotted
 from pipeline.sweeping.run import PARENT_KEY_PREFIX
-from pipeline.tracking import child_runs, find_run, read_run
+from pipeline.tracking.tracker import child_runs, find_run, read_run
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "sweeps" / "smoke.yaml"

@@ -36,7 +36,7 @@ from drills import (
 )
 
 from pipeline.train import run_info
-from pipeline.worker import run_in_process
+from pipeline.training.worker import run_in_process
 
 REPO = Path(__file__).resolve().parent.parent
 COMPARED = ("train/loss", "train/lm_loss", "train/exact_accuracy", "train/steps", "train/lr",
@@ -113,7 +113,7 @@ def test_local_run_killed_at_a_random_step_resumes_to_the_same_result(data, tmp_
     # the final state both runs checkpointed: weights, optimiser and the final evaluation
     import torch
 
-    from pipeline import checkpoint as ckpt
+    from pipeline.checkpoints import store as ckpt
 
     a = ckpt.load(tmp_path / "runs" / "reference" / f"checkpoint_{steps:08d}", ckpt.TRAINER_FILE)
     b = ckpt.load(tmp_path / "runs" / "killed" / f"checkpoint_{steps:08d}", ckpt.TRAINER_FILE)

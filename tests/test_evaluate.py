@@ -1,4 +1,4 @@
-"""pipeline.evaluation: the at-halt metrics are what `TRM.predict(halt=True)` answers, the
+"""pipeline.evaluation.evaluator: the at-halt metrics are what `TRM.predict(halt=True)` answers, the
 halting-threshold curve, and the cost of one evaluation (the official halt_max_steps steps)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from tiny_trm import halting_model
 from tiny_trm import make_batch as batch_of
 from tiny_trm import tiny5 as tiny
 
-from pipeline.evaluation import evaluate, finish, halt_curve
+from pipeline.evaluation.evaluator import evaluate, finish, halt_curve
 from trm import flops, should_halt
 
 CPU = torch.device("cpu")

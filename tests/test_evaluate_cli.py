@@ -15,9 +15,9 @@ import pytest
 from test_train import sudoku4, tiny_cfg  # noqa: F401 (sudoku4 is a fixture)
 
 from pipeline.evaluate import CHECKPOINT_TAG, SOURCE_RUN_TAG, main
-from pipeline.tracking import find_run, read_run
+from pipeline.tracking.tracker import find_run, read_run
 from pipeline.train import run_info
-from pipeline.worker import run_in_process
+from pipeline.training.worker import run_in_process
 
 ROOT = Path(__file__).resolve().parent.parent
 PUZZLE = "1..43..2.1.34.2."  # 4x4 with one solution: blanks '.', digits 1..4
@@ -65,8 +65,8 @@ def test_a_test_time_setting_gives_what_the_evaluate_mode_sweep_measures(trained
 
     import torch
 
-    from pipeline.evaluation import evaluate_test_time
-    from pipeline.restore import restore
+    from pipeline.checkpoints.restore import restore
+    from pipeline.evaluation.evaluator import evaluate_test_time
 
     sets = ["eval.trajectories=3", "eval.noise_std=0.2", "eval.max_steps=4", "eval.seed=7"]
     p = command(str(trained["run_dir"]), "--json", *[a for s in sets for a in ("--set", s)],
@@ -157,8 +157,8 @@ def test_bad_input_is_one_line_and_exit_2(trained, sudoku6, tmp_path, capsys, ar
 
 
 def test_puzzle_text_as_the_datasets_encode_it():
-    from pipeline.config import ConfigError
-    from pipeline.solve import _grid, encode_puzzle, sudoku_verdict
+    from pipeline.config.run import ConfigError
+    from pipeline.evaluation.solve import _grid, encode_puzzle, sudoku_verdict
     from trm.puzzles import maze, sudoku
 
     assert (

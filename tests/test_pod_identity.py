@@ -22,9 +22,9 @@ import numpy as np
 import pytest
 from conftest import free_port, moto_process
 
-from pipeline.config import ConfigError
+from pipeline.config.run import ConfigError
 from pipeline.data import ShardStream, StorageError, build_sudoku, open_storage, verify_dataset
-from pipeline.preflight import check_storage_writable
+from pipeline.training.preflight import check_storage_writable
 
 STATIC_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
                "AWS_SECURITY_TOKEN", "AWS_PROFILE", "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE",
@@ -190,7 +190,7 @@ def test_ray_train_checkpoints_to_s3_through_pod_identity(pod, tmp_path):
     import boto3
     import ray
 
-    from pipeline.config import RunConfig
+    from pipeline.config.run import RunConfig
     from pipeline.train import run_training
 
     bucket, _, _ = pod

@@ -1,5 +1,5 @@
-"""A one-process sweep trial's own checkpoint retention (`pipeline.sweeping.retention`) and the
-listing under it (`pipeline.checkpoint.stored_in`), on a local directory and on S3 (a real moto
+"""A one-process sweep trial's own checkpoint retention (`pipeline.checkpoints.retention`) and the
+listing under it (`pipeline.checkpoints.store.stored_in`), on a local directory and on S3 (a real moto
 server): which checkpoints stay, which one a resumed trial continues from, and that a
 checkpoint already gone is no error."""
 
@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import checkpoint as ckpt
+from pipeline.checkpoints import store as ckpt
 from pipeline.data.storage import open_storage
-from pipeline.sweeping import retention
+from pipeline.checkpoints import retention
 
 
 def _put(trial_uri: str, tmp: Path, name: str, step: int, acc: float | None) -> None:

@@ -17,12 +17,12 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from pipeline.config import ConfigError, RunConfig
-from pipeline.restore import restore
+from pipeline.checkpoints.restore import restore
+from pipeline.config.run import ConfigError, RunConfig
 from pipeline.sweeping.cli import main, parse_args
 from pipeline.sweeping.run import PARENT_KEY_PREFIX, run_sweep
 from pipeline.sweeping.store import load_sweep, stored_sweep
-from pipeline.tracking import child_runs, download_artifact, find_run, read_run
+from pipeline.tracking.tracker import child_runs, download_artifact, find_run, read_run
 
 SMOKE = Path(__file__).resolve().parents[1] / "sweeps" / "smoke.yaml"
 

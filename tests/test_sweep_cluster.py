@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from pipeline.sweeping.run import PARENT_KEY_PREFIX
-from pipeline.tracking import child_runs, find_run, read_run
+from pipeline.tracking.tracker import child_runs, find_run, read_run
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "sweeps" / "smoke.yaml"

@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.cluster import check_fits, trial_resources, trials_that_fit
-from pipeline.config import ConfigError, RunConfig
+from pipeline.config.run import ConfigError, RunConfig
 from pipeline.sweeping.cli import dry_run_text, main
 from pipeline.sweeping.config import SweepConfig, iter_sweep_files
 from pipeline.sweeping.plots import pareto_front
 from pipeline.sweeping.report import TrialRow, best_config_yaml, best_row
 from pipeline.sweeping.space import config_fields
+from pipeline.training.cluster import check_fits, trial_resources, trials_that_fit
 
 SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"
 REQUIRED = {"smoke", "default", "sudoku_extreme_ablation", "maze_hard", "arc1", "act_study"}

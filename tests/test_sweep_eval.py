@@ -11,10 +11,10 @@ import pytest
 import torch
 import yaml
 
-from pipeline.config import ConfigError, RunConfig
+from pipeline.config.run import ConfigError, RunConfig
 from pipeline.sweeping.config import SweepConfig
 from pipeline.sweeping.eval_trial import bind_checkpoint
-from pipeline.tracking import child_runs, download_artifact, read_run
+from pipeline.tracking.tracker import child_runs, download_artifact, read_run
 
 SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"
 
@@ -64,7 +64,7 @@ def trained(tmp_path_factory) -> tuple[Path, str]:
     """(work dir, run directory) of a tiny 4x4 Sudoku run trained in this process."""
     from pipeline.data import build_sudoku
     from pipeline.train import run_info
-    from pipeline.worker import run_in_process
+    from pipeline.training.worker import run_in_process
 
     work = tmp_path_factory.mktemp("tt")
     data = str(work / "sudoku4")
@@ -95,7 +95,7 @@ def test_data_that_does_not_fit_the_checkpoint_is_refused(trained):
         eval_sweep(run_dir, {"eval.trajectories": {"grid": [1, 2]}}, data={"uri": six})
     )
     with pytest.raises(ConfigError, match="does not match the dataset"):
-        from pipeline.preflight import check_dataset
+        from pipeline.training.preflight import check_dataset
 
         bound = bind_checkpoint(sweep)
         for _, cfg in bound.checked:
@@ -105,7 +105,7 @@ def test_data_that_does_not_fit_the_checkpoint_is_refused(trained):
 @pytest.mark.slow
 def test_evaluate_sweep_end_to_end(ray_local, trained):
     """~1 min: 4 settings of one checkpoint as Tune trials; child runs, summary, plot, best."""
-    from pipeline.restore import restore
+    from pipeline.checkpoints.restore import restore
     from pipeline.sweeping.eval_report import BEST, PLOT
     from pipeline.sweeping.run import run_sweep
 

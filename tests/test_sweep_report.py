@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.config import ConfigError, RunConfig
+from pipeline.config.run import ConfigError, RunConfig
 from pipeline.sweeping.config import SweepConfig
 from pipeline.sweeping.findings import finding, halt_cell, halt_points, seed_groups, steps_to
 from pipeline.sweeping.report import (
@@ -198,7 +198,7 @@ def test_the_parent_run_page_is_printed_for_a_tracking_server():
     from types import SimpleNamespace
 
     from pipeline.sweeping.report import results_where
-    from pipeline.tracking_server import run_url
+    from pipeline.tracking.server import run_url
 
     assert run_url("http://me:pw@mlflow:5000/", "3", "abc") == (
         "http://me:***@mlflow:5000/#/experiments/3/runs/abc?workflowType=machine_learning"

@@ -20,13 +20,13 @@ from drills import build_tiny_sudoku, tiny_config
 from drills.proxy import FaultProxy
 from mlflow.tracking import MlflowClient
 
-from pipeline import checkpoint as ckpt
+from pipeline.checkpoints import store as ckpt
 from pipeline.data import read_meta
-from pipeline.provenance import code_version, source_digest
-from pipeline.tracking import EXPERIMENT_KIND, find_run, load_model, read_run
-from pipeline.tracking_server import TrackingError, check_tracking
+from pipeline.tracking.provenance import code_version, source_digest
+from pipeline.tracking.server import TrackingError, check_tracking
+from pipeline.tracking.tracker import EXPERIMENT_KIND, find_run, load_model, read_run
 from pipeline.train import main, run_info
-from pipeline.worker import LocalCheckpoints, run_in_process
+from pipeline.training.worker import LocalCheckpoints, run_in_process
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -113,7 +113,7 @@ def test_server_gone_mid_run_costs_metrics_not_the_run(
                 proxy.up()
 
         cfg = cfg.with_overrides(["schedule.report_every=1"])
-        with caplog.at_level(logging.WARNING, logger="pipeline.tracking"):
+        with caplog.at_level(logging.WARNING, logger="pipeline.tracking.tracker"):
             run_in_process(cfg, run_info(cfg, "outage", str(tmp_path / "runs")), report=report)
         run = read_run(uri, find_run(uri, "trm-drill", f"{tmp_path / 'runs'}/outage"))
     assert [m["step"] for m in store.history] == list(range(1, 13))

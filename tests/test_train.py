@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import checkpoint as ckpt
-from pipeline.config import ConfigError, RunConfig
+from pipeline.checkpoints import store as ckpt
+from pipeline.config.run import ConfigError, RunConfig
 from pipeline.data import read_meta
-from pipeline.metrics import datasheet_peak_flops
-from pipeline.preflight import preflight
-from pipeline.tracking import find_run, read_run
+from pipeline.tracking.tracker import find_run, read_run
 from pipeline.train import main, run_info
-from pipeline.worker import LocalCheckpoints, run_in_process
+from pipeline.training.metrics import datasheet_peak_flops
+from pipeline.training.preflight import preflight
+from pipeline.training.worker import LocalCheckpoints, run_in_process
 from trm import flops
 
 TINY = {
@@ -241,7 +241,7 @@ def test_gpu_peaks_come_from_the_datasheet_for_the_dtype():
 def test_batch_chunk_slices_big_models_on_a_cpu_only():
     import torch
 
-    from pipeline.train_state import batch_chunk
+    from pipeline.training.state import batch_chunk
     from trm import TRMConfig
 
     paper = TRMConfig(**{"seq_len": 81, "vocab_size": 11, "num_puzzle_identifiers": 2,

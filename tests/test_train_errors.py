@@ -18,8 +18,8 @@ import yaml
 from conftest import free_port
 from drills import LocalRay, build_tiny_sudoku, read_logs, tiny_config
 
-from pipeline.checkpoint import CheckpointError
-from pipeline.config import ConfigError
+from pipeline.checkpoints.store import CheckpointError
+from pipeline.config.run import ConfigError
 from pipeline.data import read_meta
 from pipeline.data.errors import DatasetError, StorageAccessError, StorageError
 from pipeline.train import main
@@ -49,8 +49,8 @@ def local_ray():
 
 @pytest.mark.slow
 def test_damaged_shard_ends_a_ray_train_run_at_once_naming_the_shard(local_ray, tmp_path):
-    from pipeline.failures import root_cause
     from pipeline.train import run_training
+    from pipeline.training.failures import root_cause
 
     data = str(tmp_path / "data")
     build_tiny_sudoku(data)
@@ -70,8 +70,8 @@ def test_damaged_shard_ends_a_ray_train_run_at_once_naming_the_shard(local_ray, 
 def test_checkpoint_of_another_model_is_not_retried(local_ray, tmp_path):
     """The driver's own check (check_resume) is bypassed here: run_training alone, as a
     multi-worker sweep trial calls it. The worker's error names the checkpoint."""
-    from pipeline.failures import root_cause
     from pipeline.train import run_training
+    from pipeline.training.failures import root_cause
 
     data = str(tmp_path / "data")
     build_tiny_sudoku(data)
@@ -156,7 +156,7 @@ def test_failure_policy_retries_only_faults_that_pass(error, retried):
     from ray.train.v2._internal.exceptions import UserExceptionWithTraceback
     from ray.train.v2._internal.execution.failure_handling import FailureDecision
 
-    from pipeline.failures import InputFailurePolicy, root_cause
+    from pipeline.training.failures import InputFailurePolicy, root_cause
 
     wrapped = UserExceptionWithTraceback(error, traceback_str="Traceback ...\n" + repr(error))
     group_error = WorkerGroupError("rank 0 failed", {0: wrapped})

@@ -20,7 +20,7 @@ official pre-augmented layout instead: per task the original plus up to num_aug 
 one per variant.
 
 meta.json `extra`: `tasks` (every task name; index = base task b), `test_tasks` and
-`test_inputs` (test inputs per test task: what ARC pass@K divides by, pipeline/arc_vote.py).
+`test_inputs` (test inputs per test task: what ARC pass@K divides by, pipeline/evaluation/arc_vote.py).
 """
 
 from __future__ import annotations
@@ -267,7 +267,7 @@ def _write_task(w, index: _Index, t: str, raw, task: Task, is_test: bool, *, num
 def _commit(w, index: _Index, generator: dict, *, num_aug, seed, translate, materialise):
     """Write the side files (test_puzzles.json, identifiers.json) and then meta.json."""
     w.store.write_bytes("test_puzzles.json", json.dumps(index.test_puzzles).encode())
-    # test inputs per test task: the denominator of ARC pass@K (pipeline/arc_vote.py), so an
+    # test inputs per test task: the denominator of ARC pass@K (pipeline/evaluation/arc_vote.py), so an
     # input that gets no prediction still counts
     extra = {"tasks": index.names, "test_tasks": sorted(index.test_puzzles),
              "test_inputs": dict(sorted(index.test_inputs.items()))}  # fmt: skip

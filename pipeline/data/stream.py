@@ -26,7 +26,7 @@ Augmentation (`augment`, a regime of sampler.REGIMES; True means the dataset's o
 or its stored pool when materialised; False means none):
 - on_the_fly: each row gets the task's random symmetry keyed by (seed, epoch, row index in the
   split), independent of the batch and rank that read it. (ARC test rows get variants but no
-  translation; pipeline/arc_vote.py expands each evaluated test row into its variants for
+  translation; pipeline/evaluation/arc_vote.py expands each evaluated test row into its variants for
   pass@K voting.)
 - fixed_pool: each epoch draws variant k in 0..num_aug per puzzle group; k = 0 is the original,
   variant k of the puzzle whose `group` is g is keyed by (dataset aug seed, k, g), the same key

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from pipeline.config import ConfigError
+from pipeline.config.run import ConfigError
 from pipeline.sweeping.config import SweepConfig
 from pipeline.sweeping.store import load_sweep, stored_sweep
 

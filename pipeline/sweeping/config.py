@@ -1,6 +1,6 @@
 """`SweepConfig`: the typed, validated sweep file that `pipeline/sweep.py` runs.
 
-A sweep file is a base run config (`pipeline.config.RunConfig`, the same sections as a
+A sweep file is a base run config (`pipeline.config.run.RunConfig`, the same sections as a
 training config) plus a search space over any of its fields, addressed by dotted keys:
 
     name: depth                      # Tune experiment + MLflow parent run name (stable: --resume)
@@ -40,8 +40,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, PrivateAttr, model_validator
 
-from pipeline.config import RunConfig
-from pipeline.fields import (
+from pipeline.config.fields import (
     ConfigError,
     Float,
     StrictConfig,
@@ -49,6 +48,7 @@ from pipeline.fields import (
     check_name,
     require,
 )
+from pipeline.config.run import RunConfig
 from pipeline.sweeping.dataset import check_builder_args
 from pipeline.sweeping.space import Domain, check_field, trial_config
 
@@ -66,7 +66,7 @@ EVAL_MODE_FIELDS = (
 SCHEDULERS = ("fifo", "asha")
 # sweep time axis -> the key every trial reports it under
 TIME_ATTRS = {"steps": "step", "examples": "examples", "flops": "flops"}
-# metrics a trial reports at every evaluation (pipeline/evaluation.py, pipeline/metrics.py)
+# metrics a trial reports at every evaluation (pipeline/evaluation/evaluator.py, pipeline/training/metrics.py)
 EVAL_METRICS = (
     "eval/exact_accuracy",
     "eval/accuracy",
@@ -167,7 +167,7 @@ class SweepConfig(StrictConfig):
     """Sweep name: the Tune experiment directory under the storage path and the MLflow parent
     run. Stable (no timestamps): --resume finds the sweep by it."""
     base: dict[str, Any] = Field(default_factory=dict)
-    """The run config every trial starts from (sections of pipeline/config.py's RunConfig)."""
+    """The run config every trial starts from (sections of pipeline/config/run.py's RunConfig)."""
     space: dict[str, Any] = Field(default_factory=dict)
     """Dotted config key (or comma-joined keys with tied values) -> one domain mapping."""
     search: SearchConfig = Field(default_factory=SearchConfig)
@@ -189,7 +189,7 @@ class SweepConfig(StrictConfig):
     space may only vary EVAL_MODE_FIELDS."""
     checkpoint: str = ""
     """evaluate mode: the checkpoint or run directory (local or s3://) every trial evaluates
-    (`pipeline.restore`); `--checkpoint` replaces it."""
+    (`pipeline.checkpoints.restore`); `--checkpoint` replaces it."""
 
     _domains: dict[str, Domain] = PrivateAttr(default_factory=dict)
     _checked: list[tuple[dict[str, Any], RunConfig]] = PrivateAttr(default_factory=list)
@@ -273,7 +273,7 @@ class SweepConfig(StrictConfig):
 
     def _check_eval_space(self) -> None:
         """Only test-time fields vary, and every checked point gives a valid eval section."""
-        from pipeline.config import EvalConfig
+        from pipeline.config.run import EvalConfig
 
         for key, dom in self.domains.items():
             for name in dom.names:

@@ -7,7 +7,7 @@ import inspect
 import time
 from typing import TYPE_CHECKING, Any
 
-from pipeline.config import ConfigError, require
+from pipeline.config.run import ConfigError, require
 
 if TYPE_CHECKING:
     from pipeline.sweeping.config import SweepConfig

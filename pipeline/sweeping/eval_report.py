@@ -114,7 +114,7 @@ def finish_eval_sweep(
 ) -> EvalOutcome:
     """Summarise, print, store and log an evaluate-mode sweep."""
     from pipeline.data.storage import open_storage
-    from pipeline.tracking import child_runs
+    from pipeline.tracking.tracker import child_runs
 
     rows = collect(sweep, ctx, results)
     if ctx.parent_run_id:

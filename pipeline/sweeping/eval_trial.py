@@ -26,8 +26,8 @@ from typing import Any
 import torch
 from ray import tune
 
-from pipeline.config import DATASET_FIELDS, ConfigError, EvalConfig
-from pipeline.evaluation import evaluate_test_time
+from pipeline.config.run import DATASET_FIELDS, ConfigError, EvalConfig
+from pipeline.evaluation.evaluator import evaluate_test_time
 from pipeline.sweeping.config import EVAL_MODE_FIELDS, SweepConfig
 from pipeline.sweeping.store import completed_result
 from pipeline.sweeping.trial import SweepContext
@@ -36,8 +36,8 @@ from pipeline.sweeping.trial import SweepContext
 def bind_checkpoint(sweep: SweepConfig) -> SweepConfig:
     """`sweep` with a full base made from its checkpoint's run config (module docstring);
     `ConfigError` naming the checkpoint when it cannot be restored."""
-    from pipeline.checkpoint import CheckpointError
-    from pipeline.restore import restore
+    from pipeline.checkpoints.restore import restore
+    from pipeline.checkpoints.store import CheckpointError
 
     with contextlib.ExitStack() as stack:
         try:
@@ -67,8 +67,8 @@ def eval_params(e: EvalConfig, checkpoint: str) -> dict[str, Any]:
 def run_eval_trial(config: dict[str, Any], ctx: SweepContext, checkpoint: str) -> None:
     """One Tune trial of an evaluate-mode sweep: evaluate `checkpoint` with this trial's
     test-time setting and report the metrics once (to Tune and to its MLflow child run)."""
-    from pipeline.restore import restore
-    from pipeline.tracking import start_tracker
+    from pipeline.checkpoints.restore import restore
+    from pipeline.tracking.tracker import start_tracker
 
     trial_id = tune.get_context().get_trial_id()
     done = completed_result(ctx.exp_path, trial_id)

@@ -6,12 +6,17 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pipeline.config import RunConfig
+from pipeline.config.run import RunConfig
 from pipeline.data.storage import absolute
-from pipeline.preflight import check_dataset, check_reachable, check_storage_writable, markers
 from pipeline.sweeping.config import SweepConfig
 from pipeline.sweeping.space import trial_config
 from pipeline.sweeping.store import TRIALS_DIR
+from pipeline.training.preflight import (
+    check_dataset,
+    check_reachable,
+    check_storage_writable,
+    markers,
+)
 
 DATA_KEY = "data.uri"
 
@@ -20,7 +25,7 @@ def resolve(sweep: SweepConfig, exp_path: str) -> RunConfig:
     """The base as trials need it: local data paths absolute, trial storage under the
     experiment, checkpoints ranked by the sweep's metric (unless the base ranks them itself),
     the tracking URI resolved on the driver."""
-    from pipeline.tracking_server import resolve_tracking_uri
+    from pipeline.tracking.server import resolve_tracking_uri
 
     d = {"name": sweep.name, **sweep.base}
     d["data"] = {**d.get("data", {}), "uri": absolute(d.get("data", {}).get("uri", ""))}
@@ -57,7 +62,7 @@ def with_absolute_data(sweep: SweepConfig) -> SweepConfig:
 def preflight(sweep: SweepConfig, base: RunConfig, storage: str) -> None:
     """Driver-side checks: every trial's model and batch against its dataset, storage
     writable, then dataset/storage/tracking store readable from every node."""
-    from pipeline.config import ConfigError
+    from pipeline.config.run import ConfigError
 
     # the sweep built these when it was loaded; only their data, model and batch matter here,
     # which the driver's resolution of `base` (paths, tracking, GPUs) leaves as they are
@@ -91,7 +96,7 @@ def check_durable(base: RunConfig, exp_path: str) -> None:
     """A sweep submitted as a Ray job (`ray job submit --working-dir .`) runs in Ray's temporary
     copy of the working directory, which Ray deletes after the job: refuse to keep the MLflow
     store or the sweep's storage there, before anything starts."""
-    from pipeline.config import ConfigError
+    from pipeline.config.run import ConfigError
 
     if not in_ray_job():
         return

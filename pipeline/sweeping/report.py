@@ -260,7 +260,7 @@ def _ranked(rows: list[TrialRow], mode: str) -> list[TrialRow]:
 
 def attach_runs(rows: list[TrialRow], ctx: Any, experiment: str, mode: str) -> None:
     """MLflow child run of each trial, and the last depth curve of the best trials."""
-    from pipeline.tracking import child_runs, list_artifacts, load_dict_artifact
+    from pipeline.tracking.tracker import child_runs, list_artifacts, load_dict_artifact
 
     if not ctx.parent_run_id:
         return
@@ -312,7 +312,7 @@ def stop_reason_tag(reason: str, scheduler: str) -> str:
 def end_children(sweep: SweepConfig, ctx: Any, rows: list[TrialRow]) -> None:
     """Each child run's final status, display name, stop reason, swept values (params
     `swept.<key>`) and best value of the sweep's metric (`best/<metric>`)."""
-    from pipeline.tracking import end_run
+    from pipeline.tracking.tracker import end_run
 
     for r in rows:
         if not r.run_id:
@@ -327,7 +327,7 @@ def end_children(sweep: SweepConfig, ctx: Any, rows: list[TrialRow]) -> None:
 
 def results_where(ctx: Any, tracker: Any) -> str:
     """The lines that end the console output: where the results are."""
-    from pipeline.tracking_server import run_link
+    from pipeline.tracking.server import run_link
 
     lines = [f"Results: {ctx.exp_path} (summary, best_config.yaml, plots, trial checkpoints)"]
     if tracker.run_id:

@@ -83,7 +83,7 @@ def _last_halt(df: Any, last: dict[str, Any]) -> list[dict[str, float]]:
 def best_checkpoint(directory: str, metric: str, sign: int) -> tuple[str, int]:
     """(URI, step) of the checkpoint in a trial's checkpoint directory with the best `metric`
     in its report, else of its newest; ('', 0) when it has none."""
-    from pipeline import checkpoint as ckpt
+    from pipeline.checkpoints import store as ckpt
     from pipeline.data.storage import join
 
     stored = ckpt.stored_in(*ckpt.filesystem(directory))

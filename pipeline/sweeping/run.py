@@ -1,6 +1,6 @@
 """The sweep driver: check, then run (or resume) a sweep under an MLflow parent run.
 
-Three layers (as Ray's Train/Tune docs lay them out): the per-worker loop (`pipeline.worker`),
+Three layers (as Ray's Train/Tune docs lay them out): the per-worker loop (`pipeline.training.worker`),
 a trial (`pipeline.sweeping.trial`), and the `Tuner` (`pipeline.sweeping.tuner`) that
 `run_sweep` fits. Trial runs are named `<sweep>-<trial id>`, never from timestamps, so
 `--resume` (`Tuner.restore`) finds them, their checkpoints and their MLflow runs (by run key)
@@ -23,14 +23,7 @@ from typing import Any
 
 from ray import tune
 
-from pipeline.cluster import (
-    check_fits,
-    cluster_nodes,
-    connect_ray,
-    decide_use_gpu,
-    trial_resources,
-)
-from pipeline.config import ConfigError, RunConfig
+from pipeline.config.run import ConfigError, RunConfig
 from pipeline.sweeping.config import SweepConfig
 from pipeline.sweeping.dataset import ensure_dataset
 from pipeline.sweeping.prepare import check_durable, preflight, resolve, with_absolute_data
@@ -38,7 +31,14 @@ from pipeline.sweeping.report import SweepOutcome, finish_sweep
 from pipeline.sweeping.store import resolved_text, store_sweep
 from pipeline.sweeping.trial import SweepContext, run_trial
 from pipeline.sweeping.tuner import build_tuner
-from pipeline.tracking import start_tracker
+from pipeline.tracking.tracker import start_tracker
+from pipeline.training.cluster import (
+    check_fits,
+    cluster_nodes,
+    connect_ray,
+    decide_use_gpu,
+    trial_resources,
+)
 
 PARENT_KEY_PREFIX = "sweep:"
 
@@ -146,7 +146,7 @@ def start_parent_run(
         store_sweep(exp_path, sweep, sweep_text)
         if base.tracking.enabled and not resume:
             # a parent run of an earlier sweep whose storage was deleted is not continued
-            from pipeline.tracking import RUN_KEY_TAG, tag_run
+            from pipeline.tracking.tracker import RUN_KEY_TAG, tag_run
 
             tag_run(base.tracking.uri, base.tracking.experiment, parent_key,
                     {RUN_KEY_TAG: f"{parent_key}#replaced-{uuid.uuid4().hex[:8]}"})  # fmt: skip
@@ -172,7 +172,7 @@ def start_parent_run(
 def make_context(
     sweep: SweepConfig, base: RunConfig, exp_path: str, use_gpu: bool, parent_run_id: str
 ) -> SweepContext:
-    from pipeline.provenance import code_version
+    from pipeline.tracking.provenance import code_version
 
     return SweepContext(
         name=sweep.name,

@@ -14,8 +14,8 @@ import difflib
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.config import RunConfig
-from pipeline.fields import ConfigError, StrictConfig, is_num, require, set_dotted
+from pipeline.config.fields import ConfigError, StrictConfig, is_num, require, set_dotted
+from pipeline.config.run import RunConfig
 from trm.config import is_int
 
 DOMAINS = ("grid", "choice", "uniform", "loguniform", "randint")

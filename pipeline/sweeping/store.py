@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from pipeline.config import CheckpointConfig, ConfigError
+from pipeline.config.run import CheckpointConfig, ConfigError
 from pipeline.data.storage import absolute, open_storage
 from pipeline.sweeping.config import SweepConfig
 

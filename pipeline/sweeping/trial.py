@@ -1,7 +1,7 @@
 """One Tune trial (`run_trial`) and what it needs from the driver (`SweepContext`).
 
 1-worker trials run the training loop in the Tune trial's own process
-(`pipeline.worker.run_in_process`), without the ~20 s a TorchTrainer costs; multi-worker trials
+(`pipeline.training.worker.run_in_process`), without the ~20 s a TorchTrainer costs; multi-worker trials
 build a `TorchTrainer` through `pipeline.train.run_training`. Trials report to Tune at
 evaluation steps: every training metric plus `step`, `examples` (example-ACT-steps trained) and
 `flops` (model training FLOPs spent, `trm.flops`), the time axes of the ASHA scheduler and the
@@ -19,12 +19,12 @@ from typing import Any
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from pipeline import checkpoint as ckpt
-from pipeline.config import RunConfig
-from pipeline.failures import deterministic, root_cause
-from pipeline.sweeping import retention
+from pipeline.checkpoints import retention
+from pipeline.checkpoints import store as ckpt
+from pipeline.config.run import RunConfig
 from pipeline.sweeping.space import trial_config
 from pipeline.sweeping.store import TRIALS_DIR, completed_result, record_failed
+from pipeline.training.failures import deterministic, root_cause
 
 
 def trial_dirname(trial_id: str) -> str:
@@ -79,7 +79,7 @@ class SweepContext:
         return name
 
     def run_key(self, trial_id: str) -> str:
-        """MLflow run key of a trial (`pipeline.tracking`: storage path / run name)."""
+        """MLflow run key of a trial (`pipeline.tracking.tracker`: storage path / run name)."""
         return f"{self.trials_path}/{self.trial_name(trial_id)}"
 
     def assignments(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -218,7 +218,7 @@ def _train_in_process(
 ) -> None:
     import torch
 
-    from pipeline.worker import RunInfo, run_in_process
+    from pipeline.training.worker import RunInfo, run_in_process
 
     torch.set_num_threads(max(1, int(cfg.resources.cpus_per_worker)))
     info = RunInfo(

@@ -7,7 +7,7 @@ from typing import Any
 
 from ray import tune
 
-from pipeline.config import RunConfig
+from pipeline.config.run import RunConfig
 from pipeline.sweeping.config import SweepConfig
 from pipeline.sweeping.monitor import SweepMonitor
 from pipeline.sweeping.space import trial_config

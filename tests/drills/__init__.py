@@ -41,7 +41,7 @@ TINY_RUN: dict[str, Any] = {
 def tiny_config(data_uri: str, storage: str | Path, *overrides: str, tracking_uri: str = ""):
     """`RunConfig` of TINY_RUN on `data_uri`, checkpoints under `storage`; `tracking_uri` turns
     MLflow on; `overrides` as in `--set`."""
-    from pipeline.config import RunConfig
+    from pipeline.config.run import RunConfig
 
     d = json.loads(json.dumps(TINY_RUN))
     d["data"]["uri"] = data_uri

@@ -1,4 +1,4 @@
-"""The sections of a run config (`pipeline.config.RunConfig`): optimiser, data, schedule,
+"""The sections of a run config (`pipeline.config.run.RunConfig`): optimiser, data, schedule,
 evaluation, checkpointing, resources and tracking, each a typed `StrictConfig` (pydantic)
 whose fields declare their type, bounds and meaning; what one field cannot say alone is a
 validator that raises `ConfigError` naming the field."""
@@ -9,8 +9,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from pipeline.config.fields import ConfigError, Float, StrictConfig, require
 from pipeline.data.sampler import REGIMES
-from pipeline.fields import ConfigError, Float, StrictConfig, require
 from trm.model import SELECTS
 
 COMPILE_SCOPES = ("off", "blocks", "model")

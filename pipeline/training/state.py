@@ -1,7 +1,7 @@
 """What training carries from step to step, and the step itself.
 
 `TrainState` holds the model, both optimisers, the EMA, the ACT carry, the step and the data
-position; `save` / `load` write and read it as checkpoint files (`pipeline.checkpoint`:
+position; `save` / `load` write and read it as checkpoint files (`pipeline.checkpoints.store`:
 `trainer.pt` from rank 0, `rank{r}.pt` with each rank's carry and RNG states), so a resumed
 run takes the same steps on the same data with the same exploration draws.
 
@@ -19,9 +19,9 @@ from typing import Any
 
 import torch
 
-from pipeline import checkpoint as ckpt
-from pipeline import distributed
-from pipeline.config import RunConfig
+from pipeline.checkpoints import store as ckpt
+from pipeline.config.run import RunConfig
+from pipeline.training import distributed
 from trm import TRM, Carry, TRMConfig
 from trm.losses import act_loss
 from trm.optim import EMA, AdamATan2, SignSGD, lr_lambda

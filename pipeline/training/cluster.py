@@ -12,7 +12,7 @@ import math
 import os
 from typing import Any
 
-from pipeline.config import CheckpointConfig, ConfigError, RunConfig
+from pipeline.config.run import CheckpointConfig, ConfigError, RunConfig
 
 # Custom Ray resource that drivers of multi-worker (TorchTrainer) trials ask for, so the driver
 # takes no CPU from the workers; declared by `connect_ray` on a new local cluster and by the

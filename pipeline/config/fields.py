@@ -1,7 +1,7 @@
 """The machinery under every config file: the typed base (`StrictConfig`, pydantic, from
 `trm.config`, which `trm` cannot import from here), dotted-key overrides, validation helpers
 that name the failing field, and type names for `--help`. Used by the run config
-(`pipeline.config`) and the sweep config (`pipeline.sweeping.config`)."""
+(`pipeline.config.run`) and the sweep config (`pipeline.sweeping.config`)."""
 
 from __future__ import annotations
 

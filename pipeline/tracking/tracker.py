@@ -1,8 +1,8 @@
 """MLflow tracking of training runs: the live `Tracker` and the reads and edits of stored runs;
-with `pipeline.tracking_server` (where the store is), the only modules that talk to MLflow.
+with `pipeline.tracking.server` (where the store is), the only modules that talk to MLflow.
 
 Only world rank 0 makes a `Tracker`; the other ranks get a `NullTracker` with the same
-methods. The tracking URI (`pipeline.tracking_server.resolve_tracking_uri`) is resolved once, on
+methods. The tracking URI (`pipeline.tracking.server.resolve_tracking_uri`) is resolved once, on
 the driver, and sent to the workers (whose working directories differ).
 
 A run is identified by a `run_key` tag (storage path + run name): a restarted or resumed
@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipeline.tracking_server import redact, run_url
+from pipeline.tracking.server import redact, run_url
 
 RUN_KEY_TAG = "trm.run_key"
 LOCAL_ARTIFACTS = "mlruns"

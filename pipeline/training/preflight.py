@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import ConfigError, RunConfig
+from pipeline.config.run import ConfigError, RunConfig
 from pipeline.data.storage import is_local, open_storage
 
 PROBE_TIMEOUT_S = 300
@@ -37,7 +37,7 @@ def check_dataset(cfg: RunConfig) -> Any:
             raise ConfigError(f"data.uri {cfg.data.uri!r} has no {split!r} split")
     cfg.resolve(meta)  # raises on vocab/seq_len mismatch
     if meta.task == "arc":  # pass@K needs the test-input counts; eval.arc_variants must fit
-        from pipeline.arc_vote import ArcVoting
+        from pipeline.evaluation.arc_vote import ArcVoting
 
         ArcVoting(cfg.data.uri, meta, pass_ks=cfg.eval.pass_ks, max_variants=cfg.eval.arc_variants)
     rows = meta.splits["train"].num_rows // cfg.resources.num_workers
@@ -71,7 +71,7 @@ def preflight(cfg: RunConfig, storage_path: str, *, cluster: bool) -> Any:
     meta = check_dataset(cfg)
     check_storage_writable(storage_path)
     if cfg.tracking.enabled:  # a server that is down: one line now, not minutes of retries later
-        from pipeline.tracking_server import check_tracking, resolve_tracking_uri
+        from pipeline.tracking.server import check_tracking, resolve_tracking_uri
 
         check_tracking(resolve_tracking_uri(cfg.tracking.uri))
     if cluster:

@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 from pydantic import Field, model_validator
 
-from pipeline.fields import (
+from pipeline.config.fields import (
     ConfigError,
     StrictConfig,
     apply_overrides,
@@ -29,7 +29,7 @@ from pipeline.fields import (
     require,
     type_name,
 )
-from pipeline.sections import (
+from pipeline.config.sections import (
     CheckpointConfig,
     DataConfig,
     EvalConfig,

@@ -15,8 +15,8 @@ from collections.abc import Callable
 
 import torch
 
-from pipeline import distributed
-from pipeline.device import DeviceSums
+from pipeline.training import distributed
+from pipeline.training.device import DeviceSums
 
 METRICS = {
     "step": "optimiser steps taken (= ACT steps of the batch slots)",

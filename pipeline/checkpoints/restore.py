@@ -7,7 +7,7 @@
 
 `uri` is a checkpoint directory (it holds `trainer.pt`) or a run directory holding
 `checkpoint_*` directories, local or s3://. A run directory's checkpoints are tried newest
-first; a damaged or half-written one is named and skipped (`pipeline.checkpoint.verify`). The
+first; a damaged or half-written one is named and skipped (`pipeline.checkpoints.store.verify`). The
 model carries the weights evaluation uses in training (the EMA averages when the run kept them)
 and is in eval mode. An s3:// checkpoint is downloaded into a temporary directory that `stack`
 removes on exit. `check_fits(r, meta, uri)` says whether a dataset is in the model's encoding.
@@ -22,8 +22,8 @@ from typing import Any
 
 import torch
 
-from pipeline import checkpoint as ckpt
-from pipeline.config import ConfigError, RunConfig
+from pipeline.checkpoints import store as ckpt
+from pipeline.config.run import ConfigError, RunConfig
 from pipeline.data.storage import absolute
 from trm import TRM, TRMConfig
 from trm.optim import EMA

@@ -23,8 +23,8 @@ from ray.train import ControllerError, WorkerGroupError
 from ray.train.torch import TorchTrainer as _RayTorchTrainer
 from ray.train.v2._internal.execution.failure_handling import DefaultFailurePolicy
 
-from pipeline.checkpoint import CheckpointError
-from pipeline.config import ConfigError
+from pipeline.checkpoints.store import CheckpointError
+from pipeline.config.run import ConfigError
 from pipeline.data.errors import DatasetError, InputError, StorageAccessError
 
 DETERMINISTIC: tuple[type[BaseException], ...] = (

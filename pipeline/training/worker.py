@@ -4,8 +4,8 @@
 "Training recipe"): build a `TrainState` (or resume one), then repeat `train_step` on the next
 batch, summing metrics in a `MetricWindow`; every `eval.every` steps an `Evaluator` scores the
 EMA weights on the test split, every `checkpoint.every` steps the state is saved. The parts
-live in their own modules: `pipeline.train_state` (TrainState, train_step, learning rates),
-`pipeline.metrics` (train/* metrics, MFU), `pipeline.evaluation` (Evaluator). A `Session` says
+live in their own modules: `pipeline.training.state` (TrainState, train_step, learning rates),
+`pipeline.training.metrics` (train/* metrics, MFU), `pipeline.evaluation.evaluator` (Evaluator). A `Session` says
 where the loop runs:
 
 - `train_loop_per_worker(config)`: a Ray Train worker (`TorchTrainer`, data parallel);
@@ -18,7 +18,7 @@ where the loop runs:
 evaluation step, every `schedule.report_every` steps (if set), and at each checkpoint step with
 checkpoint_dir = a temp directory holding this rank's files (deleted after `report` returns).
 `metrics` holds `step`, `epoch`, the `train/*` metrics of the last logging interval and the
-latest `eval/*` metrics: see `pipeline.metrics.METRICS` and `pipeline/evaluation.py`. Console
+latest `eval/*` metrics: see `pipeline.training.metrics.METRICS` and `pipeline/evaluation/evaluator.py`. Console
 lines and MLflow step metrics come every `schedule.log_every` steps, independently of reports.
 
 Resume is exact: the checkpoint holds the model, optimisers, EMA, step, data position
@@ -45,14 +45,14 @@ from typing import Any, NamedTuple
 import torch
 
 import trm
-from pipeline import checkpoint as ckpt
-from pipeline.config import ConfigError, RunConfig, flatten
-from pipeline.device import compile_model, to_device
-from pipeline.evaluation import Evaluator
-from pipeline.metrics import MetricWindow, peak_flops
-from pipeline.provenance import source_tags
-from pipeline.tracking import NullTracker, start_tracker
-from pipeline.train_state import TrainState, train_step
+from pipeline.checkpoints import store as ckpt
+from pipeline.config.run import ConfigError, RunConfig, flatten
+from pipeline.evaluation.evaluator import Evaluator
+from pipeline.tracking.provenance import source_tags
+from pipeline.tracking.tracker import NullTracker, start_tracker
+from pipeline.training.device import compile_model, to_device
+from pipeline.training.metrics import MetricWindow, peak_flops
+from pipeline.training.state import TrainState, train_step
 
 Report = Callable[[dict[str, Any], "str | None"], None]
 
@@ -348,10 +348,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
 @contextlib.contextmanager
 def _without_traceback() -> Iterator[None]:
-    """Errors of the input (`pipeline.failures.DETERMINISTIC`) leave the worker without their
+    """Errors of the input (`pipeline.training.failures.DETERMINISTIC`) leave the worker without their
     traceback: their message names the input, and Ray Train logs the traceback of every
     worker error in full."""
-    from pipeline.failures import DETERMINISTIC
+    from pipeline.training.failures import DETERMINISTIC
 
     try:
         yield

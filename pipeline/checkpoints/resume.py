@@ -22,7 +22,7 @@ import shutil
 from collections.abc import Callable
 from typing import Any
 
-from pipeline.config import ConfigError, flatten
+from pipeline.config.run import ConfigError, flatten
 from pipeline.data.storage import open_storage
 
 RECORD = "run_config.json"

@@ -1,7 +1,7 @@
 """ARC pass@K: votes over the augmented variants of each test input, scored as the official
 evaluator scores them.
 
-One evaluation rollout serves every metric: `pipeline.evaluation.evaluate(...,
+One evaluation rollout serves every metric: `pipeline.evaluation.evaluator.evaluate(...,
 keep_predictions=True)` over `ArcVoting.rows(test_stream)` keeps, per evaluated row, its
 puzzle identifier, input and label canvases, the predicted tokens after halt_max_steps ACT steps
 and that step's q_halt logit. `ArcVoting.metrics` turns those records into pass@K:
@@ -53,8 +53,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline import distributed
-from pipeline.config import ConfigError
+from pipeline.config.run import ConfigError
+from pipeline.training import distributed
 from trm.puzzles import arc
 
 IGNORE = -100

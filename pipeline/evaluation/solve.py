@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.config import ConfigError
-from pipeline.restore import Restored, check_fits
+from pipeline.checkpoints.restore import Restored, check_fits
+from pipeline.config.run import ConfigError
 from trm.puzzles import maze, sudoku
 
 

@@ -1,5 +1,5 @@
 """Evaluation on the test split: accuracies, halting, the test-time depth and halting curves,
-pictures (drawn by `pipeline.eval_figures`).
+pictures (drawn by `pipeline.evaluation.figures`).
 
 One `model.rollout_preds(..., num_steps=K)` per batch gives each example's answer tokens and q
 logits after every ACT step 1..K, K = max(halt_max_steps, depth_steps) (= halt_max_steps by
@@ -27,7 +27,7 @@ Metric names (all fractions of evaluated examples unless said otherwise):
                         inference step), not a fraction
   eval/count            examples evaluated (not a fraction)
 ARC pass@K comes from the same rollout: `keep_predictions=True` keeps per example what
-pipeline/arc_vote.py votes with.
+pipeline/evaluation/arc_vote.py votes with.
 """
 
 from __future__ import annotations
@@ -42,9 +42,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.config import RunConfig
-from pipeline.eval_figures import depth_curve_figure, halt_curve_figure, refinement_figure
-from pipeline.tracking import NullTracker, depth_curve_metrics
+from pipeline.config.run import RunConfig
+from pipeline.evaluation.figures import depth_curve_figure, halt_curve_figure, refinement_figure
+from pipeline.tracking.tracker import NullTracker, depth_curve_metrics
 
 IGNORE = -100
 
@@ -59,7 +59,7 @@ class EvalSums:
     pictures: list[dict[str, np.ndarray]] = field(default_factory=list)
     predictions: list[dict[str, Any]] = field(default_factory=list)
     """With keep_predictions, per example: puzzle_identifier, inputs, labels, pred (tokens at
-    step halt_max_steps) and q_halt (its logit); pipeline/arc_vote.py votes with them."""
+    step halt_max_steps) and q_halt (its logit); pipeline/evaluation/arc_vote.py votes with them."""
 
     def flat(self) -> dict[str, float]:
         out = dict(self.sums)
@@ -258,7 +258,7 @@ class Evaluator:
         self.last_curve: list[float] = []
         """The depth curve of the latest call (exact accuracy after each ACT step)."""
         if meta.task == "arc":
-            from pipeline.arc_vote import ArcVoting
+            from pipeline.evaluation.arc_vote import ArcVoting
 
             self.voting = ArcVoting(
                 cfg.data.uri, meta, pass_ks=cfg.eval.pass_ks, max_variants=cfg.eval.arc_variants,
@@ -270,8 +270,8 @@ class Evaluator:
     def __call__(self, model: torch.nn.Module, step: int) -> dict[str, float]:
         """Evaluate `model` (the EMA weights when the run keeps them) at training `step`;
         returns the `eval/*` metrics over all ranks."""
-        from pipeline import distributed
         from pipeline.data.stream import ShardStream
+        from pipeline.training import distributed
 
         t_eval = time.perf_counter()
         cfg, world = self.cfg, self.world

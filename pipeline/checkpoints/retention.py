@@ -12,7 +12,7 @@ After each checkpoint the trial prunes its directory from what is actually there
 and the `checkpoint.num_to_keep` best by `checkpoint.metric` (the step when there is none)
 stay, Tune's own rule; each checkpoint's `report.json` holds its metrics. A retried or resumed
 trial continues from the newest complete checkpoint there
-(`pipeline.checkpoint.stored_checkpoints`).
+(`pipeline.checkpoints.store.stored_checkpoints`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import contextlib
 import math
 from pathlib import Path
 
-from pipeline import checkpoint as ckpt
+from pipeline.checkpoints import store as ckpt
 from pipeline.data.storage import join
 
 
