@@ -2,7 +2,7 @@
 node's metrics port (8080 on the cluster; `infra/k8s/monitoring` scrapes it and its Grafana
 dashboard plots them beside Ray's GPU metrics):
 
-    ray_trm_sweep_trials_total{sweep, event}    trial events: started, completed, error
+    ray_trm_sweep_trials_total{sweep, event}    trial events: started, completed, failed, retried
     ray_trm_tracking_failures_total{kind}       MLflow logging calls that failed, points dropped
 
 Ray prefixes `ray_` and adds `_total` to counters. Counters, not gauges: Ray exports a gauge
@@ -33,7 +33,8 @@ def _in_ray_worker() -> bool:
 
 
 def count_trial(sweep: str, event: str) -> None:
-    """Count a trial event (`started`, `completed`, `error`) of a sweep, from the trial's process."""
+    """Count a trial event (`started`, `completed`, `failed`, `retried`) of a sweep, from the
+    trial's process."""
     if _in_ray_worker():
         _counter(SWEEP_TRIALS, "Sweep trial events.", ("sweep", "event")).inc(
             1, tags={"sweep": sweep, "event": event}
