@@ -85,6 +85,8 @@ def _rows(path: str, reader, min_difficulty: int | None):
             yield line, q, a, rating
 
 
+CSV_TASKS = ("sudoku", "maze")
+"""The families whose official CSV files `import_csv` reads."""
 SUDOKU_SIDES = {16: 4, 36: 6, 81: 9}
 """Sudoku board sizes an import accepts: characters per row -> board side."""
 
@@ -251,8 +253,8 @@ def import_csv(
 ) -> DatasetMeta:
     """Import official-format CSV files as a dataset. num_aug > 0 (Sudoku: that many copies;
     Maze: the 8 dihedral copies) materialises augmentation; 0 augments on the fly."""
-    if task not in ("sudoku", "maze"):
-        raise ValueError(f"import-csv task must be 'sudoku' or 'maze', got {task!r}")
+    if task not in CSV_TASKS:
+        raise ValueError(f"import-csv task must be one of {', '.join(CSV_TASKS)}, got {task!r}")
     if subsample is not None and subsample < 1:
         raise ValueError(f"subsample must be >= 1, got {subsample}")
     params = dict(task=task, train_csv=str(train_csv), test_csv=str(test_csv) if test_csv else None,

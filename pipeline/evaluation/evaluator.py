@@ -44,6 +44,7 @@ import torch
 
 from pipeline.config.run import RunConfig
 from pipeline.evaluation.figures import depth_curve_figure, halt_curve_figure, refinement_figure
+from pipeline.tasks import task_of
 from pipeline.tracking.tracker import NullTracker, depth_curve_metrics
 
 IGNORE = -100
@@ -257,7 +258,7 @@ class Evaluator:
         """The split evaluated (the evaluation command may choose another)."""
         self.last_curve: list[float] = []
         """The depth curve of the latest call (exact accuracy after each ACT step)."""
-        if meta.task == "arc":
+        if task_of(meta).votes:  # pass@K over the test-time variants
             from pipeline.evaluation.arc_vote import ArcVoting
 
             self.voting = ArcVoting(

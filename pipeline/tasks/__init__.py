@@ -1,0 +1,57 @@
+"""Puzzle families, one `TaskSpec` each, registered by name (pipeline/tasks/registry.py).
+
+    from pipeline.tasks import get_task, task_of
+    spec = task_of(meta)            # the dataset's family, its meta checked against it
+    spec.builder, spec.augment, spec.picture, spec.text
+
+Importing this package registers the built-in families: sudoku, maze, arc.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipeline.tasks import arc, maze, sudoku
+from pipeline.tasks.registry import (
+    Arg,
+    Picture,
+    TaskSpec,
+    TextPuzzle,
+    get_task,
+    register_task,
+    task_names,
+    unregister_task,
+)
+
+# the built-in families, in the order the build CLI lists them and the solver tries a model's
+# shape against them (a 4x4 Sudoku model has the vocabulary size of a maze model)
+for _spec in (sudoku.SPEC, maze.SPEC, arc.SPEC):
+    register_task(_spec)
+BUILT_IN = tuple(task_names())
+
+
+def task_of(meta: Any) -> TaskSpec:
+    """The spec of the dataset described by `meta`, after checking that its encoding and
+    augmentation records are what the spec reads; `DatasetError` if not, or if no family of
+    that name is registered."""
+    from pipeline.data.errors import DatasetError
+
+    try:
+        spec = get_task(meta.task)
+    except ValueError as e:
+        raise DatasetError(f"meta.json task: {e}") from None
+    spec.check_meta(meta)
+    return spec
+
+
+__all__ = [
+    "Arg",
+    "Picture",
+    "TaskSpec",
+    "TextPuzzle",
+    "get_task",
+    "register_task",
+    "task_names",
+    "task_of",
+    "unregister_task",
+]
