@@ -56,7 +56,6 @@ from pipeline.data.sampler import (
     stored_pool_size,
 )
 from pipeline.data.storage import open_storage
-from pipeline.tasks import task_of
 from trm.puzzles.rng import example_keys
 
 IGNORE = -100
@@ -119,7 +118,10 @@ class ShardStream:
         self.uri = uri
         self.meta = meta if meta is not None else read_meta(uri)
         self.meta.split(split)  # an unknown split is named before anything is read
-        self.task = task_of(self.meta)  # so is a family this process does not know
+        # imported here: pipeline.tasks imports the builders, which load this package
+        from pipeline.tasks import task_of
+
+        self.task = task_of(self.meta)  # a family this process does not know is named too
         self.reader = reader or RowReader(open_storage(uri), self.meta, split, verify_checksums)
         self.split, self.batch_size = split, batch_size
         self.rank, self.world_size, self.seed = rank, world_size, seed
