@@ -42,11 +42,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pipeline.config.sections import REGIMES
 from pipeline.data.errors import DatasetError
 from pipeline.data.meta import DatasetMeta
 from trm.puzzles.rng import example_keys, random_ints, random_permutations
-
-REGIMES = ("fixed_pool", "on_the_fly", "none")
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ global batch; nothing dropped). With drop_last=False (evaluation) rank r reads a
 1/world_size of the epoch's rows instead, padded to whole batches with padding rows (inputs
 PAD, labels -100, puzzle id blank). Rows are read through pipeline/data/reader.py.
 
-Augmentation (`augment`, a regime of sampler.REGIMES; True means the dataset's own: on_the_fly,
+Augmentation (`augment`, a regime of config.sections.REGIMES; True means the dataset's own: on_the_fly,
 or its stored pool when materialised; False means none):
 - on_the_fly: each row gets the task's random symmetry keyed by (seed, epoch, row index in the
   split), independent of the batch and rank that read it. (ARC test rows get variants but no

@@ -351,10 +351,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
 @contextlib.contextmanager
 def _without_traceback() -> Iterator[None]:
-    """Errors of the input (`pipeline.training.failures.DETERMINISTIC`) leave the worker without their
-    traceback: their message names the input, and Ray Train logs the traceback of every
+    """Errors of the input (`pipeline.training.errors.DETERMINISTIC`) leave the worker without
+    their traceback: their message names the input, and Ray Train logs the traceback of every
     worker error in full."""
-    from pipeline.training.failures import DETERMINISTIC
+    from pipeline.training.errors import DETERMINISTIC
 
     try:
         yield
