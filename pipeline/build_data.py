@@ -37,9 +37,9 @@ from pipeline.data import (
     open_storage,
     verify_dataset,
 )
-from pipeline.data.importers import CSV_TASKS
 from pipeline.tasks import get_task, task_names
 from pipeline.tasks.cli import CLI_DEFAULTS, COMMON, builder_options, builder_parameters, flag_name
+from pipeline.tasks.csv import csv_tasks
 
 IMPORT_HELP = """Import CSV files with the header source,question,answer,rating, one puzzle a row.
 
@@ -97,7 +97,7 @@ def _parser() -> argparse.ArgumentParser:
         help="import official-format CSV files (source,question,answer,rating)",
         description=IMPORT_HELP,
     )
-    s.add_argument("task", choices=CSV_TASKS, help="what the CSV rows hold")
+    s.add_argument("task", choices=csv_tasks(), help="what the CSV rows hold")
     s.add_argument("--train", required=True, help="training CSV (local path or s3://)")
     s.add_argument("--test", help="test CSV (default: no test split)")
     s.add_argument("--subsample", type=int, help="draw this many training rows (default: all)")

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline.data.builders import build_maze
+from pipeline.data.importers import MAZE_CSV
 from pipeline.tasks.grid import check_square
 from pipeline.tasks.registry import Arg, TaskSpec, TextPuzzle
 from trm.puzzles import maze
@@ -39,4 +40,5 @@ SPEC = TaskSpec(
         ],
         fits=lambda seq_len, vocab: vocab == maze.VOCAB_SIZE,
     ),
+    csv=MAZE_CSV,
 )

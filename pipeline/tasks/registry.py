@@ -88,6 +88,9 @@ class TaskSpec:
     picture: Picture = field(default_factory=Picture)
     text: TextPuzzle | None = None
     """How the solver reads and prints a puzzle; None: `--puzzle` does not take this family."""
+    csv: Any = None
+    """How `build_data.py import-csv` reads the family's official CSV files (a
+    `pipeline.data.importers.CsvFormat`); None: import-csv does not take this family."""
 
     def __post_init__(self) -> None:
         if not self.name or not self.name.replace("-", "").replace("_", "").isalnum():

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.data.builders import SUDOKU_SIZES, build_sudoku
+from pipeline.data.importers import SUDOKU_CSV
 from pipeline.tasks.grid import check_square
 from pipeline.tasks.registry import Arg, Picture, TaskSpec, TextPuzzle
 from trm.puzzles import sudoku
@@ -89,4 +90,5 @@ SPEC = TaskSpec(
         separator=" ",
         verdict=sudoku_verdict,
     ),
+    csv=SUDOKU_CSV,
 )
