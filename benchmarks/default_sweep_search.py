@@ -185,14 +185,14 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from pipeline.sweeping.config import SweepConfig
-    from pipeline.sweeping.dataset import builders
+    from pipeline.tasks import get_task
 
     args = parse_args(argv)
     torch.set_num_threads(1)
     sweep = SweepConfig.from_yaml(args.sweep)
     data = dataset_args(sweep, args.data)
     uri = data_uri(data)
-    builders()[data["builder"]](uri, **{k: v for k, v in data.items() if k != "builder"})
+    get_task(data["builder"]).builder(uri, **{k: v for k, v in data.items() if k != "builder"})
     cfg = run_config(sweep, uri, args)
     t = time.perf_counter()
     signal.signal(signal.SIGTERM, _on_sigterm)

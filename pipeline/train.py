@@ -157,7 +157,7 @@ def run_training(
 
 def log_models(uri: str, run_id: str, checkpoints: dict[str, Any]) -> None:
     """Log each Ray Train checkpoint's model (weights + config) to the MLflow run as
-    `checkpoints/<which>/model.pt` (`pipeline.tracking.tracker.load_model` reads it back)."""
+    `checkpoints/<which>/model.pt` (`pipeline.checkpoints.restore.load_model` reads it back)."""
     from pipeline.checkpoints import store as ckpt
     from pipeline.tracking.tracker import log_model
 

@@ -158,7 +158,8 @@ def test_bad_input_is_one_line_and_exit_2(trained, sudoku6, tmp_path, capsys, ar
 
 def test_puzzle_text_as_the_datasets_encode_it():
     from pipeline.config.run import ConfigError
-    from pipeline.evaluation.solve import _grid, encode_puzzle, sudoku_verdict
+    from pipeline.evaluation.solve import _grid, encode_puzzle
+    from pipeline.tasks.sudoku import sudoku_verdict
     from trm.puzzles import maze, sudoku
 
     assert (

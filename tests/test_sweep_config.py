@@ -287,3 +287,25 @@ def test_meta_json_is_read_once_per_dataset_and_again_after_a_rebuild(tmp_path, 
     assert cached_meta(uri) is first and reads.count("meta.json") == 1
     build_sudoku(uri, size=4, num_train=24, num_test=8, seed=1, min_clues=10, overwrite=True)
     assert cached_meta(uri).splits["train"].num_rows == 24  # the rebuilt dataset, not the cache
+
+
+def test_sweepable_metrics_are_the_names_training_and_evaluation_report():
+    """One list per side, next to the code that logs it; `train/mfu` was logged but refused."""
+    import torch
+
+    from pipeline.evaluation.evaluator import EVAL_METRICS, finish
+    from pipeline.sweeping.config import known_metric
+    from pipeline.training.metrics import TRAIN_METRICS, MetricWindow
+
+    window = MetricWindow(flops_per_row=1.0, peak_flops=1e12, world=1, device=torch.device("cpu"))
+    names = ("rows", "count", "loss", "lm_loss", "q_halt_loss", "accuracy", "exact_accuracy",
+             "q_halt_accuracy", "steps")  # fmt: skip
+    window.add({k: 1.0 for k in names}, wait=0.0)
+    assert set(window.summary(lr=1e-3)) == set(TRAIN_METRICS)
+    sums = {k: 1.0 for k in ("count", "exact_accuracy", "accuracy", "q_halt_accuracy", "steps",
+                             "exact_accuracy_at_halt", "flops", "depth_1", "halt_tau_0.5/steps")}  # fmt: skip
+    logged = set(finish(sums, halt_max_steps=1)[0])
+    fixed = {k for k in logged if not any(c.isdigit() for c in k)}
+    assert fixed == set(EVAL_METRICS) - {"eval/inference_flops_per_example"}
+    assert all(known_metric(k) for k in logged | set(TRAIN_METRICS) | set(EVAL_METRICS))
+    SweepConfig.from_dict(tiny(**{"search/metric": "train/mfu", "search/mode": "max"}))

@@ -21,10 +21,11 @@ from drills.proxy import FaultProxy
 from mlflow.tracking import MlflowClient
 
 from pipeline.checkpoints import store as ckpt
+from pipeline.checkpoints.restore import load_model
 from pipeline.data import read_meta
 from pipeline.tracking.provenance import code_version, source_digest
 from pipeline.tracking.server import TrackingError, check_tracking
-from pipeline.tracking.tracker import EXPERIMENT_KIND, find_run, load_model, read_run
+from pipeline.tracking.tracker import EXPERIMENT_KIND, find_run, read_run
 from pipeline.train import main, run_info
 from pipeline.training.worker import LocalCheckpoints, run_in_process
 

@@ -104,7 +104,7 @@ def test_two_workers_s3_checkpoints_and_mlflow_server(ray_local, uninterrupted):
         assert [s for s, _ in m[f"depth_curve/exact_accuracy_at_step_{k}"]] == [6, 12, 18, 24]
     assert f"refinement/step_{STEPS:08d}.png" in run["artifacts"]
     assert f"depth_curve/step_{STEPS:08d}.png" in run["artifacts"]
-    for which in ("best", "final"):  # models that load back with pipeline.tracking.tracker.load_model
+    for which in ("best", "final"):  # models that load back with pipeline.checkpoints.restore.load_model
         assert f"checkpoints/{which}/model.pt" in run["artifacts"]
     t = run["tags"]
     assert t["task"] == "sudoku" and t["code_version"]

@@ -11,6 +11,7 @@ first; a damaged or half-written one is named and skipped (`pipeline.checkpoints
 model carries the weights evaluation uses in training (the EMA averages when the run kept them)
 and is in eval mode. An s3:// checkpoint is downloaded into a temporary directory that `stack`
 removes on exit. `check_fits(r, meta, uri)` says whether a dataset is in the model's encoding.
+`load_model(tracking_uri, run_id)` builds the model an MLflow run logged (`log_model`).
 """
 
 from __future__ import annotations
@@ -111,3 +112,17 @@ def _candidates(uri: str) -> Iterator[tuple[str, Any]]:
         yield name, ray.train.Checkpoint(path, filesystem=fs).as_directory()
         return
     yield from ckpt.stored_checkpoints(uri if "://" in uri else absolute(uri))
+
+
+def load_model(uri: str, run_id: str, which: str = "best") -> TRM:
+    """The TRM that MLflow run `run_id` logged as `which` ('best' or 'final': the weights it
+    evaluated with), on the CPU, in eval mode:
+
+    model = load_model("http://mlflow:5000", run_id)
+    """
+    from pipeline.tracking.tracker import logged_model
+
+    d = logged_model(uri, run_id, which)
+    model = TRM(TRMConfig.from_dict(d["model_config"]))
+    model.load_state_dict(d["state_dict"])
+    return model.eval()

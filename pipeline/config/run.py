@@ -40,7 +40,6 @@ from pipeline.config.sections import (
 )
 from trm.config import TRMConfig
 
-TASKS_WITH_VOTING = ("arc",)
 # Fields of TRMConfig that a dataset determines; a run config may omit them.
 DATASET_FIELDS = ("seq_len", "vocab_size", "num_puzzle_identifiers")
 

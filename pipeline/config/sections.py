@@ -10,10 +10,11 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from pipeline.config.fields import ConfigError, Float, StrictConfig, require
-from pipeline.data.sampler import REGIMES
 from trm.model import SELECTS
 
 COMPILE_SCOPES = ("off", "blocks", "model")
+REGIMES = ("fixed_pool", "on_the_fly", "none")
+"""`data.augment`: the augmentation regimes the data sampler runs (pipeline/data/sampler.py)."""
 Fraction = Annotated[Float, Field(gt=0, lt=1)]
 """A number in (0, 1)."""
 

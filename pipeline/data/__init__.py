@@ -17,11 +17,11 @@ pipeline/data/reader.py; the sampler checked without a model: pipeline/data/cove
 from pipeline.data.arc import build_arc
 from pipeline.data.builders import SUDOKU_SIZES, build_maze, build_sudoku, generate_sudoku
 from pipeline.data.errors import DatasetError, InputError, StorageError
-from pipeline.data.importers import import_csv
 from pipeline.data.meta import DatasetMeta, ShardMeta, SplitMeta, read_meta
 from pipeline.data.shards import DatasetWriter, verify_dataset
 from pipeline.data.storage import open_storage
 from pipeline.data.stream import ShardStream
+from pipeline.tasks.csv import import_csv  # last: the task entries import this package's parts
 
 __all__ = [
     "SUDOKU_SIZES",

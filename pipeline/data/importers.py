@@ -26,7 +26,9 @@ that many training rows without replacement (here from an rng seeded by `seed`).
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from functools import partial
 
 import numpy as np
@@ -89,25 +91,46 @@ SUDOKU_SIDES = {16: 4, 36: 6, 81: 9}
 """Sudoku board sizes an import accepts: characters per row -> board side."""
 
 
-def _side_of(task: str, path: str, line: int, question: str) -> int:
+@dataclass(frozen=True)
+class CsvFormat:
+    """How one family's rows read (its task entry's `csv`): question and answer are a square
+    grid of side n, one character a cell."""
+
+    task: str
+    side: Callable[[int], int]
+    """A question's length -> the grid side; ValueError naming the sizes it takes."""
+    check: Callable[..., tuple]
+    """`check(path, row, n, check_unique)` -> (question tokens, answer tokens, extra value);
+    InputError naming the line. Module-level (rows are checked in worker processes)."""
+    extra_column: str
+    """The column the extra value goes to ('rating', 'path_length')."""
+    write: Callable[..., None]
+    """`write(writer, split, x, y, extra, groups, num_aug, seed)` (num_aug is 0 for test)."""
+    meta_fields: Callable[[int, int, dict], dict]
+    """`meta_fields(side, num_aug, generator)` -> the dataset's meta.json fields."""
+
+
+def _sudoku_side(length: int) -> int:
+    if length not in SUDOKU_SIDES:
+        raise ValueError(f"expected 16 (4x4), 36 (6x6) or 81 (9x9) characters, got {length}")
+    return SUDOKU_SIDES[length]
+
+
+def _side_of(fmt: CsvFormat, path: str, line: int, question: str) -> int:
     """The board side a question's length gives (InputError if it is no board)."""
-    if task == "sudoku":
-        if len(question) not in SUDOKU_SIDES:
-            raise InputError(path, f"line {line}", f"question: expected 16 (4x4), 36 (6x6) or 81 (9x9) characters, got {len(question)}")  # fmt: skip
-        return SUDOKU_SIDES[len(question)]
     try:
-        return maze.side_of(len(question))
+        return fmt.side(len(question))
     except ValueError as e:
         raise InputError(path, f"line {line}", f"question: {e}") from None
 
 
-def _survey(task: str, path: str, min_difficulty: int | None, side: int | None = None):
+def _survey(fmt: CsvFormat, path: str, min_difficulty: int | None, side: int | None = None):
     """(rows kept, board side) of a file, checking every kept row's framing and that its
     question has the file's size: that of `side` if given (the other file's), else the first
     row's."""
     count, first = 0, None
     for line, q, _, _ in scan_csv(path, min_difficulty):
-        s = _side_of(task, path, line, q)
+        s = _side_of(fmt, path, line, q)
         if side is None:
             side, first = s, line
         elif s != side:
@@ -147,7 +170,7 @@ def _check_sudoku(path, row, n, check_unique):
     return sudoku.encode(qd), sudoku.encode(ad), rating
 
 
-def _check_maze(path, row):
+def _check_maze(path, row, n=None, check_unique=False):
     """(question tokens, answer tokens, shortest path length) of one CSV row of a maze (its
     question's size was checked by the first pass)."""
     line, q, a, _ = row
@@ -197,44 +220,50 @@ def _checked(pool, workers: int, check, path: str, rows: list) -> list[tuple]:
     return [item for part in results for item in part]
 
 
-def _write_chunk(w, split, task, rows, start, num_aug, seed) -> None:
+def _write_chunk(w, split, fmt: CsvFormat, rows, start, num_aug, seed) -> None:
     """Write checked rows (tokens, tokens, rating or path length) as groups start, start+1, ..."""
     x = np.stack([r[0] for r in rows])
     y = np.stack([r[1] for r in rows])
     extra = np.array([r[2] for r in rows], np.int32)
     groups = np.arange(start, start + len(rows), dtype=np.int64)
-    train = split == "train"
-    if task == "sudoku":
-        write_sudoku_rows(w, split, x, y, extra, groups, num_aug if train else 0, seed)
-    else:
-        write_maze_rows(w, split, x, y, extra, groups, num_aug > 0 and train)
+    fmt.write(w, split, x, y, extra, groups, num_aug if split == "train" else 0, seed)
 
 
-def _meta_fields(task: str, side: int, num_aug: int, generator: dict) -> dict:
-    if task == "sudoku":
-        mode = {"mode": "materialised", "num_aug": num_aug} if num_aug else {"mode": "on_the_fly"}
-        return sudoku_meta_fields(side, mode, generator)
-    mode = {"mode": "materialised", "transforms": 8} if num_aug else {"mode": "on_the_fly"}
-    return maze_meta_fields(side, mode, generator)
+def _write_maze(w, split, x, y, lengths, groups, num_aug, seed) -> None:
+    write_maze_rows(w, split, x, y, lengths, groups, materialise=num_aug > 0)
 
 
-def _plan(task, train_csv, test_csv, min_difficulty, subsample, seed):
+def _materialised(copies: int, **record) -> dict:
+    return {"mode": "materialised", **record} if copies else {"mode": "on_the_fly"}
+
+
+SUDOKU_CSV = CsvFormat(
+    "sudoku", _sudoku_side, _check_sudoku, "rating", write_sudoku_rows,
+    lambda side, k, generator: sudoku_meta_fields(side, _materialised(k, num_aug=k), generator),
+)  # fmt: skip
+MAZE_CSV = CsvFormat(
+    "maze", maze.side_of, _check_maze, "path_length", _write_maze,
+    lambda side, k, generator: maze_meta_fields(side, _materialised(k, transforms=8), generator),
+)  # fmt: skip
+
+
+def _plan(fmt: CsvFormat, train_csv, test_csv, min_difficulty, subsample, seed):
     """(board side, training rows to keep or None for all), after the first pass over both
     files: framing, and one board size for both."""
-    n_train, side = _survey(task, train_csv, min_difficulty)
+    n_train, side = _survey(fmt, train_csv, min_difficulty)
     if side is None:
         raise InputError(train_csv, None, "no rows (after min_difficulty)")
     if test_csv is not None:
-        _survey(task, test_csv, min_difficulty, side)
+        _survey(fmt, test_csv, min_difficulty, side)
     if subsample is None or subsample >= n_train:
         return side, None
     rng = np.random.default_rng(seed)
     return side, set(rng.choice(n_train, subsample, replace=False).tolist())
 
 
-def import_csv(
+def import_rows(
     out_uri: str,
-    task: str,
+    fmt: CsvFormat,
     train_csv: str,
     test_csv: str | None = None,
     *,
@@ -249,24 +278,21 @@ def import_csv(
     overwrite: bool = False,
     progress: Progress | None = None,
 ) -> DatasetMeta:
-    """Import official-format CSV files as a dataset. num_aug > 0 (Sudoku: that many copies;
-    Maze: the 8 dihedral copies) materialises augmentation; 0 augments on the fly."""
-    if task not in ("sudoku", "maze"):
-        raise ValueError(f"import-csv task must be 'sudoku' or 'maze', got {task!r}")
+    """Import official-format CSV files of the family `fmt` reads as a dataset (by task name:
+    `pipeline.data.import_csv`). num_aug > 0 (Sudoku: that many copies; Maze: the 8 dihedral
+    copies) materialises augmentation; 0 augments on the fly."""
     if subsample is not None and subsample < 1:
         raise ValueError(f"subsample must be >= 1, got {subsample}")
-    params = dict(task=task, train_csv=str(train_csv), test_csv=str(test_csv) if test_csv else None,
+    params = dict(task=fmt.task, train_csv=str(train_csv), test_csv=str(test_csv) if test_csv else None,
                   subsample=subsample, min_difficulty=min_difficulty, num_aug=num_aug,
                   check_unique=check_unique)  # fmt: skip
     generator, meta = existing_dataset(out_uri, "import-csv", seed, params, overwrite)
     if meta is not None:
         return meta
-    side, keep_train = _plan(task, train_csv, test_csv, min_difficulty, subsample, seed)
-    check = (partial(_check_sudoku, n=side, check_unique=check_unique) if task == "sudoku"
-             else _check_maze)  # fmt: skip
+    side, keep_train = _plan(fmt, train_csv, test_csv, min_difficulty, subsample, seed)
+    check = partial(fmt.check, n=side, check_unique=check_unique)
     w = DatasetWriter(
-        out_uri, seq_len=side * side,
-        extra_columns={"rating": pa.int32()} if task == "sudoku" else {"path_length": pa.int32()},
+        out_uri, seq_len=side * side, extra_columns={fmt.extra_column: pa.int32()},
         rows_per_shard=rows_per_shard, row_group_rows=row_group_rows, overwrite=overwrite,
     )  # fmt: skip
     pool = ProcessPoolExecutor(workers) if workers > 1 else None
@@ -274,7 +300,7 @@ def import_csv(
         for split, path, keep in (("train", train_csv, keep_train), ("test", test_csv, None)):
             done = 0
             for rows in _chunks(path, min_difficulty, keep) if path is not None else ():
-                _write_chunk(w, split, task, _checked(pool, workers, check, str(path), rows),
+                _write_chunk(w, split, fmt, _checked(pool, workers, check, str(path), rows),
                              done, num_aug, seed)  # fmt: skip
                 done += len(rows)
                 if progress:
@@ -285,4 +311,4 @@ def import_csv(
     finally:
         if pool:
             pool.shutdown(cancel_futures=True)
-    return w.commit(**_meta_fields(task, side, num_aug, generator))
+    return w.commit(**fmt.meta_fields(side, num_aug, generator))

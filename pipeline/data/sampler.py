@@ -42,11 +42,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pipeline.config.sections import REGIMES
 from pipeline.data.errors import DatasetError
 from pipeline.data.meta import DatasetMeta
 from trm.puzzles.rng import example_keys, random_ints, random_permutations
-
-REGIMES = ("fixed_pool", "on_the_fly", "none")
 
 
 @dataclass(frozen=True)
@@ -221,9 +220,11 @@ def regime_problem(meta: DatasetMeta, regime, num_aug) -> tuple[str, str] | None
             f"{regime}: the {meta.task} dataset has no augmentations (augmentation mode "
             f"{mode!r}); use none"
         )
-    if meta.task == "arc" and regime == "fixed_pool" and num_aug > meta.augmentation["num_aug"]:
+    # a family whose on-the-fly variants are puzzle identifiers (ARC) records how many it has
+    cover = meta.augmentation.get("num_aug")
+    if regime == "fixed_pool" and cover is not None and num_aug > cover:
         return "data.num_aug", (
-            f"{num_aug} exceeds the dataset's num_aug {meta.augmentation['num_aug']} (its "
-            "puzzle identifiers cover that many variants per task)"
+            f"{num_aug} exceeds the dataset's num_aug {cover} (its puzzle identifiers cover "
+            "that many variants per task)"
         )
     return None

@@ -22,7 +22,7 @@ global batch; nothing dropped). With drop_last=False (evaluation) rank r reads a
 1/world_size of the epoch's rows instead, padded to whole batches with padding rows (inputs
 PAD, labels -100, puzzle id blank). Rows are read through pipeline/data/reader.py.
 
-Augmentation (`augment`, a regime of sampler.REGIMES; True means the dataset's own: on_the_fly,
+Augmentation (`augment`, a regime of config.sections.REGIMES; True means the dataset's own: on_the_fly,
 or its stored pool when materialised; False means none):
 - on_the_fly: each row gets the task's random symmetry keyed by (seed, epoch, row index in the
   split), independent of the batch and rank that read it. (ARC test rows get variants but no
@@ -56,35 +56,9 @@ from pipeline.data.sampler import (
     stored_pool_size,
 )
 from pipeline.data.storage import open_storage
-from trm.puzzles import sudoku
 from trm.puzzles.rng import example_keys
 
 IGNORE = -100
-
-
-def _augment_sudoku(x, y, pid, keys, meta: DatasetMeta, split: str, k=None):
-    x, y = sudoku.augment(x, y, keys, n=meta.encoding["size"])
-    return x, y, pid
-
-
-def _augment_maze(x, y, pid, keys, meta: DatasetMeta, split: str, k=None):
-    from trm.puzzles import maze
-
-    x, y = maze.augment(x, y, keys, side=meta.encoding["side"])
-    return x, y, pid
-
-
-def _augment_arc(x, y, pid, keys, meta: DatasetMeta, split: str, k=None):
-    from trm.puzzles import arc
-
-    params = arc.augment_params(meta.augmentation)
-    # As in the official data, only training examples are translated: predictions on the test
-    # split are read back with the top-left crop, and test-time variants are dihedral + colour.
-    params["translate"] = params["translate"] and split == "train"
-    return arc.augment(x, y, pid, keys, k=k, **params)
-
-
-AUGMENT = {"sudoku": _augment_sudoku, "maze": _augment_maze, "arc": _augment_arc}
 
 
 def pool_seed(meta: DatasetMeta) -> int:
@@ -144,6 +118,10 @@ class ShardStream:
         self.uri = uri
         self.meta = meta if meta is not None else read_meta(uri)
         self.meta.split(split)  # an unknown split is named before anything is read
+        # imported here: pipeline.tasks imports the builders, which load this package
+        from pipeline.tasks import task_of
+
+        self.task = task_of(self.meta)  # a family this process does not know is named too
         self.reader = reader or RowReader(open_storage(uri), self.meta, split, verify_checksums)
         self.split, self.batch_size = split, batch_size
         self.rank, self.world_size, self.seed = rank, world_size, seed
@@ -280,14 +258,15 @@ class ShardStream:
         """The regime's augmentation of rows read from storage (uint8 tokens)."""
         x, y, pid = cols["inputs"], cols["labels"], cols["puzzle_identifier"]
         meta = self.meta
-        fn = AUGMENT[meta.task]
+        spec = self.task
+        fn = spec.augment
         if self.regime == "on_the_fly" and len(rows):
             return fn(x, y, pid, example_keys(self.seed, passes, rows), meta, self.split)
         sel = k > 0
         if sel.any():
-            # variant k of the puzzle whose group is g: keyed by (aug seed, k, g); ARC keys
-            # only its translation so, per example (the variant itself comes from k)
-            ids = rows[sel] if meta.task == "arc" else self.plan.groups.key[rows[sel]]
+            # variant k of the puzzle whose group is g: keyed by (aug seed, k, g); a family
+            # whose variant is its own row (ARC keys only its translation so) keys by row
+            ids = rows[sel] if spec.pool_keys_by_row else self.plan.groups.key[rows[sel]]
             keys = example_keys(pool_seed(meta), k[sel], ids)
             x[sel], y[sel], pid[sel] = fn(
                 x[sel], y[sel], pid[sel], keys, meta, self.split, k=k[sel]

@@ -44,6 +44,7 @@ import torch
 
 from pipeline.config.run import RunConfig
 from pipeline.evaluation.figures import depth_curve_figure, halt_curve_figure, refinement_figure
+from pipeline.tasks import task_of
 from pipeline.tracking.tracker import NullTracker, depth_curve_metrics
 
 IGNORE = -100
@@ -198,6 +199,22 @@ def _keep_examples(
         )
 
 
+EVAL_METRICS = (
+    "eval/count",
+    "eval/exact_accuracy",
+    "eval/accuracy",
+    "eval/q_halt_accuracy",
+    "eval/steps",
+    "eval/exact_accuracy_at_halt",
+    "eval/flops_per_example",
+    "eval/inference_flops_per_example",
+)
+"""The fixed names an evaluation reports (`finish`; `evaluate_test_time` reports a subset plus
+eval/inference_flops_per_example); a sweep may rank trials by any of them. Names with a
+number in them (eval/halt_tau_<tau>/..., eval/exact_accuracy_at_<k>, eval/arc_pass_at_<k>)
+come on top."""
+
+
 def finish(sums: dict[str, float], halt_max_steps: int) -> tuple[dict[str, float], list[float]]:
     """All-rank sums -> (eval/* metrics, depth curve)."""
     n = max(sums.get("count", 0.0), 1.0)
@@ -257,7 +274,7 @@ class Evaluator:
         """The split evaluated (the evaluation command may choose another)."""
         self.last_curve: list[float] = []
         """The depth curve of the latest call (exact accuracy after each ACT step)."""
-        if meta.task == "arc":
+        if task_of(meta).votes:  # pass@K over the test-time variants
             from pipeline.evaluation.arc_vote import ArcVoting
 
             self.voting = ArcVoting(

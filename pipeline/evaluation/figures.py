@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.tasks import get_task
 from trm.losses import IGNORE_LABEL_ID
 
 
@@ -21,14 +22,16 @@ def refinement_figure(
     pictures: list[dict[str, np.ndarray]], task: str, max_columns: int = 8, step: int | None = None
 ):
     """Rows = test puzzles; columns = input, the prediction after ACT steps (evenly chosen up
-    to `max_columns`), target. Wrong cells are outlined in red; Sudoku's given cells are bold
-    digits on a grey dot; a caption explains both and names the training `step`."""
+    to `max_columns`), target. Wrong cells are outlined in red; the family's `Picture` may mark
+    more (Sudoku: digits, the given ones bold); a caption explains both and names the training
+    `step`."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
 
+    picture = get_task(task).picture
     K = len(pictures[0]["preds"])
     steps = sorted({round(x) for x in np.linspace(0, K - 1, min(K, max_columns))})
     cols = ["input"] + [f"ACT step {s + 1}" for s in steps] + ["target"]
@@ -54,14 +57,8 @@ def refinement_figure(
             ax.set_yticks([])
             if r == 0:
                 ax.set_title(cols[c], fontsize=9)
-            if task == "sudoku" and H <= 16:
-                given = grids[0] >= 2  # tokens: 0 pad, 1 blank, 2.. digits 1..
-                for (i, j), v in np.ndenumerate(grid):
-                    if given[i, j]:
-                        ax.plot(j, i, "o", ms=9, color="lightgrey", zorder=1)
-                    if v >= 2:
-                        ax.text(j, i, str(v - 1), ha="center", va="center", fontsize=7,
-                                fontweight="bold" if given[i, j] else "normal", zorder=2)  # fmt: skip
+            if picture.annotate is not None:
+                picture.annotate(ax, grids[0], grid)
             if 0 < c < len(grids) - 1:
                 wrong = (grid != labels) & (labels != IGNORE_LABEL_ID)
                 for i, j in zip(*np.nonzero(wrong)):
@@ -79,8 +76,9 @@ def _refinement_caption(fig: Any, task: str, step: int | None) -> None:
     fig.suptitle(f"Test puzzles as the model refines them{when}", fontsize=10)
     legend = ("columns: the puzzle, the model's answer after ACT step k, the solution\n"
               "colour = token value; red box = cell that differs from the solution")  # fmt: skip
-    if task == "sudoku":
-        legend += "; bold digit on a grey dot = given in the puzzle"
+    extra = get_task(task).picture.legend
+    if extra:
+        legend += "; " + extra
     fig.text(0.5, 0.005, legend, ha="center", va="bottom", fontsize=7)
     fig.tight_layout(rect=(0, 0.06, 1, 0.95))
 

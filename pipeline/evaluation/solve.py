@@ -21,12 +21,12 @@ import torch
 
 from pipeline.checkpoints.restore import Restored, check_fits
 from pipeline.config.run import ConfigError
-from trm.puzzles import maze, sudoku
+from pipeline.tasks import TextPuzzle, get_task, task_names
 
 
 def puzzle_task(r: Restored, data_uri: str | None) -> str:
-    """'sudoku' or 'maze': the task of the run's dataset (or `data_uri`'s), else what the
-    model's shape says (a Sudoku of side n has seq_len n*n and vocab_size n + 2)."""
+    """The task of the run's dataset (or `data_uri`'s), else the first family the solver reads
+    whose shape the model has (`TextPuzzle.fits`), else 'unknown'."""
     from pipeline.data.meta import read_meta
 
     if data_uri:  # named: it must be there and fit
@@ -36,54 +36,47 @@ def puzzle_task(r: Restored, data_uri: str | None) -> str:
     try:
         return read_meta(r.config.data.uri).task
     except Exception:  # the run's dataset is gone or out of reach: the shape decides
-        n = math.isqrt(r.model_config.seq_len)
-        if n * n == r.model_config.seq_len and r.model_config.vocab_size == n + 2:
-            return "sudoku"
-        if r.model_config.vocab_size == maze.VOCAB_SIZE:
-            return "maze"
+        m = r.model_config
+        for name in task_names():
+            text = get_task(name).text
+            if text is not None and text.fits(m.seq_len, m.vocab_size):
+                return name
         return "unknown"
+
+
+def _text_form(task: str) -> TextPuzzle | None:
+    try:
+        return get_task(task).text
+    except ValueError:
+        return None
 
 
 def encode_puzzle(task: str, text: str, seq_len: int) -> np.ndarray:
     """`text` as the model's input tokens [seq_len]; `ConfigError` naming what is wrong."""
     n = math.isqrt(seq_len)
-    if task not in ("sudoku", "maze") or n * n != seq_len:
-        raise ConfigError(f"--puzzle takes Sudoku and maze puzzles; this model is for {task} "
-                          f"(seq_len {seq_len})")  # fmt: skip
+    form = _text_form(task)
+    if form is None or n * n != seq_len:
+        readable = [t for t in task_names() if get_task(t).text is not None]
+        raise ConfigError(f"--puzzle takes {' and '.join(readable)} puzzles; this model is for "
+                          f"{task} (seq_len {seq_len})")  # fmt: skip
     if len(text) != seq_len:
         raise ConfigError(f"--puzzle: a {n}x{n} {task} has {seq_len} characters, got {len(text)}")
     try:
-        if task == "sudoku":
-            return sudoku.encode(sudoku.parse_board(text, n))
-        return maze.encode(text)
+        return form.parse(text, n)
     except ValueError as e:
         raise ConfigError(f"--puzzle: {e}") from None
 
 
 def _cells(task: str, tokens: Any) -> list[str]:
     """The answer `tokens` as the puzzle's characters; tokens the encoding lacks print as '?'."""
-    n = math.isqrt(len(tokens))
-    if task == "sudoku":
-        return ["?" if t < 1 or t > n + 1 else "." if t == 1 else str(t - 1) for t in tokens]
-    return [maze.CHARSET[t - 1] if 1 <= t <= len(maze.CHARSET) else "?" for t in tokens]
+    return get_task(task).text.cells(tokens)
 
 
 def _grid(task: str, tokens: Any) -> list[str]:
-    """Rows of `tokens` as text (Sudoku cells spaced; maze cells side by side, ' ' is open)."""
+    """Rows of `tokens` as text, the family's separator between cells."""
     n, chars = math.isqrt(len(tokens)), _cells(task, tokens)
-    sep = " " if task == "sudoku" else ""
+    sep = get_task(task).text.separator
     return [sep.join(chars[i * n : (i + 1) * n]) for i in range(n)]
-
-
-def sudoku_verdict(question: np.ndarray, answer: np.ndarray) -> str:
-    """Whether `answer` (tokens) is a valid, complete Sudoku keeping the clues of `question`."""
-    n = math.isqrt(len(question))
-    q, a = sudoku.decode(question), sudoku.decode(answer)
-    changed = int(((q > 0) & (q != a)).sum())
-    if sudoku.is_solution(a.tolist(), n) and changed == 0:
-        return "a valid Sudoku (every row, column and box holds each digit once; clues kept)"
-    why = "clues changed: " + str(changed) if changed else "a row, column or box repeats a digit"
-    return f"NOT a valid Sudoku ({why})"
 
 
 def halt_step(out: Any, r: Restored) -> tuple[int | None, bool]:
@@ -125,6 +118,7 @@ def solve_one(r: Restored, text: str, data_uri: str | None, max_steps: int | Non
     answer = out.preds[(halt or steps) - 1, 0].cpu().numpy()
     when = f"halted at step {halt}" if halt else f"did not halt within {steps} steps"
     lines.append(f"answer ({when}): " + repr("".join(_cells(task, answer.tolist()))))
-    if task == "sudoku":
-        lines.append("the answer is " + sudoku_verdict(question, answer))
+    verdict = get_task(task).text.verdict
+    if verdict is not None:
+        lines.append("the answer is " + verdict(question, answer))
     return "\n".join(lines)

@@ -49,8 +49,10 @@ from pipeline.config.fields import (
     require,
 )
 from pipeline.config.run import RunConfig
+from pipeline.evaluation.evaluator import EVAL_METRICS
 from pipeline.sweeping.dataset import check_builder_args
 from pipeline.sweeping.space import Domain, check_field, trial_config
+from pipeline.training.metrics import TRAIN_METRICS
 
 ALGORITHMS = ("grid", "random")
 MODES = ("train", "evaluate")
@@ -66,25 +68,6 @@ EVAL_MODE_FIELDS = (
 SCHEDULERS = ("fifo", "asha")
 # sweep time axis -> the key every trial reports it under
 TIME_ATTRS = {"steps": "step", "examples": "examples", "flops": "flops"}
-# metrics a trial reports at every evaluation (pipeline/evaluation/evaluator.py, pipeline/training/metrics.py)
-EVAL_METRICS = (
-    "eval/exact_accuracy",
-    "eval/accuracy",
-    "eval/q_halt_accuracy",
-    "eval/steps",
-    "eval/exact_accuracy_at_halt",
-    "eval/inference_flops_per_example",  # evaluate-mode sweeps
-    "eval/count",
-)
-TRAIN_METRICS = (
-    "train/loss",
-    "train/lm_loss",
-    "train/q_halt_loss",
-    "train/accuracy",
-    "train/exact_accuracy",
-    "train/q_halt_accuracy",
-    "train/steps",
-)
 # more grid points than this are checked key by key instead of point by point
 MAX_CHECKED_POINTS = 2000
 
@@ -110,7 +93,8 @@ class SearchConfig(StrictConfig):
             known_metric(self.metric),
             "metric",
             f"{self.metric!r} is not a metric trials report; use one of "
-            f"{', '.join(EVAL_METRICS + TRAIN_METRICS)} (or eval/arc_pass_at_K on ARC, eval/halt_tau_<tau>/exact_accuracy)",
+            f"{', '.join(EVAL_METRICS + TRAIN_METRICS)} (or eval/arc_pass_at_K on ARC, "
+            "eval/halt_tau_<tau>/exact_accuracy, eval/exact_accuracy_at_<k>)",
         )
         return self
 
@@ -422,7 +406,8 @@ def expand_env(value: Any, where: str = "") -> Any:
 
 
 _PATTERN_METRICS = re.compile(
-    r"eval/arc_pass_at_\d+|eval/halt_tau_[0-9.]+/(steps|exact_accuracy)|eval/flops_per_example"
+    # the names with a number in them that an evaluation reports (see EVAL_METRICS)
+    r"eval/arc_pass_at_\d+|eval/halt_tau_[0-9.]+/(steps|exact_accuracy)|eval/exact_accuracy_at_\d+"
 )
 
 

@@ -8,15 +8,10 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from pipeline.config.run import ConfigError, require
+from pipeline.tasks import get_task, task_names
 
 if TYPE_CHECKING:
     from pipeline.sweeping.config import SweepConfig
-
-
-def builders() -> dict[str, Any]:
-    from pipeline.data import build_arc, build_maze, build_sudoku
-
-    return {"sudoku": build_sudoku, "maze": build_maze, "arc": build_arc}
 
 
 def check_builder_args(spec: dict[str, Any]) -> None:
@@ -24,18 +19,18 @@ def check_builder_args(spec: dict[str, Any]) -> None:
     where = "dataset"
     require(isinstance(spec, dict), where, "must be a mapping with `builder` and its arguments")
     name = spec.get("builder")
-    table = builders()
-    require(isinstance(name, str) and name in table, f"{where}.builder",
-            f"must be one of {', '.join(table)}, got {name!r}")  # fmt: skip
+    require(isinstance(name, str) and name in task_names(), f"{where}.builder",
+            f"must be one of {', '.join(task_names())}, got {name!r}")  # fmt: skip
     args = {k: v for k, v in spec.items() if k != "builder"}
     for bad in ("out_uri", "progress", "overwrite"):
         require(bad not in args, f"{where}.{bad}", "is set by the sweep; remove it")
-    sig = inspect.signature(table[name])
+    builder = get_task(name).builder
+    sig = inspect.signature(builder)
     for k in args:
         require(
             k in sig.parameters,
             f"{where}.{k}",
-            f"build_{name} takes no such argument; it takes "
+            f"{builder.__name__} takes no such argument; it takes "
             f"{', '.join(p for p in sig.parameters if p not in ('out_uri', 'progress'))}",
         )
     try:
@@ -61,7 +56,7 @@ def ensure_dataset(sweep: SweepConfig, uri: str) -> None:
               flush=True)  # fmt: skip
     t = time.perf_counter()
     try:
-        meta = builders()[sweep.dataset["builder"]](uri, **args)
+        meta = get_task(sweep.dataset["builder"]).builder(uri, **args)
     except DatasetError as e:
         if not exists:
             raise

@@ -31,6 +31,7 @@ from pipeline.evaluation.evaluator import evaluate_test_time
 from pipeline.sweeping.config import EVAL_MODE_FIELDS, SweepConfig
 from pipeline.sweeping.store import completed_result
 from pipeline.sweeping.trial import SweepContext
+from pipeline.tasks import adopt_tasks
 
 
 def bind_checkpoint(sweep: SweepConfig) -> SweepConfig:
@@ -70,6 +71,7 @@ def run_eval_trial(config: dict[str, Any], ctx: SweepContext, checkpoint: str) -
     from pipeline.checkpoints.restore import restore
     from pipeline.tracking.tracker import start_tracker
 
+    adopt_tasks(ctx.tasks)
     trial_id = tune.get_context().get_trial_id()
     done = completed_result(ctx.exp_path, trial_id)
     if done is not None:  # ended before a driver crash; --resume must not rerun it

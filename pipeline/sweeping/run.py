@@ -31,6 +31,7 @@ from pipeline.sweeping.report import SweepOutcome, finish_sweep
 from pipeline.sweeping.store import resolved_text, store_sweep
 from pipeline.sweeping.trial import SweepContext, run_trial
 from pipeline.sweeping.tuner import build_tuner
+from pipeline.tasks import carried_tasks
 from pipeline.tracking.tracker import start_tracker
 from pipeline.training.cluster import (
     check_fits,
@@ -186,6 +187,7 @@ def make_context(
         parent_run_id=parent_run_id,
         tracking_uri=base.tracking.uri if base.tracking.enabled else "",
         unique_points=sweep.search.algorithm == "grid" and sweep.search.num_samples == 1,
+        tasks=carried_tasks(),
     )
 
 

@@ -24,6 +24,7 @@ from pipeline.checkpoints import store as ckpt
 from pipeline.config.run import RunConfig
 from pipeline.sweeping.space import trial_config
 from pipeline.sweeping.store import TRIALS_DIR, completed_result, record_failed
+from pipeline.tasks import adopt_tasks
 from pipeline.tracking.prometheus import count_trial
 from pipeline.training.failures import deterministic, root_cause
 
@@ -50,6 +51,9 @@ class SweepContext:
     code_version: str
     parent_run_id: str = ""
     tracking_uri: str = ""
+    tasks: tuple[Any, ...] = ()
+    """Puzzle families registered on the driver beyond the built-in ones (`carried_tasks`):
+    trials register them before reading data."""
     unique_points: bool = True
     """Every trial has its own swept values (a grid, one sample per point): display names need
     no trial number."""
@@ -178,6 +182,7 @@ class SweepReportCallback(TuneReportCallback):
 
 def run_trial(config: dict[str, Any], ctx: SweepContext) -> None:
     """One Tune trial: train the base config with this trial's values."""
+    adopt_tasks(ctx.tasks)
     trial_id = tune.get_context().get_trial_id()
     done = completed_result(ctx.exp_path, trial_id)
     if done is not None:

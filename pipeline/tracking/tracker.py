@@ -333,7 +333,7 @@ def tag_run(uri: str, experiment: str, run_key: str, tags: dict[str, str]) -> st
 def log_model(uri: str, run_id: str, which: str, state: dict[str, Any]) -> None:
     """Log a training checkpoint's model as `checkpoints/<which>/model.pt` of run `run_id`:
     the weights it evaluates with (the EMA average when EMA is on), its model config and
-    step; `load_model` builds the model from it."""
+    step; `pipeline.checkpoints.restore.load_model` builds the model from it."""
     import torch
     from mlflow.tracking import MlflowClient
 
@@ -347,23 +347,17 @@ def log_model(uri: str, run_id: str, which: str, state: dict[str, Any]) -> None:
         MlflowClient(tracking_uri=uri).log_artifact(run_id, str(path), f"checkpoints/{which}")
 
 
-def load_model(uri: str, run_id: str, which: str = "best") -> Any:
-    """The TRM logged by `log_model` ('best' or 'final'), on the CPU, in eval mode:
-
-    model = load_model("http://mlflow:5000", run_id)
-    """
+def logged_model(uri: str, run_id: str, which: str = "best") -> dict[str, Any]:
+    """What `log_model` logged as `which` ('best' or 'final') for run `run_id`, on the CPU:
+    {'model_config', 'state_dict', 'step'} (`pipeline.checkpoints.restore.load_model` builds
+    the model from it)."""
     import torch
     from mlflow.tracking import MlflowClient
-
-    from trm import TRM, TRMConfig
 
     with tempfile.TemporaryDirectory(prefix="trm-model-") as dst:
         path = f"checkpoints/{which}/{MODEL_FILE}"
         local = MlflowClient(tracking_uri=uri).download_artifacts(run_id, path, dst)
-        d = torch.load(local, map_location="cpu", weights_only=False)
-    model = TRM(TRMConfig.from_dict(d["model_config"]))
-    model.load_state_dict(d["state_dict"])
-    return model.eval()
+        return torch.load(local, map_location="cpu", weights_only=False)
 
 
 def retire_run(uri: str, experiment: str, run_key: str) -> str | None:

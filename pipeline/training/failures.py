@@ -23,19 +23,7 @@ from ray.train import ControllerError, WorkerGroupError
 from ray.train.torch import TorchTrainer as _RayTorchTrainer
 from ray.train.v2._internal.execution.failure_handling import DefaultFailurePolicy
 
-from pipeline.checkpoints.store import CheckpointError
-from pipeline.config.run import ConfigError
-from pipeline.data.errors import DatasetError, InputError, StorageAccessError
-
-DETERMINISTIC: tuple[type[BaseException], ...] = (
-    DatasetError,
-    InputError,
-    ConfigError,
-    CheckpointError,
-    StorageAccessError,
-    PermissionError,
-)
-"""Errors that the same input raises again on every attempt: never retried."""
+from pipeline.training.errors import DETERMINISTIC
 
 logger = logging.getLogger(__name__)
 

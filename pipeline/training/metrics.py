@@ -34,6 +34,8 @@ METRICS = {
     "train/data_wait_fraction": "fraction of wall time rank 0 waited for the next batch",
     "train/mfu": "model FLOPs utilisation: trm.flops train FLOPs / (peak FLOP/s * workers)",
 }
+TRAIN_METRICS = tuple(k for k in METRICS if k.startswith("train/"))
+"""The names `MetricWindow.summary` reports (a sweep may rank trials by any of them)."""
 
 
 class MetricWindow:

@@ -26,7 +26,9 @@ PROBE_TIMEOUT_S = 300
 def check_dataset(cfg: RunConfig) -> Any:
     """Read the dataset's metadata (once per process, `cached_meta`) and check it against the
     model and batch; returns it."""
+    from pipeline.data.errors import DatasetError
     from pipeline.data.meta import cached_meta
+    from pipeline.tasks import task_of
 
     try:
         meta = cached_meta(cfg.data.uri)
@@ -35,8 +37,12 @@ def check_dataset(cfg: RunConfig) -> Any:
     for split in ("train", "test"):
         if split not in meta.splits:
             raise ConfigError(f"data.uri {cfg.data.uri!r} has no {split!r} split")
+    try:
+        spec = task_of(meta)
+    except DatasetError as e:
+        raise ConfigError(f"data.uri {cfg.data.uri!r}: {e}") from None
     cfg.resolve(meta)  # raises on vocab/seq_len mismatch
-    if meta.task == "arc":  # pass@K needs the test-input counts; eval.arc_variants must fit
+    if spec.votes:  # pass@K needs the test-input counts; eval.arc_variants must fit
         from pipeline.evaluation.arc_vote import ArcVoting
 
         ArcVoting(cfg.data.uri, meta, pass_ks=cfg.eval.pass_ks, max_variants=cfg.eval.arc_variants)

@@ -48,6 +48,7 @@ import trm
 from pipeline.checkpoints import store as ckpt
 from pipeline.config.run import ConfigError, RunConfig, flatten
 from pipeline.evaluation.evaluator import Evaluator
+from pipeline.tasks import adopt_tasks, carried_tasks
 from pipeline.tracking.provenance import source_tags
 from pipeline.tracking.tracker import NullTracker, start_tracker
 from pipeline.training.device import compile_model, to_device
@@ -298,7 +299,8 @@ def _summary(m: dict[str, Any]) -> str:
 # ---- ways to run the loop -------------------------------------------------------------------
 def loop_config(cfg: RunConfig, info: RunInfo) -> dict[str, Any]:
     """The `train_loop_config` of a TorchTrainer running `train_loop_per_worker`."""
-    return {"run": cfg.to_dict(), "info": dataclasses.asdict(info)}
+    # a family registered on the driver only is sent along (workers start with the built-ins)
+    return {"run": cfg.to_dict(), "info": dataclasses.asdict(info), "tasks": carried_tasks()}
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -306,6 +308,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
+    adopt_tasks(config.get("tasks", ()))
     cfg = RunConfig.from_dict(config["run"])
     info = RunInfo(**config["info"])
     ctx = ray.train.get_context()
@@ -348,10 +351,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
 @contextlib.contextmanager
 def _without_traceback() -> Iterator[None]:
-    """Errors of the input (`pipeline.training.failures.DETERMINISTIC`) leave the worker without their
-    traceback: their message names the input, and Ray Train logs the traceback of every
+    """Errors of the input (`pipeline.training.errors.DETERMINISTIC`) leave the worker without
+    their traceback: their message names the input, and Ray Train logs the traceback of every
     worker error in full."""
-    from pipeline.training.failures import DETERMINISTIC
+    from pipeline.training.errors import DETERMINISTIC
 
     try:
         yield
