@@ -56,6 +56,7 @@ ALGORITHMS = ("grid", "random")
 MODES = ("train", "evaluate")
 # the only fields an evaluate-mode sweep may vary: test-time settings of `TRM.predict`
 EVAL_MODE_FIELDS = (
+    "eval.protocol",
     "eval.halt_threshold",
     "eval.max_steps",
     "eval.trajectories",
@@ -422,7 +423,7 @@ def expand_env(value: Any, where: str = "") -> Any:
 
 
 _PATTERN_METRICS = re.compile(
-    r"eval/arc_pass_at_\d+|eval/halt_tau_[0-9.]+/(steps|exact_accuracy)|eval/flops_per_example"
+    r"eval/arc_(pooled_)?pass_at_\d+|eval/halt_tau_[0-9.]+/(steps|exact_accuracy)|eval/flops_per_example"
 )
 
 
