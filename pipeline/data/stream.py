@@ -74,17 +74,8 @@ def _augment_maze(x, y, pid, keys, meta: DatasetMeta, split: str, k=None):
     return x, y, pid
 
 
-def _augment_arc(x, y, pid, keys, meta: DatasetMeta, split: str, k=None):
-    from trm.puzzles import arc
-
-    params = arc.augment_params(meta.augmentation)
-    # As in the official data, only training examples are translated: predictions on the test
-    # split are read back with the top-left crop, and test-time variants are dihedral + colour.
-    params["translate"] = params["translate"] and split == "train"
-    return arc.augment(x, y, pid, keys, k=k, **params)
-
-
-AUGMENT = {"sudoku": _augment_sudoku, "maze": _augment_maze, "arc": _augment_arc}
+AUGMENT = {"sudoku": _augment_sudoku, "maze": _augment_maze}
+"""Sudoku and Maze; ARC goes through `ShardStream._augment_arc` (its pools)."""
 
 
 def pool_seed(meta: DatasetMeta) -> int:
@@ -155,10 +146,19 @@ class ShardStream:
         # reading everything in storage order needs no groups (and no read of their columns)
         rows = self.meta.split(split).num_rows
         groups = self.reader.groups() if shuffle else Groups.from_columns(np.arange(rows))
+        virtual = np.asarray(1 + pool if fixed and not materialised else 1)
+        self.pools = None
+        self._example_of_row = self._count_of_row = None
+        if self.meta.task == "arc" and not materialised and self.regime != "none":
+            from pipeline.data.arc import read_pools
+
+            self.pools = read_pools(uri, self.meta)
+            if fixed:  # a task's pool holds its distinct variants only
+                virtual = np.minimum(self.pools.sizes[groups.key[groups.order[groups.start]]],
+                                     virtual)  # fmt: skip
         self.plan = EpochPlan(
             groups, seed=seed, shuffle=shuffle,
-            stored_pool=1 + pool if fixed and materialised else 1,
-            virtual_pool=1 + pool if fixed and not materialised else 1,
+            stored_pool=1 + pool if fixed and materialised else 1, virtual_pool=virtual,
         )  # fmt: skip
         self.with_index, self.prefetch = with_index, prefetch
         self.window = batch_size * max(1, math.ceil(window_rows / batch_size))
@@ -280,16 +280,48 @@ class ShardStream:
         """The regime's augmentation of rows read from storage (uint8 tokens)."""
         x, y, pid = cols["inputs"], cols["labels"], cols["puzzle_identifier"]
         meta = self.meta
+        if meta.task == "arc":
+            return self._augment_arc(x, y, pid, rows, k, passes)
         fn = AUGMENT[meta.task]
         if self.regime == "on_the_fly" and len(rows):
             return fn(x, y, pid, example_keys(self.seed, passes, rows), meta, self.split)
         sel = k > 0
         if sel.any():
-            # variant k of the puzzle whose group is g: keyed by (aug seed, k, g); ARC keys
-            # only its translation so, per example (the variant itself comes from k)
-            ids = rows[sel] if meta.task == "arc" else self.plan.groups.key[rows[sel]]
-            keys = example_keys(pool_seed(meta), k[sel], ids)
+            # variant k of the puzzle whose group is g: keyed by (aug seed, k, g)
+            keys = example_keys(pool_seed(meta), k[sel], self.plan.groups.key[rows[sel]])
             x[sel], y[sel], pid[sel] = fn(
                 x[sel], y[sel], pid[sel], keys, meta, self.split, k=k[sel]
             )
         return x, y, pid
+
+    def _augment_arc(self, x, y, pid, rows, k, passes):
+        """ARC on the fly: a variant of each task's pool (fixed_pool: pool index k, placed as
+        the materialised build places it; on_the_fly: a fresh random one). As in the official
+        data only training examples are translated: predictions on the test split are read
+        back with the top-left crop. Materialised rows are already augmented."""
+        from trm.puzzles import arc
+
+        if self.pools is None or not len(rows):
+            return x, y, pid
+        a = self.meta.augmentation
+        params = {"num_aug": a["num_aug"], "aug_seed": a["aug_seed"],
+                  "translate": a["translate"] and self.split == "train"}  # fmt: skip
+        if self.regime == "on_the_fly":
+            keys = example_keys(self.seed, passes, rows)
+            return arc.augment(x, y, pid, keys, self.pools, **params)
+        if not self.shuffle:  # reading in storage order: the originals
+            return x, y, pid
+        example, count = self._examples(rows)
+        return arc.pool_variant(x, y, pid, k, example, count, self.pools, **params)
+
+    def _examples(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each row's index among its group's rows (a task's examples, in storage order) and
+        that group's row count."""
+        g = self.plan.groups
+        if self._example_of_row is None:
+            place = np.empty(g.num_rows, np.int64)
+            place[g.order] = np.arange(g.num_rows)
+            group = g.group_of_row
+            self._example_of_row = place - g.start[group]
+            self._count_of_row = (g.variants * g.size)[group]
+        return self._example_of_row[rows], self._count_of_row[rows]
