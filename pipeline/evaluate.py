@@ -4,10 +4,11 @@
     python pipeline/evaluate.py runs/tiny/checkpoint_00000012 --data data/sudoku-4x4-other
     python pipeline/evaluate.py s3://bucket/runs/tiny --json --set eval.max_examples=0
     python pipeline/evaluate.py runs/tiny --mlflow                  # logged as a new MLflow run
-    python pipeline/evaluate.py runs/tiny --puzzle "1.3......2....4."  # Sudoku, '.' or '0' blank
+    python pipeline/evaluate.py runs/tiny --puzzle "1.3434.22.4343.1"  # Sudoku, '.' or '0' blank
 
-CHECKPOINT is a checkpoint directory (it holds `trainer.pt`) or a run directory: its newest
-complete checkpoint is used, and damaged ones are named and skipped (`pipeline.checkpoints.restore`).
+CHECKPOINT is a checkpoint directory (it holds `trainer.pt`), a run directory (its newest
+complete checkpoint is used, and damaged ones are named and skipped) or a training sweep's
+directory (its summary's best checkpoint) (`pipeline.checkpoints.restore`).
 Local paths and s3:// both work. The model carries the weights training evaluates with (the
 EMA averages when the run kept them).
 
@@ -167,19 +168,21 @@ def evaluate_checkpoint(
 
 
 def is_test_time(e: Any) -> bool:
-    """Whether the eval section asks for a test-time setting (K trajectories, noise, another
-    step limit, threshold or selection) rather than the training run's evaluation."""
+    """Whether the eval section asks for a test-time setting (a protocol, K trajectories, noise,
+    another step limit, threshold or selection) rather than the training run's evaluation."""
     return (e.trajectories != 1 or e.noise_std != 0 or e.max_steps != 0
-            or e.halt_threshold is not None or e.select != "q_halt")  # fmt: skip
+            or e.halt_threshold is not None or e.select != "q_halt"
+            or e.protocol != "act")  # fmt: skip
 
 
 def _test_time_result(r, cfg, device, split, head, tracker, say) -> dict[str, Any]:
-    """`TRM.predict(halt=True, ...)` with the setting, as an evaluate-mode sweep's trial
+    """The test-time setting (protocol, K trajectories, ...), as an evaluate-mode sweep's trial
     measures it (`pipeline.evaluation.evaluator.evaluate_test_time`)."""
     from pipeline.evaluation.evaluator import evaluate_test_time
 
     e = cfg.eval
-    say(f"test-time setting: trajectories={e.trajectories} noise_std={e.noise_std} "
+    say(f"test-time setting: protocol={e.protocol} trajectories={e.trajectories} "
+        f"noise_std={e.noise_std} "
         f"select={e.select} max_steps={e.max_steps or 'halt_max_steps'} "
         f"halt_threshold={e.halt_threshold or 'the model' + chr(39) + 's'} seed={e.seed}")  # fmt: skip
     try:

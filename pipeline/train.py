@@ -38,6 +38,7 @@ from pipeline.training.cluster import (
     scaling_config,
 )
 from pipeline.training.preflight import preflight
+from pipeline.training.schedule import with_epoch_steps
 from pipeline.training.worker import RunInfo, loop_config, run_in_process
 
 
@@ -196,12 +197,16 @@ def run_local(cfg: RunConfig, *, name: str | None = None, storage_path: str | No
     final = latest_local_checkpoint(Path(storage_path) / name)
     if info.tracking_uri and final:
         from pipeline.checkpoints import store as ckpt
+        from pipeline.checkpoints.retention import best_checkpoint
         from pipeline.tracking.tracker import log_model, tag_run
 
+        best = best_checkpoint(str(Path(storage_path) / name), cfg.checkpoint.metric,
+                               cfg.checkpoint.mode)[0] or final  # fmt: skip
         run_id = tag_run(info.tracking_uri, cfg.tracking.experiment, info.run_key,
-                         {"checkpoint.final": final})  # fmt: skip
+                         {"checkpoint.final": final, "checkpoint.best": best})  # fmt: skip
         if run_id is not None:
-            log_model(info.tracking_uri, run_id, "final", ckpt.load(final, ckpt.TRAINER_FILE))
+            for which, path in (("final", final), ("best", best)):
+                log_model(info.tracking_uri, run_id, which, ckpt.load(path, ckpt.TRAINER_FILE))
     return metrics
 
 
@@ -259,7 +264,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             import yaml
 
             meta = preflight(cfg, storage, cluster=False)
+            cfg, epochs_line = with_epoch_steps(cfg)
             print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+            if epochs_line:
+                print(f"# {epochs_line}")
             print(f"# dataset: {meta.task}, seq_len {meta.seq_len}, vocab {meta.vocab_size}")
             print(f"# storage: {storage}/{cfg.name}")
             return 0

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from pipeline.data import InputError, ShardStream, build_arc, read_meta
-from pipeline.data.arc import identifier_name, load_source
+from pipeline.data.arc import identifier_name, load_source, read_pools
 from trm.puzzles import arc as A
 
 
@@ -44,14 +44,14 @@ def test_official_split_logic_and_enumerable_identifiers(kaggle, tmp_path):
     test = next(iter(ShardStream(uri, "test", batch_size=3, shuffle=False, augment=False)))
     assert (test["labels"][:, 0] == 2).all()  # dummy [[0]] outputs: colour 0 -> token 2
     assert (test["labels"][:, 1] == 1).all() and (test["labels"][:, 2] == -100).all()  # EOS, PAD
-    seen = set()
+    seen, pools = set(), read_pools(uri, meta)
     for epoch in range(3):
         for b in ShardStream(uri, batch_size=6, seed=0, epoch=epoch):
             pid = b["puzzle_identifiers"]
             assert (pid >= 1).all() and (pid < meta.num_puzzle_identifiers).all()
             seen |= set(pid.tolist())
             for i in range(6):
-                name = identifier_name(meta, int(pid[i]))
+                name = identifier_name(meta, int(pid[i]), pools)
                 base, k = A.split_identifier(pid[i], 5)
                 assert name.startswith(meta.extra["tasks"][base])
                 assert ("|||t" in name) == (k > 0)
@@ -66,10 +66,11 @@ def test_on_the_fly_variants_decode_back_to_the_source(kaggle, tmp_path):
     for b in ShardStream(uri, batch_size=18, shuffle=False, augment=False, with_index=True):
         for i, ix in enumerate(b["index"]):
             originals[int(ix)] = A.decode(b["inputs"][i])
+    pools = read_pools(uri, meta)
     for b in ShardStream(uri, batch_size=18, seed=3, with_index=True):
         for i, ix in enumerate(b["index"]):
-            base, k = A.split_identifier(b["puzzle_identifiers"][i], 5)
-            tid, cmap = A.variant(base, k, meta.augmentation["aug_seed"])
+            base, j = A.split_identifier(b["puzzle_identifiers"][i], 5)
+            tid, cmap = pools.transform(base, j, meta.augmentation["aug_seed"])
             got = A.inverse(A.decode(b["inputs"][i]), tid, cmap)
             np.testing.assert_array_equal(got, originals[int(ix)])
     assert len(originals) == 18 and sum(len(v) for v in data.values()) == 7
@@ -137,3 +138,70 @@ def test_test_split_variants_stay_at_the_origin(kaggle, tmp_path):
             assert (b["inputs"].reshape(-1, 30, 30)[:, 0, 0] >= 2).all()  # no translation
             ks |= set(A.split_identifier(b["puzzle_identifiers"], 5)[1].tolist())
     assert len(ks) > 2  # but dihedral/colour variants with their own identifiers
+
+
+def _arc_tasks(tmp_path):
+    """Five small tasks in the per-task layout; e1 uses two colours on grids symmetric under
+    every dihedral transform, so only 9 of its variants are distinct (where colour 3 goes)."""
+    rng = np.random.default_rng(5)
+    plus = [[0, 3, 0], [3, 3, 3], [0, 3, 0]]
+    dot = [[0, 0, 0], [0, 3, 0], [0, 0, 0]]
+    two = {"train": [{"input": plus, "output": dot}, {"input": dot, "output": plus},
+                     {"input": [[3]], "output": [[0]]}],
+           "test": [{"input": [[0, 3, 0], [3, 0, 3], [0, 3, 0]], "output": plus}]}  # fmt: skip
+    tasks = {"training": {"t0": _task(rng, 3), "t1": _task(rng, 2), "t2": _task(rng, 4)},
+             "evaluation": {"e0": _task(rng, 2, 2), "e1": two}}  # fmt: skip
+    for subset, ts in tasks.items():
+        (tmp_path / "src" / subset).mkdir(parents=True)
+        for name, t in ts.items():
+            (tmp_path / "src" / subset / f"{name}.json").write_text(json.dumps(t))
+    return f"tasks:{tmp_path / 'src'}"
+
+
+def test_on_the_fly_pool_is_the_materialised_pool_row_by_row(tmp_path):
+    """Same seed: the on-the-fly fixed pool draws, per task and epoch, the same distinct
+    variant as the materialised build and places its training examples at the same offsets
+    (one example per variant at the origin, the original included), so the training streams
+    agree row by row; the evaluation's test variants are the materialised test split's."""
+    from pipeline.evaluation.arc_vote import ArcVoting
+
+    source = _arc_tasks(tmp_path)
+    fly, mat = str(tmp_path / "fly"), str(tmp_path / "mat")
+    meta = build_arc(fly, source, num_aug=20, seed=7)
+    mmeta = build_arc(mat, source, num_aug=20, seed=7, materialise=True)
+    names = json.loads((tmp_path / "mat" / "identifiers.json").read_text())
+    pools = read_pools(fly, meta)
+    two = meta.extra["tasks"].index("e1")
+    assert pools.sizes[two] == 9 and pools.sizes.max() == 21  # de-duplicated, others full
+    pool_names = {identifier_name(meta, int(A.identifier(b, j, 20)), pools)
+                  for b in range(len(meta.extra["tasks"])) for j in range(pools.sizes[b])}  # fmt: skip
+    assert pool_names == set(names[1:]) and len(names) - 1 == pools.sizes.sum()
+    assert mmeta.splits["train"].num_rows == sum(
+        pools.sizes[meta.extra["tasks"].index(t)] * n
+        for t, n in (("t0", 4), ("t1", 3), ("t2", 5), ("e0", 2), ("e1", 3))
+    )
+    kw = dict(batch_size=5, augment="fixed_pool", num_aug=20, seed=3)
+    translated = at_origin = 0
+    for epoch in range(6):
+        a, b = ShardStream(fly, epoch=epoch, **kw), ShardStream(mat, epoch=epoch, **kw)
+        assert len(a) == len(b) > 0
+        for x, y in zip(a, b, strict=True):
+            np.testing.assert_array_equal(x["inputs"], y["inputs"])
+            np.testing.assert_array_equal(x["labels"], y["labels"])
+            got = [identifier_name(meta, int(p), pools) for p in x["puzzle_identifiers"]]
+            assert got == [names[int(p)] for p in y["puzzle_identifiers"]]
+            corner = x["inputs"].reshape(-1, 30, 30)[:, 0, 0] >= 2
+            at_origin += int(corner.sum())
+            translated += int((~corner).sum())
+    assert translated > 0 and at_origin > 0
+    # evaluation: every test input under every distinct variant, as the materialised test split
+    voting = ArcVoting(fly, meta, pass_ks=[1])
+    test = ShardStream(fly, "test", batch_size=4, shuffle=False, augment=False, drop_last=False)
+    rows = {(identifier_name(meta, int(p), pools), xi.tobytes(), yi.tobytes())
+            for r in voting.rows(test, 7)
+            for p, xi, yi in zip(r["puzzle_identifiers"], r["inputs"], r["labels"])}  # fmt: skip
+    mtest = ShardStream(mat, "test", batch_size=64, shuffle=False, augment=False, drop_last=False)
+    want = {(names[int(p)], xi.tobytes(), yi.tobytes())
+            for r in mtest for p, xi, yi in zip(r["puzzle_identifiers"], r["inputs"], r["labels"])
+            if (yi != -100).any()}  # fmt: skip
+    assert rows == want and len(want) == pools.sizes[two] + 2 * pools.sizes[two - 1]

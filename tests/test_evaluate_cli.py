@@ -81,6 +81,71 @@ def test_a_test_time_setting_gives_what_the_evaluate_mode_sweep_measures(trained
     assert "eval/halt_tau_0.5/steps" not in got  # not the training run's fixed-step evaluation
 
 
+def test_fixed_depth_with_one_trajectory_is_the_training_evaluation(trained):
+    """Protocol fixed_depth, K=1, no noise, D = halt_max_steps: exactly the answer the training
+    run's evaluation scores (every example runs halt_max_steps steps)."""
+    logged = read_run(trained["cfg"].tracking.uri, trained["run_id"])["metrics"]
+    p = command(str(trained["run_dir"]), "--json", "--set", "eval.protocol=fixed_depth",
+                cwd=trained["tmp"])  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    got = json.loads(p.stdout)
+    step, want = logged["eval/exact_accuracy"][-1]
+    assert step == 8 and got["eval/exact_accuracy"] == want and got["eval/count"] == 64
+    # the same answers token for token (exact accuracy is 0 this early in training)
+    assert got["eval/accuracy"] == logged["eval/accuracy"][-1][1] > 0.3
+    assert got["eval/steps"] == trained["cfg"].model.halt_max_steps
+    for k in ("best_q", "mode", "pass_at_k"):  # one trajectory: every rule takes it
+        assert got[f"eval/{k}_exact_accuracy"] == want, k
+
+
+def test_fixed_depth_metrics_come_from_one_set_of_trajectories(trained):
+    """best-Q@K, mode@K and pass@K of `evaluate_test_time`, recomputed by hand from the same K
+    noisy trajectories (one call over the whole split, as the evaluation makes with this
+    batch size); every trajectory runs exactly D steps."""
+    import contextlib
+
+    import numpy as np
+    import torch
+
+    from pipeline.checkpoints.restore import restore
+    from pipeline.data.stream import ShardStream
+    from pipeline.evaluation.evaluator import evaluate_test_time
+    from trm import inference_flops
+
+    K, D = 4, 5
+    sets = ["eval.protocol=fixed_depth", f"eval.trajectories={K}", "eval.noise_std=0.5",
+            f"eval.max_steps={D}", "eval.seed=3", "eval.select=vote"]  # fmt: skip
+    with contextlib.ExitStack() as stack:
+        r = restore(str(trained["run_dir"]), stack, say=lambda _: None)
+        cfg = r.config.with_overrides([*sets, f"data.eval_batch_size={64 * K}"])
+        got = evaluate_test_time(r.model, cfg, torch.device("cpu"))
+        b = next(iter(ShardStream(cfg.data.uri, "test", batch_size=64, rank=0, world_size=1,
+                                  seed=0, shuffle=False, augment=False, epoch=0,
+                                  drop_last=False)))  # fmt: skip
+        x, y, pid = (torch.as_tensor(np.asarray(b[k])).long()
+                     for k in ("inputs", "labels", "puzzle_identifiers"))  # fmt: skip
+        runs = r.model.run_trajectories(x, pid, False, D, trajectories=K, noise_std=0.5,
+                                        generator=torch.Generator().manual_seed(3))  # fmt: skip
+    exact_BK = ((runs.preds == y.repeat_interleave(K, 0)) | (y.repeat_interleave(K, 0) == -100)
+                ).all(-1).view(-1, K)  # fmt: skip
+    q_BK, preds_BKL = runs.q_halt_logits.view(-1, K), runs.preds.view(64, K, -1)
+    best_q = exact_BK.gather(1, q_BK.argmax(1, keepdim=True)).float().mean().item()
+    mode = []
+    for i in range(64):
+        answers = [tuple(p.tolist()) for p in preds_BKL[i]]
+        top = max(answers.count(a) for a in answers)
+        k = max((k for k in range(K) if answers.count(answers[k]) == top), key=lambda k: q_BK[i, k])
+        mode.append(bool(exact_BK[i, k]))
+    assert got["eval/best_q_exact_accuracy"] == pytest.approx(best_q, abs=1e-12)
+    assert got["eval/mode_exact_accuracy"] == pytest.approx(np.mean(mode), abs=1e-12)
+    assert got["eval/exact_accuracy"] == got["eval/mode_exact_accuracy"]  # select vote
+    assert got["eval/pass_at_k_exact_accuracy"] == pytest.approx(
+        exact_BK.any(1).float().mean().item(), abs=1e-12)  # fmt: skip
+    assert got["eval/pass_at_k_exact_accuracy"] >= max(best_q, np.mean(mode))
+    assert got["eval/steps"] == D  # a fixed depth: no trajectory halts early
+    assert got["eval/inference_flops_per_example"] == inference_flops(r.model.config, D, K)
+
+
 def test_mlflow_logs_a_new_run_tagged_with_its_source(trained, tmp_path):
     ckpt4 = trained["run_dir"] / "checkpoint_00000004"
     db = f"sqlite:///{tmp_path / 'eval.db'}"

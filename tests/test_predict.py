@@ -110,6 +110,10 @@ def test_each_selection_rule_picks_its_trajectory(halt):
     # K trajectories are K neighbouring rows with the same noise draws: all of them, unselected
     rows = {k: v.repeat_interleave(K, 0) for k, v in b.items()}
     every = _noisy(model, rows, 1, sigma, seed=5, halt=halt)
+    runs = model.run_trajectories(b["inputs"], b["puzzle_identifiers"], halt, trajectories=K,
+                                  noise_std=sigma, generator=torch.Generator().manual_seed(5))
+    for name in ("preds", "q_halt_logits", "steps"):  # every trajectory, unselected
+        assert torch.equal(getattr(runs, name), getattr(every, name)), name
     q_BK, steps_BK = every.q_halt_logits.view(B, K), every.steps.view(B, K)
     preds_BKL = every.preds.view(B, K, -1)
     for select in ("q_halt", "vote", "first"):

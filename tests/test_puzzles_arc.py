@@ -85,7 +85,8 @@ def test_vectorised_augment_equals_the_per_grid_reference():
     base = rng.integers(0, 50, B)
     pid = A.identifier(base, 0, 10)
     keys = example_keys(0, 3, np.arange(B))
-    xa, ya, pa = A.augment(x, y, pid, keys, num_aug=10, aug_seed=4)
+    pools = A.Pools([list(range(11))] * 50)  # pool index j = draw j
+    xa, ya, pa = A.augment(x, y, pid, keys, pools, num_aug=10, aug_seed=4)
     b2, k = A.split_identifier(pa, 10)
     np.testing.assert_array_equal(b2, base)
     assert len(set(k.tolist())) > 5
@@ -97,10 +98,10 @@ def test_vectorised_augment_equals_the_per_grid_reference():
         ri, ci = np.argwhere(xa[i].reshape(30, 30) >= 2).min(0)
         ro, co = np.argwhere(ya[i].reshape(30, 30) >= 2).min(0)
         assert (ri, ci) == (ro, co)
-    xb, _, pb = A.augment(x[:7], y[:7], pid[:7], keys[:7], num_aug=10, aug_seed=4)
+    xb, _, pb = A.augment(x[:7], y[:7], pid[:7], keys[:7], pools, num_aug=10, aug_seed=4)
     np.testing.assert_array_equal(xb, xa[:7])  # per-row function of the key
     np.testing.assert_array_equal(pb, pa[:7])
-    x0, _, _ = A.augment(x, y, pid, keys, num_aug=10, aug_seed=4, translate=False)
+    x0, _, _ = A.augment(x, y, pid, keys, pools, num_aug=10, aug_seed=4, translate=False)
     assert all(x0[i].reshape(30, 30)[0, 0] >= 2 for i in range(B))
     with pytest.raises(ValueError, match="variant 0"):
-        A.augment(x[:1], y[:1], pid[:1] + 1, keys[:1], num_aug=10, aug_seed=4)
+        A.augment(x[:1], y[:1], pid[:1] + 1, keys[:1], pools, num_aug=10, aug_seed=4)

@@ -551,14 +551,17 @@ class TRM(nn.Module):
         generator: torch.Generator | None = None,
     ) -> Prediction:
         """Test-time answers from a fresh start, up to `max_steps` ACT steps (default
-        halt_max_steps; more is allowed), without gradient, in any mode.
+        halt_max_steps; more is allowed), without gradient, in any mode: `run_trajectories`
+        with the same arguments, then one of each example's K trajectories by `select`
+        (`choose`).
 
         halt=True: ACT halting at test time. An example stops at the first step where
         `should_halt` says so at `halt_threshold` (default: the config's, 0.5 = the official
         q_halt > 0, or q_halt > q_continue when `no_ACT_continue` is False) and leaves the
         batch: the states of the rows still running are compacted, so later steps cost only
         what is left. halt=False: every example runs `max_steps` steps, the official
-        evaluation (the answer of the last step, as `rollout(...).logits[-1]`).
+        evaluation (the answer of the last step, as `rollout(...).logits[-1]`), and the fixed
+        depth D of Probabilistic TRM.
 
         Test-time compute (Probabilistic TRM, arXiv 2605.19943; not in the official code):
         `trajectories` K copies of each example run side by side in one batch (one forward
@@ -573,6 +576,30 @@ class TRM(nn.Module):
         among the tied answers' copies), 'first' the copy that stopped first (ties: the
         lowest index). K = 1 with sigma = 0 is exactly the plain prediction.
         """
+        if select not in SELECTS:
+            raise ValueError(f"select must be one of {SELECTS}, got {select!r}")
+        runs = self.run_trajectories(
+            inputs, puzzle_identifiers, halt, max_steps, halt_threshold=halt_threshold,
+            trajectories=trajectories, noise_std=noise_std, generator=generator,
+        )  # fmt: skip
+        return choose(runs, trajectories, select)
+
+    @torch.inference_mode()
+    def run_trajectories(
+        self,
+        inputs: torch.Tensor,
+        puzzle_identifiers: torch.Tensor,
+        halt: bool = True,
+        max_steps: int | None = None,
+        *,
+        halt_threshold: float | None = None,
+        trajectories: int = 1,
+        noise_std: float = 0.0,
+        generator: torch.Generator | None = None,
+    ) -> Prediction:
+        """Every trajectory of `predict` (same arguments, no selection) as its own row: the K
+        trajectories of example i are rows i*K .. i*K+K-1. An evaluation scores them all and
+        then picks with `pick` (best-Q, vote) or takes any (pass@K), from one set of draws."""
         cfg = self.config
         S = cfg.halt_max_steps if max_steps is None else max_steps
         if not isinstance(S, int) or S < 1:
@@ -582,16 +609,13 @@ class TRM(nn.Module):
             raise ValueError(f"trajectories must be an integer >= 1, got {trajectories!r}")
         if not isinstance(noise_std, (int, float)) or not noise_std >= 0:
             raise ValueError(f"noise_std must be a number >= 0, got {noise_std!r}")
-        if select not in SELECTS:
-            raise ValueError(f"select must be one of {SELECTS}, got {select!r}")
         tau = cfg.halt_threshold if halt_threshold is None else halt_threshold
         if not isinstance(tau, (int, float)) or not 0 < tau < 1:
             raise ValueError(f"halt_threshold must be in (0, 1), got {halt_threshold!r}")
         if K > 1:  # trajectories of one example are neighbouring rows
             inputs = inputs.repeat_interleave(K, 0)
             puzzle_identifiers = puzzle_identifiers.repeat_interleave(K, 0)
-        runs = self._run(inputs, puzzle_identifiers, S, halt, tau, float(noise_std), generator)
-        return _choose(runs, K, select)
+        return self._run(inputs, puzzle_identifiers, S, halt, tau, float(noise_std), generator)
 
     def _run(
         self,
@@ -648,10 +672,9 @@ class TRM(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
-def _choose(runs: Prediction, K: int, select: str) -> Prediction:
-    """One of each example's K neighbouring trajectory rows, by `select` (see `SELECTS`)."""
-    if K == 1:
-        return runs
+def pick(runs: Prediction, K: int, select: str) -> torch.Tensor:
+    """[B] row of `runs` (`TRM.run_trajectories`, K neighbouring rows per example) that
+    `select` picks for each example (see `SELECTS`)."""
     q_BK = runs.q_halt_logits.view(-1, K)
     steps_BK = runs.steps.view(-1, K)
     if select == "q_halt":
@@ -664,9 +687,16 @@ def _choose(runs: Prediction, K: int, select: str) -> Prediction:
         votes_BK = same_BKK.sum(-1)
         top_BK = votes_BK == votes_BK.max(-1, keepdim=True).values
         pick_B = torch.where(top_BK, q_BK, -torch.inf).argmax(-1)
-    rows_B = torch.arange(q_BK.shape[0], device=pick_B.device) * K + pick_B
+    return torch.arange(q_BK.shape[0], device=pick_B.device) * K + pick_B
+
+
+def choose(runs: Prediction, K: int, select: str) -> Prediction:
+    """One of each example's K neighbouring trajectory rows, by `select` (`pick`)."""
+    if K == 1:
+        return runs
+    rows_B = pick(runs, K, select)
     return Prediction(
         preds=runs.preds[rows_B], logits=runs.logits[rows_B],
         q_halt_logits=runs.q_halt_logits[rows_B], steps=runs.steps[rows_B],
-        trajectory_steps=steps_BK,
+        trajectory_steps=runs.steps.view(-1, K),
     )  # fmt: skip

@@ -5,8 +5,9 @@
         r = restore("s3://b/runs/tiny/checkpoint_00000400", stack)   # or one checkpoint
         r.model, r.config, r.step, r.checkpoint, r.mlflow_run_id
 
-`uri` is a checkpoint directory (it holds `trainer.pt`) or a run directory holding
-`checkpoint_*` directories, local or s3://. A run directory's checkpoints are tried newest
+`uri` is a checkpoint directory (it holds `trainer.pt`), a run directory holding
+`checkpoint_*` directories, or a training sweep's directory (`<storage>/<sweep name>`, holding
+`summary.json`): its best trial's best checkpoint (`best.checkpoint`); local or s3://. A run directory's checkpoints are tried newest
 first; a damaged or half-written one is named and skipped (`pipeline.checkpoints.store.verify`). The
 model carries the weights evaluation uses in training (the EMA averages when the run kept them)
 and is in eval mode. An s3:// checkpoint is downloaded into a temporary directory that `stack`
@@ -55,6 +56,7 @@ def restore(
 ) -> Restored:
     """The model of the newest complete checkpoint at `uri` (see the module docstring);
     `ckpt.CheckpointError` naming `uri` when there is none."""
+    uri = sweep_best(uri, say)
     candidates = list(_candidates(uri))
     if not candidates:
         raise ckpt.CheckpointError(
@@ -79,6 +81,28 @@ def restore(
         checkpoint=chosen[0],
         mlflow_run_id=state.get("mlflow_run_id", ""),
     )
+
+
+def sweep_best(uri: str, say: Callable[[str], None] = print) -> str:
+    """The best checkpoint of the training sweep whose directory is `uri` (its summary.json
+    `best.checkpoint`), else `uri` itself."""
+    import json
+
+    from pipeline.data.storage import open_storage
+
+    store = open_storage(uri)
+    if not store.exists(SWEEP_SUMMARY):
+        return uri
+    best = json.loads(store.read_bytes(SWEEP_SUMMARY)).get("best") or {}
+    if not best.get("checkpoint"):
+        raise ckpt.CheckpointError(f"{uri!r} is a sweep whose summary names no best checkpoint")
+    say(f"{uri} is a sweep: its best checkpoint is {best['checkpoint']} "
+        f"({best.get('metric')} {best.get('value')} at step {best.get('step')})")  # fmt: skip
+    return str(best["checkpoint"])
+
+
+SWEEP_SUMMARY = "summary.json"
+"""What a finished training sweep leaves in its directory (`pipeline.sweeping.report`)."""
 
 
 def check_fits(r: Restored, meta: Any, uri: str) -> None:

@@ -15,6 +15,8 @@ from trm.model import SELECTS
 COMPILE_SCOPES = ("off", "blocks", "model")
 REGIMES = ("fixed_pool", "on_the_fly", "none")
 """`data.augment`: the augmentation regimes the data sampler runs (pipeline/data/sampler.py)."""
+PROTOCOLS = ("act", "fixed_depth")
+"""`eval.protocol`: ACT halting, or a fixed number of supervision steps."""
 Fraction = Annotated[Float, Field(gt=0, lt=1)]
 """A number in (0, 1)."""
 
@@ -90,7 +92,13 @@ class ScheduleConfig(StrictConfig):
     """How long to train and how often to print progress."""
 
     steps: int = Field(1000, gt=0)
-    """Total optimiser steps (one per ACT step: deep supervision)."""
+    """Total optimiser steps (one per ACT step: deep supervision); replaced by `epochs` when
+    that is set."""
+    epochs: int = Field(0, ge=0)
+    """Train this many epochs instead (0 = use `steps`): steps = int(epochs x rows per epoch /
+    data.global_batch_size), the official trainer's conversion, with the training split's real
+    rows per epoch (one variant of every puzzle group, `pipeline.data.sampler`); the run prints
+    and logs the steps it trains (`pipeline.training.schedule`)."""
     log_every: int = Field(50, gt=0)
     """Steps between progress lines and logged training metrics."""
     report_every: int = Field(0, ge=0)
@@ -126,16 +134,22 @@ class EvalConfig(StrictConfig):
     value caps an on-the-fly dataset at variants 0..N-1 (the run logs the cap); materialised
     datasets take no cap."""
     arc_aggregate: bool = False
-    """ARC only: pool the votes of every evaluation of the run, as the official evaluator does
-    by default (`aggregated_voting`), so later scores include predictions of earlier weights.
-    Off: each evaluation scores the weights it evaluated. The pool is not checkpointed."""
-    # test-time compute settings: used by evaluate-mode sweeps (`TRM.predict` per trial);
-    # the periodic evaluation of training keeps the official fixed-depth rollout
+    """ARC only: also pool the votes of every evaluation of the run, as the official evaluator
+    does by default (`aggregated_voting`; the paper's numbers), logged as
+    `eval/arc_pooled_pass_at_<k>`; `eval/arc_pass_at_<k>` stays the score of the weights
+    evaluated alone. The pool is not checkpointed."""
+    # test-time compute settings: used by evaluate-mode sweeps (`TRM.run_trajectories` per
+    # trial); the periodic evaluation of training keeps the official fixed-depth rollout
+    protocol: Literal[PROTOCOLS] = "act"  # type: ignore[valid-type]
+    """How long each trajectory runs at test time: 'act' (it stops at its own ACT halting
+    step, at most max_steps) or 'fixed_depth' (every trajectory runs exactly max_steps
+    supervision steps D and answers from its final state: the Probabilistic TRM protocol)."""
     halt_threshold: Fraction | None = None
-    """Test-time halting threshold tau in (0, 1) of `TRM.predict(halt=True)`; unset (null) =
-    the model's `halt_threshold`."""
+    """Test-time halting threshold tau in (0, 1) of protocol 'act'; unset (null) = the
+    model's `halt_threshold`."""
     max_steps: int = Field(0, ge=0)
-    """Most ACT steps per trajectory at test time; 0 = the model's halt_max_steps."""
+    """'act': most ACT steps per trajectory; 'fixed_depth': the depth D every trajectory runs;
+    0 = the model's halt_max_steps."""
     trajectories: int = Field(1, ge=1)
     """K trajectories per example run side by side (`TRM.predict`); 1 = the plain answer."""
     noise_std: Float = Field(0.0, ge=0)
@@ -144,6 +158,16 @@ class EvalConfig(StrictConfig):
     """How one of the K trajectories is picked: 'q_halt', 'vote' or 'first' (`TRM.predict`)."""
     seed: int = 0
     """Seed of the trajectories' noise (`torch.Generator().manual_seed(seed)`)."""
+
+    @model_validator(mode="after")
+    def _check(self) -> EvalConfig:
+        require(
+            not (self.protocol == "fixed_depth" and self.select == "first"),
+            "select",
+            "'first' picks the trajectory that halted first; under protocol fixed_depth all "
+            "run the same depth: use q_halt (best-Q@K) or vote (mode@K)",
+        )
+        return self
 
 
 class CheckpointConfig(StrictConfig):

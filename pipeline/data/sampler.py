@@ -32,7 +32,9 @@ Augmentation regimes (`data.augment`):
   fixed_pool  the paper's regime: per puzzle a pool of 1 + num_aug variants (k = 0 is the
               original), one drawn per epoch. On a dataset that stores its variants
               (materialised) the pool is in storage; otherwise variant k of puzzle p is computed
-              from (dataset aug seed, p, k) and costs no storage.
+              from (dataset aug seed, p, k) and costs no storage (ARC: per task its pool of
+              distinct variants, which may be smaller, `virtual_pool` per group). Both draw
+              with the same key, so they pick the same variant index per group and epoch.
 """
 
 from __future__ import annotations
@@ -112,7 +114,7 @@ class EpochPlan:
     order (no shuffle: evaluation reads everything)."""
 
     def __init__(self, groups: Groups, *, seed: int, shuffle: bool, stored_pool: int,
-                 virtual_pool: int):  # fmt: skip
+                 virtual_pool: int | np.ndarray):  # fmt: skip
         self.groups, self.seed, self.shuffle = groups, seed, shuffle
         self.stored_pool, self.virtual_pool = stored_pool, virtual_pool
         self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
@@ -138,12 +140,14 @@ class EpochPlan:
             rows = np.arange(g.num_rows, dtype=np.int64)
             return rows, np.zeros_like(rows)
         keys = example_keys(self.seed, epoch, np.arange(g.num_groups))
+        # a stored pool and a computed one draw alike: the same seed picks the same variant
+        # index of a group whether its variants are stored (materialised) or computed
         choice = np.zeros(g.num_groups, np.int64)
         if self.stored_pool > 1:
             choice = random_ints(keys, np.minimum(g.variants, self.stored_pool), stream=103)
         k = np.zeros(g.num_groups, np.int64)
-        if self.virtual_pool > 1:
-            k = random_ints(keys, self.virtual_pool, stream=104)
+        if (np.asarray(self.virtual_pool) > 1).any():
+            k = random_ints(keys, self.virtual_pool, stream=103)
         first = g.start + choice * g.size
         ends = np.cumsum(g.size)
         within = np.arange(int(ends[-1]) if len(ends) else 0) - np.repeat(ends - g.size, g.size)

@@ -133,10 +133,17 @@ class ShardStream:
         # reading everything in storage order needs no groups (and no read of their columns)
         rows = self.meta.split(split).num_rows
         groups = self.reader.groups() if shuffle else Groups.from_columns(np.arange(rows))
+        virtual = np.asarray(1 + pool if fixed and not materialised else 1)
+        self.pools = None
+        self._example_of_row = self._count_of_row = None
+        if self.task.read_pools is not None and not materialised and self.regime != "none":
+            self.pools = self.task.read_pools(uri, self.meta)
+            if fixed:  # a task's pool holds its distinct variants only
+                virtual = np.minimum(self.pools.sizes[groups.key[groups.order[groups.start]]],
+                                     virtual)  # fmt: skip
         self.plan = EpochPlan(
             groups, seed=seed, shuffle=shuffle,
-            stored_pool=1 + pool if fixed and materialised else 1,
-            virtual_pool=1 + pool if fixed and not materialised else 1,
+            stored_pool=1 + pool if fixed and materialised else 1, virtual_pool=virtual,
         )  # fmt: skip
         self.with_index, self.prefetch = with_index, prefetch
         self.window = batch_size * max(1, math.ceil(window_rows / batch_size))
@@ -258,17 +265,28 @@ class ShardStream:
         """The regime's augmentation of rows read from storage (uint8 tokens)."""
         x, y, pid = cols["inputs"], cols["labels"], cols["puzzle_identifier"]
         meta = self.meta
-        spec = self.task
-        fn = spec.augment
+        if self.task.pool_augment is not None:
+            return self.task.pool_augment(self, x, y, pid, rows, k, passes)
+        fn = self.task.augment
         if self.regime == "on_the_fly" and len(rows):
             return fn(x, y, pid, example_keys(self.seed, passes, rows), meta, self.split)
         sel = k > 0
         if sel.any():
-            # variant k of the puzzle whose group is g: keyed by (aug seed, k, g); a family
-            # whose variant is its own row (ARC keys only its translation so) keys by row
-            ids = rows[sel] if spec.pool_keys_by_row else self.plan.groups.key[rows[sel]]
-            keys = example_keys(pool_seed(meta), k[sel], ids)
+            # variant k of the puzzle whose group is g: keyed by (aug seed, k, g)
+            keys = example_keys(pool_seed(meta), k[sel], self.plan.groups.key[rows[sel]])
             x[sel], y[sel], pid[sel] = fn(
                 x[sel], y[sel], pid[sel], keys, meta, self.split, k=k[sel]
             )
         return x, y, pid
+
+    def examples(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each row's index among its group's rows (a task's examples, in storage order) and
+        that group's row count."""
+        g = self.plan.groups
+        if self._example_of_row is None:
+            place = np.empty(g.num_rows, np.int64)
+            place[g.order] = np.arange(g.num_rows)
+            group = g.group_of_row
+            self._example_of_row = place - g.start[group]
+            self._count_of_row = (g.variants * g.size)[group]
+        return self._example_of_row[rows], self._count_of_row[rows]

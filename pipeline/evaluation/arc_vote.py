@@ -23,22 +23,26 @@ and that step's q_halt logit. `ArcVoting.metrics` turns those records into pass@
 The variants voted over are rows of the evaluated stream:
 - materialised datasets (the official layout) hold every variant as a test row with its own
   identifier (`identifiers.json`: `<task>|||t<tid>|||<colour map>`); all of them are evaluated.
-- on-the-fly datasets hold the original test rows only; `rows` expands each into variants
-  k = 0..V-1 (identifier 1 + b * (num_aug + 1) + k, transform `trm.puzzles.arc.variant`, no
-  translation, like the official test rows), V = num_aug + 1 unless `eval.arc_variants` caps it.
-  Unlike the official builder, on-the-fly variants are not deduplicated, so a task whose grids
-  are symmetric can vote twice with the same transformed puzzle.
+- on-the-fly datasets hold the original test rows only; `rows` expands each into the variants
+  of its task's pool, pool index j = 0..V-1 (identifier 1 + b * (num_aug + 1) + j, transform
+  `trm.puzzles.arc.Pools.transform`, no translation, like the official test rows): the
+  distinct variants the official builder keeps, V = the pool's size (at most num_aug + 1)
+  unless `eval.arc_variants` caps it.
 Every other evaluation metric (exact accuracy, depth curve) is then over these rows too, as the
 official evaluation of the materialised test split is.
 
 Metrics: eval/arc_pass_at_{k} (pass@k; MLflow 3 rejects '@' in a metric name) for each k of
-eval.pass_ks, eval/arc_tasks (test tasks), eval/arc_test_inputs (their test inputs: the
+eval.pass_ks (with aggregation also eval/arc_pooled_pass_at_{k}, below), eval/arc_tasks (test tasks), eval/arc_test_inputs (their test inputs: the
 denominator), eval/arc_test_inputs_voted (those with at least one prediction).
 
-Aggregation (`eval.arc_aggregate`, off by default): the official evaluator keeps its votes from
-one evaluation to the next (`aggregated_voting`, on by default there), so a later score pools
-predictions of earlier weights. Here an evaluation scores the weights it evaluated unless asked;
-when on, rank 0 keeps the pooled table in memory (a resumed run starts a new pool).
+Aggregation (`eval.arc_aggregate`, off by default, on in the paper ARC configs): the official
+evaluator keeps its votes from one evaluation to the next (`aggregated_voting`, on by default
+there), so a later score pools predictions of earlier weights; that is the number the paper
+reports. When on, rank 0 keeps the pooled table in memory (a resumed run starts a new pool) and
+logs its score as eval/arc_pooled_pass_at_{k}; eval/arc_pass_at_{k} stays the per-evaluation
+estimator (the weights evaluated, alone), which ranks checkpoints and trials because a
+checkpoint reproduces it (`pipeline/evaluate.py`), while a pooled score depends on the run's
+history.
 """
 
 from __future__ import annotations
@@ -171,7 +175,12 @@ class ArcVoting:
                 "set it to 0, or build the dataset on the fly"
             )
         self.num_variants = min(max_variants or held, held)
-        self.frame_of = _frames(uri, meta)
+        self.pools = None
+        if self.on_the_fly:
+            from pipeline.data.arc import read_pools
+
+            self.pools = read_pools(uri, meta)
+        self.frame_of = _frames(uri, meta, self.pools)
         self.pool: Table = {}
         self.summary = self._describe(held)
 
@@ -182,7 +191,8 @@ class ArcVoting:
             what = (f"{self.num_variants} variants per test input, CAPPED by eval.arc_variants "
                     f"(the dataset holds {held})")  # fmt: skip
         else:
-            what = f"all {held} variants per test input the dataset holds (original + num_aug)"
+            what = (f"every distinct variant of each task's pool (at most {held} per test "
+                    "input: original + num_aug)")  # fmt: skip
         pooled = "; votes pooled across evaluations (eval.arc_aggregate)" if self.aggregate else ""
         return (f"ARC pass@{self.pass_ks}: votes over {what}; {len(self.test_inputs)} test "
                 f"tasks, {sum(self.test_inputs.values())} test inputs{pooled}")  # fmt: skip
@@ -192,7 +202,7 @@ class ArcVoting:
         variants 0..num_variants-1, in batches of at most `batch_size` rows."""
         if not self.on_the_fly:
             return batches
-        return _variant_batches(batches, self.meta, self.num_variants, batch_size)
+        return _variant_batches(batches, self.meta, self.pools, self.num_variants, batch_size)
 
     def metrics(self, records: list[dict], device: torch.device | str = "cpu") -> dict[str, float]:
         """This rank's evaluation records -> pass@K metrics, the same on every rank.
@@ -201,23 +211,27 @@ class ArcVoting:
         parts = distributed.gather_to_main(vote_table(records, self.frame_of))
         if parts is None:  # not rank 0: its numbers arrive in the all-reduce
             names = [f"eval/arc_pass_at_{k}" for k in self.pass_ks] + list(COUNTS)
+            if self.aggregate:
+                names += [f"eval/arc_pooled_pass_at_{k}" for k in self.pass_ks]
             return distributed.sum_across_ranks(dict.fromkeys(names, 0.0), device)
         table = merge(parts)
+        out = pass_at_k(table, self.test_inputs, self.pass_ks)
         if self.aggregate:
-            table = self.pool = merge([self.pool, table])
-        return distributed.sum_across_ranks(
-            pass_at_k(table, self.test_inputs, self.pass_ks), device
-        )
+            self.pool = merge([self.pool, table])
+            pooled = pass_at_k(self.pool, self.test_inputs, self.pass_ks)
+            out.update({f"eval/arc_pooled_pass_at_{k}": pooled[f"eval/arc_pass_at_{k}"]
+                        for k in self.pass_ks})  # fmt: skip
+        return distributed.sum_across_ranks(out, device)
 
 
-def _frames(uri: str, meta: Any) -> Callable[[int], Frame]:
+def _frames(uri: str, meta: Any, pools: arc.Pools | None) -> Callable[[int], Frame]:
     """Puzzle identifier -> the frame its variant is in (to map predictions back)."""
     aug = meta.augmentation
-    if aug.get("mode") == "on_the_fly":
+    if pools is not None:
 
         def frame(pid: int) -> Frame:
-            base, k = arc.split_identifier(pid, aug["num_aug"])
-            tid, cmap = arc.variant(base, k, aug["aug_seed"])
+            base, j = arc.split_identifier(pid, aug["num_aug"])
+            tid, cmap = pools.transform(base, j, aug["aug_seed"])
             return meta.extra["tasks"][int(base)], int(tid), cmap
 
         return frame
@@ -236,10 +250,11 @@ def _parse_name(name: str) -> Frame:
 
 
 def _variant_batches(
-    batches: Iterable[dict], meta: Any, num_variants: int, batch_size: int
+    batches: Iterable[dict], meta: Any, pools: arc.Pools, num_variants: int, batch_size: int
 ) -> Iterator[dict]:
-    """Each real row of `batches` (original test pairs at the origin) under variants
-    0..num_variants-1, consecutively; padding rows are dropped."""
+    """Each real row of `batches` (original test pairs at the origin) under pool indices
+    0..V-1 of its task (V = its pool's size, at most num_variants), consecutively; padding
+    rows are dropped."""
     aug = meta.augmentation
     pad = meta.ignore_label_id if meta.ignore_label_id is not None else arc.PAD
     for batch in batches:
@@ -252,15 +267,16 @@ def _variant_batches(
         base, _ = arc.split_identifier(
             np.asarray(batch["puzzle_identifiers"])[real], aug["num_aug"]
         )
-        row = np.repeat(np.arange(len(x)), num_variants)
-        k = np.tile(np.arange(num_variants), len(x))
+        per_row = np.minimum(pools.sizes[base], num_variants)
+        row = np.repeat(np.arange(len(x)), per_row)
+        j = np.arange(len(row)) - np.repeat(np.cumsum(per_row) - per_row, per_row)
         for s in range(0, len(row), batch_size):
-            r, kk = row[s : s + batch_size], k[s : s + batch_size]
-            tid, cmap = arc.variant(base[r], kk, aug["aug_seed"])
+            r, jj = row[s : s + batch_size], j[s : s + batch_size]
+            tid, cmap = pools.transform(base[r], jj, aug["aug_seed"])
             at_origin = np.zeros((len(r), 2), np.int64)
             vy = arc.transform_canvases(y[r], tid, cmap, at_origin)
             yield {
                 "inputs": arc.transform_canvases(x[r], tid, cmap, at_origin),
                 "labels": np.where(vy == pad, IGNORE, vy),
-                "puzzle_identifiers": arc.identifier(base[r], kk, aug["num_aug"]),
+                "puzzle_identifiers": arc.identifier(base[r], jj, aug["num_aug"]),
             }

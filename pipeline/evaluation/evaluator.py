@@ -363,12 +363,22 @@ def _log_figure(tracker: NullTracker, fig: Any, path: str) -> None:
 def evaluate_test_time(
     model: Any, cfg: RunConfig, device: torch.device, split: str = "test"
 ) -> dict[str, float]:
-    """`model.predict(halt=True, ...)` with `cfg.eval`'s test-time setting (halting threshold,
-    step limit, K trajectories, latent noise, selection, noise seed) over `split` of
-    `cfg.data.uri`, batch by batch, in one process: eval/exact_accuracy, eval/accuracy,
-    eval/steps (mean ACT steps one trajectory ran), eval/inference_flops_per_example
-    (trm.flops.inference_flops at those steps x K) and eval/count. The evaluate-mode sweep's
-    trials and `pipeline/evaluate.py --set eval.trajectories=...` report these."""
+    """`cfg.eval`'s test-time setting over `split` of `cfg.data.uri`, batch by batch, in one
+    process: K trajectories per example (`TRM.run_trajectories`) under `eval.protocol`
+    ('act': each stops at its own halting step, at most max_steps; 'fixed_depth': each runs
+    exactly D = max_steps steps, the Probabilistic TRM protocol), then, from the same
+    trajectories:
+      eval/exact_accuracy, eval/accuracy   the answer `eval.select` picks
+      eval/best_q_exact_accuracy   best-Q@K: the trajectory with the highest q_halt logit on
+                                   its final state
+      eval/mode_exact_accuracy     mode@K: the most frequent answer (ties: highest q_halt)
+      eval/pass_at_k_exact_accuracy  pass@K (oracle): any of the K trajectories right
+      eval/steps                   mean ACT steps one trajectory ran
+      eval/inference_flops_per_example  trm.flops.inference_flops at those steps x K
+      eval/count                   examples evaluated
+    With 'fixed_depth', K=1, noise 0 and D = halt_max_steps, eval/exact_accuracy is the
+    training evaluation's. Evaluate-mode sweeps and `pipeline/evaluate.py --set eval.KEY=...`
+    report these."""
     from pipeline.data.meta import cached_meta
     from pipeline.data.stream import ShardStream
     from trm.flops import inference_flops
@@ -394,25 +404,44 @@ def evaluate_test_time(
             torch.as_tensor(np.asarray(batch[k])[keep], device=device).long()
             for k in ("inputs", "labels", "puzzle_identifiers")
         )
-        out = model.predict(
-            inputs, pids, halt=True, max_steps=e.max_steps or None,
+        runs = model.run_trajectories(
+            inputs, pids, halt=e.protocol == "act", max_steps=e.max_steps or None,
             halt_threshold=e.halt_threshold, trajectories=K, noise_std=float(e.noise_std),
-            select=e.select, generator=generator,
+            generator=generator,
         )  # fmt: skip
-        valid_BL = labels != IGNORE
-        correct_BL = (out.preds == labels) & valid_BL
-        sums["count"] += len(keep)
-        sums["exact"] += (correct_BL.sum(-1) == valid_BL.sum(-1)).sum().item()
-        sums["accuracy"] += (correct_BL.sum(-1) / valid_BL.sum(-1).clamp_min(1)).sum().item()
-        sums["steps"] += out.trajectory_steps.sum().item()
+        _score_trajectories(sums, runs, labels.repeat_interleave(K, 0), K, e.select)
     n = max(sums["count"], 1.0)
     steps = sums["steps"] / (n * K)
     return {
-        "eval/exact_accuracy": sums["exact"] / n,
-        "eval/accuracy": sums["accuracy"] / n,
+        **{f"eval/{k}": sums[k] / n for k in TRAJECTORY_METRICS},
         "eval/steps": steps,
         "eval/inference_flops_per_example": (
             inference_flops(model.config, steps, K) if sums["count"] else 0.0
         ),
         "eval/count": sums["count"],
     }
+
+
+TRAJECTORY_METRICS = ("exact_accuracy", "accuracy", "best_q_exact_accuracy",
+                      "mode_exact_accuracy", "pass_at_k_exact_accuracy")  # fmt: skip
+"""The fractions `evaluate_test_time` reads off one set of K trajectories per example."""
+
+
+def _score_trajectories(
+    sums: dict[str, float], runs: Any, labels_RL: torch.Tensor, K: int, select: str
+) -> None:
+    """Add one batch of `TRM.run_trajectories` rows (K per example) to `sums`."""
+    from trm.model import pick
+
+    valid_RL = labels_RL != IGNORE
+    correct_RL = (runs.preds == labels_RL) & valid_RL
+    exact_R = correct_RL.sum(-1) == valid_RL.sum(-1)
+    token_R = correct_RL.sum(-1) / valid_RL.sum(-1).clamp_min(1)
+    chosen_B = pick(runs, K, select)
+    sums["count"] += exact_R.shape[0] // K
+    sums["exact_accuracy"] += exact_R[chosen_B].sum().item()
+    sums["accuracy"] += token_R[chosen_B].sum().item()
+    sums["best_q_exact_accuracy"] += exact_R[pick(runs, K, "q_halt")].sum().item()
+    sums["mode_exact_accuracy"] += exact_R[pick(runs, K, "vote")].sum().item()
+    sums["pass_at_k_exact_accuracy"] += exact_R.view(-1, K).any(-1).sum().item()
+    sums["steps"] += runs.steps.sum().item()

@@ -58,6 +58,7 @@ ALGORITHMS = ("grid", "random")
 MODES = ("train", "evaluate")
 # the only fields an evaluate-mode sweep may vary: test-time settings of `TRM.predict`
 EVAL_MODE_FIELDS = (
+    "eval.protocol",
     "eval.halt_threshold",
     "eval.max_steps",
     "eval.trajectories",
@@ -407,7 +408,7 @@ def expand_env(value: Any, where: str = "") -> Any:
 
 _PATTERN_METRICS = re.compile(
     # the names with a number in them that an evaluation reports (see EVAL_METRICS)
-    r"eval/arc_pass_at_\d+|eval/halt_tau_[0-9.]+/(steps|exact_accuracy)|eval/exact_accuracy_at_\d+"
+    r"eval/arc_(pooled_)?pass_at_\d+|eval/halt_tau_[0-9.]+/(steps|exact_accuracy)|eval/exact_accuracy_at_\d+"
 )
 
 

@@ -74,7 +74,8 @@ def set_lines(row: EvalRow) -> list[str]:
 
 def summary_text(sweep: SweepConfig, rows: list[EvalRow], best: EvalRow | None) -> str:
     head = f"{'trial':<14}" + "".join(f"{n.split('.')[1]:>15}" for n in EVAL_MODE_FIELDS)
-    head += f"{'exact':>8}{'token':>8}{'steps':>7}{'GFLOP/ex':>10}{'n':>6}"
+    head += f"{'exact':>8}{'bestQ':>8}{'mode':>8}{'pass@K':>8}{'token':>8}{'steps':>7}"
+    head += f"{'GFLOP/ex':>10}{'n':>6}"
     lines = [f"evaluate-mode sweep {sweep.name!r}: {sweep.checkpoint}", head]
     for r in sorted(rows, key=lambda r: r.get("eval/inference_flops_per_example")):
         cells = "".join(f"{v!s:>15}" for v in r.setting.values())
@@ -83,6 +84,8 @@ def summary_text(sweep: SweepConfig, rows: list[EvalRow], best: EvalRow | None) 
             continue
         lines.append(
             f"{r.trial_id:<14}{cells}{r.get('eval/exact_accuracy'):>8.4f}"
+            f"{r.get('eval/best_q_exact_accuracy'):>8.4f}{r.get('eval/mode_exact_accuracy'):>8.4f}"
+            f"{r.get('eval/pass_at_k_exact_accuracy'):>8.4f}"
             f"{r.get('eval/accuracy'):>8.4f}{r.get('eval/steps'):>7.2f}"
             f"{r.get('eval/inference_flops_per_example') / 1e9:>10.4f}"
             f"{int(r.get('eval/count')):>6}"

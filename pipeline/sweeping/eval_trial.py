@@ -1,21 +1,17 @@
 """Evaluate-mode sweeps: one trained checkpoint, many test-time settings, no training.
 
-A sweep file with `mode: evaluate` and `checkpoint: URI` (or `--checkpoint URI`) varies only
-the test-time fields of the eval section (`EVAL_MODE_FIELDS`: halting threshold, ACT step
-limit, trajectories K, latent noise, selection rule, noise seed). Before Ray starts,
-`bind_checkpoint` restores the checkpoint on the driver (a missing or damaged one is a
-`ConfigError`) and makes the sweep's base from the run config it was trained with: its model
-(dataset fields pinned to the checkpoint's, so a `data.uri` that does not fit the model fails
-the usual dataset preflight), its data section unless the sweep sets `data`, and the sweep's
-own eval, resources and tracking sections. Each Tune trial (`run_eval_trial`) restores the
-model and runs `TRM.predict(halt=True, ...)` batch by batch over the test split.
-
-Metrics (fractions of evaluated examples unless said otherwise):
-  eval/exact_accuracy   every scored token of the selected answer right
-  eval/accuracy         token accuracy of the selected answer
-  eval/steps            mean ACT steps one trajectory ran (all K trajectories counted)
-  eval/inference_flops_per_example   trm.flops.inference_flops(model, eval/steps, K)
-  eval/count            examples evaluated (not a fraction)
+A sweep file with `mode: evaluate` and `checkpoint: URI` (or `--checkpoint URI`; a checkpoint,
+a run directory or a training sweep's directory) varies only the test-time fields of the eval
+section (`EVAL_MODE_FIELDS`: protocol, halting threshold, ACT step limit or depth, trajectories
+K, latent noise, selection rule, noise seed). Before Ray starts, `bind_checkpoint` restores the
+checkpoint on the driver (a missing or damaged one is a `ConfigError`) and makes the sweep's
+base from the run config it was trained with: its model (dataset fields pinned to the
+checkpoint's, so a `data.uri` that does not fit the model fails the usual dataset preflight),
+its data section unless the sweep sets `data`, and the sweep's own eval, resources and
+tracking sections. Each Tune trial (`run_eval_trial`) restores the model and runs K
+trajectories per example batch by batch over the test split
+(`pipeline.evaluation.evaluator.evaluate_test_time`, whose docstring lists the metrics:
+the selected answer's exact and token accuracy, best-Q@K, mode@K, pass@K, steps, FLOPs).
 """
 
 from __future__ import annotations

@@ -116,3 +116,25 @@ def check_durable(base: RunConfig, exp_path: str) -> None:
             "MLFLOW_TRACKING_URI (an MLflow server) and --storage-path (s3://... or a shared "
             'disk), e.g. --runtime-env-json \'{"env_vars": {"MLFLOW_TRACKING_URI": ...}}\''
         )
+
+
+def with_epoch_steps(sweep: SweepConfig, base: RunConfig) -> tuple[SweepConfig, RunConfig]:
+    """A base trained by `schedule.epochs`: its steps from the built dataset, set in the sweep
+    too, so ASHA, the budget and the summary count the steps the trials will train
+    (`pipeline.training.schedule`). The space may then not vary the data or the schedule."""
+    from pipeline.config.run import ConfigError
+    from pipeline.training.schedule import with_epoch_steps as convert
+
+    if not base.schedule.epochs:
+        return sweep, base
+    varied = [n for d in sweep.domains.values() for n in d.names
+              if n.startswith(("data.", "schedule."))]  # fmt: skip
+    if varied:
+        raise ConfigError(
+            f"base.schedule.epochs: the space varies {', '.join(varied)}, which changes the steps "
+            "an epoch is; give schedule.steps instead"
+        )
+    base, line = convert(base)
+    print(f"[sweep] {line}", flush=True)
+    b = {**sweep.base, "schedule": {**sweep.base.get("schedule", {}), "steps": base.schedule.steps}}
+    return SweepConfig.from_dict({**sweep.to_dict(), "base": b}), base

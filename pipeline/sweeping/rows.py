@@ -8,6 +8,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipeline.checkpoints.retention import best_checkpoint
 from pipeline.sweeping.config import SweepConfig, effective_depth
 from pipeline.sweeping.findings import EXACT, halt_points, steps_to
 from pipeline.sweeping.store import failed_line
@@ -80,19 +81,6 @@ def _last_halt(df: Any, last: dict[str, Any]) -> list[dict[str, float]]:
     return halt_points(last)
 
 
-def best_checkpoint(directory: str, metric: str, sign: int) -> tuple[str, int]:
-    """(URI, step) of the checkpoint in a trial's checkpoint directory with the best `metric`
-    in its report, else of its newest; ('', 0) when it has none."""
-    from pipeline.checkpoints import store as ckpt
-    from pipeline.data.storage import join
-
-    stored = ckpt.stored_in(*ckpt.filesystem(directory))
-    scored = [s for s in stored if isinstance(s.metrics.get(metric), int | float)]
-    best = max(scored, key=lambda s: sign * s.metrics[metric]) if scored else None
-    best = best or (stored[0] if stored else None)
-    return (join(directory, best.name), max(best.step, 0)) if best else ("", 0)
-
-
 def _stop_reason(row: TrialRow, result: Any, m: dict[str, Any], failed: str | None) -> str:
     if result.error is not None or failed:
         row.error = failed or _error_line(result.error)
@@ -122,7 +110,7 @@ def trial_row(sweep: SweepConfig, ctx: Any, result: Any) -> TrialRow:
     row.steps_to_95 = steps_to(exact)
     row.halt = _last_halt(df, m)
     directory = ctx.checkpoint_dir(trial_id, cfg.resources.num_workers)
-    row.checkpoint, row.checkpoint_step = best_checkpoint(directory, metric, sign)
+    row.checkpoint, row.checkpoint_step = best_checkpoint(directory, metric, sweep.search.mode)
     row.step, row.examples = int(m.get("step", 0)), int(m.get("examples", 0))
     row.flops, row.wall_s = float(m.get("flops", 0.0)), float(m.get("time_total_s", 0.0))
     failed = failed_line(ctx.exp_path, trial_id) if ctx.exp_path else None

@@ -26,7 +26,13 @@ from ray import tune
 from pipeline.config.run import ConfigError, RunConfig
 from pipeline.sweeping.config import SweepConfig
 from pipeline.sweeping.dataset import ensure_dataset
-from pipeline.sweeping.prepare import check_durable, preflight, resolve, with_absolute_data
+from pipeline.sweeping.prepare import (
+    check_durable,
+    preflight,
+    resolve,
+    with_absolute_data,
+    with_epoch_steps,
+)
 from pipeline.sweeping.report import SweepOutcome, finish_sweep
 from pipeline.sweeping.store import resolved_text, store_sweep
 from pipeline.sweeping.trial import SweepContext, run_trial
@@ -69,6 +75,7 @@ def run_sweep(
     base = resolve(sweep, exp_path)
     check_durable(base, exp_path)
     ensure_dataset(sweep, base.data.uri)
+    sweep, base = with_epoch_steps(sweep, base)
     connect_ray(address, num_cpus)
     nodes = cluster_nodes()
     use_gpu = decide_use_gpu(base, nodes)

@@ -6,19 +6,31 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.data.arc import build_arc
+from pipeline.data.arc import build_arc, read_pools
 from pipeline.data.errors import DatasetError
 from pipeline.tasks.registry import Arg, TaskSpec
 from trm.config import is_int
 from trm.puzzles import arc
+from trm.puzzles.rng import example_keys
 
 
-def augment(x, y, pid, keys, meta: Any, split: str, k=None):
-    params = arc.augment_params(meta.augmentation)
-    # As in the official data, only training examples are translated: predictions on the test
-    # split are read back with the top-left crop, and test-time variants are dihedral + colour.
-    params["translate"] = params["translate"] and split == "train"
-    return arc.augment(x, y, pid, keys, k=k, **params)
+def pool_augment(stream: Any, x, y, pid, rows, k, passes):
+    """A variant of each task's pool (fixed_pool: pool index k, placed as the materialised
+    build places it; on_the_fly: a fresh random one). As in the official data only training
+    examples are translated: predictions on the test split are read back with the top-left
+    crop. Materialised rows are already augmented."""
+    if stream.pools is None or not len(rows):
+        return x, y, pid
+    a = stream.meta.augmentation
+    params = {"num_aug": a["num_aug"], "aug_seed": a["aug_seed"],
+              "translate": a["translate"] and stream.split == "train"}  # fmt: skip
+    if stream.regime == "on_the_fly":
+        keys = example_keys(stream.seed, passes, rows)
+        return arc.augment(x, y, pid, keys, stream.pools, **params)
+    if not stream.shuffle:  # reading in storage order: the originals
+        return x, y, pid
+    example, count = stream.examples(rows)
+    return arc.pool_variant(x, y, pid, k, example, count, stream.pools, **params)
 
 
 def check_meta(meta: Any) -> None:
@@ -49,8 +61,9 @@ SPEC = TaskSpec(
         "translate": Arg("translational augmentation of training examples"),
         "materialise": Arg("write the official pre-augmented layout"),
     },
-    augment=augment,
+    augment=None,
+    read_pools=read_pools,
+    pool_augment=pool_augment,
     check_meta=check_meta,
-    pool_keys_by_row=True,
     votes=True,
 )

@@ -74,15 +74,19 @@ class TaskSpec:
     arguments: Mapping[str, Arg]
     """CLI help of the builder's own parameters (the shared ones, `seed`, `workers`,
     `rows_per_shard`, ..., are described once by the CLI)."""
-    augment: Callable[..., tuple[Any, Any, Any]]
+    augment: Callable[..., tuple[Any, Any, Any]] | None
     """`augment(x, y, pid, keys, meta, split, k=None)` -> (x, y, pid): the family's random
-    symmetry per row, keyed by `keys` (`k`: the fixed-pool variant per row, or None)."""
+    symmetry per row, keyed by `keys` (`k`: the fixed-pool variant per row, or None); None for
+    a family that augments from stored variant pools (`pool_augment`)."""
     check_meta: Callable[[Any], None]
     """Raises `DatasetError` when a dataset's encoding or augmentation record cannot be read
     the way `augment` reads it (called before a dataset is streamed or evaluated)."""
-    pool_keys_by_row: bool = False
-    """Fixed-pool variants are keyed by the row (ARC: a variant is one puzzle identifier)
-    rather than by the puzzle group (one key for a puzzle and its stored copies)."""
+    read_pools: Callable[[str, Any], Any] | None = None
+    """`read_pools(uri, meta)`: the dataset's stored variant pools per puzzle (ARC: each task's
+    distinct variants); None: variants are computed from the row alone."""
+    pool_augment: Callable[..., tuple[Any, Any, Any]] | None = None
+    """`pool_augment(stream, x, y, pid, rows, k, passes)` -> (x, y, pid): augmentation that reads
+    the pools and the rows' places in their puzzle (`ShardStream.examples`); replaces `augment`."""
     votes: bool = False
     """Evaluation votes over test-time variants for pass@K (ARC; pipeline/evaluation/arc_vote)."""
     picture: Picture = field(default_factory=Picture)
@@ -93,6 +97,8 @@ class TaskSpec:
     `pipeline.data.importers.CsvFormat`); None: import-csv does not take this family."""
 
     def __post_init__(self) -> None:
+        if (self.augment is None) == (self.pool_augment is None):
+            raise ValueError(f"task {self.name!r}: give exactly one of augment and pool_augment")
         if not self.name or not self.name.replace("-", "").replace("_", "").isalnum():
             raise ValueError(f"task name {self.name!r}: use letters, digits, '-' and '_'")
 

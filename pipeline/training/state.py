@@ -55,6 +55,9 @@ class TrainState:
     batch_in_epoch: int = 0
     """Batches of `epoch` already trained on: where the data stream resumes."""
     last_eval: dict[str, float] = field(default_factory=dict)
+    best_eval: float | None = None
+    """The best value of `checkpoint.metric` evaluated so far (saved: a resumed run checkpoints
+    only evaluations that beat it)."""
     lr: float = 0.0
     """AdamATan2's learning rate at the last step (follows from `step`; not saved)."""
 
@@ -82,6 +85,18 @@ class TrainState:
         torch.manual_seed(cfg.data.seed * 1009 + rank + 1)
         return cls(model, opt, sparse_opt, ema)
 
+    def improves(self, metrics: dict[str, float], metric: str, mode: str) -> bool:
+        """Whether `metrics` (an evaluation) beats the best `metric` so far in direction
+        `mode` (the first evaluation does); records it as the best when it does."""
+        value = metrics.get(metric)
+        if not isinstance(value, int | float):
+            return False
+        best = self.best_eval
+        if best is not None and not (value > best if mode == "max" else value < best):
+            return False
+        self.best_eval = float(value)
+        return True
+
     def eval_model(self) -> torch.nn.Module:
         """The weights evaluation uses: a copy holding the EMA averages, else the live model."""
         return self.ema.averaged(self.model) if self.ema is not None else self.model
@@ -96,7 +111,7 @@ class TrainState:
                 "optim": self.opt.state_dict(),
                 "sparse_optim": self.sparse_opt.state_dict() if self.sparse_opt else None,
                 "ema": self.ema.state_dict() if self.ema is not None else None,
-                "last_eval": self.last_eval, **extra,
+                "last_eval": self.last_eval, "best_eval": self.best_eval, **extra,
             })  # fmt: skip
         ckpt.save(directory, ckpt.rank_file(rank), {
             "step": self.step, "rng": ckpt.capture_rng(), "carry": _carry_state(self.carry),
@@ -116,6 +131,7 @@ class TrainState:
         self.step, self.epoch = state["step"], state["epoch"]
         self.batch_in_epoch = state["batch_in_epoch"]
         self.last_eval = state.get("last_eval", {})
+        self.best_eval = state.get("best_eval")
         if not ckpt.exists(directory, ckpt.rank_file(rank)) or state["world_size"] != world:
             return False
         rs = ckpt.load(directory, ckpt.rank_file(rank))

@@ -3,7 +3,9 @@
 `train_loop(cfg, info, session)` reads like the recipe it runs (docs/trm-behaviour.md,
 "Training recipe"): build a `TrainState` (or resume one), then repeat `train_step` on the next
 batch, summing metrics in a `MetricWindow`; every `eval.every` steps an `Evaluator` scores the
-EMA weights on the test split, every `checkpoint.every` steps the state is saved. The parts
+EMA weights on the test split, every `checkpoint.every` steps the state is saved, and so is the
+state of every evaluation that beats the run's best `checkpoint.metric` so far (retention keeps
+the best, so the run's best evaluation is always in a checkpoint). The parts
 live in their own modules: `pipeline.training.state` (TrainState, train_step, learning rates),
 `pipeline.training.metrics` (train/* metrics, MFU), `pipeline.evaluation.evaluator` (Evaluator). A `Session` says
 where the loop runs:
@@ -53,6 +55,7 @@ from pipeline.tracking.provenance import source_tags
 from pipeline.tracking.tracker import NullTracker, start_tracker
 from pipeline.training.device import compile_model, to_device
 from pipeline.training.metrics import MetricWindow, peak_flops
+from pipeline.training.schedule import with_epoch_steps
 from pipeline.training.state import TrainState, train_step
 
 Report = Callable[[dict[str, Any], "str | None"], None]
@@ -99,6 +102,9 @@ def train_loop(cfg: RunConfig, info: RunInfo, session: Session) -> dict[str, flo
             f"resources.num_workers is {cfg.resources.num_workers} but {world} workers run"
         )
     meta = cached_meta(cfg.data.uri)  # the driver of an in-process trial read it already
+    cfg, epochs_line = with_epoch_steps(cfg)
+    if epochs_line and rank == 0:
+        session.say(f"[{info.name}] {epochs_line}")
     mcfg = cfg.resolve(meta)
     state = TrainState.create(cfg, mcfg, rank, device)
     if session.resume_dir is not None:
@@ -129,11 +135,16 @@ def train_loop(cfg: RunConfig, info: RunInfo, session: Session) -> dict[str, flo
                 if rank == 0:
                     session.say(_progress_line(info.name, state, total, train, window))
                     tracker.log_metrics(train, state.step)
+                best = False
                 if due.eval:
                     state.last_eval = evaluator(state.eval_model(), state.step)
+                    # a new best is checkpointed (and kept by retention), so the run's best
+                    # evaluation can be reproduced from a checkpoint
+                    best = state.improves(state.last_eval, cfg.checkpoint.metric,
+                                          cfg.checkpoint.mode)  # fmt: skip
                 last_metrics = {"step": state.step, "epoch": state.epoch, **train,
                                 **state.last_eval}  # fmt: skip
-                if due.checkpoint:
+                if due.checkpoint or best:
                     with tempfile.TemporaryDirectory(prefix="trm-ckpt-") as d:
                         state.save(d, rank, world, saved_with)
                         if rank == 0:  # what it scored, to rank and order checkpoints by
@@ -401,23 +412,27 @@ def run_in_process(
             store = Path(cfg.checkpoint.storage_path) / info.name
             if resume_dir is None:
                 resume_dir = ckpt.first_complete_checkpoint(ckpt.local_checkpoints(store), stack)
-            report = LocalCheckpoints(store, cfg.checkpoint.num_to_keep)
+            report = LocalCheckpoints(store, cfg.checkpoint.num_to_keep, cfg.checkpoint.metric,
+                                      cfg.checkpoint.mode)  # fmt: skip
         session = Session(0, 1, device or default_device(), report, resume_dir)
         return train_loop(cfg, info, session)
 
 
 class LocalCheckpoints:
     """A `report` for in-process runs without Ray: keeps checkpoints under a local directory
-    (latest always kept, plus the newest `num_to_keep - 1` others)."""
+    (the latest and the `num_to_keep` best by `metric`, `pipeline.checkpoints.retention`)."""
 
-    def __init__(self, directory: str | Path, num_to_keep: int = 0):
+    def __init__(self, directory: str | Path, num_to_keep: int = 0,
+                 metric: str = "eval/exact_accuracy", mode: str = "max"):  # fmt: skip
         if str(directory).startswith("s3://"):
             raise ConfigError("in-process runs without Ray keep checkpoints on a local path only")
         self.directory = Path(directory)
-        self.num_to_keep = num_to_keep
+        self.num_to_keep, self.metric, self.mode = num_to_keep, metric, mode
         self.history: list[dict[str, Any]] = []
 
     def __call__(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
+        from pipeline.checkpoints import retention
+
         self.history.append(dict(metrics))
         if checkpoint_dir is None:
             return
@@ -428,6 +443,4 @@ class LocalCheckpoints:
         shutil.copytree(checkpoint_dir, tmp)
         shutil.rmtree(dst, ignore_errors=True)
         os.replace(tmp, dst)
-        if self.num_to_keep:
-            for old in sorted(self.directory.glob("checkpoint_*"))[: -self.num_to_keep]:
-                shutil.rmtree(old, ignore_errors=True)
+        retention.prune(str(self.directory), self.num_to_keep, self.metric, self.mode)

@@ -8,13 +8,14 @@ Input and output of a pair share the offset. Labels' PAD is ignored in the loss;
 Augmentation (official `aug`): a dihedral transform (`trm.puzzles.maze.dihedral_one`, same tid
 numbering) after a colour permutation that keeps 0 fixed, plus a translation of the pair. In the
 official data every distinct (task, transform, colours) variant has its own puzzle identifier;
-here variant k of task b (k = 0 is the original) has a transform that is a pure function of
-(aug_seed, b, k) and identifier
+here variant draw k of task b (k = 0 is the original) has a transform that is a pure function
+of (aug_seed, b, k); a task's pool (`Pools`) lists the draws of its distinct variants, as the
+official builder keeps them, and pool index j has identifier
 
-    id = 1 + b * (num_aug + 1) + k        (0 = blank)
+    id = 1 + b * (num_aug + 1) + j        (0 = blank)
 
 so the identifier space is enumerable without materialising any variant, and an evaluator can
-undo the augmentation of any prediction from its identifier (`variant`, `inverse`).
+undo the augmentation of any prediction from its identifier (`Pools.transform`, `inverse`).
 """
 
 from __future__ import annotations
@@ -141,11 +142,6 @@ def split_identifier(pid, num_aug: int) -> tuple[np.ndarray, np.ndarray]:
     return np.divmod(np.asarray(pid) - 1, num_aug + 1)
 
 
-def augment_params(augmentation: dict) -> dict:
-    """The keyword arguments of `augment` from a dataset's meta `augmentation` entry."""
-    return {k: augmentation[k] for k in ("num_aug", "aug_seed", "translate")}
-
-
 def _shapes(c_BSS: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Heights and widths of grids placed at (0, 0): leading colour tokens down column 0 / along row 0."""
     colour = c_BSS >= 2
@@ -197,31 +193,102 @@ def transform_canvases(x, tid, cmap, offset) -> np.ndarray:
     return out.reshape(B, -1).astype(np.asarray(x).dtype)
 
 
-def augment(x, y, pid, keys, *, num_aug: int, aug_seed: int, translate: bool = True, k=None):
-    """Random variant and translation per row, keyed by keys[b].
+class Pools:
+    """The variant pool of every task, as the official builder keeps it: per task b the draws
+    k of its distinct variants (k = 0, the original, first; a draw that repeats an earlier
+    variant's puzzle is skipped). Pool index j of task b is variant draw `draws[b][j]`
+    (`variant(b, draws[b][j], aug_seed)`), with identifier `identifier(b, j, num_aug)`."""
 
-    x, y: token canvases [B, 900] of original pairs at offset (0, 0); pid: their identifiers
-    (variant 0). k: each row's variant (0..num_aug) when the caller chose it (a fixed pool:
-    every example of a task variant gets the same k), else drawn from keys. Returns augmented
-    canvases and the variants' identifiers.
-    """
+    def __init__(self, draws: list[list[int]]):
+        self.sizes = np.array([len(d) for d in draws], np.int64)
+        self.table = np.full((len(draws), max(self.sizes, default=1)), -1, np.int64)
+        for b, d in enumerate(draws):
+            self.table[b, : len(d)] = d
+
+    def draw(self, base, j) -> np.ndarray:
+        """Variant draw k of pool index j of task `base` (arrays broadcast)."""
+        base, j = np.asarray(base, np.int64), np.asarray(j, np.int64)
+        if (j >= self.sizes[base]).any() or (j < 0).any():
+            raise ValueError("ARC pool index past the task's pool of distinct variants")
+        return self.table[base, j]
+
+    def transform(self, base, j, aug_seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """(dihedral tid, colour map) of pool index j of task `base`."""
+        return variant(base, self.draw(base, j), aug_seed)
+
+
+def _needed(x, y, tid) -> tuple[np.ndarray, np.ndarray]:
+    """Rows and columns the transformed pair (input and output at one offset) occupies."""
+    (hi, wi), (ho, wo) = _shapes(x.reshape(-1, SIDE, SIDE)), _shapes(y.reshape(-1, SIDE, SIDE))
+    swap = np.isin(tid, (1, 3, 6, 7))
+    rows = np.maximum(np.where(swap, wi, hi), np.where(swap, wo, ho))
+    cols = np.maximum(np.where(swap, hi, wi), np.where(swap, ho, wo))
+    return rows, cols
+
+
+def official_offsets(aug_seed: int, base, k, example, count, rows, cols) -> np.ndarray:
+    """int64 [B, 2] offsets of training examples as the official builder places them: per
+    (task `base`, variant draw k) one of its `count` examples, chosen by (aug_seed, base, k),
+    stays at the origin and every other example `example` gets a random offset keyed by
+    (aug_seed, base, k, example) at which a pair of `rows` x `cols` fits."""
+    base, k, example = (np.asarray(v, np.int64) for v in (base, k, example))
+    keys = example_keys(aug_seed, base, example + k * 4096)
+    keep = random_ints(example_keys(aug_seed, base, k), np.asarray(count), stream=35)
+    r = random_ints(keys, SIDE - np.asarray(rows) + 1, stream=33)
+    c = random_ints(keys, SIDE - np.asarray(cols) + 1, stream=34)
+    at_origin = example == keep
+    return np.stack([np.where(at_origin, 0, r), np.where(at_origin, 0, c)], -1).astype(np.int64)
+
+
+def pool_variant(x, y, pid, j, example, count, pools: Pools, *, num_aug: int, aug_seed: int,
+                 translate: bool = True):  # fmt: skip
+    """Pool index j of each row's task, placed as the official builder places that variant's
+    training examples (`official_offsets`; `example` is the row's index among its task's
+    `count` training examples). x, y, pid: original pairs at the origin with variant-0
+    identifiers. Returns the canvases and the variants' identifiers: row for row what a
+    materialised build of the same aug_seed stores (identifiers aside: those are sequential
+    there)."""
     x, y, pid = np.asarray(x), np.asarray(y), np.asarray(pid)
-    keys = np.asarray(keys, dtype=np.uint64)
-    base, k0 = split_identifier(pid, num_aug)
-    if (k0 != 0).any() or (pid < 1).any():
-        raise ValueError("ARC rows to augment must carry original (variant 0) identifiers")
-    k = random_ints(keys, num_aug + 1, stream=30) if k is None else np.asarray(k, np.int64)
+    base = _original_base(pid, num_aug)
+    k = pools.draw(base, j)
     tid, cmap = variant(base, k, aug_seed)
     offset = np.zeros((len(x), 2), np.int64)
     if translate:
-        (hi, wi), (ho, wo) = _shapes(x.reshape(-1, SIDE, SIDE)), _shapes(y.reshape(-1, SIDE, SIDE))
-        swap = np.isin(tid, (1, 3, 6, 7))
-        rows = np.maximum(np.where(swap, wi, hi), np.where(swap, wo, ho))
-        cols = np.maximum(np.where(swap, hi, wi), np.where(swap, ho, wo))
+        offset = official_offsets(aug_seed, base, k, example, count, *_needed(x, y, tid))
+    return (
+        transform_canvases(x, tid, cmap, offset),
+        transform_canvases(y, tid, cmap, offset),
+        pid + np.asarray(j, np.int64),
+    )
+
+
+def _original_base(pid: np.ndarray, num_aug: int) -> np.ndarray:
+    base, k0 = split_identifier(pid, num_aug)
+    if (k0 != 0).any() or (pid < 1).any():
+        raise ValueError("ARC rows to augment must carry original (variant 0) identifiers")
+    return base
+
+
+def augment(x, y, pid, keys, pools: Pools, *, num_aug: int, aug_seed: int,
+            translate: bool = True):  # fmt: skip
+    """A random variant of each row's task pool and a random translation, keyed by keys[b]
+    (the on_the_fly regime: a fresh draw every epoch).
+
+    x, y: token canvases [B, 900] of original pairs at offset (0, 0); pid: their identifiers
+    (variant 0). Returns augmented canvases and the variants' identifiers.
+    """
+    x, y, pid = np.asarray(x), np.asarray(y), np.asarray(pid)
+    keys = np.asarray(keys, dtype=np.uint64)
+    base = _original_base(pid, num_aug)
+    j = random_ints(keys, np.minimum(pools.sizes[base], num_aug + 1), stream=30)
+    tid, cmap = pools.transform(base, j, aug_seed)
+    offset = np.zeros((len(x), 2), np.int64)
+    if translate:
+        rows, cols = _needed(x, y, tid)
         offset[:, 0] = random_ints(keys, SIDE - rows + 1, stream=33)
         offset[:, 1] = random_ints(keys, SIDE - cols + 1, stream=34)
     return (
         transform_canvases(x, tid, cmap, offset),
         transform_canvases(y, tid, cmap, offset),
-        pid + k,
+        pid + j,
     )
