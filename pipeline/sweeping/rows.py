@@ -10,7 +10,7 @@ from typing import Any
 
 from pipeline.sweeping.config import SweepConfig, effective_depth
 from pipeline.sweeping.findings import EXACT, halt_points, steps_to
-from pipeline.sweeping.store import failed_line
+from pipeline.sweeping.store import SweepListing
 
 
 @dataclass
@@ -80,13 +80,12 @@ def _last_halt(df: Any, last: dict[str, Any]) -> list[dict[str, float]]:
     return halt_points(last)
 
 
-def best_checkpoint(directory: str, metric: str, sign: int) -> tuple[str, int]:
-    """(URI, step) of the checkpoint in a trial's checkpoint directory with the best `metric`
-    in its report, else of its newest; ('', 0) when it has none."""
-    from pipeline.checkpoints import store as ckpt
+def best_checkpoint(directory: str, stored: list[Any], metric: str, sign: int) -> tuple[str, int]:
+    """(URI, step) of the checkpoint among a trial's `stored` ones (newest first, in
+    `directory`) with the best `metric` in its report, else of its newest; ('', 0) when it
+    has none."""
     from pipeline.data.storage import join
 
-    stored = ckpt.stored_in(*ckpt.filesystem(directory))
     scored = [s for s in stored if isinstance(s.metrics.get(metric), int | float)]
     best = max(scored, key=lambda s: sign * s.metrics[metric]) if scored else None
     best = best or (stored[0] if stored else None)
@@ -104,8 +103,9 @@ def _stop_reason(row: TrialRow, result: Any, m: dict[str, Any], failed: str | No
     return str(m.get("stop_reason") or "interrupted")
 
 
-def trial_row(sweep: SweepConfig, ctx: Any, result: Any) -> TrialRow:
-    """One trial of Tune's `ResultGrid` as the summary shows it."""
+def trial_row(sweep: SweepConfig, ctx: Any, result: Any, listing: SweepListing) -> TrialRow:
+    """One trial of Tune's `ResultGrid` as the summary shows it; its files come from
+    `listing` (the sweep directory, listed once for all trials)."""
     metric, sign = sweep.search.metric, 1 if sweep.search.mode == "max" else -1
     params = ctx.assignments(result.config or {})
     cfg = sweep.base_config(params)
@@ -122,17 +122,20 @@ def trial_row(sweep: SweepConfig, ctx: Any, result: Any) -> TrialRow:
     row.steps_to_95 = steps_to(exact)
     row.halt = _last_halt(df, m)
     directory = ctx.checkpoint_dir(trial_id, cfg.resources.num_workers)
-    row.checkpoint, row.checkpoint_step = best_checkpoint(directory, metric, sign)
+    row.checkpoint, row.checkpoint_step = best_checkpoint(
+        directory, listing.checkpoints(directory), metric, sign
+    )
     row.step, row.examples = int(m.get("step", 0)), int(m.get("examples", 0))
     row.flops, row.wall_s = float(m.get("flops", 0.0)), float(m.get("time_total_s", 0.0))
-    failed = failed_line(ctx.exp_path, trial_id) if ctx.exp_path else None
+    failed = listing.failed_line(trial_id)
     row.stop_reason = _stop_reason(row, result, m, failed)
     return row
 
 
 def collect_rows(sweep: SweepConfig, ctx: Any, results: Any, wall_s: float) -> list[TrialRow]:
     """One row per trial of Tune's `ResultGrid`; trials the compute budget cut short say so."""
-    rows = [trial_row(sweep, ctx, result) for result in results]
+    listing = SweepListing(ctx.exp_path)
+    rows = [trial_row(sweep, ctx, result, listing) for result in results]
     spent = sum(r.flops for r in rows)
     b = sweep.budget
     if (b.flops and spent >= b.flops) or (b.hours and wall_s >= b.hours * 3600):
