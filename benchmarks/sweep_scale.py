@@ -43,6 +43,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -237,6 +238,7 @@ def measure(run: dict[str, Any], log: Path, server: MlflowServer, conc: int) -> 
         "mlflow_requests_per_trial": round(len(requests) / max(1, len(trials)), 1),
         "mlflow_p50_ms": round(_pct(lat, 0.5), 1), "mlflow_p99_ms": round(_pct(lat, 0.99), 1),
         "mlflow_errors": sum(r[3] >= 500 for r in requests),
+        "mlflow_error_paths": dict(Counter(f"{r[3]} {r[2]}" for r in requests if r[3] >= 500)),
         "driver_peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         "last_trial_to_summary_s": round(run["printed"] - max(t["finish"] for t in trials), 1),
         "finish_sweep_s": round(run["finish"]["end"] - run["finish"]["start"], 1),

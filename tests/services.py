@@ -247,17 +247,22 @@ def _proxy_handler(upstream: str, log: Path) -> type[BaseHTTPRequestHandler]:
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
             headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
             t0 = time.time()
-            try:
-                conn = getattr(local, "conn", None) or http.client.HTTPConnection(
-                    upstream, timeout=300
-                )
-                local.conn = conn
-                conn.request(self.command, self.path, body=body, headers=headers)
-                resp = conn.getresponse()
-                status, payload, rheaders = resp.status, resp.read(), resp.getheaders()
-            except OSError:
-                local.conn = None
-                status, payload, rheaders = 502, b"upstream down", []
+            status, payload, rheaders = 502, b"upstream down", []
+            # a kept-alive upstream connection may have been closed while idle: one retry on
+            # a fresh connection before answering 502 (what a server outage gets)
+            for _ in range(2):
+                try:
+                    conn = getattr(local, "conn", None) or http.client.HTTPConnection(
+                        upstream, timeout=300
+                    )
+                    local.conn = conn
+                    conn.request(self.command, self.path, body=body, headers=headers)
+                    resp = conn.getresponse()
+                    status, payload, rheaders = resp.status, resp.read(), resp.getheaders()
+                    break
+                except OSError:
+                    conn.close()
+                    local.conn = None
             secs = time.time() - t0
             with lock:
                 sink.write(f"{t0:.3f}\t{self.command}\t{self.path.split('?')[0]}\t{status}\t"
