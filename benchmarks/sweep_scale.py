@@ -38,6 +38,7 @@ import contextlib
 import itertools
 import os
 import resource
+import shutil
 import statistics
 import sys
 import tempfile
@@ -305,35 +306,38 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     a = parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="trm-scale-", dir="/tmp"))
     events: list[dict[str, Any]] = []
-    with moto_process(work / "moto.log") as s3_url:
-        aws = {"AWS_ENDPOINT_URL": s3_url, "AWS_ACCESS_KEY_ID": "testing",
-               "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}  # fmt: skip
-        os.environ.update(aws)  # the driver, and every raylet started below, inherit these
-        os.environ.update({"TRM_SIMULATE_GPUS": "1", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR":
-                           "false", "RAY_DEDUP_LOGS": "1"})  # fmt: skip
-        import boto3
+    try:
+        with moto_process(work / "moto.log") as s3_url:
+            aws = {"AWS_ENDPOINT_URL": s3_url, "AWS_ACCESS_KEY_ID": "testing",
+                   "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}  # fmt: skip
+            os.environ.update(aws)  # the driver, and every raylet started below, inherit these
+            os.environ.update({"TRM_SIMULATE_GPUS": "1", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR":
+                               "false", "RAY_DEDUP_LOGS": "1"})  # fmt: skip
+            import boto3
 
-        boto3.client("s3").create_bucket(Bucket=BUCKET)
-        with postgres(work) as db, MlflowServer(
-            work, db, f"s3://{BUCKET}/mlflow-artifacts",
-            env={**aws, "MLFLOW_S3_ENDPOINT_URL": s3_url},
-        ) as server, gpu_cluster(a.nodes, a.gpus_per_node, a.cpus_per_node,
-                                 str(work / "ray")) as (cluster, workers):  # fmt: skip
-            log = work / "trials.jsonl"
-            sweep = scale_sweep(a.trials, work, server.url, a.steps)
-            if a.restart_mlflow_at:
-                disrupt(log, int(a.trials * a.restart_mlflow_at), "mlflow_restart",
-                        lambda: f"down {server.restart(a.mlflow_down_s):.1f} s", events)  # fmt: skip
-            if a.kill_raylet_at:
-                disrupt(log, int(a.trials * a.kill_raylet_at), "raylet_killed",
-                        lambda: cluster.remove_node(workers[-1], allow_graceful=False) or
-                        "one worker raylet removed without grace", events)  # fmt: skip
-            print(f"# sweep_scale: {a.trials} trials on {a.nodes} raylets x "
-                  f"{a.gpus_per_node} fake GPU, work dir {work}", flush=True)  # fmt: skip
-            run = run_sweep_timed(sweep, log, cluster.address)
-            conc = a.nodes * a.gpus_per_node * 2  # two trials per GPU (gpus_per_worker 0.5)
-            result = measure(run, log, server, conc)
-            result.update(lost_trials(run, server.url, run["sweep"].num_trials))
+            boto3.client("s3").create_bucket(Bucket=BUCKET)
+            with postgres(work) as db, MlflowServer(
+                work, db, f"s3://{BUCKET}/mlflow-artifacts",
+                env={**aws, "MLFLOW_S3_ENDPOINT_URL": s3_url},
+            ) as server, gpu_cluster(a.nodes, a.gpus_per_node, a.cpus_per_node,
+                                     str(work / "ray")) as (cluster, workers):  # fmt: skip
+                log = work / "trials.jsonl"
+                sweep = scale_sweep(a.trials, work, server.url, a.steps)
+                if a.restart_mlflow_at:
+                    disrupt(log, int(a.trials * a.restart_mlflow_at), "mlflow_restart",
+                            lambda: f"down {server.restart(a.mlflow_down_s):.1f} s", events)  # fmt: skip
+                if a.kill_raylet_at:
+                    disrupt(log, int(a.trials * a.kill_raylet_at), "raylet_killed",
+                            lambda: cluster.remove_node(workers[-1], allow_graceful=False) or
+                            "one worker raylet removed without grace", events)  # fmt: skip
+                print(f"# sweep_scale: {a.trials} trials on {a.nodes} raylets x "
+                      f"{a.gpus_per_node} fake GPU, work dir {work}", flush=True)  # fmt: skip
+                run = run_sweep_timed(sweep, log, cluster.address)
+                conc = a.nodes * a.gpus_per_node * 2  # two trials per GPU (gpus_per_worker 0.5)
+                result = measure(run, log, server, conc)
+                result.update(lost_trials(run, server.url, run["sweep"].num_trials))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     result["events"] = events
     result["machine"] = machine(pick_device(None), "wall")
     result["args"] = vars(a)
@@ -344,9 +348,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(table([show(label, result)], COLUMNS), flush=True)
     save(result, "sweep_scale" + (f"_{a.label}" if a.label else ""), pick_device(None),
          a.quick, a.out)  # fmt: skip
-    import shutil
-
-    shutil.rmtree(work, ignore_errors=True)
     return result
 
 
