@@ -104,6 +104,8 @@ def read_trials(log: Path) -> list[dict[str, Any]]:
             t["end"] = e["t"]  # a retried trial ends once more; the last end counts
         else:
             t.setdefault(e["event"], e["t"])
+            if "pid" in e:  # the trial process (Tune reuses it for the next trial)
+                t["pid"] = e["pid"]
     out = []
     for t in trials.values():
         if "start" not in t:

@@ -15,68 +15,13 @@ import contextlib
 import dataclasses
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 import uuid
 from pathlib import Path
 
 import pytest
-
-
-def free_port() -> int:
-    """A TCP port that was free a moment ago on 127.0.0.1 (bind to port 0)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _moto_command(port: int) -> list[str]:
-    exe = Path(sys.executable).with_name("moto_server")
-    exe = str(exe) if exe.exists() else shutil.which("moto_server")
-    if exe is None:
-        pytest.skip("moto_server not installed (pip install 'moto[server]')")
-    return [exe, "-H", "127.0.0.1", "-p", str(port)]
-
-
-@contextlib.contextmanager
-def moto_process(log: Path, env: dict[str, str] | None = None):
-    """A moto server (all AWS services) on a free loopback port, with `env` added to its
-    environment; yields its URL once healthy and stops it by pid on exit."""
-    port = free_port()
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            _moto_command(port),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **(env or {})},
-        )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    try:
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"moto_server exited with {proc.returncode}: {log.read_text()}")
-            try:
-                urllib.request.urlopen(f"{url}/moto-api/", timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(
-                        f"moto_server not healthy after 30 s: {log.read_text()}"
-                    ) from None
-                time.sleep(0.1)
-        yield url
-    finally:
-        os.kill(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
+from services import MlflowServer, free_port, moto_process, postgres
 
 
 @pytest.fixture(scope="session")
@@ -121,49 +66,39 @@ def s3_env(s3_server, monkeypatch) -> S3Env:
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory):
     """URI (http://127.0.0.1:PORT) of a real `mlflow server` process with a sqlite backend and
-    proxied artifacts, running for the session; stopped by pid."""
+    proxied artifacts (behind tests/services.py's request log), running for the session."""
     root = tmp_path_factory.mktemp("mlflow-server")
-    exe = Path(sys.executable).with_name("mlflow")
-    exe = str(exe) if exe.exists() else shutil.which("mlflow")
-    if exe is None:
-        pytest.skip("mlflow not installed")
-    port = free_port()
-    cmd = [
-        exe, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-        "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-        "--artifacts-destination", str(root / "artifacts"),
-    ]  # fmt: skip
-    log = root / "server.log"
-    with open(log, "wb") as out:
-        # tracking needs no server-side job runner (it starts a pool of worker processes)
-        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-        proc = subprocess.Popen(
-            cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env
-        )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120  # cold start includes the DB migration (~20 s)
+    with MlflowServer(root, f"sqlite:///{root / 'mlflow.db'}", str(root / "artifacts"),
+                      workers=1) as server:  # fmt: skip
+        yield server.url
+
+
+@dataclasses.dataclass
+class MlflowStack:
+    url: str
+    """The tracking URI (the server's request-log proxy)."""
+    server: MlflowServer
+    """`restart(down_s)`, `requests()`: see tests/services.py."""
+    s3: S3Env
+    """The bucket holding the server's artifacts; tests may use it for their own storage."""
+
+
+@pytest.fixture(scope="session")
+def mlflow_pg_s3(s3_server, tmp_path_factory):
+    """A real `mlflow server` as the cluster runs it: PostgreSQL backend store (a server of its
+    own, tests/services.py `postgres`), artifacts on the session's moto S3; for the session."""
+    root = tmp_path_factory.mktemp("mlflow-pg-s3")
+    mp = pytest.MonkeyPatch()
+    s3 = use_s3(mp, s3_server)
+    aws = {k: os.environ[k] for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",
+                                      "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}  # fmt: skip
     try:
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(
-                    f"mlflow server exited with {proc.returncode}: {log.read_text()}"
-                )
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"mlflow server not healthy: {log.read_text()}") from None
-                time.sleep(0.25)
-        yield url
+        with postgres(root) as db, MlflowServer(root, db, f"s3://{s3.bucket}/mlflow-artifacts",
+                                                env={**aws, "MLFLOW_S3_ENDPOINT_URL": s3_server}
+                                                ) as server:  # fmt: skip
+            yield MlflowStack(server.url, server, s3)
     finally:
-        # the server's own session: its uvicorn worker goes with it
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        mp.undo()
 
 
 @dataclasses.dataclass

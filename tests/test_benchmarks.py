@@ -231,3 +231,25 @@ def test_gemm_rate_and_device_choice():
     assert common.headline_clock(cpu, "wall") == "wall"
     with pytest.raises(ValueError, match="--clock"):
         common.headline_clock(cpu, "fast")
+
+
+@pytest.mark.slow
+def test_sweep_scale_quick_loses_no_trial(tmp_path):
+    """50 tiny trials on 4 raylets with fake GPUs, MLflow on PostgreSQL + S3: every trial has
+    a finished child run, a checkpoint and a summary row, and the file has every field."""
+    import sweep_scale
+
+    out = tmp_path / "sweep_scale.json"
+    run_script("sweep_scale.py", "--quick", "--out", str(out), timeout=1800)
+    res = json.loads(out.read_text())
+    check_machine(res["machine"])
+    assert [f for f in sweep_scale.FIELDS if f not in res] == []
+    assert res["trials"] == 50 and res["trials_lost"] == 0, res["lost"]
+    assert res["lost"] == {"summary_rows": 50, "with_checkpoint": 50,
+                           "finished_child_runs": 50, "ids": []}  # fmt: skip
+    assert res["concurrency"] == 8  # 4 raylets x 1 fake GPU x 2 trials per GPU
+    for key in ("wall_s", "ideal_s", "mlflow_requests_per_trial", "mlflow_p50_ms",
+                "driver_peak_rss_mib", "finish_sweep_s"):  # fmt: skip
+        assert positive(res[key]), key
+    assert res["mlflow_p99_ms"] >= res["mlflow_p50_ms"]
+    assert positive(res["to_first_step_s"]["median"])

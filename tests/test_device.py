@@ -10,7 +10,15 @@ import pytest
 import torch
 
 from pipeline.config.run import ConfigError, RunConfig
-from pipeline.training.device import DeviceSums, compile_model, narrowest, pins_memory, to_device
+from pipeline.training.device import (
+    SIMULATE_GPUS_ENV,
+    DeviceSums,
+    compile_model,
+    narrowest,
+    pins_memory,
+    to_device,
+    trial_device,
+)
 from trm import TRM, TRMConfig
 from trm.losses import act_loss
 from trm.optim import AdamATan2, SignSGD
@@ -141,3 +149,14 @@ def test_compiled_training_step_equals_eager_and_trains_the_puzzle_table(scope):
         torch.testing.assert_close(compiled["state"][k], v, rtol=0, atol=2.5e-3, msg=k)
     table = compiled["state"]["puzzle_emb.weight"]
     assert (table != 0).any(-1).tolist() == [False, True, False, True, True]  # rows 1, 3, 4
+
+
+def test_gpu_trials_compute_on_the_cpu_only_under_the_simulation_switch(monkeypatch):
+    monkeypatch.delenv(SIMULATE_GPUS_ENV, raising=False)
+    assert trial_device(True).type == "cuda"  # no silent fallback: CUDA calls fail as they should
+    assert trial_device(False).type == "cpu"
+    monkeypatch.setenv(SIMULATE_GPUS_ENV, "1")
+    assert trial_device(True).type == "cpu"
+    monkeypatch.setenv(SIMULATE_GPUS_ENV, "yes")
+    with pytest.raises(ValueError, match=f"{SIMULATE_GPUS_ENV} must be 0 or 1, got 'yes'"):
+        trial_device(True)

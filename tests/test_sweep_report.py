@@ -211,3 +211,57 @@ def test_the_parent_run_page_is_printed_for_a_tracking_server():
         "MLflow parent run abc: mlflow ui --backend-store-uri sqlite:////x/mlflow.db"
     )
     assert results_where(ctx, SimpleNamespace(run_id=None)).count("\n") == 0
+
+
+def test_a_large_sweep_prints_its_best_trials_and_grid_points_not_every_row():
+    sweep = SweepConfig.from_yaml(SWEEPS / "default.yaml")
+    # 3 depths x 25 seeds: 75 trials; the best trial is t_00074 (H=3, seed 24)
+    rows = [row(25 * (h - 1) + s, h, s, 0.3 * h + 0.001 * s, None) for h in (1, 2, 3)
+            for s in range(25)]  # fmt: skip
+    full = summary_text(sweep, rows, 60.0, best_row(rows, "max"), "x")
+    short = summary_text(sweep, rows, 60.0, best_row(rows, "max"), "x", bounded=True)
+    assert all(r.trial_id in full for r in rows)
+    shown = [r.trial_id for r in rows if r.trial_id in short]
+    assert sorted(shown) == [f"t_{i:05d}" for i in range(65, 75)]  # the 10 best, no others
+    assert "The best 10 of 75 trials (every trial: summary.txt" in short
+    assert "The best 3 of 3 grid points, over seeds (data.seed):" in short
+    # aggregates without the per-seed columns (25 values a cell)
+    assert "per seed" not in short and "per seed" in full
+    assert len(short.splitlines()) < 40 < len(full.splitlines())
+
+
+def test_the_end_of_a_sweep_lists_its_directory_once(tmp_path, monkeypatch):
+    from pipeline.checkpoints import store as ckpt
+    from pipeline.sweeping import store
+    from pipeline.checkpoints.retention import best_checkpoint
+
+    exp = tmp_path / "sweep"
+    for trial, steps in (("trial_a", (8, 16)), ("trial_b", (8,))):
+        for step in steps:
+            d = exp / trial / f"checkpoint_{step:06d}"
+            d.mkdir(parents=True)
+            ckpt.write_report(d, {"step": step, "eval/accuracy": 1.0 / step})
+    (exp / "trial_b" / "checkpoint_000099").mkdir()  # no report, no files: not a checkpoint
+    (exp / "trial_b" / "checkpoint_000099" / "x").write_text("half")
+    store.record_failed(str(exp), "b", "ValueError: bad")
+    lists = []
+    original = store.open_storage
+
+    def counting(uri, **kw):
+        s = original(uri, **kw)
+        real = s.list
+        s.list = lambda prefix="": lists.append(prefix) or real(prefix)
+        return s
+
+    monkeypatch.setattr(store, "open_storage", counting)
+    listing = store.SweepListing(str(exp))
+    a = listing.checkpoints(f"{exp}/trial_a")
+    assert [(s.name, s.step) for s in a] == [("checkpoint_000016", 16), ("checkpoint_000008", 8)]
+    assert best_checkpoint(f"{exp}/trial_a", "eval/accuracy", "max", stored=a) == (
+        f"{exp}/trial_a/checkpoint_000008", 8)  # fmt: skip
+    # the same order as the per-directory listing the trial itself resumes from
+    assert [s.name for s in listing.checkpoints(f"{exp}/trial_b")] == [
+        s.name for s in ckpt.stored_in(*ckpt.filesystem(f"{exp}/trial_b"))]  # fmt: skip
+    assert listing.failed_line("b") == "ValueError: bad" and listing.failed_line("a") is None
+    assert listing.checkpoints(f"{exp}/trial_c") == []
+    assert lists == [""]  # one listing for everything

@@ -64,11 +64,15 @@ def prune(trial_uri: str, num_to_keep: int, metric: str | None, mode: str) -> li
     return [s.name for s in doomed]
 
 
-def best_checkpoint(directory: str, metric: str, mode: str) -> tuple[str, int]:
+def best_checkpoint(
+    directory: str, metric: str, mode: str, stored: list[ckpt.Stored] | None = None
+) -> tuple[str, int]:
     """(URI, step) of the checkpoint in a run's or trial's checkpoint directory (local path or
     s3://) with the best `metric` in its report (ties: the earliest, the step that first
-    reached it), else of its newest; ('', 0) when it has none."""
-    stored = ckpt.stored_in(*ckpt.filesystem(directory))
+    reached it), else of its newest; ('', 0) when it has none. `stored`: the directory's
+    checkpoints when the caller has listed them already (a sweep lists all trials at once)."""
+    if stored is None:
+        stored = ckpt.stored_in(*ckpt.filesystem(directory))
     sign = 1 if mode == "max" else -1
     scored = [s for s in stored if isinstance(s.metrics.get(metric), int | float)]
     best = max(scored, key=lambda s: (sign * s.metrics[metric], -s.step)) if scored else None

@@ -236,6 +236,11 @@ def stored_in(fs: Any, parent: str) -> list[Stored]:
         with contextlib.suppress(OSError, ValueError):
             with fs.open_input_stream(f"{s.path}/{REPORT_FILE}") as f:
                 s.metrics = json.loads(f.read())
+    return newest_first(found)
+
+
+def newest_first(found: list[Stored]) -> list[Stored]:
+    """Checkpoints ordered as `stored_in` orders them."""
     return sorted(found, key=lambda s: (s.step, s.name), reverse=True)
 
 

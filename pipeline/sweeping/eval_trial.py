@@ -66,6 +66,7 @@ def run_eval_trial(config: dict[str, Any], ctx: SweepContext, checkpoint: str) -
     test-time setting and report the metrics once (to Tune and to its MLflow child run)."""
     from pipeline.checkpoints.restore import restore
     from pipeline.tracking.tracker import start_tracker
+    from pipeline.training.device import trial_device
 
     adopt_tasks(ctx.tasks)
     trial_id = tune.get_context().get_trial_id()
@@ -75,7 +76,7 @@ def run_eval_trial(config: dict[str, Any], ctx: SweepContext, checkpoint: str) -
         return
     cfg = ctx.trial_config(config, trial_id)
     torch.set_num_threads(max(1, int(cfg.resources.cpus_per_worker)))
-    device = torch.device("cuda" if ctx.use_gpu else "cpu")
+    device = trial_device(ctx.use_gpu)
     tracker = start_tracker(
         bool(ctx.tracking_uri) and cfg.tracking.enabled,
         uri=ctx.tracking_uri,

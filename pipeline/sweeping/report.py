@@ -26,7 +26,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -46,6 +48,13 @@ from pipeline.sweeping.plots import (
 from pipeline.sweeping.rows import TrialRow, best_row, collect_rows
 
 STATUS = {"completed": "FINISHED", "error": "FAILED"}  # anything else: KILLED
+ENDERS = 8
+"""Child runs ended at once at the end of a sweep (two requests each)."""
+CONSOLE_TRIALS = 50
+"""A sweep of more trials prints a bounded summary: its best `TOP_TRIALS` trials and the best
+`TOP_GROUPS` grid points; the summary files hold every row."""
+TOP_TRIALS = 10
+TOP_GROUPS = 20
 STOP_REASONS = ("completed", "early-stopped", "max_t", "budget", "error", "interrupted",
                 "not started", "not started (budget)")  # fmt: skip
 
@@ -95,7 +104,10 @@ def _keys(rows: list[TrialRow]) -> list[str]:
     return list(dict.fromkeys(k for r in rows for k in r.params))
 
 
-def summary_table(rows: list[TrialRow], metric: str) -> tuple[list[str], list[list[str]]]:
+def summary_table(
+    rows: list[TrialRow], metric: str, ranked: bool = False
+) -> tuple[list[str], list[list[str]]]:
+    """The per-trial table, by depth and name (`ranked`: in the order given)."""
     keys = _keys(rows)
     headers = ["trial", "name", *(_short(k, keys) for k in keys), "depth", f"best {metric}"]
     if metric != EXACT:
@@ -103,7 +115,7 @@ def summary_table(rows: list[TrialRow], metric: str) -> tuple[list[str], list[li
     headers += ["at step", "to 95%", "halt tau=0.5 steps/exact", "steps", "examples", "FLOPs",
                 "wall", "stop"]  # fmt: skip
     body = []
-    for r in sorted(rows, key=lambda r: (r.depth, r.name, r.trial_id)):
+    for r in rows if ranked else sorted(rows, key=lambda r: (r.depth, r.name, r.trial_id)):
         line = [r.trial_id, r.name, *(_fmt(r.params.get(k)) for k in keys), str(r.depth),
                 _fmt(r.best)]  # fmt: skip
         if metric != EXACT:
@@ -138,20 +150,29 @@ def _to_95(g: Group) -> tuple[str, str]:
     return per, (f"{mean:.0f} ({reached}/{len(g.rows)} seeds)" if mean is not None else "-")
 
 
-def by_grid_point(groups: list[Group], metric: str) -> str:
+def by_grid_point(groups: list[Group], metric: str, mode: str = "max", top: int = 0) -> str:
     """One line per grid point over its seeds: the best metric's mean and min-max, each
-    seed's value, and steps to 95% exact accuracy per seed and on average."""
+    seed's value, and steps to 95% exact accuracy per seed and on average. `top` > 0: only
+    the best `top` grid points by mean, without the per-seed columns (bounded in size)."""
     keys = list(dict.fromkeys(k for g in groups for k in g.params))
+    per_seed = ["per seed", "to 95% per seed"] if not top else []
     headers = [*(_short(k, keys) for k in keys), "depth", "seeds", f"{metric} mean (min-max)",
-               "per seed", "to 95% per seed", "to 95% mean"]  # fmt: skip
+               *per_seed, "to 95% mean"]  # fmt: skip
+    order = sorted(groups, key=lambda g: (g.depth, tuple(map(str, g.params.values()))))
+    if top:
+        sign = 1 if mode == "max" else -1
+        scored = [g for g in groups if g.mean("best") is not None]
+        order = sorted(scored, key=lambda g: -sign * g.mean("best"))[:top]
     body = []
-    for g in sorted(groups, key=lambda g: (g.depth, tuple(map(str, g.params.values())))):
+    for g in order:
         per, mean = _to_95(g)
         seeds = " ".join("-" if r.best is None else f"{r.best:.3f}" for r in g.rows)
         body.append([*(_fmt(g.params.get(k)) for k in keys), str(g.depth), str(len(g.rows)),
-                     _range(g, "best"), seeds, per, mean])  # fmt: skip
+                     _range(g, "best"), *([seeds, per] if not top else []), mean])  # fmt: skip
     lines = table(headers, body).splitlines()
     title = "By grid point, over seeds (data.seed):"
+    if top:
+        title = f"The best {len(order)} of {len(groups)} grid points, over seeds (data.seed):"
     return "\n".join([title, *("  " + line for line in lines)])
 
 
@@ -179,8 +200,15 @@ def by_depth(groups: list[Group]) -> str:
 
 
 def summary_text(
-    sweep: SweepConfig, rows: list[TrialRow], wall_s: float, best: TrialRow | None, where: str
+    sweep: SweepConfig,
+    rows: list[TrialRow],
+    wall_s: float,
+    best: TrialRow | None,
+    where: str,
+    bounded: bool = False,
 ) -> str:
+    """The summary; `bounded` (the console's, for more than `CONSOLE_TRIALS` trials): the best
+    `TOP_TRIALS` trials and `TOP_GROUPS` grid points instead of every row."""
     counts: dict[str, int] = {}
     for r in rows:
         counts[r.stop_reason] = counts.get(r.stop_reason, 0) + 1
@@ -190,11 +218,17 @@ def summary_text(
         + f"); {sum(r.flops for r in rows):.3g} training FLOPs; trial time "
         + f"{clock(sum(r.wall_s for r in rows))}, wall time of this invocation {clock(wall_s)}"
     )
-    headers, body = summary_table(rows, sweep.search.metric)
-    groups = seed_groups(rows)
-    parts = [head, "", table(headers, body), ""]
+    mode, groups = sweep.search.mode, seed_groups(rows)
+    shown = _ranked(rows, mode)[:TOP_TRIALS] if bounded else rows
+    headers, body = summary_table(shown, sweep.search.metric, ranked=bounded)
+    parts = [head, ""]
+    if bounded:
+        parts.append(f"The best {len(shown)} of {len(rows)} trials (every trial: summary.txt, "
+                     "summary.csv and summary.json beside the results):")  # fmt: skip
+    parts += [table(headers, body), ""]
     if any(SEED_KEY in r.params for r in rows):
-        parts += [by_grid_point(groups, sweep.search.metric), ""]
+        parts += [by_grid_point(groups, sweep.search.metric, mode, TOP_GROUPS if bounded else 0),
+                  ""]  # fmt: skip
     parts += [by_depth(groups), ""]
     if best is not None:
         params = ", ".join(f"{k}={v}" for k, v in best.params.items())
@@ -311,18 +345,34 @@ def stop_reason_tag(reason: str, scheduler: str) -> str:
 
 def end_children(sweep: SweepConfig, ctx: Any, rows: list[TrialRow]) -> None:
     """Each child run's final status, display name, stop reason, swept values (params
-    `swept.<key>`) and best value of the sweep's metric (`best/<metric>`)."""
+    `swept.<key>`) and best value of the sweep's metric (`best/<metric>`): through one client,
+    `ENDERS` runs at a time, without MLflow's "View run" line per run on the console."""
+    from mlflow.tracking import MlflowClient
+
     from pipeline.tracking.tracker import end_run
 
-    for r in rows:
-        if not r.run_id:
-            continue
+    client = MlflowClient(tracking_uri=ctx.tracking_uri)
+
+    def end(r: TrialRow) -> None:
         tags = {"mlflow.runName": r.name, "trial_id": r.trial_id, "trm.trial_id": r.trial_id,
                 "stop_reason": stop_reason_tag(r.stop_reason, sweep.scheduler.type),
                 "trm.stop_reason": r.stop_reason}  # fmt: skip
         best = {f"best/{sweep.search.metric}": r.best} if r.best is not None else {}
         end_run(ctx.tracking_uri, r.run_id, STATUS.get(r.stop_reason, "KILLED"), tags,
-                params={f"swept.{k}": v for k, v in r.params.items()}, metrics=best)  # fmt: skip
+                params={f"swept.{k}": v for k, v in r.params.items()}, metrics=best,
+                client=client)  # fmt: skip
+
+    quiet = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"
+    old = os.environ.get(quiet)
+    os.environ[quiet] = "true"  # set once around the pool: the threads only ever read it
+    try:
+        with ThreadPoolExecutor(ENDERS) as pool:
+            list(pool.map(end, [r for r in rows if r.run_id]))
+    finally:
+        if old is None:
+            os.environ.pop(quiet, None)
+        else:
+            os.environ[quiet] = old
 
 
 def results_where(ctx: Any, tracker: Any) -> str:
@@ -350,6 +400,9 @@ def finish_sweep(sweep: SweepConfig, ctx: Any, results: Any, tracker: Any, wall_
         " (and on the MLflow parent run)" if tracker.run_id else ""
     )
     text = summary_text(sweep, rows, wall_s, best, where)
+    console = text
+    if len(rows) > CONSOLE_TRIALS:
+        console = summary_text(sweep, rows, wall_s, best, where, bounded=True)
     files = {"summary/summary.txt": text + "\n", "summary/summary.csv": summary_csv(rows)}
     if best is not None:
         files["best/best_config.yaml"] = best_config_yaml(sweep, best)
@@ -375,7 +428,7 @@ def finish_sweep(sweep: SweepConfig, ctx: Any, results: Any, tracker: Any, wall_
         tracker.run_id or "",
         ctx.tracking_uri,
         rows,
-        text,
+        console,
         exit_code=1 if failed else 0,
         where=results_where(ctx, tracker),
     )

@@ -11,7 +11,7 @@ from typing import Any
 from pipeline.checkpoints.retention import best_checkpoint
 from pipeline.sweeping.config import SweepConfig, effective_depth
 from pipeline.sweeping.findings import EXACT, halt_points, steps_to
-from pipeline.sweeping.store import failed_line
+from pipeline.sweeping.store import SweepListing
 
 
 @dataclass
@@ -92,8 +92,9 @@ def _stop_reason(row: TrialRow, result: Any, m: dict[str, Any], failed: str | No
     return str(m.get("stop_reason") or "interrupted")
 
 
-def trial_row(sweep: SweepConfig, ctx: Any, result: Any) -> TrialRow:
-    """One trial of Tune's `ResultGrid` as the summary shows it."""
+def trial_row(sweep: SweepConfig, ctx: Any, result: Any, listing: SweepListing) -> TrialRow:
+    """One trial of Tune's `ResultGrid` as the summary shows it; its files come from
+    `listing` (the sweep directory, listed once for all trials)."""
     metric, sign = sweep.search.metric, 1 if sweep.search.mode == "max" else -1
     params = ctx.assignments(result.config or {})
     cfg = sweep.base_config(params)
@@ -110,17 +111,20 @@ def trial_row(sweep: SweepConfig, ctx: Any, result: Any) -> TrialRow:
     row.steps_to_95 = steps_to(exact)
     row.halt = _last_halt(df, m)
     directory = ctx.checkpoint_dir(trial_id, cfg.resources.num_workers)
-    row.checkpoint, row.checkpoint_step = best_checkpoint(directory, metric, sweep.search.mode)
+    row.checkpoint, row.checkpoint_step = best_checkpoint(
+        directory, metric, sweep.search.mode, stored=listing.checkpoints(directory)
+    )
     row.step, row.examples = int(m.get("step", 0)), int(m.get("examples", 0))
     row.flops, row.wall_s = float(m.get("flops", 0.0)), float(m.get("time_total_s", 0.0))
-    failed = failed_line(ctx.exp_path, trial_id) if ctx.exp_path else None
+    failed = listing.failed_line(trial_id)
     row.stop_reason = _stop_reason(row, result, m, failed)
     return row
 
 
 def collect_rows(sweep: SweepConfig, ctx: Any, results: Any, wall_s: float) -> list[TrialRow]:
     """One row per trial of Tune's `ResultGrid`; trials the compute budget cut short say so."""
-    rows = [trial_row(sweep, ctx, result) for result in results]
+    listing = SweepListing(ctx.exp_path)
+    rows = [trial_row(sweep, ctx, result, listing) for result in results]
     spent = sum(r.flops for r in rows)
     b = sweep.budget
     if (b.flops and spent >= b.flops) or (b.hours and wall_s >= b.hours * 3600):

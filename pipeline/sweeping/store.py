@@ -1,12 +1,13 @@
 """What a sweep keeps beside its Tune experiment (`<storage>/<sweep name>/`): the sweep file as
 given and as resolved when it first started (a resumed sweep runs the stored one), and one
 record per ended trial (so a trial that ended just before the driver died is not trained
-again on `--resume`)."""
+again on `--resume`). `SweepListing` reads all of it for the end of a sweep with one listing."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -101,3 +102,59 @@ def record_failed(exp_path: str, trial_id: str, line: str) -> None:
 def failed_line(exp_path: str, trial_id: str) -> str | None:
     """The one-line error `record_failed` kept for a trial, None if it has none."""
     return storage_text(exp_path, f"{FAILED_DIR}/{trial_id}.txt")
+
+
+READERS = 16
+"""Concurrent reads of small files at the end of a sweep (one shared client)."""
+
+
+class SweepListing:
+    """Everything under a sweep's directory, listed once (one paginated listing on S3 instead
+    of one listing and a few HEAD requests per trial), read through one storage client: the
+    failed-trial records and every trial's checkpoints with their reports (`checkpoints`)."""
+
+    def __init__(self, exp_path: str) -> None:
+        from pipeline.checkpoints.store import REPORT_FILE
+
+        self.exp_path = exp_path.rstrip("/")
+        self.store = open_storage(self.exp_path)
+        keys = self.store.list()
+        self._failed = {k.removeprefix(f"{FAILED_DIR}/").removesuffix(".txt")
+                        for k in keys if k.startswith(f"{FAILED_DIR}/")}  # fmt: skip
+        self._checkpoints: dict[str, set[str]] = {}  # directory -> checkpoint names
+        reports = []
+        for key in keys:
+            parts = key.split("/")
+            for i, part in enumerate(parts[:-1]):
+                if part.startswith("checkpoint_"):
+                    self._checkpoints.setdefault("/".join(parts[:i]), set()).add(part)
+                    if parts[i + 1 :] == [REPORT_FILE]:
+                        reports.append(key)
+                    break
+        with ThreadPoolExecutor(READERS) as pool:  # the shared client is thread-safe
+            self._reports = dict(zip(reports, pool.map(self._read_json, reports)))
+
+    def failed_line(self, trial_id: str) -> str | None:
+        """As `failed_line`, from the listing (a read only for trials that have a record)."""
+        if trial_id not in self._failed:
+            return None
+        return self.store.read_bytes(f"{FAILED_DIR}/{trial_id}.txt").decode()
+
+    def checkpoints(self, directory: str) -> list[Any]:
+        """The `checkpoint_*` directories under `directory` (a URI under the sweep directory)
+        with their reports, as `pipeline.checkpoints.store.Stored`, ordered as `stored_in`
+        orders them."""
+        from pipeline.checkpoints.store import REPORT_FILE, Stored, newest_first
+
+        rel = directory.removeprefix(self.exp_path).strip("/")
+        return newest_first([
+            Stored(None, f"{directory}/{name}",
+                   self._reports.get(f"{rel}/{name}/{REPORT_FILE}", {}))
+            for name in self._checkpoints.get(rel, ())
+        ])  # fmt: skip
+
+    def _read_json(self, key: str) -> dict[str, Any]:
+        try:
+            return json.loads(self.store.read_bytes(key))
+        except (OSError, ValueError):  # a half-written report: as `stored_in`, no metrics
+            return {}

@@ -229,6 +229,7 @@ def _train_in_process(
 ) -> None:
     import torch
 
+    from pipeline.training.device import trial_device
     from pipeline.training.worker import RunInfo, run_in_process
 
     torch.set_num_threads(max(1, int(cfg.resources.cpus_per_worker)))
@@ -239,7 +240,7 @@ def _train_in_process(
         code_version=ctx.code_version,
         parent_run_id=ctx.parent_run_id,
     )
-    device = torch.device("cuda" if ctx.use_gpu else "cpu")
+    device = trial_device(ctx.use_gpu)
     trial_uri = ctx.checkpoint_dir(trial_id, num_workers=1)
     report = TuneReporter(cfg, flops_per_example(cfg), trial_uri)
     try:

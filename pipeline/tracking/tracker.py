@@ -405,14 +405,16 @@ def end_run(
     tags: dict[str, str],
     params: dict[str, Any] | None = None,
     metrics: dict[str, float] | None = None,
+    client: Any | None = None,
 ) -> None:
     """Set tags (`mlflow.runName` renames the run), params, metrics (at step 0) and the final
     status (FINISHED, KILLED, FAILED) of a run that another process logged, e.g. a trial that
-    the sweep stopped early. A param logged again must keep its value (a resumed sweep does)."""
+    the sweep stopped early. A param logged again must keep its value (a resumed sweep does).
+    `client`: an `MlflowClient` for `uri` to share across many runs (else a new one)."""
     from mlflow.entities import Metric, Param, RunTag
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=uri)
+    client = client or MlflowClient(tracking_uri=uri)
     ts = int(time.time() * 1000)
     client.log_batch(
         run_id,

@@ -7,10 +7,13 @@
 - `DeviceSums`: metric sums kept on the device and read back once per logging interval, so a
   step never waits for the GPU to finish (a `float(tensor)` per metric per step would).
 - `compile_model(model, net, scope)`: `resources.compile` ('off', 'blocks', 'model').
+- `trial_device(use_gpu)`: the device of a one-process sweep trial, with the explicit
+  `TRM_SIMULATE_GPUS=1` switch for clusters whose raylets declare GPUs they do not have.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -19,6 +22,10 @@ import torch
 
 BATCH_KEYS = ("inputs", "labels", "puzzle_identifiers")
 _NARROW = (np.uint8, np.int8, np.int16, np.int32)
+SIMULATE_GPUS_ENV = "TRM_SIMULATE_GPUS"
+"""Set to 1 on a simulated cluster (raylets started with Ray's fake `num_gpus`, no CUDA): a trial
+that requests GPUs is placed as on the real cluster but computes on the CPU. Without it such a
+trial fails on its first CUDA call, as it should on a real cluster whose GPU is missing."""
 
 
 def narrowest(a: np.ndarray) -> np.ndarray:
@@ -94,3 +101,20 @@ def compile_model(
     if scope == "model":
         return torch.compile(net)
     raise ValueError(f"compile scope must be off, blocks or model, got {scope!r}")
+
+
+def simulating_gpus() -> bool:
+    """Whether `SIMULATE_GPUS_ENV` is set to 1 (any other non-empty value is an error, so a
+    typo never silently trains on the wrong device)."""
+    value = os.environ.get(SIMULATE_GPUS_ENV, "")
+    if value not in ("", "0", "1"):
+        raise ValueError(f"{SIMULATE_GPUS_ENV} must be 0 or 1, got {value!r}")
+    return value == "1"
+
+
+def trial_device(use_gpu: bool) -> torch.device:
+    """`cuda` for a trial placed with GPUs, else `cpu`; `cpu` for both under the simulation
+    switch (`SIMULATE_GPUS_ENV`), which only a test or benchmark cluster sets."""
+    if use_gpu and simulating_gpus():
+        return torch.device("cpu")
+    return torch.device("cuda" if use_gpu else "cpu")
