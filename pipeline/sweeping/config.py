@@ -10,7 +10,7 @@ training config) plus a search space over any of its fields, addressed by dotted
       model.H_cycles: {grid: [1, 2, 3]}
       optim.lr: {loguniform: [1.0e-4, 1.0e-2]}
       model.L_layers,model.L_cycles: {grid: [[2, 6], [4, 3]]}             # tied values
-    search: {algorithm: grid, num_samples: 1, metric: eval/exact_accuracy, mode: max}
+    search: {algorithm: grid, num_samples: 1, metric: eval/exact_accuracy, mode: max}   # or optuna
     scheduler: {type: asha, time_attr: flops, max_t: 1.0e13, grace_period: 1.0e12}
     concurrency: 0                   # trials at once; 0 = as many as fit the cluster
     budget: {flops: 0, hours: 0}     # stop the whole sweep when spent; 0 = no limit
@@ -52,7 +52,7 @@ from pipeline.config.run import RunConfig
 from pipeline.sweeping.dataset import check_builder_args
 from pipeline.sweeping.space import Domain, check_field, trial_config
 
-ALGORITHMS = ("grid", "random")
+ALGORITHMS = ("grid", "random", "optuna")
 MODES = ("train", "evaluate")
 # the only fields an evaluate-mode sweep may vary: test-time settings of `TRM.predict`
 EVAL_MODE_FIELDS = (
@@ -94,15 +94,21 @@ class SearchConfig(StrictConfig):
 
     algorithm: Literal[ALGORITHMS] = "grid"  # type: ignore[valid-type]
     """'grid': every key is a grid, trials = their cross product (x num_samples). 'random':
-    grid keys are crossed, every other key is drawn num_samples times per grid point."""
+    grid keys are crossed, every other key is drawn num_samples times per grid point.
+    'optuna': num_samples trials, each drawn by Optuna's TPE from the results of the trials
+    before it (Ray Tune's OptunaSearch); no grid keys (write `choice` instead)."""
     num_samples: int = Field(1, gt=0)
-    """Repeats of each grid point (grid) / draws per grid point (random)."""
+    """Repeats of each grid point (grid) / draws per grid point (random) / trials (optuna)."""
     metric: str = "eval/exact_accuracy"
     """Reported metric that ranks trials, drives ASHA and picks the best config."""
     mode: Literal["max", "min"] = "max"
     """'max' or 'min': which direction of `metric` is better."""
     seed: int = 0
-    """Seed of the random draws (the same seed gives the same trials)."""
+    """Seed of the random draws (the same seed gives the same trials; for optuna, the same
+    first trials and the same proposals from the same results)."""
+    startup_trials: int = Field(10, gt=0)
+    """optuna: trials drawn at random before TPE starts modelling the results (Optuna's
+    n_startup_trials); with few trials in all, lower it or TPE never starts."""
 
     @model_validator(mode="after")
     def _check(self) -> SearchConfig:
@@ -250,6 +256,12 @@ class SweepConfig(StrictConfig):
                 f"space[{key!r}]",
                 f"search.algorithm 'grid' needs grid domains, got {dom.kind!r} "
                 "(use algorithm: random to draw from it)",
+            )
+            require(
+                self.search.algorithm != "optuna" or dom.kind != "grid",
+                f"space[{key!r}]",
+                "search.algorithm 'optuna' cannot take a grid (it proposes every value "
+                "itself): write {choice: [...]} for it to choose among the values",
             )
 
     def _check_evaluate(self) -> None:

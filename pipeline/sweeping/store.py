@@ -61,6 +61,11 @@ def resolved_text(sweep: SweepConfig) -> str:
     return yaml.safe_dump(sweep.to_dict(), sort_keys=False)
 
 
+def sweep_started(exp_path: str) -> bool:
+    """Whether a sweep was started at `exp_path` (its file is stored there before any trial)."""
+    return open_storage(exp_path).exists(STORED_RESOLVED)
+
+
 def stored_sweep(sweep: SweepConfig, exp_path: str) -> tuple[SweepConfig, str]:
     """The sweep (and file text) stored when the sweep at `exp_path` first started: a resumed
     sweep must not change under its trials, so it wins over the file given now."""
