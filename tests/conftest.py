@@ -34,6 +34,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def two_ranks(target, *args) -> dict[int, object]:
+    """Run `target(rank, port, *args, out)` in two spawned processes that form a gloo group on
+    127.0.0.1:port; each puts (rank, value) on `out`. Returns rank -> value."""
+    import torch.multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    port = free_port()
+    procs = [ctx.Process(target=target, args=(r, port, *args, out)) for r in (0, 1)]
+    for p in procs:
+        p.start()
+    got = dict(out.get(timeout=120) for _ in procs)
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    return got
+
+
 def _moto_command(port: int) -> list[str]:
     exe = Path(sys.executable).with_name("moto_server")
     exe = str(exe) if exe.exists() else shutil.which("moto_server")
