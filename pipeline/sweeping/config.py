@@ -14,7 +14,7 @@ training config) plus a search space over any of its fields, addressed by dotted
     scheduler: {type: asha, time_attr: flops, max_t: 1.0e13, grace_period: 1.0e12}
     concurrency: 0                   # trials at once; 0 = as many as fit the cluster
     budget: {flops: 0, hours: 0}     # stop the whole sweep when spent; 0 = no limit
-    max_failures: 2                  # retries of a failed trial from its last checkpoint
+    max_failures: 2                  # retries of a trial failing on its own (lost nodes: no limit)
 
 String values may refer to the environment: `${TRM_DATA_URI:-s3://trm-data}/sudoku` (the
 default after `:-`; an unset variable without one is an error).
@@ -185,7 +185,10 @@ class SweepConfig(StrictConfig):
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
     """Compute budget that stops the sweep."""
     max_failures: int = Field(2, ge=-1)
-    """Times a failed trial is retried from its last checkpoint (-1 = forever)."""
+    """Times a trial that fails on its own is retried from its last checkpoint (-1 = forever).
+    A trial lost with its node or process (preemption, node failure) after reaching a new
+    checkpoint is retried without limit and counted as a preemption in the summary; input
+    that fails the same way every time ends the trial at once."""
     dataset: dict[str, Any] = Field(default_factory=dict)
     """Optional: how to build base.data.uri when it holds no dataset yet: `builder` (sudoku,
     maze or arc) and the builder's keyword arguments (pipeline.data.build_*)."""

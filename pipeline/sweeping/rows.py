@@ -10,7 +10,7 @@ from typing import Any
 
 from pipeline.sweeping.config import SweepConfig, effective_depth
 from pipeline.sweeping.findings import EXACT, halt_points, steps_to
-from pipeline.sweeping.store import failed_line
+from pipeline.sweeping.store import failed_line, trial_attempts
 
 
 @dataclass
@@ -46,6 +46,9 @@ class TrialRow:
     checkpoint: str = ""
     """URI of the kept checkpoint with the best value of the sweep's metric ('' if none)."""
     checkpoint_step: int = 0
+    preemptions: int = 0
+    """Attempts lost with their node or process after reaching a new checkpoint (preemption,
+    node failure, a stopped sweep driver), each retried without limit (`store.begin_attempt`)."""
 
 
 def result_trial_id(result: Any) -> str:
@@ -126,6 +129,7 @@ def trial_row(sweep: SweepConfig, ctx: Any, result: Any) -> TrialRow:
     row.step, row.examples = int(m.get("step", 0)), int(m.get("examples", 0))
     row.flops, row.wall_s = float(m.get("flops", 0.0)), float(m.get("time_total_s", 0.0))
     failed = failed_line(ctx.exp_path, trial_id) if ctx.exp_path else None
+    row.preemptions = trial_attempts(ctx.exp_path, trial_id)["lost"] if ctx.exp_path else 0
     row.stop_reason = _stop_reason(row, result, m, failed)
     return row
 

@@ -21,6 +21,7 @@ STORED_RESOLVED = "sweep.resolved.yaml"
 TRIALS_DIR = "trials"
 COMPLETED_DIR = "completed"
 FAILED_DIR = "failed"
+ATTEMPTS_DIR = "attempts"
 # keys Tune adds to every result; a trial's own metrics are the rest
 _TUNE_KEYS = {"done", "training_iteration", "trial_id", "date", "timestamp", "time_this_iter_s",
               "time_total_s", "pid", "hostname", "node_ip", "time_since_restore",
@@ -106,3 +107,37 @@ def record_failed(exp_path: str, trial_id: str, line: str) -> None:
 def failed_line(exp_path: str, trial_id: str) -> str | None:
     """The one-line error `record_failed` kept for a trial, None if it has none."""
     return storage_text(exp_path, f"{FAILED_DIR}/{trial_id}.txt")
+
+
+def trial_attempts(exp_path: str, trial_id: str) -> dict[str, Any]:
+    """A trial's attempt record: `lost` (attempts whose process went away after reaching a new
+    checkpoint: preemption, node failure, a stopped driver), `errors` (attempts that failed
+    on their own, lost ones without progress included), `open` and `step` (the attempt now
+    running, the checkpoint step it started from)."""
+    text = storage_text(exp_path, f"{ATTEMPTS_DIR}/{trial_id}.json")
+    return json.loads(text) if text else {"lost": 0, "errors": 0, "open": False, "step": -1}
+
+
+def begin_attempt(exp_path: str, trial_id: str, step: int) -> dict[str, Any]:
+    """Record that an attempt of the trial starts from checkpoint `step` (-1: none). A previous
+    attempt still open went away without an error of its own: lost if it got further than it
+    started (a checkpoint of a higher step exists now), else an error (a process that dies
+    before its first checkpoint every time, say from memory, must not retry forever)."""
+    a = trial_attempts(exp_path, trial_id)
+    if a["open"]:
+        a["lost" if step > a["step"] else "errors"] += 1
+    a.update(open=True, step=step)
+    _write_attempts(exp_path, trial_id, a)
+    return a
+
+
+def end_attempt_with_error(exp_path: str, trial_id: str) -> int:
+    """Record that the running attempt failed on its own; returns the trial's error count."""
+    a = trial_attempts(exp_path, trial_id)
+    a.update(open=False, errors=a["errors"] + 1)
+    _write_attempts(exp_path, trial_id, a)
+    return a["errors"]
+
+
+def _write_attempts(exp_path: str, trial_id: str, a: dict[str, Any]) -> None:
+    open_storage(exp_path).write_bytes(f"{ATTEMPTS_DIR}/{trial_id}.json", json.dumps(a).encode())

@@ -87,7 +87,9 @@ def build_tuner(
             storage_path=root,
             stop=monitor,
             callbacks=[monitor],
-            failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
+            # Tune retries every trial without limit: a trial counts its own failures against
+            # max_failures itself (`trial._begin_attempt`), so lost nodes cost no retries
+            failure_config=tune.FailureConfig(max_failures=-1),
             # no checkpoint_config: trials keep their checkpoints themselves (`retention`)
             verbose=0,  # the monitor prints a status line and one line per finished trial
         ),
