@@ -5,6 +5,7 @@ parent run. The code is the package `pipeline.sweeping`; this file is the script
     python pipeline/sweep.py                                   # the CPU default: depth on 4x4 Sudoku
     python pipeline/sweep.py --sweep sweeps/smoke.yaml         # any sweep file (sweeps/*.yaml)
     python pipeline/sweep.py --sweep sweeps/smoke.yaml --resume          # continue after a crash
+    python pipeline/sweep.py --sweep sweeps/smoke.yaml --resume auto     # continue, or start if new
     python pipeline/sweep.py --sweep sweeps/act_study.yaml --dry-run     # check and list trials
     python pipeline/sweep.py --sweep S --set data.uri=s3://b/sudoku --storage-path s3://b/sweeps
     ray job submit --address http://HEAD:8265 --working-dir . -- python pipeline/sweep.py --sweep S

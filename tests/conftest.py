@@ -24,6 +24,24 @@ import pytest
 from services import MlflowServer, free_port, moto_process, postgres
 
 
+def two_ranks(target, *args) -> dict[int, object]:
+    """Run `target(rank, port, *args, out)` in two spawned processes that form a gloo group on
+    127.0.0.1:port; each puts (rank, value) on `out`. Returns rank -> value."""
+    import torch.multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    port = free_port()
+    procs = [ctx.Process(target=target, args=(r, port, *args, out)) for r in (0, 1)]
+    for p in procs:
+        p.start()
+    got = dict(out.get(timeout=120) for _ in procs)
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    return got
+
+
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
     """Endpoint URL (http://127.0.0.1:PORT) of a moto S3 server running for the session."""
@@ -126,6 +144,8 @@ def ray_local(s3_server):
     mp = pytest.MonkeyPatch()
     env = use_s3(mp, s3_server)
     mp.setenv("RAY_TRAIN_V2_ENABLED", "1")
+    # address="local": a new cluster even when /tmp/ray/ray_current_cluster names another one
+    # (a `ray start` elsewhere on the machine), which ray.init() would otherwise join
     ctx = ray.init(address="local", num_cpus=2, include_dashboard=True, log_to_driver=True)
     try:
         yield RayLocal(env, f"http://{ctx.dashboard_url}")

@@ -261,23 +261,13 @@ def _rank(rank: int, port: int, uri: str, parts: list, out) -> None:
 
 def test_two_ranks_gather_to_rank_0_and_report_the_same(arc_data):
     """A real 2-process gloo group: each rank votes on half the rows; both report the whole."""
-    import torch.multiprocessing as mp
-    from conftest import free_port
+    from conftest import two_ranks
 
     uri = arc_data["fly"]
     voting = ArcVoting(uri, read_meta(uri), pass_ks=[1, 2])
     records = _records(uri, voting).predictions
     whole = voting.metrics(records)  # no process group: gather_to_main is the identity
-    ctx = mp.get_context("spawn")
-    out = ctx.Queue()
-    port, parts = free_port(), [records[0::2], records[1::2]]
-    procs = [ctx.Process(target=_rank, args=(r, port, uri, parts, out)) for r in (0, 1)]
-    for p in procs:
-        p.start()
-    got = dict(out.get(timeout=120) for _ in procs)
-    for p in procs:
-        p.join(timeout=60)
-        assert p.exitcode == 0
+    got = two_ranks(_rank, uri, [records[0::2], records[1::2]])
     assert got[0] == got[1] == whole
 
 

@@ -99,6 +99,24 @@ def test_default_sweep_search_quick_records_every_evaluation(tmp_path):
     assert reached is None or rec["best_exact"] >= rec["target"]
 
 
+def test_search_efficiency_quick_runs_both_searchers_over_the_space(tmp_path):
+    out = tmp_path / "search_efficiency.json"
+    run_script("search_efficiency.py", "--quick", "--out", str(out))
+    res = json.loads(out.read_text())
+    check_machine(res["machine"])
+    assert [(s["searcher"], s["seed"]) for s in res["searches"]] == [("random", 0), ("optuna", 0)]
+    for s in res["searches"]:
+        assert 1 <= len(s["trials"]) <= 2 and s["best"] == max(t["score"] for t in s["trials"])
+        reached = [i + 1 for i, t in enumerate(s["trials"]) if t["score"] >= res["settings"]["target"]]
+        assert s["trials_needed"] == (reached[0] if reached else None)
+        for t in s["trials"]:
+            assert 1.0e-4 <= t["params"]["optim.lr"] <= 3.0e-2
+            assert 0.9 <= t["params"]["optim.ema_rate"] <= 0.999
+            assert t["steps"] == 10
+    rows = {r["searcher"]: r for r in res["summary"]}
+    assert set(rows) == {"random", "optuna"} and res["settings"]["data"] == ["min_clues=12"]
+
+
 @pytest.mark.slow
 def test_sweep_overhead_quick_times_a_real_sweep(tmp_path):
     # a real local Ray cluster and the smoke sweep (4 trials): ~1 min

@@ -401,22 +401,61 @@ def consistency_errors(root: Path) -> list[str]:
     return errors
 
 
+SWEEP_KUSTOMIZATION = K8S / "sweep" / "kustomization.yaml"
+ENTRYPOINT = "python pipeline/sweep.py --sweep SWEEP_FILE --name SWEEP_NAME --resume auto"
+
+
+def sweep_choice(root: Path) -> dict[str, str]:
+    """SWEEP_FILE and SWEEP_NAME as the sweep kustomization's ConfigMap trm-sweep sets them."""
+    k = yaml.safe_load((root / SWEEP_KUSTOMIZATION).read_text())
+    gens = [g for g in k.get("configMapGenerator", []) if g.get("name") == "trm-sweep"]
+    literals = gens[0].get("literals", []) if gens else []
+    return dict(lit.split("=", 1) for lit in literals)
+
+
 def entrypoint_errors(root: Path) -> list[str]:
-    """The RayJob runs an existing sweep file through the sweep CLI."""
-    entrypoint = load_all(root / JOB_MANIFEST)[0]["spec"]["entrypoint"]
-    m = re.fullmatch(r"python pipeline/sweep\.py --sweep (sweeps/[\w.-]+\.yaml)", entrypoint)
-    if not m:
-        return [
-            f"RayJob entrypoint {entrypoint!r} is not `python pipeline/sweep.py --sweep sweeps/NAME.yaml`"
-        ]
-    missing = [p for p in ("pipeline/sweep.py", m.group(1)) if not (root / p).exists()]
-    return [f"RayJob entrypoint names {p}, which does not exist" for p in missing]
+    """The RayJob runs, with --resume auto, the sweep file and name its kustomization gives: an
+    existing sweep file, and a name that is a valid sweep name and makes a valid job name."""
+    job = load_all(root / JOB_MANIFEST)[0]
+    errors = []
+    if job["spec"]["entrypoint"] != ENTRYPOINT:
+        errors.append(f"RayJob entrypoint {job['spec']['entrypoint']!r} is not {ENTRYPOINT!r}")
+    if job["metadata"]["name"] != "trm-sweep-SWEEP_NAME":
+        errors.append(f"RayJob name {job['metadata']['name']!r} is not trm-sweep-SWEEP_NAME")
+    choice = sweep_choice(root)
+    file, name = choice.get("SWEEP_FILE", ""), choice.get("SWEEP_NAME", "")
+    if not re.fullmatch(r"sweeps/[\w.-]+\.yaml", file) or not (root / file).exists():
+        errors.append(f"{SWEEP_KUSTOMIZATION}: SWEEP_FILE {file!r} does not exist under sweeps/")
+    if not re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", name) or len(name) > 53:
+        errors.append(
+            f"{SWEEP_KUSTOMIZATION}: SWEEP_NAME {name!r} must be lower-case letters, digits and "
+            "'-' (it names the RayJob trm-sweep-<name>, at most 63 characters)"
+        )
+    if not (root / "pipeline/sweep.py").exists():
+        errors.append("RayJob entrypoint names pipeline/sweep.py, which does not exist")
+    return errors
 
 
 def test_rayjob_runs_an_existing_sweep_file():
     errors = entrypoint_errors(REPO)
-    print(f"entrypoint: {load_all(REPO / JOB_MANIFEST)[0]['spec']['entrypoint']!r}: {errors}")
+    print(f"RayJob sweep: {sweep_choice(REPO)}: {errors}")
     assert errors == []
+
+
+def test_rayjob_takes_its_sweep_from_the_kustomization(tmp_path):
+    """Another sweep is two values in kustomization.yaml: the rendered job runs that file under
+    that name with --resume auto, and is named after it."""
+    copy_repo_parts(tmp_path, str(K8S))
+    path = tmp_path / SWEEP_KUSTOMIZATION
+    edit(path, "SWEEP_FILE=sweeps/sudoku_extreme_ablation.yaml", "SWEEP_FILE=sweeps/maze_hard.yaml")
+    edit(path, "SWEEP_NAME=sudoku-extreme-ablation", "SWEEP_NAME=maze-2")
+    docs = kustomize(tmp_path / K8S / "sweep")
+    (job,) = [d for d in docs if d["kind"] == "RayJob"]
+    assert job["metadata"]["name"] == "trm-sweep-maze-2"
+    assert job["spec"]["entrypoint"] == (
+        "python pipeline/sweep.py --sweep sweeps/maze_hard.yaml --name maze-2 --resume auto"
+    )
+    assert not [d for d in docs if d["metadata"]["name"] == "trm-sweep"]  # local to kustomize
 
 
 def test_project_files_agree():
@@ -435,11 +474,21 @@ def test_project_files_agree():
             "ARG PYTHON_TAG=py39",
             "PYTHON_TAG",
         ),
-        (JOB_MANIFEST, "--sweep sweeps/", "--sweep sweeps/no_such_", "does not exist"),
+        (SWEEP_KUSTOMIZATION, "SWEEP_FILE=sweeps/", "SWEEP_FILE=sweeps/no_such_", "does not exist"),
+        (SWEEP_KUSTOMIZATION, "SWEEP_NAME=sudoku-", "SWEEP_NAME=Sudoku_", "SWEEP_NAME"),
+        (JOB_MANIFEST, "SWEEP_NAME --resume auto", "SWEEP_NAME", "RayJob entrypoint"),
         (JOB_MANIFEST, "maxReplicas: 8", "maxReplicas: 9", "rayClusterSpec differs"),
         (K8S / "base/cluster.env", "TRM_BUCKET=", "TRM_BUCKT=", "cluster.env keys"),
     ],
-    ids=["ray-version", "python", "sweep-file", "job-cluster-drift", "cluster-env-key"],
+    ids=[
+        "ray-version",
+        "python",
+        "sweep-file",
+        "sweep-name",
+        "no-resume-auto",
+        "job-cluster-drift",
+        "cluster-env-key",
+    ],
 )
 def test_consistency_catches_planted_error(tmp_path, path, old, new, expected):
     copy_repo_parts(
@@ -452,8 +501,7 @@ def test_consistency_catches_planted_error(tmp_path, path, old, new, expected):
 
 
 def sweep_file() -> str:
-    entrypoint = load_all(REPO / JOB_MANIFEST)[0]["spec"]["entrypoint"]
-    return Path(entrypoint.split("--sweep", 1)[1].strip()).name
+    return Path(sweep_choice(REPO)["SWEEP_FILE"]).name
 
 
 def test_gpu_workers_fit_their_nodes():

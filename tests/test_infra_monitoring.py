@@ -19,8 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from tests.conftest import free_port
+from services import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 K8S = REPO / "infra" / "k8s"

@@ -231,6 +231,27 @@ def test_cli_dry_run_and_errors(tmp_path, capsys):
     assert f"{sweep.num_trials} trial(s)" in dry_run_text(sweep, "x")
 
 
+def test_resume_auto_starts_a_new_sweep_and_continues_a_stored_one(tmp_path, capsys):
+    """`--resume auto` picks by what the storage holds: nothing (start it) or a sweep of that
+    name (continue it, and the stored file wins over the one given now)."""
+    from pipeline.sweeping.store import load_sweep, store_sweep
+
+    args = ["--sweep", str(SWEEPS / "smoke.yaml"), "--storage-path", str(tmp_path), "--dry-run"]
+    assert main([*args, "--resume", "auto"]) == 0
+    out = capsys.readouterr().out
+    assert f"--resume auto: no sweep yet; starting it at {tmp_path}/smoke" in out
+    assert "optim.lr=1e-06" in out
+    sweep, text, exp_path = load_sweep(SWEEPS / "smoke.yaml", ["schedule.steps=16"], str(tmp_path))
+    store_sweep(exp_path, sweep, text)
+    changed = ["--set", "schedule.steps=24"]
+    assert main([*args, *changed, "--resume", "auto"]) == 0
+    out = capsys.readouterr().out
+    assert f"--resume auto: continuing the sweep stored at {exp_path}" in out
+    assert "resuming the stored one" in out  # steps 16 as stored, not the 24 given now
+    assert main([*args, "--name", "other", "--resume", "auto"]) == 0
+    assert "no sweep yet; starting it" in capsys.readouterr().out
+
+
 def test_trial_config_sets_nested_values_as_they_are():
     """A point's values go into the base as they are: no text in between, one validation."""
     from pipeline.sweeping.space import trial_config

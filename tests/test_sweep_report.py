@@ -232,8 +232,8 @@ def test_a_large_sweep_prints_its_best_trials_and_grid_points_not_every_row():
 
 def test_the_end_of_a_sweep_lists_its_directory_once(tmp_path, monkeypatch):
     from pipeline.checkpoints import store as ckpt
-    from pipeline.sweeping import store
     from pipeline.checkpoints.retention import best_checkpoint
+    from pipeline.sweeping import store
 
     exp = tmp_path / "sweep"
     for trial, steps in (("trial_a", (8, 16)), ("trial_b", (8,))):

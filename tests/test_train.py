@@ -275,3 +275,71 @@ def test_a_run_resumed_from_its_final_checkpoint_reports_its_result_again(tmp_pa
     ended = first.history[-1]
     assert again[0]["eval/exact_accuracy"] == ended["eval/exact_accuracy"]
     assert last == again[0]
+
+
+def test_time_based_checkpoints_between_step_checkpoints_resume_but_are_never_ranked(
+    sudoku4, tmp_path
+):
+    """checkpoint.every_minutes: a checkpoint at each log step once that much time has passed
+    (here 60 us: every log step), besides the step-based ones; its report holds no eval metrics
+    (the last evaluation was at an earlier step), so retention keeps it only as the latest; a
+    run resumes from it."""
+    from pipeline.checkpoints import retention
+
+    # one evaluation, at step 12: an evaluation that improves the best is checkpointed too
+    base = [
+        "checkpoint.every=12",
+        "eval.every=12",
+        "schedule.log_every=3",
+        "schedule.report_every=0",
+    ]
+    steps_only = LocalCheckpoints(tmp_path / "runs" / "steps")
+    cfg = tiny_cfg(sudoku4, tmp_path, *base)
+    run_in_process(cfg, run_info(cfg, "steps", str(tmp_path / "runs")), report=steps_only)
+    assert sorted(p.name for p in (tmp_path / "runs" / "steps").iterdir()) == [
+        "checkpoint_00000012"
+    ]
+
+    timed = LocalCheckpoints(tmp_path / "runs" / "timed")
+    cfg = tiny_cfg(sudoku4, tmp_path, *base, "checkpoint.every_minutes=0.000001")
+    run_in_process(cfg, run_info(cfg, "timed", str(tmp_path / "runs")), report=timed)
+    run_dir = tmp_path / "runs" / "timed"
+    saved = {int(p.name.split("_")[1]): ckpt.read_report(p) for p in run_dir.iterdir()}
+    assert sorted(saved) == [3, 6, 9, 12]  # the log steps
+    for step, report in saved.items():
+        assert report["step"] == step and "train/loss" in report
+        assert any(k.startswith("eval/") for k in report) == (step == 12), (step, report)
+    at9 = tmp_path / "at9"
+    shutil.copytree(run_dir / "checkpoint_00000009", at9)
+    assert retention.prune(str(run_dir), 1, "eval/exact_accuracy", "max")  # 12: latest and best
+    assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoint_00000012"]
+
+    # resumed from the time-based checkpoint at step 9, the run ends as the uninterrupted one
+    again = LocalCheckpoints(tmp_path / "runs" / "again")
+    run_in_process(cfg, run_info(cfg, "again", str(tmp_path / "runs")), report=again,
+                   resume_dir=str(at9))  # fmt: skip
+    assert [m["step"] for m in again.history] == [12]
+    for key in ("train/loss", "eval/exact_accuracy", "eval/accuracy"):
+        assert math.isclose(again.history[-1][key], timed.history[-1][key], rel_tol=1e-6), key
+
+
+def _decide(rank: int, port: int, flags: list[bool], out) -> None:
+    import torch.distributed as dist
+
+    from pipeline.training.distributed import main_decides
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        out.put((rank, [main_decides(f) for f in flags[rank]]))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_rank_0_decides_a_wall_clock_checkpoint_for_every_rank():
+    """A real 2-process gloo group: whatever rank 1's clock says, both ranks take rank 0's
+    decision (a checkpoint only some ranks take would hang the others)."""
+    from conftest import two_ranks
+
+    flags = [[False, True, True], [True, False, True]]
+    got = two_ranks(_decide, flags)
+    assert got[0] == got[1] == flags[0]

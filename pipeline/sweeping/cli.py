@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pipeline.config.run import ConfigError
 from pipeline.sweeping.config import SweepConfig
-from pipeline.sweeping.store import load_sweep, stored_sweep
+from pipeline.sweeping.store import load_sweep, stored_sweep, sweep_started
 
 DEFAULT_SWEEP = Path(__file__).resolve().parents[2] / "sweeps" / "default.yaml"
 
@@ -19,7 +19,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python pipeline/sweep.py",
         description=(
-            "Sweep TRM run configs with Ray Tune (grid/random search, FIFO/ASHA, compute "
+            "Sweep TRM run configs with Ray Tune (grid/random/Optuna search, FIFO/ASHA, compute "
             "budget), tracked in MLflow.\nWithout arguments: the CPU default sweep "
             "(sweeps/default.yaml) on a local Ray cluster."
         ),
@@ -48,7 +48,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--storage-path", help="where the sweep lives (default: base checkpoint.storage_path)"
     )
-    p.add_argument("--resume", action="store_true", help="continue an interrupted sweep")
+    p.add_argument(
+        "--resume",
+        nargs="?",
+        const="yes",
+        choices=("yes", "auto"),
+        help="continue an interrupted sweep; `--resume auto`: continue the sweep of this name "
+        "when its storage holds one, else start it (one command for a job that may be "
+        "submitted again after a failure)",
+    )
     p.add_argument(
         "--dry-run", action="store_true", help="check the sweep file and list its trials; no Ray"
     )
@@ -68,7 +76,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         sweep, text, exp_path = load_sweep(
             args.sweep, args.overrides, args.storage_path, args.name, args.checkpoint
         )
-        if args.resume:
+        resume = args.resume == "yes" or (args.resume == "auto" and sweep_started(exp_path))
+        if args.resume == "auto":
+            verb = "continuing the sweep stored" if resume else "no sweep yet; starting it"
+            print(f"[sweep] --resume auto: {verb} at {exp_path}", flush=True)
+        if resume:
             sweep, text = stored_sweep(sweep, exp_path)
         if args.dry_run:
             print(dry_run_text(sweep, exp_path))
@@ -79,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         connected = ray.is_initialized()
         outcome = run_sweep(
-            sweep, text, exp_path, resume=args.resume, address=args.address, num_cpus=args.num_cpus
+            sweep, text, exp_path, resume=resume, address=args.address, num_cpus=args.num_cpus
         )
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -104,6 +116,7 @@ def dry_run_text(sweep: SweepConfig, exp_path: str) -> str:
     ranges = {k: f"{d.kind}{d.values}" for k, d in sweep.domains.items() if d.kind != "grid"}
     for i, point in enumerate(sweep.grid_points()):
         lines.append(f"  grid point {i}: " + ", ".join(f"{k}={v}" for k, v in point.items()))
+    how = "proposed by TPE" if sweep.search.algorithm == "optuna" else "drawn per sample"
     for k, r in ranges.items():
-        lines.append(f"  drawn per sample: {k} ~ {r}")
+        lines.append(f"  {how}: {k} ~ {r}")
     return "\n".join(lines)

@@ -10,11 +10,11 @@ training config) plus a search space over any of its fields, addressed by dotted
       model.H_cycles: {grid: [1, 2, 3]}
       optim.lr: {loguniform: [1.0e-4, 1.0e-2]}
       model.L_layers,model.L_cycles: {grid: [[2, 6], [4, 3]]}             # tied values
-    search: {algorithm: grid, num_samples: 1, metric: eval/exact_accuracy, mode: max}
+    search: {algorithm: grid, num_samples: 1, metric: eval/exact_accuracy, mode: max}   # or optuna
     scheduler: {type: asha, time_attr: flops, max_t: 1.0e13, grace_period: 1.0e12}
     concurrency: 0                   # trials at once; 0 = as many as fit the cluster
     budget: {flops: 0, hours: 0}     # stop the whole sweep when spent; 0 = no limit
-    max_failures: 2                  # retries of a failed trial from its last checkpoint
+    max_failures: 2                  # retries of a trial failing on its own (lost nodes: no limit)
 
 String values may refer to the environment: `${TRM_DATA_URI:-s3://trm-data}/sudoku` (the
 default after `:-`; an unset variable without one is an error).
@@ -54,7 +54,7 @@ from pipeline.sweeping.dataset import check_builder_args
 from pipeline.sweeping.space import Domain, check_field, trial_config
 from pipeline.training.metrics import TRAIN_METRICS
 
-ALGORITHMS = ("grid", "random")
+ALGORITHMS = ("grid", "random", "optuna")
 MODES = ("train", "evaluate")
 # the only fields an evaluate-mode sweep may vary: test-time settings of `TRM.predict`
 EVAL_MODE_FIELDS = (
@@ -78,15 +78,21 @@ class SearchConfig(StrictConfig):
 
     algorithm: Literal[ALGORITHMS] = "grid"  # type: ignore[valid-type]
     """'grid': every key is a grid, trials = their cross product (x num_samples). 'random':
-    grid keys are crossed, every other key is drawn num_samples times per grid point."""
+    grid keys are crossed, every other key is drawn num_samples times per grid point.
+    'optuna': num_samples trials, each drawn by Optuna's TPE from the results of the trials
+    before it (Ray Tune's OptunaSearch); no grid keys (write `choice` instead)."""
     num_samples: int = Field(1, gt=0)
-    """Repeats of each grid point (grid) / draws per grid point (random)."""
+    """Repeats of each grid point (grid) / draws per grid point (random) / trials (optuna)."""
     metric: str = "eval/exact_accuracy"
     """Reported metric that ranks trials, drives ASHA and picks the best config."""
     mode: Literal["max", "min"] = "max"
     """'max' or 'min': which direction of `metric` is better."""
     seed: int = 0
-    """Seed of the random draws (the same seed gives the same trials)."""
+    """Seed of the random draws (the same seed gives the same trials; for optuna, the same
+    first trials and the same proposals from the same results)."""
+    startup_trials: int = Field(10, gt=0)
+    """optuna: trials drawn at random before TPE starts modelling the results (Optuna's
+    n_startup_trials); with few trials in all, lower it or TPE never starts."""
 
     @model_validator(mode="after")
     def _check(self) -> SearchConfig:
@@ -164,7 +170,10 @@ class SweepConfig(StrictConfig):
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
     """Compute budget that stops the sweep."""
     max_failures: int = Field(2, ge=-1)
-    """Times a failed trial is retried from its last checkpoint (-1 = forever)."""
+    """Times a trial that fails on its own is retried from its last checkpoint (-1 = forever).
+    A trial lost with its node or process (preemption, node failure) after reaching a new
+    checkpoint is retried without limit and counted as a preemption in the summary; input
+    that fails the same way every time ends the trial at once."""
     dataset: dict[str, Any] = Field(default_factory=dict)
     """Optional: how to build base.data.uri when it holds no dataset yet: `builder` (sudoku,
     maze or arc) and the builder's keyword arguments (pipeline.data.build_*)."""
@@ -235,6 +244,12 @@ class SweepConfig(StrictConfig):
                 f"space[{key!r}]",
                 f"search.algorithm 'grid' needs grid domains, got {dom.kind!r} "
                 "(use algorithm: random to draw from it)",
+            )
+            require(
+                self.search.algorithm != "optuna" or dom.kind != "grid",
+                f"space[{key!r}]",
+                "search.algorithm 'optuna' cannot take a grid (it proposes every value "
+                "itself): write {choice: [...]} for it to choose among the values",
             )
 
     def _check_evaluate(self) -> None:

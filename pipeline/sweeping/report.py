@@ -113,7 +113,7 @@ def summary_table(
     if metric != EXACT:
         headers.append(f"best {EXACT}")
     headers += ["at step", "to 95%", "halt tau=0.5 steps/exact", "steps", "examples", "FLOPs",
-                "wall", "stop"]  # fmt: skip
+                "wall", "preempted", "stop"]  # fmt: skip
     body = []
     for r in rows if ranked else sorted(rows, key=lambda r: (r.depth, r.name, r.trial_id)):
         line = [r.trial_id, r.name, *(_fmt(r.params.get(k)) for k in keys), str(r.depth),
@@ -128,6 +128,7 @@ def summary_table(
             str(r.examples),
             f"{r.flops:.3g}",
             clock(r.wall_s),
+            str(r.preemptions),
             r.stop_reason + (f" ({r.error})" if r.error else ""),
         ]
         body.append(line)
@@ -248,7 +249,7 @@ def summary_csv(rows: list[TrialRow]) -> str:
     buf = io.StringIO()
     keys = _keys(rows)
     cols = ["trial_id", "name", *keys, "depth", "best", "best_step", "exact", "steps_to_95",
-            "step", "total_steps", "examples", "flops", "wall_s", "stop_reason", "error",
+            "step", "total_steps", "examples", "flops", "wall_s", "preemptions", "stop_reason", "error",
             "run_id", "checkpoint"]  # fmt: skip
     w = csv.writer(buf)
     w.writerow(cols)

@@ -47,6 +47,9 @@ class TrialRow:
     checkpoint: str = ""
     """URI of the kept checkpoint with the best value of the sweep's metric ('' if none)."""
     checkpoint_step: int = 0
+    preemptions: int = 0
+    """Attempts lost with their node or process after reaching a new checkpoint (preemption,
+    node failure, a stopped sweep driver), each retried without limit (`store.begin_attempt`)."""
 
 
 def result_trial_id(result: Any) -> str:
@@ -117,6 +120,7 @@ def trial_row(sweep: SweepConfig, ctx: Any, result: Any, listing: SweepListing) 
     row.step, row.examples = int(m.get("step", 0)), int(m.get("examples", 0))
     row.flops, row.wall_s = float(m.get("flops", 0.0)), float(m.get("time_total_s", 0.0))
     failed = listing.failed_line(trial_id)
+    row.preemptions = listing.preemptions(trial_id)
     row.stop_reason = _stop_reason(row, result, m, failed)
     return row
 

@@ -193,6 +193,7 @@ def make_context(
         code_version=code_version(),
         parent_run_id=parent_run_id,
         tracking_uri=base.tracking.uri if base.tracking.enabled else "",
+        max_failures=sweep.max_failures,
         unique_points=sweep.search.algorithm == "grid" and sweep.search.num_samples == 1,
         tasks=carried_tasks(),
     )

@@ -22,6 +22,7 @@ STORED_RESOLVED = "sweep.resolved.yaml"
 TRIALS_DIR = "trials"
 COMPLETED_DIR = "completed"
 FAILED_DIR = "failed"
+ATTEMPTS_DIR = "attempts"
 # keys Tune adds to every result; a trial's own metrics are the rest
 _TUNE_KEYS = {"done", "training_iteration", "trial_id", "date", "timestamp", "time_this_iter_s",
               "time_total_s", "pid", "hostname", "node_ip", "time_since_restore",
@@ -60,6 +61,11 @@ def store_sweep(exp_path: str, sweep: SweepConfig, sweep_text: str) -> None:
 
 def resolved_text(sweep: SweepConfig) -> str:
     return yaml.safe_dump(sweep.to_dict(), sort_keys=False)
+
+
+def sweep_started(exp_path: str) -> bool:
+    """Whether a sweep was started at `exp_path` (its file is stored there before any trial)."""
+    return open_storage(exp_path).exists(STORED_RESOLVED)
 
 
 def stored_sweep(sweep: SweepConfig, exp_path: str) -> tuple[SweepConfig, str]:
@@ -118,7 +124,7 @@ class SweepListing:
 
         self.exp_path = exp_path.rstrip("/")
         self.store = open_storage(self.exp_path)
-        keys = self.store.list()
+        self._keys = keys = set(self.store.list())
         self._failed = {k.removeprefix(f"{FAILED_DIR}/").removesuffix(".txt")
                         for k in keys if k.startswith(f"{FAILED_DIR}/")}  # fmt: skip
         self._checkpoints: dict[str, set[str]] = {}  # directory -> checkpoint names
@@ -158,3 +164,42 @@ class SweepListing:
             return json.loads(self.store.read_bytes(key))
         except (OSError, ValueError):  # a half-written report: as `stored_in`, no metrics
             return {}
+
+    def preemptions(self, trial_id: str) -> int:
+        """The trial's lost attempts (`trial_attempts`), read only when it has a record."""
+        key = f"{ATTEMPTS_DIR}/{trial_id}.json"
+        return self._read_json(key).get("lost", 0) if key in self._keys else 0
+
+
+def trial_attempts(exp_path: str, trial_id: str) -> dict[str, Any]:
+    """A trial's attempt record: `lost` (attempts whose process went away after reaching a new
+    checkpoint: preemption, node failure, a stopped driver), `errors` (attempts that failed
+    on their own, lost ones without progress included), `open` and `step` (the attempt now
+    running, the checkpoint step it started from)."""
+    text = storage_text(exp_path, f"{ATTEMPTS_DIR}/{trial_id}.json")
+    return json.loads(text) if text else {"lost": 0, "errors": 0, "open": False, "step": -1}
+
+
+def begin_attempt(exp_path: str, trial_id: str, step: int) -> dict[str, Any]:
+    """Record that an attempt of the trial starts from checkpoint `step` (-1: none). A previous
+    attempt still open went away without an error of its own: lost if it got further than it
+    started (a checkpoint of a higher step exists now), else an error (a process that dies
+    before its first checkpoint every time, say from memory, must not retry forever)."""
+    a = trial_attempts(exp_path, trial_id)
+    if a["open"]:
+        a["lost" if step > a["step"] else "errors"] += 1
+    a.update(open=True, step=step)
+    _write_attempts(exp_path, trial_id, a)
+    return a
+
+
+def end_attempt_with_error(exp_path: str, trial_id: str) -> int:
+    """Record that the running attempt failed on its own; returns the trial's error count."""
+    a = trial_attempts(exp_path, trial_id)
+    a.update(open=False, errors=a["errors"] + 1)
+    _write_attempts(exp_path, trial_id, a)
+    return a["errors"]
+
+
+def _write_attempts(exp_path: str, trial_id: str, a: dict[str, Any]) -> None:
+    open_storage(exp_path).write_bytes(f"{ATTEMPTS_DIR}/{trial_id}.json", json.dumps(a).encode())

@@ -23,7 +23,13 @@ from pipeline.checkpoints import retention
 from pipeline.checkpoints import store as ckpt
 from pipeline.config.run import RunConfig
 from pipeline.sweeping.space import trial_config
-from pipeline.sweeping.store import TRIALS_DIR, completed_result, record_failed
+from pipeline.sweeping.store import (
+    TRIALS_DIR,
+    begin_attempt,
+    completed_result,
+    end_attempt_with_error,
+    record_failed,
+)
 from pipeline.tasks import adopt_tasks
 from pipeline.tracking.prometheus import count_trial
 from pipeline.training.failures import deterministic, root_cause
@@ -54,6 +60,9 @@ class SweepContext:
     tasks: tuple[Any, ...] = ()
     """Puzzle families registered on the driver beyond the built-in ones (`carried_tasks`):
     trials register them before reading data."""
+    max_failures: int = 2
+    """Attempts of a trial that may fail on their own before it ends (-1 = no limit); attempts
+    lost with their process (preemption, node failure) do not count."""
     unique_points: bool = True
     """Every trial has its own swept values (a grid, one sample per point): display names need
     no trial number."""
@@ -192,6 +201,8 @@ def run_trial(config: dict[str, Any], ctx: SweepContext) -> None:
         tune.report(done)
         return
     cfg = ctx.trial_config(config, trial_id)
+    if not _begin_attempt(ctx, cfg, trial_id):
+        return
     count_trial(ctx.name, "started")  # a trial the scheduler stops counts no end event
     try:
         if cfg.resources.num_workers > 1:
@@ -200,14 +211,37 @@ def run_trial(config: dict[str, Any], ctx: SweepContext) -> None:
             _train_in_process(cfg, ctx, config, trial_id)
     except Exception as e:
         if deterministic(e) is None:
-            count_trial(ctx.name, "retried")
-            raise  # Tune retries it (max_failures) from the trial's last checkpoint
+            errors = end_attempt_with_error(ctx.exp_path, trial_id)
+            if ctx.max_failures < 0 or errors <= ctx.max_failures:
+                count_trial(ctx.name, "retried")
+                raise  # Tune retries it from the trial's last checkpoint
+            count_trial(ctx.name, "failed")
+            record_failed(ctx.exp_path, trial_id, f"{root_cause(e)} (failed {errors} times)")
+            return
         # the same input fails every attempt: end the trial instead of Tune retrying it, and
         # leave its one line for the monitor and the summary
         count_trial(ctx.name, "failed")
         record_failed(ctx.exp_path, trial_id, root_cause(e))
     else:
         count_trial(ctx.name, "completed")
+
+
+def _begin_attempt(ctx: SweepContext, cfg: RunConfig, trial_id: str) -> bool:
+    """Count this attempt (`store.begin_attempt`); False when the attempts before it that went
+    away without progress used up max_failures (the trial ends with that line). Tune itself
+    retries every trial without limit (`tuner`): the count of the trial's own failures is
+    kept here, so that preemptions and lost nodes cost no retries."""
+    newest = next(iter(ckpt.stored_in(*ckpt.filesystem(
+        ctx.checkpoint_dir(trial_id, cfg.resources.num_workers)))), None)  # fmt: skip
+    a = begin_attempt(ctx.exp_path, trial_id, newest.step if newest else -1)
+    if a["lost"]:
+        print(f"[sweep] trial {trial_id}: attempt after {a['lost']} lost with its node or "
+              f"process (preemptions), from step {max(a['step'], 0)}", flush=True)  # fmt: skip
+    if 0 <= ctx.max_failures < a["errors"]:
+        record_failed(ctx.exp_path, trial_id, f"lost {a['errors']} times before reaching a new "
+                      "checkpoint (crashing as it starts? out of memory?)")  # fmt: skip
+        return False
+    return True
 
 
 def _train_with_workers(cfg: RunConfig, ctx: SweepContext) -> None:

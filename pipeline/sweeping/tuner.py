@@ -1,8 +1,10 @@
-"""The `Tuner` of a sweep: its search space (grid values costliest first), scheduler (FIFO or
-ASHA on steps, examples or FLOPs), the monitor, failure and checkpoint configs."""
+"""The `Tuner` of a sweep: its search space (grid values costliest first), searcher (Tune's
+variant generator for grid/random, Optuna's TPE for optuna), scheduler (FIFO or ASHA on steps,
+examples or FLOPs), the monitor, failure and checkpoint configs."""
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 from ray import tune
@@ -40,7 +42,6 @@ def build_tuner(
     sweep: SweepConfig, base: RunConfig, trainable: Any, exp_path: str, concurrency: int
 ) -> Any:
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-    from ray.tune.search.basic_variant import BasicVariantGenerator
 
     sch = sweep.scheduler
     max_t = sch.max_t or (sweep.max_steps() if sch.time_attr == "steps" else 0)
@@ -74,9 +75,7 @@ def build_tuner(
             metric=sweep.search.metric,
             mode=sweep.search.mode,
             num_samples=sweep.search.num_samples,
-            search_alg=BasicVariantGenerator(
-                max_concurrent=concurrency, random_state=sweep.search.seed
-            ),
+            search_alg=searcher(sweep, concurrency),
             scheduler=scheduler,
             # a trial starts in the process its predecessor ran in: no process start and no
             # imports per trial (3-21 s each on a small box); see benchmarks/sweep_overhead.py
@@ -88,8 +87,31 @@ def build_tuner(
             storage_path=root,
             stop=monitor,
             callbacks=[monitor],
-            failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
+            # Tune retries every trial without limit: a trial counts its own failures against
+            # max_failures itself (`trial._begin_attempt`), so lost nodes cost no retries
+            failure_config=tune.FailureConfig(max_failures=-1),
             # no checkpoint_config: trials keep their checkpoints themselves (`retention`)
             verbose=0,  # the monitor prints a status line and one line per finished trial
         ),
     )
+
+
+def searcher(sweep: SweepConfig, concurrency: int) -> Any:
+    """How trials get their values: Tune's variant generator (grid crossed, ranges drawn at
+    random) or Optuna's TPE, at most `concurrency` trials at a time. Tune saves either one's
+    state in the experiment directory and restores it with the experiment (`--resume`)."""
+    s = sweep.search
+    if s.algorithm != "optuna":
+        from ray.tune.search.basic_variant import BasicVariantGenerator
+
+        return BasicVariantGenerator(max_concurrent=concurrency, random_state=s.seed)
+    import optuna
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # one INFO line per trial otherwise
+    # tied keys choose among lists; Optuna warns that such choices cannot go to a database, and
+    # the study lives in memory (and in Tune's saved searcher state), so the warning is noise
+    warnings.filterwarnings("ignore", "Choices for a categorical distribution", UserWarning)
+    sampler = optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=s.startup_trials)
+    return ConcurrencyLimiter(OptunaSearch(sampler=sampler), max_concurrent=concurrency)

@@ -8,6 +8,7 @@ creates a process group.
   so all ranks apply the same sparse update to their copy of the puzzle table.
 - `sum_across_ranks`: metric sums (counts, correct examples) for logging and evaluation.
 - `gather_to_main`: small Python objects (ARC vote tables) to rank 0 only.
+- `main_decides`: rank 0's yes/no on every rank (a wall-clock checkpoint: clocks differ).
 """
 
 from __future__ import annotations
@@ -71,3 +72,13 @@ def gather_to_main(obj: Any) -> list[Any] | None:
     out: list[Any] | None = [None] * world_size() if rank() == 0 else None
     dist.gather_object(obj, out, dst=0)
     return out
+
+
+def main_decides(flag: bool, device: torch.device | str = "cpu") -> bool:
+    """Rank 0's `flag` on every rank (one broadcast): a decision every rank must take alike
+    that depends on something only one rank should judge, such as its wall clock."""
+    if world_size() == 1:
+        return flag
+    t = torch.tensor([1 if flag else 0], dtype=torch.int64, device=device)
+    dist.broadcast(t, src=0)
+    return bool(t.item())

@@ -54,6 +54,7 @@ from pipeline.tasks import adopt_tasks, carried_tasks
 from pipeline.tracking.provenance import source_tags
 from pipeline.tracking.tracker import NullTracker, start_tracker
 from pipeline.training.device import compile_model, to_device
+from pipeline.training.distributed import main_decides
 from pipeline.training.metrics import MetricWindow, peak_flops
 from pipeline.training.schedule import with_epoch_steps
 from pipeline.training.state import TrainState, train_step
@@ -120,6 +121,7 @@ def train_loop(cfg: RunConfig, info: RunInfo, session: Session) -> dict[str, flo
     saved_with = {"mlflow_run_id": tracker.run_id or "", "config": cfg.to_dict(),
                   "model_config": mcfg.to_dict()}  # fmt: skip
     total, last_metrics = cfg.schedule.steps, {}
+    clock = CheckpointClock(cfg.checkpoint.every_minutes, device)
     try:
         with contextlib.closing(_batches(train_stream, state, device)) as batches:
             net.train()
@@ -131,6 +133,7 @@ def train_loop(cfg: RunConfig, info: RunInfo, session: Session) -> dict[str, flo
                 due = _due(cfg, state.step)
                 if not due.log:
                     continue
+                timed = not due.checkpoint and clock.due()  # a collective: at log steps only
                 train = window.summary(state.lr)
                 if rank == 0:
                     session.say(_progress_line(info.name, state, total, train, window))
@@ -144,12 +147,15 @@ def train_loop(cfg: RunConfig, info: RunInfo, session: Session) -> dict[str, flo
                                           cfg.checkpoint.mode)  # fmt: skip
                 last_metrics = {"step": state.step, "epoch": state.epoch, **train,
                                 **state.last_eval}  # fmt: skip
-                if due.checkpoint or best:
+                if due.checkpoint or best or timed:
                     with tempfile.TemporaryDirectory(prefix="trm-ckpt-") as d:
                         state.save(d, rank, world, saved_with)
                         if rank == 0:  # what it scored, to rank and order checkpoints by
-                            ckpt.write_report(d, last_metrics)
+                            ckpt.write_report(
+                                d, unranked(last_metrics) if timed and not best else last_metrics
+                            )
                         session.report(last_metrics, d)
+                    clock.restart()
                 elif due.report:
                     session.report(last_metrics, None)
                 window.restart()
@@ -271,6 +277,31 @@ def _start_tracking(
         f"{cfg.per_worker_batch} rows, {cfg.schedule.steps} steps, device {device.type}"
     )
     return tracker, peak
+
+
+class CheckpointClock:
+    """`checkpoint.every_minutes`: whether that much wall-clock time has passed since the last
+    checkpoint, by rank 0's clock for every rank (ranks' clocks and speeds differ, and a
+    checkpoint is a step all ranks take together)."""
+
+    def __init__(self, minutes: float, device: torch.device) -> None:
+        self.every_s, self.device = minutes * 60, device
+        self.restart()
+
+    def restart(self) -> None:
+        self.since = time.monotonic()
+
+    def due(self) -> bool:
+        """Collective when on: every rank calls it at the same steps."""
+        if not self.every_s:
+            return False
+        return main_decides(time.monotonic() - self.since >= self.every_s, self.device)
+
+
+def unranked(metrics: dict[str, Any]) -> dict[str, Any]:
+    """A time-based checkpoint's report: the training metrics only. The last evaluation's
+    scores belong to an earlier step, so retention keeps it as the latest, never as a best."""
+    return {k: v for k, v in metrics.items() if not k.startswith("eval/")}
 
 
 class _Due(NamedTuple):
