@@ -188,13 +188,13 @@ def main(argv: list[str] | None = None) -> int:
     from default_sweep_search import data_uri, dataset_args
 
     from pipeline.sweeping.config import SweepConfig
-    from pipeline.sweeping.dataset import builders
+    from pipeline.tasks import get_task
 
     args = parse_args(argv)
     torch.set_num_threads(1)
     data = dataset_args(SweepConfig.from_yaml(args.sweep), args.data)
     uri = data_uri(data)
-    builders()[data["builder"]](uri, **{k: v for k, v in data.items() if k != "builder"})
+    get_task(data["builder"]).builder(uri, **{k: v for k, v in data.items() if k != "builder"})
     # seeds in parallel processes (`--jobs`): each trains its own trials with one thread
     with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:
         per_seed = pool.starmap(run_seed, [(seed, args, uri) for seed in range(args.seeds)])
