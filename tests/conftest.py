@@ -118,23 +118,23 @@ def s3_env(s3_server, monkeypatch) -> S3Env:
 
 
 # ---- training (pipeline/train.py): a real MLflow tracking server and a local Ray cluster ----
-@pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory):
-    """URI (http://127.0.0.1:PORT) of a real `mlflow server` process with a sqlite backend and
-    proxied artifacts, running for the session; stopped by pid."""
-    root = tmp_path_factory.mktemp("mlflow-server")
+@contextlib.contextmanager
+def mlflow_process(root: Path, port: int | None = None):
+    """A real `mlflow server` process with a sqlite backend and proxied artifacts under `root`
+    on `port` (a free one when None), in its own session (os.killpg(proc.pid, SIGSTOP) pauses
+    it whole); yields (URI, Popen) once healthy and stops it by pid on exit."""
     exe = Path(sys.executable).with_name("mlflow")
     exe = str(exe) if exe.exists() else shutil.which("mlflow")
     if exe is None:
         pytest.skip("mlflow not installed")
-    port = free_port()
+    port = port or free_port()
     cmd = [
         exe, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
         "--artifacts-destination", str(root / "artifacts"),
     ]  # fmt: skip
     log = root / "server.log"
-    with open(log, "wb") as out:
+    with open(log, "ab") as out:
         # tracking needs no server-side job runner (it starts a pool of worker processes)
         env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
         proc = subprocess.Popen(
@@ -155,15 +155,25 @@ def mlflow_server(tmp_path_factory):
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"mlflow server not healthy: {log.read_text()}") from None
                 time.sleep(0.25)
-        yield url
+        yield url, proc
     finally:
-        # the server's own session: its uvicorn worker goes with it
-        os.killpg(proc.pid, signal.SIGTERM)
+        # the server's own session: its uvicorn worker goes with it (woken if paused)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGCONT)
+            os.killpg(proc.pid, signal.SIGTERM)
         try:
             proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """URI (http://127.0.0.1:PORT) of a real `mlflow server` process (`mlflow_process`) running
+    for the session."""
+    with mlflow_process(tmp_path_factory.mktemp("mlflow-server")) as (url, _):
+        yield url
 
 
 @dataclasses.dataclass

@@ -44,6 +44,7 @@ from pipeline.sweeping.plots import (
     pyplot,
 )
 from pipeline.sweeping.rows import TrialRow, best_row, collect_rows
+from pipeline.tracking.sender import png_bytes
 
 STATUS = {"completed": "FINISHED", "error": "FAILED"}  # anything else: KILLED
 STOP_REASONS = ("completed", "early-stopped", "max_t", "budget", "error", "interrupted",
@@ -277,21 +278,16 @@ def attach_runs(rows: list[TrialRow], ctx: Any, experiment: str, mode: str) -> N
 
 
 def _log_plots(rows: list[TrialRow], mode: str, tracker: Any, store: Any) -> None:
-    plt = pyplot()
+    pyplot()  # the Agg backend
     ranked = _ranked(rows, mode)
     figures = ((depth_figure, rows, "exact_vs_depth"), (compute_figure, rows, "exact_vs_compute"),
                (curves_figure, [r for r in rows if r.curve], "depth_curves"),
                (halt_figure, [r for r in ranked if r.halt], "halt_curves"))  # fmt: skip
     for make, subset, name in figures:
         path = f"plots/{name}.png"
-        fig = make(subset)
-        try:
-            tracker.log_figure(fig, path)
-            buf = io.BytesIO()
-            fig.savefig(buf, format="png", dpi=100)
-            store.write_bytes(path.split("/")[-1], buf.getvalue())
-        finally:
-            plt.close(fig)
+        png = png_bytes(make(subset))
+        store.write_bytes(path.split("/")[-1], png)
+        tracker.log_bytes(png, path)
 
 
 def _parent_metrics(sweep: SweepConfig, rows: list[TrialRow], wall_s: float) -> dict:

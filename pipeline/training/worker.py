@@ -141,8 +141,9 @@ def train_loop(cfg: RunConfig, info: RunInfo, session: Session) -> dict[str, flo
                 elif due.report:
                     session.report(last_metrics, None)
                 window.restart()
-    except BaseException:
-        tracker.finish("FAILED")
+    except BaseException as e:
+        # SystemExit: Tune stopped the trial (scheduler, budget); KeyboardInterrupt: the user
+        tracker.finish("KILLED" if isinstance(e, SystemExit | KeyboardInterrupt) else "FAILED")
         raise
     if not last_metrics and session.resume_dir is not None:
         # resumed from its final checkpoint (the run had ended, but whatever drove it had not
