@@ -15,6 +15,7 @@ training config) plus a search space over any of its fields, addressed by dotted
     concurrency: 0                   # trials at once; 0 = as many as fit the cluster
     budget: {flops: 0, hours: 0}     # stop the whole sweep when spent; 0 = no limit
     max_failures: 2                  # retries of a failed trial from its last checkpoint
+    register_top_k: 3                # best trials' models registered in MLflow under `name`
 
 String values may refer to the environment: `${TRM_DATA_URI:-s3://trm-data}/sudoku` (the
 default after `:-`; an unset variable without one is an error).
@@ -180,6 +181,9 @@ class SweepConfig(StrictConfig):
     """Compute budget that stops the sweep."""
     max_failures: int = Field(2, ge=-1)
     """Times a failed trial is retried from its last checkpoint (-1 = forever)."""
+    register_top_k: int = Field(3, ge=0)
+    """At the end, the best models of this many best trials are registered in the MLflow Model
+    Registry under the sweep's name (0 = none)."""
     dataset: dict[str, Any] = Field(default_factory=dict)
     """Optional: how to build base.data.uri when it holds no dataset yet: `builder` (sudoku,
     maze or arc) and the builder's keyword arguments (pipeline.data.build_*)."""

@@ -141,7 +141,7 @@ def finish_eval_sweep(
     if best is not None:
         tracker.log_metrics({f"best/{sweep.search.metric}": best.get(sweep.search.metric)}, 0)
         tracker.set_tags({"trm.best_trial": best.trial_id, "trm.best_run_id": best.run_id})
-    failed = bool(rows) and all(r.error for r in rows)
+    failed = any(r.error for r in rows)
     return EvalOutcome(
         exp_path=ctx.exp_path, parent_run_id=tracker.run_id or "", tracking_uri=ctx.tracking_uri,
         summary_text=text, exit_code=1 if failed else 0, eval_rows=rows, best=best,

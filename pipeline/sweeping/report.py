@@ -32,6 +32,7 @@ from typing import Any
 
 import yaml
 
+from pipeline.sweeping.cli import EXIT_ERROR, EXIT_INTERRUPTED
 from pipeline.sweeping.config import SweepConfig
 from pipeline.sweeping.findings import EXACT, SEED_KEY, Group, finding, halt_cell, seed_groups
 from pipeline.sweeping.monitor import clock
@@ -307,11 +308,14 @@ def stop_reason_tag(reason: str, scheduler: str) -> str:
 
 def end_children(sweep: SweepConfig, ctx: Any, rows: list[TrialRow]) -> None:
     """Each child run's final status, display name, stop reason, swept values (params
-    `swept.<key>`) and best value of the sweep's metric (`best/<metric>`)."""
-    from pipeline.tracking.tracker import end_run
+    `swept.<key>`) and best value of the sweep's metric (`best/<metric>`), unless it was
+    finalised so when its trial ended (`pipeline.sweeping.finalise`)."""
+    from pipeline.tracking.tracker import child_runs, end_run
 
+    done = child_runs(ctx.tracking_uri, ctx.base["tracking"]["experiment"], ctx.parent_run_id,
+                      tag="trm.stop_reason") if ctx.parent_run_id else {}  # fmt: skip
     for r in rows:
-        if not r.run_id:
+        if not r.run_id or done.get(ctx.run_key(r.trial_id)) == r.stop_reason:
             continue
         tags = {"mlflow.runName": r.name, "trial_id": r.trial_id, "trm.trial_id": r.trial_id,
                 "stop_reason": stop_reason_tag(r.stop_reason, sweep.scheduler.type),
@@ -319,6 +323,16 @@ def end_children(sweep: SweepConfig, ctx: Any, rows: list[TrialRow]) -> None:
         best = {f"best/{sweep.search.metric}": r.best} if r.best is not None else {}
         end_run(ctx.tracking_uri, r.run_id, STATUS.get(r.stop_reason, "KILLED"), tags,
                 params={f"swept.{k}": v for k, v in r.params.items()}, metrics=best)  # fmt: skip
+
+
+def exit_code(rows: list[TrialRow]) -> int:
+    """0: every trial completed or was stopped by the scheduler or the budget; 1: a trial
+    ended in an error; 130: the sweep was interrupted before every trial ended (--resume)."""
+    if any(r.stop_reason == "error" for r in rows):
+        return EXIT_ERROR
+    if any(r.stop_reason in ("interrupted", "not started") for r in rows):
+        return EXIT_INTERRUPTED
+    return 0
 
 
 def results_where(ctx: Any, tracker: Any) -> str:
@@ -346,6 +360,9 @@ def finish_sweep(sweep: SweepConfig, ctx: Any, results: Any, tracker: Any, wall_
         " (and on the MLflow parent run)" if tracker.run_id else ""
     )
     text = summary_text(sweep, rows, wall_s, best, where)
+    failed = [r for r in rows if r.stop_reason == "error"]
+    if failed:
+        text += "\nFailed: " + ", ".join(f"trial {r.trial_id} {r.name} ({r.error})" for r in failed)
     files = {"summary/summary.txt": text + "\n", "summary/summary.csv": summary_csv(rows)}
     if best is not None:
         files["best/best_config.yaml"] = best_config_yaml(sweep, best)
@@ -364,14 +381,12 @@ def finish_sweep(sweep: SweepConfig, ctx: Any, results: Any, tracker: Any, wall_
                           "trm.best_checkpoint": best.checkpoint})  # fmt: skip
     tracker.log_metrics(metrics, 0)
     end_children(sweep, ctx, rows)
-    ran = [r for r in rows if r.stop_reason != "not started"]
-    failed = ran and all(r.stop_reason == "error" for r in ran)
     return SweepOutcome(
         ctx.exp_path,
         tracker.run_id or "",
         ctx.tracking_uri,
         rows,
         text,
-        exit_code=1 if failed else 0,
+        exit_code=exit_code(rows),
         where=results_where(ctx, tracker),
     )

@@ -375,8 +375,9 @@ def retire_run(uri: str, experiment: str, run_key: str) -> str | None:
 
 
 # ---- sweeps (pipeline/sweep.py): a parent run per sweep, a child run per trial ---------------
-def child_runs(uri: str, experiment: str, parent_run_id: str) -> dict[str, str]:
-    """`run_key` -> run id of every run nested under `parent_run_id`."""
+def child_runs(uri: str, experiment: str, parent_run_id: str, tag: str = "") -> dict[str, str]:
+    """`run_key` -> run id of every run nested under `parent_run_id` (with `tag`: -> that
+    tag's value, '' where the run lacks it or still runs)."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)
@@ -393,7 +394,9 @@ def child_runs(uri: str, experiment: str, parent_run_id: str) -> dict[str, str]:
             page_token=token,
         )
         for run in page:
-            out[run.data.tags.get(RUN_KEY_TAG, run.info.run_id)] = run.info.run_id
+            key = run.data.tags.get(RUN_KEY_TAG, run.info.run_id)
+            ended = run.info.status != "RUNNING"
+            out[key] = (run.data.tags.get(tag, "") if ended else "") if tag else run.info.run_id
         token = page.token
         if not token:
             return out
