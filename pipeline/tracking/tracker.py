@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -74,7 +75,7 @@ class NullTracker:
     def set_tags(self, tags: dict[str, str]) -> None:
         pass
 
-    def finish(self, status: str = "FINISHED") -> None:
+    def finish(self, status: str = "FINISHED", wait: bool = True) -> None:
         pass
 
 
@@ -195,9 +196,15 @@ class Tracker(NullTracker):
 
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
-    def finish(self, status: str = "FINISHED") -> None:
+    def finish(self, status: str = "FINISHED", wait: bool = True) -> None:
         """Send what is held (bounded: `sender.FLUSH_TIMEOUT_S`), record how many points and
-        artifacts were dropped (a full buffer, or the server still away), end the run."""
+        artifacts were dropped (a full buffer, or the server still away), end the run. With
+        `wait=False` this happens on a thread of its own (not a daemon: the process waits for
+        it at exit) and the caller goes on at once: a trial that Tune stopped must return
+        within seconds for its process to take the next trial."""
+        if not wait:
+            threading.Thread(target=self.finish, args=(status,), name="mlflow-finish").start()
+            return
         if self._system is not None:
             self._system.finish()
         self.sender.close()

@@ -142,8 +142,9 @@ def train_loop(cfg: RunConfig, info: RunInfo, session: Session) -> dict[str, flo
                     session.report(last_metrics, None)
                 window.restart()
     except BaseException as e:
-        # SystemExit: Tune stopped the trial (scheduler, budget); KeyboardInterrupt: the user
-        tracker.finish("KILLED" if isinstance(e, SystemExit | KeyboardInterrupt) else "FAILED")
+        # SystemExit: Tune stopped the trial (scheduler, budget), and its process waits only
+        # seconds for this function before it takes the next trial: the run ends on a thread
+        tracker.finish(_STOPPED.get(type(e), "FAILED"), wait=not isinstance(e, SystemExit))
         raise
     if not last_metrics and session.resume_dir is not None:
         # resumed from its final checkpoint (the run had ended, but whatever drove it had not
@@ -155,6 +156,10 @@ def train_loop(cfg: RunConfig, info: RunInfo, session: Session) -> dict[str, flo
         session.say(f"[{info.name}] done: step {state.step}, {_summary(last_metrics)}")
     tracker.finish("FINISHED")
     return last_metrics
+
+
+_STOPPED = {SystemExit: "KILLED", KeyboardInterrupt: "KILLED"}
+"""How a run that did not fail on its own ends."""
 
 
 def _resume(state: TrainState, session: Session, name: str) -> None:
