@@ -189,6 +189,7 @@ def main() -> None:
     from pipeline.data import build_sudoku
 
     torch.set_num_threads(1)
+    measured_on = machine(torch.device("cpu"), "wall")  # the load before the runs
     steps = 40 if args.quick else args.steps
     with tempfile.TemporaryDirectory(prefix="trm-overhead-") as d, mlflow_server(Path(d)) as uri:
         data = str(Path(d) / "data")
@@ -201,7 +202,7 @@ def main() -> None:
     print(table(rows, [("mode", "way"), ("calls", "calls"), ("in_calls_s", "s in calls"),
                        ("loop_s", "loop s"), ("share", "share"), ("finish_s", "finish s"),
                        ("dropped", "dropped")]))  # fmt: skip
-    result = {"machine": machine(torch.device("cpu"), "wall"), "command": sys.argv,
+    result = {"machine": measured_on, "command": sys.argv,
               "rates": {"log_every": cfg.schedule.log_every, "eval_every": cfg.eval.every,
                         "num_pictures": cfg.eval.num_pictures}, "runs": rows}  # fmt: skip
     save(result, "tracking_overhead", torch.device("cpu"), args.quick, args.out)
