@@ -43,20 +43,19 @@ def test_child_runs_are_finalised_when_their_trials_end(ray_local, work, monkeyp
     fitting, seen = threading.Event(), {"ended_children": set(), "summary": None}
     fitting.set()
 
-    def poll():
-        client = MlflowClient(uri)
-        while fitting.is_set():
-            parent = find_run(uri, "trm-sweeps", PARENT_KEY_PREFIX + exp_path)
+    def poll():  # every 2 s; the summary read once, when the first child has ended
+        parent = None
+        while fitting.is_set() and not seen["summary"]:
+            time.sleep(2)
+            parent = parent or find_run(uri, "trm-sweeps", PARENT_KEY_PREFIX + exp_path)
             if parent:
-                for key, reason in child_runs(uri, "trm-sweeps", parent, tag="stop_reason").items():
-                    if reason:
-                        seen["ended_children"].add(key)
-                if "summary/summary.json" in [
-                    a.path for a in client.list_artifacts(parent, "summary")
-                ]:
-                    path = client.download_artifacts(parent, "summary/summary.json", str(work))
-                    seen["summary"] = json.loads(Path(path).read_text())
-            time.sleep(0.5)
+                ended = child_runs(uri, "trm-sweeps", parent, tag="stop_reason")
+                seen["ended_children"] |= {key for key, reason in ended.items() if reason}
+            if seen["ended_children"]:
+                local = MlflowClient(uri).download_artifacts(
+                    parent, "summary/summary.json", str(work)
+                )
+                seen["summary"] = json.loads(Path(local).read_text())
 
     finish = sweep_run.finish_sweep
 

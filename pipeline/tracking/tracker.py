@@ -75,7 +75,7 @@ class NullTracker:
     def set_tags(self, tags: dict[str, str]) -> None:
         pass
 
-    def finish(self, status: str = "FINISHED", wait: bool = True) -> None:
+    def finish(self, status: str | None = "FINISHED", wait: bool = True) -> None:
         pass
 
 
@@ -196,9 +196,10 @@ class Tracker(NullTracker):
 
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
-    def finish(self, status: str = "FINISHED", wait: bool = True) -> None:
+    def finish(self, status: str | None = "FINISHED", wait: bool = True) -> None:
         """Send what is held (bounded: `sender.FLUSH_TIMEOUT_S`), record how many points and
-        artifacts were dropped (a full buffer, or the server still away), end the run. With
+        artifacts were dropped (a full buffer, or the server still away), end the run with
+        `status` (None: leave the status to whoever stopped it, e.g. the sweep driver). With
         `wait=False` this happens on a thread of its own (not a daemon: the process waits for
         it at exit) and the caller goes on at once: a trial that Tune stopped must return
         within seconds for its process to take the next trial."""
@@ -213,7 +214,8 @@ class Tracker(NullTracker):
                 self.set_tags({DROPPED_TAG: f"{self.sender.dropped_points} metric points, "
                                             f"{self.sender.dropped_jobs} artifacts"})  # fmt: skip
                 self.client.log_metric(self.run_id, DROPPED_METRIC, self.sender.dropped_points)
-            _set_terminated(self.client, self.uri, self.run_id, status)
+            if status is not None:
+                _set_terminated(self.client, self.uri, self.run_id, status)
         except Exception as e:
             logger.warning(
                 f"[tracking] MLflow {redact(self.uri)}: ending run {self.run_id} as {status} "

@@ -142,9 +142,14 @@ def train_loop(cfg: RunConfig, info: RunInfo, session: Session) -> dict[str, flo
                     session.report(last_metrics, None)
                 window.restart()
     except BaseException as e:
-        # SystemExit: Tune stopped the trial (scheduler, budget), and its process waits only
-        # seconds for this function before it takes the next trial: the run ends on a thread
-        tracker.finish(_STOPPED.get(type(e), "FAILED"), wait=not isinstance(e, SystemExit))
+        # SystemExit: Tune stopped the trial (the scheduler, at max_t too; the budget), and
+        # the sweep driver sets its run's final status (pipeline.sweeping.finalise); its
+        # process waits only seconds for this function before it takes the next trial, so
+        # what is still queued is sent on a thread
+        if isinstance(e, SystemExit):
+            tracker.finish(None, wait=False)
+        else:
+            tracker.finish("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
         raise
     if not last_metrics and session.resume_dir is not None:
         # resumed from its final checkpoint (the run had ended, but whatever drove it had not
@@ -156,10 +161,6 @@ def train_loop(cfg: RunConfig, info: RunInfo, session: Session) -> dict[str, flo
         session.say(f"[{info.name}] done: step {state.step}, {_summary(last_metrics)}")
     tracker.finish("FINISHED")
     return last_metrics
-
-
-_STOPPED = {SystemExit: "KILLED", KeyboardInterrupt: "KILLED"}
-"""How a run that did not fail on its own ends."""
 
 
 def _resume(state: TrainState, session: Session, name: str) -> None:
