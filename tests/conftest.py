@@ -201,6 +201,10 @@ def ray_local(s3_server):
     mp = pytest.MonkeyPatch()
     env = use_s3(mp, s3_server)
     mp.setenv("RAY_TRAIN_V2_ENABLED", "1")
+    # what pipeline/sweeping/run.py sets for the local clusters it starts: a reused trial
+    # process waits this long for the previous trial's function to return (Tune's 2 s are
+    # too short on a loaded machine)
+    mp.setenv("TUNE_FUNCTION_THREAD_TIMEOUT_S", "60")
     # address="local": a new cluster even when another one runs on the machine (ray.init
     # without an address joins the newest one it finds)
     ctx = ray.init(address="local", num_cpus=2, include_dashboard=True, log_to_driver=True)
@@ -259,6 +263,7 @@ def ray_head(s3_server):
         "PATH": venv_bin + os.pathsep + os.environ.get("PATH", ""),
         "RAY_AUTH_MODE": "token",
         "RAY_TRAIN_V2_ENABLED": "1",
+        "TUNE_FUNCTION_THREAD_TIMEOUT_S": "60",  # as in ray_local
     }
     gcs, dash = free_port(), free_port()
     cmd = [

@@ -75,6 +75,7 @@ def test_child_runs_are_finalised_when_their_trials_end(ray_local, work, monkeyp
     assert running["metric"] == "eval/accuracy" and running["best"]["value"] is not None
 
     rows = {r.trial_id: r for r in out.rows}
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # for runs:/ and models:/ URIs
     assert {r.stop_reason for r in rows.values()} >= {"completed", "early-stopped"}
     for r in rows.values():
         child = read_run(uri, r.run_id)

@@ -185,13 +185,20 @@ def log_best_model(uri: str, run_id: str, directory: str, metric: str, sign: int
         level, quiet.level = quiet.level, logging.ERROR
         try:
             # pickle: a TRM needs no example input (pt2 traces one); requirements given, not
-            # inferred (inference imports the model in a subprocess: seconds per trial)
+            # inferred (inference imports the model in a subprocess: seconds per trial); the
+            # loader needs this project installed (`pip install -e .`) for the TRM class
             mlflow.pytorch.save_model(model, str(path), serialization_format="pickle",
-                                      pip_requirements=["torch", "trm"])  # fmt: skip
+                                      pip_requirements=[f"torch=={torch_version()}"])  # fmt: skip
         finally:
             quiet.setLevel(level)
         MlflowClient(tracking_uri=uri).log_artifacts(run_id, str(path), MODEL_PATH)
     return True
+
+
+def torch_version() -> str:
+    import torch
+
+    return torch.__version__.split("+")[0]
 
 
 def register_top(uri: str, name: str, rows: list[Any], mode: str, k: int) -> list[str]:

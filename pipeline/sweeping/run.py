@@ -127,7 +127,7 @@ def _fit_and_finish(sweep: SweepConfig, base: RunConfig, ctx: SweepContext, trai
                                 sweep.register_top_k)  # fmt: skip
         if versions:
             outcome.where += (f"\nMLflow Model Registry: {sweep.name!r} versions "
-                              f"{', '.join(versions)} (the best trials' models)")  # fmt: skip
+                              f"{', '.join(map(str, versions))} (the best trials' models)")  # fmt: skip
     return outcome
 
 
