@@ -32,7 +32,7 @@ BATCH_WAIT_S = 1.0
 """Points are gathered this long after a send before the next one: one request per second at
 most per run, however often the loop logs."""
 RETRY_BASE_S, RETRY_MAX_S = 2.0, 60.0
-FLUSH_TIMEOUT_S = 120.0
+FLUSH_TIMEOUT_S = 30.0
 """At the end of a run, how long the sender may take to send what it still holds."""
 DROPPED_TAG, DROPPED_METRIC = "trm.tracking.dropped", "tracking/dropped_points"
 
@@ -85,6 +85,12 @@ class Sender:
                 f"[tracking] MLflow {redact(self.uri)}: the send buffer is full; dropping {n} "
                 f"{what} (the run records the count as {DROPPED_METRIC} when it ends)"
             )
+
+    def flush(self, timeout_s: float = FLUSH_TIMEOUT_S) -> bool:
+        """Wait until everything queued so far is sent (at most `timeout_s`); whether it was."""
+        with self._cond:
+            self._cond.notify()
+            return self._cond.wait_for(lambda: not self._pending(), timeout=timeout_s)
 
     def close(self, timeout_s: float = FLUSH_TIMEOUT_S) -> None:
         """Send what is held (for at most `timeout_s`), then stop; what is still held then
@@ -147,6 +153,7 @@ class Sender:
                 self._jobs.popleft()
             self.sent_points += points
             held = len(self._metrics) + len(self._jobs)
+            self._cond.notify_all()  # a `flush` waiting
         if self._failures:
             logger.warning(
                 f"[tracking] MLflow {redact(self.uri)} answers again; sending the {held} "

@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -75,7 +74,10 @@ class NullTracker:
     def set_tags(self, tags: dict[str, str]) -> None:
         pass
 
-    def finish(self, status: str | None = "FINISHED", wait: bool = True) -> None:
+    def flush(self) -> None:
+        pass
+
+    def finish(self, status: str | None = "FINISHED") -> None:
         pass
 
 
@@ -196,16 +198,14 @@ class Tracker(NullTracker):
 
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
-    def finish(self, status: str | None = "FINISHED", wait: bool = True) -> None:
+    def flush(self) -> None:
+        """Wait (at most `sender.FLUSH_TIMEOUT_S`) until what is queued is sent."""
+        self.sender.flush()
+
+    def finish(self, status: str | None = "FINISHED") -> None:
         """Send what is held (bounded: `sender.FLUSH_TIMEOUT_S`), record how many points and
         artifacts were dropped (a full buffer, or the server still away), end the run with
-        `status` (None: leave the status to whoever stopped it, e.g. the sweep driver). With
-        `wait=False` this happens on a thread of its own (not a daemon: the process waits for
-        it at exit) and the caller goes on at once: a trial that Tune stopped must return
-        within seconds for its process to take the next trial."""
-        if not wait:
-            threading.Thread(target=self.finish, args=(status,), name="mlflow-finish").start()
-            return
+        `status` (None: leave the status to whoever stopped it, e.g. the sweep driver)."""
         if self._system is not None:
             self._system.finish()
         self.sender.close()

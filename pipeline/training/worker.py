@@ -85,6 +85,9 @@ class Session:
     """Ray Train's prepare_model (DDP) in a worker group; identity in one process."""
     say: Callable[[str], None] = print
     """Where rank 0's progress lines go."""
+    flush_before_eval_report: bool = False
+    """Send the MLflow run's queue before reporting an evaluation: a sweep trial's process may
+    be stopped on that report and ended before a queue could be sent."""
 
 
 # ---- the loop -------------------------------------------------------------------------------
@@ -132,6 +135,8 @@ def train_loop(cfg: RunConfig, info: RunInfo, session: Session) -> dict[str, flo
                     state.last_eval = evaluator(state.eval_model(), state.step)
                 last_metrics = {"step": state.step, "epoch": state.epoch, **train,
                                 **state.last_eval}  # fmt: skip
+                if due.eval and session.flush_before_eval_report:
+                    tracker.flush()
                 if due.checkpoint:
                     with tempfile.TemporaryDirectory(prefix="trm-ckpt-") as d:
                         state.save(d, rank, world, saved_with)
@@ -142,12 +147,11 @@ def train_loop(cfg: RunConfig, info: RunInfo, session: Session) -> dict[str, flo
                     session.report(last_metrics, None)
                 window.restart()
     except BaseException as e:
-        # SystemExit: Tune stopped the trial (the scheduler, at max_t too; the budget), and
-        # the sweep driver sets its run's final status (pipeline.sweeping.finalise); its
-        # process waits only seconds for this function before it takes the next trial, so
-        # what is still queued is sent on a thread
+        # SystemExit: Tune stopped the trial (the scheduler, at max_t too; the budget): what is
+        # queued is sent, and the sweep driver sets the run's final status
+        # (pipeline.sweeping.finalise), knowing whether it completed
         if isinstance(e, SystemExit):
-            tracker.finish(None, wait=False)
+            tracker.finish(None)
         else:
             tracker.finish("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
         raise
@@ -391,6 +395,7 @@ def run_in_process(
     report: Report | None = None,
     resume_dir: str | None = None,
     device: torch.device | None = None,
+    flush_before_eval_report: bool = False,
 ) -> dict[str, float]:
     """Run the loop in this process (world size 1, no Ray worker group).
 
@@ -406,7 +411,8 @@ def run_in_process(
             if resume_dir is None:
                 resume_dir = ckpt.first_complete_checkpoint(ckpt.local_checkpoints(store), stack)
             report = LocalCheckpoints(store, cfg.checkpoint.num_to_keep)
-        session = Session(0, 1, device or default_device(), report, resume_dir)
+        session = Session(0, 1, device or default_device(), report, resume_dir,
+                          flush_before_eval_report=flush_before_eval_report)  # fmt: skip
         return train_loop(cfg, info, session)
 
 
