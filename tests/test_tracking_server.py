@@ -99,6 +99,7 @@ def test_server_paused_mid_run_costs_no_step_and_no_metric(data, tmp_path, monke
     import os
     import signal
     import threading
+    import time
 
     from conftest import mlflow_process
 
@@ -121,6 +122,10 @@ def test_server_paused_mid_run_costs_no_step_and_no_metric(data, tmp_path, monke
             elif 4 < metrics["step"] <= 10 and watchdog.is_alive():
                 stepped_while_away.append(metrics["step"])
             if metrics["step"] == 10:
+                # away until the sender has tried (and failed) at least once
+                deadline = time.monotonic() + 60
+                while "failed" not in caplog.text and time.monotonic() < deadline:
+                    time.sleep(0.2)
                 os.killpg(proc.pid, signal.SIGCONT)
                 watchdog.cancel()
 
