@@ -283,7 +283,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         connect_ray(args.address, reuse=True)
         result = run_training(cfg)
-    except (ConfigError, ConnectionError) as e:  # ConnectionError: pipeline.tracking.tracker's check
+    except (
+        ConfigError,
+        ConnectionError,
+    ) as e:  # ConnectionError: pipeline.tracking.tracker's check
         print(f"error: {e}", file=sys.stderr)
         return 2
     except Exception as e:  # the worker's error: at once if deterministic, else after retries

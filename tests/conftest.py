@@ -15,8 +15,11 @@ import contextlib
 import dataclasses
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -119,6 +122,56 @@ def mlflow_pg_s3(s3_server, tmp_path_factory):
         mp.undo()
 
 
+@contextlib.contextmanager
+def mlflow_process(root: Path, port: int | None = None):
+    """A real `mlflow server` process with a sqlite backend and proxied artifacts under `root`
+    on `port` (a free one when None), in its own session (os.killpg(proc.pid, SIGSTOP) pauses
+    it whole); yields (URI, Popen) once healthy and stops it by pid on exit."""
+    exe = Path(sys.executable).with_name("mlflow")
+    exe = str(exe) if exe.exists() else shutil.which("mlflow")
+    if exe is None:
+        pytest.skip("mlflow not installed")
+    port = port or free_port()
+    cmd = [
+        exe, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+        "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+        "--artifacts-destination", str(root / "artifacts"),
+    ]  # fmt: skip
+    log = root / "server.log"
+    with open(log, "ab") as out:
+        # tracking needs no server-side job runner (it starts a pool of worker processes)
+        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        proc = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120  # cold start includes the DB migration (~20 s)
+    try:
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(
+                    f"mlflow server exited with {proc.returncode}: {log.read_text()}"
+                )
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"mlflow server not healthy: {log.read_text()}") from None
+                time.sleep(0.25)
+        yield url, proc
+    finally:
+        # the server's own session: its uvicorn worker goes with it (woken if paused)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGCONT)
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
 @dataclasses.dataclass
 class RayLocal:
     s3: S3Env
@@ -144,6 +197,10 @@ def ray_local(s3_server):
     mp = pytest.MonkeyPatch()
     env = use_s3(mp, s3_server)
     mp.setenv("RAY_TRAIN_V2_ENABLED", "1")
+    # what pipeline/sweeping/run.py sets for the local clusters it starts: a reused trial
+    # process waits this long for the previous trial's function to return (Tune's 2 s are
+    # too short on a loaded machine)
+    mp.setenv("TUNE_FUNCTION_THREAD_TIMEOUT_S", "60")
     # address="local": a new cluster even when /tmp/ray/ray_current_cluster names another one
     # (a `ray start` elsewhere on the machine), which ray.init() would otherwise join
     ctx = ray.init(address="local", num_cpus=2, include_dashboard=True, log_to_driver=True)
@@ -202,6 +259,7 @@ def ray_head(s3_server):
         "PATH": venv_bin + os.pathsep + os.environ.get("PATH", ""),
         "RAY_AUTH_MODE": "token",
         "RAY_TRAIN_V2_ENABLED": "1",
+        "TUNE_FUNCTION_THREAD_TIMEOUT_S": "60",  # as in ray_local
     }
     gcs, dash = free_port(), free_port()
     cmd = [

@@ -38,6 +38,15 @@ def positive(x) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
 
 
+def quick_result(stem: str, tmp_path: Path) -> dict:
+    """`benchmarks/<stem>.py --quick`'s JSON result, its machine block checked."""
+    out = tmp_path / f"{stem}.json"
+    run_script(f"{stem}.py", "--quick", "--out", str(out), timeout=1200)
+    res = json.loads(out.read_text())
+    check_machine(res["machine"])
+    return res
+
+
 def check_machine(m: dict) -> None:
     for key in ("date_utc", "cpu_model", "logical_cpus", "torch_threads", "torch", "clock"):
         assert key in m, key
@@ -120,10 +129,7 @@ def test_search_efficiency_quick_runs_both_searchers_over_the_space(tmp_path):
 @pytest.mark.slow
 def test_sweep_overhead_quick_times_a_real_sweep(tmp_path):
     # a real local Ray cluster and the smoke sweep (4 trials): ~1 min
-    out = tmp_path / "sweep_overhead.json"
-    run_script("sweep_overhead.py", "--quick", "--out", str(out), timeout=1200)
-    res = json.loads(out.read_text())
-    check_machine(res["machine"])
+    res = quick_result("sweep_overhead", tmp_path)
     s = res["sweep"]
     assert s["trials"] == 4 and s["exit_code"] == 0
     assert s["wall_s"] >= s["longest_trial_s"] > 0
@@ -132,6 +138,17 @@ def test_sweep_overhead_quick_times_a_real_sweep(tmp_path):
     for t in s["per_trial"]:
         assert 0 < t["to_first_step_s"] <= t["to_first_report_s"] <= t["busy_s"]
     assert res["fractions"] == []  # a fraction sweep runs in the gpu_check dry run
+
+
+@pytest.mark.slow
+def test_tracking_overhead_quick_measures_every_way_of_sending(tmp_path):
+    # a real mlflow server and three 40-step runs of the in-process loop: ~2 min
+    res = quick_result("tracking_overhead", tmp_path)
+    runs = {r["mode"]: r for r in res["runs"]}
+    assert set(runs) == {"sync", "mlflow_async", "sender"}
+    assert len({r["calls"] for r in runs.values()}) == 1  # the same run each way
+    for r in runs.values():
+        assert r["calls"] > 0 and 0 < r["share"] < 1 and r["loop_s"] > 0 and r["dropped"] == 0
 
 
 def test_gpu_check_refuses_to_start_without_cuda():

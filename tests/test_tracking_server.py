@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import shutil
-import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,6 @@ import torch
 import yaml
 from conftest import free_port
 from drills import build_tiny_sudoku, tiny_config
-from drills.proxy import FaultProxy
 from mlflow.tracking import MlflowClient
 
 from pipeline.checkpoints import store as ckpt
@@ -93,37 +91,82 @@ def test_code_version_without_git(tmp_path, monkeypatch):
     assert code_version(tmp_path) == "abc123"
 
 
-def test_server_gone_mid_run_costs_metrics_not_the_run(
-    mlflow_server, data, tmp_path, monkeypatch, caplog
-):
-    """The server's port is reached through a fault proxy, which goes down at step 4 and comes
-    back at step 9: every checkpoint is written, the outage is logged, and the run ends
-    FINISHED in MLflow."""
+def test_server_paused_mid_run_costs_no_step_and_no_metric(data, tmp_path, monkeypatch, caplog):
+    """A real `mlflow server` of the test's own is paused (SIGSTOP, whole process group) at
+    step 4 and resumed from the training loop at step 10: the loop steps on while it is away
+    (it would hang otherwise: only step 10 resumes it; a watchdog resumes it after 120 s and
+    the test then fails), every checkpoint is written, and every metric of the outage arrives
+    once it answers again; the run ends FINISHED with nothing dropped."""
+    import os
+    import signal
+    import threading
+    import time
+
+    from conftest import mlflow_process
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    port = urllib.parse.urlsplit(mlflow_server).port
-    with FaultProxy(port) as proxy:
-        uri = proxy.endpoint
-        cfg = tiny_config(data, tmp_path / "runs", tracking_uri=uri)
+    root = tmp_path / "server"
+    root.mkdir()
+    with mlflow_process(root) as (uri, proc):
+        cfg = tiny_config(data, tmp_path / "runs", "schedule.report_every=1", "schedule.log_every=1",
+                          tracking_uri=uri)  # fmt: skip
         store = LocalCheckpoints(tmp_path / "runs" / "outage")
+        watchdog = threading.Timer(120, os.killpg, (proc.pid, signal.SIGCONT))
+        stepped_while_away = []
 
         def report(metrics, checkpoint_dir):
             store(metrics, checkpoint_dir)
             if metrics["step"] == 4:
-                proxy.down(3600)
-            elif metrics["step"] == 9:
-                proxy.up()
+                os.killpg(proc.pid, signal.SIGSTOP)
+                watchdog.start()
+            elif 4 < metrics["step"] <= 10 and watchdog.is_alive():
+                stepped_while_away.append(metrics["step"])
+            if metrics["step"] == 10:
+                # away until the sender has tried (and failed) at least once
+                deadline = time.monotonic() + 60
+                while "failed" not in caplog.text and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                os.killpg(proc.pid, signal.SIGCONT)
+                watchdog.cancel()
 
-        cfg = cfg.with_overrides(["schedule.report_every=1"])
         with caplog.at_level(logging.WARNING, logger="pipeline.tracking.tracker"):
             run_in_process(cfg, run_info(cfg, "outage", str(tmp_path / "runs")), report=report)
         run = read_run(uri, find_run(uri, "trm-drill", f"{tmp_path / 'runs'}/outage"))
+    assert stepped_while_away == [5, 6, 7, 8, 9, 10]
     assert [m["step"] for m in store.history] == list(range(1, 13))
     assert sorted(p.name for p in (tmp_path / "runs" / "outage").glob("checkpoint_*")) == [
         f"checkpoint_{s:08d}" for s in (4, 8, 12)
     ]
     logged = caplog.text
-    assert "failed" in logged and "training goes on, next try in 2 s" in logged
-    assert "answers again" in logged and "dropped while it was away" in logged
+    assert "failed" in logged and "the data is kept and sent again" in logged
+    assert "answers again" in logged
     assert run["status"] == "FINISHED"
-    steps = [s for s, _ in run["metrics"]["train/loss"]]
-    assert steps[:4] == [1, 2, 3, 4] and 6 not in steps  # dropped while the server was away
+    assert [s for s, _ in run["metrics"]["train/loss"]] == list(range(1, 13))
+    assert [s for s, _ in run["metrics"]["eval/exact_accuracy"]] == [4, 8, 12]
+    assert "tracking/dropped_points" not in run["metrics"]
+    assert "trm.tracking.dropped" not in run["tags"]
+    assert any(p.startswith("depth_curve/step_00000008") for p in run["artifacts"])
+
+
+def test_a_full_send_buffer_drops_points_and_the_run_says_how_many(
+    mlflow_server, data, tmp_path, monkeypatch
+):
+    """With room for 5 metric points while the server cannot be reached, the points that do not
+    fit are dropped, counted and recorded on the run when it ends: never silently."""
+    import pipeline.tracking.sender as sender
+    from pipeline.tracking.tracker import Tracker
+
+    tracker = Tracker(mlflow_server, "trm-overflow", "overflow", f"{tmp_path}/overflow", {}, {})
+    tracker.sender.close()  # the run's own sender stopped: a tiny one, never sending
+    tracker.sender = sender.Sender(tracker.client, tracker.run_id, mlflow_server, max_points=5)
+    with tracker.sender._cond:  # holds the sender thread back, as a server that is away would
+        for step in range(1, 4):
+            tracker.log_metrics({"a": step, "b": step}, step)  # 6 points, room for 5
+    tracker.finish()
+    run = read_run(mlflow_server, tracker.run_id)
+    assert run["status"] == "FINISHED"
+    assert [s for s, _ in run["metrics"]["a"]] == [1, 2, 3]
+    assert [s for s, _ in run["metrics"]["b"]] == [1, 2]
+    assert run["metrics"]["tracking/dropped_points"] == [(0, 1.0)]
+    assert run["tags"]["trm.tracking.dropped"] == "1 metric points, 0 artifacts"

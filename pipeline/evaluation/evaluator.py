@@ -330,16 +330,19 @@ class Evaluator:
             {"step": step, "halt_max_steps": self.halt_max_steps, "exact_accuracy": curve},
             f"depth_curve/{tag}.json",
         )
-        _log_figure(tracker, depth_curve_figure(curve, self.halt_max_steps, step),
-                    f"depth_curve/{tag}.png")  # fmt: skip
+        # figures are drawn on the tracker's sender thread, off the training loop
+        hmax = self.halt_max_steps
+        tracker.log_figure(lambda: depth_curve_figure(curve, hmax, step), f"depth_curve/{tag}.png")
         if self.cfg.eval.halt_thresholds:
             points = halt_curve(metrics, self.cfg.eval.halt_thresholds)
             tracker.log_dict({"step": step, "points": points}, f"halt_curve/{tag}.json")
-            _log_figure(tracker, halt_curve_figure(points, self.halt_threshold, step),
-                        f"halt_curve/{tag}.png")  # fmt: skip
+            tau = self.halt_threshold
+            tracker.log_figure(lambda: halt_curve_figure(points, tau, step),
+                               f"halt_curve/{tag}.png")  # fmt: skip
         if pictures:
-            _log_figure(tracker, refinement_figure(pictures, self.meta.task, step=step),
-                        f"refinement/{tag}.png")  # fmt: skip
+            task = self.meta.task
+            tracker.log_figure(lambda: refinement_figure(pictures, task, step=step),
+                               f"refinement/{tag}.png")  # fmt: skip
         # one metric per ACT depth over training steps: MLflow's step axis stays the training
         # step (an ACT-step axis zigzags when a run is extended)
         tracker.log_metrics(depth_curve_metrics(curve), step)
@@ -348,15 +351,6 @@ class Evaluator:
 def _show(k: int, n: int) -> bool:
     """Whether the console line shows depth-curve step k of n (all of a short curve)."""
     return n <= 12 or k in (1, 2, 4, 8, 16, 32, 64, n) or k % 16 == 0
-
-
-def _log_figure(tracker: NullTracker, fig: Any, path: str) -> None:
-    import matplotlib.pyplot as plt
-
-    try:
-        tracker.log_figure(fig, path)
-    finally:
-        plt.close(fig)
 
 
 @torch.no_grad()

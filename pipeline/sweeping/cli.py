@@ -10,8 +10,10 @@ from pathlib import Path
 
 from pipeline.config.run import ConfigError
 from pipeline.sweeping.config import SweepConfig
+from pipeline.sweeping.exits import EXIT_CONFIG, EXIT_INTERRUPTED
 from pipeline.sweeping.store import load_sweep, stored_sweep, sweep_started
 
+"""Exit statuses besides 0 (`main`)."""
 DEFAULT_SWEEP = Path(__file__).resolve().parents[2] / "sweeps" / "default.yaml"
 
 
@@ -71,7 +73,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Exit status: 0 every trial completed or was stopped by the scheduler or the budget; 1 a
+    trial ended in an error (the summary names it); 2 a configuration error (or a tracking
+    server that does not answer) before any trial; 130 interrupted (Ctrl-C, SIGTERM)."""
     args = parse_args(argv)
+    _sigterm_as_ctrl_c()
     try:
         sweep, text, exp_path = load_sweep(
             args.sweep, args.overrides, args.storage_path, args.name, args.checkpoint
@@ -93,15 +99,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         outcome = run_sweep(
             sweep, text, exp_path, resume=resume, address=args.address, num_cpus=args.num_cpus
         )
-    except ConfigError as e:
+    except (ConfigError, ConnectionError) as e:  # ConnectionError: the tracking server check
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM before Tune ran or after it stopped
+        print("error: the sweep was interrupted; continue it with --resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
     if not connected:
         # Ray prints its deduplicated worker lines when the driver disconnects: before the
         # summary, so the summary is the last thing on the console (and in a job's log)
         ray.shutdown()
     print("\n" + outcome.console_text(), flush=True)
     return outcome.exit_code
+
+
+def _sigterm_as_ctrl_c() -> None:
+    """SIGTERM (`kill`, a job's cancellation) stops the sweep as Ctrl-C does: Tune saves its
+    state and returns, and the parent run ends KILLED instead of staying RUNNING."""
+    import os
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
 
 
 def dry_run_text(sweep: SweepConfig, exp_path: str) -> str:

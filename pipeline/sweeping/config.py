@@ -15,6 +15,7 @@ training config) plus a search space over any of its fields, addressed by dotted
     concurrency: 0                   # trials at once; 0 = as many as fit the cluster
     budget: {flops: 0, hours: 0}     # stop the whole sweep when spent; 0 = no limit
     max_failures: 2                  # retries of a trial failing on its own (lost nodes: no limit)
+    register_top_k: 3                # best trials' models registered in MLflow under `name`
 
 String values may refer to the environment: `${TRM_DATA_URI:-s3://trm-data}/sudoku` (the
 default after `:-`; an unset variable without one is an error).
@@ -174,6 +175,9 @@ class SweepConfig(StrictConfig):
     A trial lost with its node or process (preemption, node failure) after reaching a new
     checkpoint is retried without limit and counted as a preemption in the summary; input
     that fails the same way every time ends the trial at once."""
+    register_top_k: int = Field(3, ge=0)
+    """At the end, the best models of this many best trials are registered in the MLflow Model
+    Registry under the sweep's name (0 = none)."""
     dataset: dict[str, Any] = Field(default_factory=dict)
     """Optional: how to build base.data.uri when it holds no dataset yet: `builder` (sudoku,
     maze or arc) and the builder's keyword arguments (pipeline.data.build_*)."""

@@ -7,7 +7,6 @@ summary)."""
 
 from __future__ import annotations
 
-import io
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -16,6 +15,7 @@ import yaml
 from pipeline.sweeping.config import EVAL_MODE_FIELDS, SweepConfig
 from pipeline.sweeping.plots import pareto_figure
 from pipeline.sweeping.report import SweepOutcome
+from pipeline.tracking.sender import png_bytes
 
 PLOT = "plots/accuracy_vs_inference_flops.png"
 BEST = "best/best_eval.yaml"
@@ -138,16 +138,13 @@ def finish_eval_sweep(
     tracker.log_dict({"metric": sweep.search.metric, "mode": sweep.search.mode,
                       "checkpoint": sweep.checkpoint, "wall_s": wall_s,
                       "trials": [asdict(r) for r in rows]}, "summary/summary.json")  # fmt: skip
-    fig = accuracy_figure(rows)
-    tracker.log_figure(fig, PLOT)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    store.write_bytes(PLOT.split("/")[-1], buf.getvalue())
-    fig.clf()
+    png = png_bytes(accuracy_figure(rows))
+    tracker.log_bytes(png, PLOT)
+    store.write_bytes(PLOT.split("/")[-1], png)
     if best is not None:
         tracker.log_metrics({f"best/{sweep.search.metric}": best.get(sweep.search.metric)}, 0)
         tracker.set_tags({"trm.best_trial": best.trial_id, "trm.best_run_id": best.run_id})
-    failed = bool(rows) and all(r.error for r in rows)
+    failed = any(r.error for r in rows)
     return EvalOutcome(
         exp_path=ctx.exp_path, parent_run_id=tracker.run_id or "", tracking_uri=ctx.tracking_uri,
         summary_text=text, exit_code=1 if failed else 0, eval_rows=rows, best=best,

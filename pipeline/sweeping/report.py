@@ -35,6 +35,7 @@ from typing import Any
 import yaml
 
 from pipeline.sweeping.config import SweepConfig
+from pipeline.sweeping.exits import EXIT_ERROR, EXIT_INTERRUPTED
 from pipeline.sweeping.findings import EXACT, SEED_KEY, Group, finding, halt_cell, seed_groups
 from pipeline.sweeping.monitor import clock
 from pipeline.sweeping.plots import (
@@ -46,6 +47,7 @@ from pipeline.sweeping.plots import (
     pyplot,
 )
 from pipeline.sweeping.rows import TrialRow, best_row, collect_rows
+from pipeline.tracking.sender import png_bytes
 
 STATUS = {"completed": "FINISHED", "error": "FAILED"}  # anything else: KILLED
 ENDERS = 8
@@ -312,21 +314,16 @@ def attach_runs(rows: list[TrialRow], ctx: Any, experiment: str, mode: str) -> N
 
 
 def _log_plots(rows: list[TrialRow], mode: str, tracker: Any, store: Any) -> None:
-    plt = pyplot()
+    pyplot()  # the Agg backend
     ranked = _ranked(rows, mode)
     figures = ((depth_figure, rows, "exact_vs_depth"), (compute_figure, rows, "exact_vs_compute"),
                (curves_figure, [r for r in rows if r.curve], "depth_curves"),
                (halt_figure, [r for r in ranked if r.halt], "halt_curves"))  # fmt: skip
     for make, subset, name in figures:
         path = f"plots/{name}.png"
-        fig = make(subset)
-        try:
-            tracker.log_figure(fig, path)
-            buf = io.BytesIO()
-            fig.savefig(buf, format="png", dpi=100)
-            store.write_bytes(path.split("/")[-1], buf.getvalue())
-        finally:
-            plt.close(fig)
+        png = png_bytes(make(subset))
+        store.write_bytes(path.split("/")[-1], png)
+        tracker.log_bytes(png, path)
 
 
 def _parent_metrics(sweep: SweepConfig, rows: list[TrialRow], wall_s: float) -> dict:
@@ -346,13 +343,18 @@ def stop_reason_tag(reason: str, scheduler: str) -> str:
 
 def end_children(sweep: SweepConfig, ctx: Any, rows: list[TrialRow]) -> None:
     """Each child run's final status, display name, stop reason, swept values (params
-    `swept.<key>`) and best value of the sweep's metric (`best/<metric>`): through one client,
+    `swept.<key>`) and best value of the sweep's metric (`best/<metric>`), unless it was
+    finalised so when its trial ended (`pipeline.sweeping.finalise`): through one client,
     `ENDERS` runs at a time, without MLflow's "View run" line per run on the console."""
     from mlflow.tracking import MlflowClient
 
-    from pipeline.tracking.tracker import end_run
+    from pipeline.tracking.tracker import child_runs, end_run
 
     client = MlflowClient(tracking_uri=ctx.tracking_uri)
+    done = child_runs(ctx.tracking_uri, ctx.base["tracking"]["experiment"], ctx.parent_run_id,
+                      tag="trm.stop_reason") if ctx.parent_run_id else {}  # fmt: skip
+    todo = [r for r in rows
+            if r.run_id and done.get(ctx.run_key(r.trial_id)) != r.stop_reason]  # fmt: skip
 
     def end(r: TrialRow) -> None:
         tags = {"mlflow.runName": r.name, "trial_id": r.trial_id, "trm.trial_id": r.trial_id,
@@ -368,12 +370,22 @@ def end_children(sweep: SweepConfig, ctx: Any, rows: list[TrialRow]) -> None:
     os.environ[quiet] = "true"  # set once around the pool: the threads only ever read it
     try:
         with ThreadPoolExecutor(ENDERS) as pool:
-            list(pool.map(end, [r for r in rows if r.run_id]))
+            list(pool.map(end, todo))
     finally:
         if old is None:
             os.environ.pop(quiet, None)
         else:
             os.environ[quiet] = old
+
+
+def exit_code(rows: list[TrialRow]) -> int:
+    """0: every trial completed or was stopped by the scheduler or the budget; 1: a trial
+    ended in an error; 130: the sweep was interrupted before every trial ended (--resume)."""
+    if any(r.stop_reason == "error" for r in rows):
+        return EXIT_ERROR
+    if any(r.stop_reason in ("interrupted", "not started") for r in rows):
+        return EXIT_INTERRUPTED
+    return 0
 
 
 def results_where(ctx: Any, tracker: Any) -> str:
@@ -404,6 +416,10 @@ def finish_sweep(sweep: SweepConfig, ctx: Any, results: Any, tracker: Any, wall_
     console = text
     if len(rows) > CONSOLE_TRIALS:
         console = summary_text(sweep, rows, wall_s, best, where, bounded=True)
+    failed = [r for r in rows if r.stop_reason == "error"]
+    if failed:
+        line = "\nFailed: " + ", ".join(f"trial {r.trial_id} {r.name} ({r.error})" for r in failed)
+        text, console = text + line, console + line
     files = {"summary/summary.txt": text + "\n", "summary/summary.csv": summary_csv(rows)}
     if best is not None:
         files["best/best_config.yaml"] = best_config_yaml(sweep, best)
@@ -422,14 +438,12 @@ def finish_sweep(sweep: SweepConfig, ctx: Any, results: Any, tracker: Any, wall_
                           "trm.best_checkpoint": best.checkpoint})  # fmt: skip
     tracker.log_metrics(metrics, 0)
     end_children(sweep, ctx, rows)
-    ran = [r for r in rows if r.stop_reason != "not started"]
-    failed = ran and all(r.stop_reason == "error" for r in ran)
     return SweepOutcome(
         ctx.exp_path,
         tracker.run_id or "",
         ctx.tracking_uri,
         rows,
         console,
-        exit_code=1 if failed else 0,
+        exit_code=exit_code(rows),
         where=results_where(ctx, tracker),
     )

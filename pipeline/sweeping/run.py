@@ -26,6 +26,7 @@ from ray import tune
 from pipeline.config.run import ConfigError, RunConfig
 from pipeline.sweeping.config import SweepConfig
 from pipeline.sweeping.dataset import ensure_dataset
+from pipeline.sweeping.exits import EXIT_INTERRUPTED
 from pipeline.sweeping.prepare import (
     check_durable,
     preflight,
@@ -38,6 +39,7 @@ from pipeline.sweeping.store import resolved_text, store_sweep
 from pipeline.sweeping.trial import SweepContext, run_trial
 from pipeline.sweeping.tuner import build_tuner
 from pipeline.tasks import carried_tasks
+from pipeline.tracking.server import check_tracking
 from pipeline.tracking.tracker import start_tracker
 from pipeline.training.cluster import (
     check_fits,
@@ -48,6 +50,7 @@ from pipeline.training.cluster import (
 )
 
 PARENT_KEY_PREFIX = "sweep:"
+PARENT_STATUS = {0: "FINISHED", EXIT_INTERRUPTED: "KILLED"}  # else FAILED
 
 
 def run_sweep(
@@ -73,6 +76,8 @@ def run_sweep(
         sweep = bind_checkpoint(sweep)
     given, sweep = sweep, with_absolute_data(sweep)
     base = resolve(sweep, exp_path)
+    if base.tracking.enabled:  # a server that is down: one line now, before Ray starts
+        check_tracking(base.tracking.uri)
     check_durable(base, exp_path)
     ensure_dataset(sweep, base.data.uri)
     sweep, base = with_epoch_steps(sweep, base)
@@ -95,22 +100,42 @@ def run_sweep(
         flush=True,
     )
     try:
-        if restore:
-            tuner = tune.Tuner.restore(
-                exp_path, trainable=trainable, resume_unfinished=True, resume_errored=True
-            )
-        else:
-            tuner = build_tuner(sweep, base, trainable, exp_path, concurrency)
-        results = tuner.fit()
-    except BaseException:
-        tracker.set_tags({"trm.status": "interrupted"})
+        outcome = _fit_and_finish(
+            sweep, base, ctx, trainable, restore, concurrency, tracker, t_start
+        )
+    except BaseException as e:
+        # the parent run never stays RUNNING: KILLED when stopped (Ctrl-C, SIGTERM), else FAILED
+        stopped = isinstance(e, KeyboardInterrupt | SystemExit)
+        tracker.set_tags({"trm.status": "interrupted" if stopped else "failed"})
+        tracker.finish("KILLED" if stopped else "FAILED")
         raise
+    tracker.finish(PARENT_STATUS.get(outcome.exit_code, "FAILED"))
+    return outcome
+
+
+def _fit_and_finish(sweep: SweepConfig, base: RunConfig, ctx: SweepContext, trainable: Any,
+                    restore: bool, concurrency: int, tracker: Any, t_start: float) -> SweepOutcome:  # fmt: skip
+    """Run (or restore) the Tuner, summarise, register the best models."""
+    if restore:
+        tuner = tune.Tuner.restore(
+            ctx.exp_path, trainable=trainable, resume_unfinished=True, resume_errored=True
+        )
+    else:
+        tuner = build_tuner(sweep, base, trainable, ctx.exp_path, concurrency, ctx)
+    results = tuner.fit()
     if sweep.mode == "evaluate":
         from pipeline.sweeping.eval_report import finish_eval_sweep as finish
     else:
         finish = finish_sweep
     outcome = finish(sweep, ctx, results, tracker, time.time() - t_start)
-    tracker.finish("FINISHED" if outcome.exit_code == 0 else "FAILED")
+    if sweep.mode == "train" and ctx.parent_run_id and sweep.register_top_k:
+        from pipeline.sweeping.finalise import register_top
+
+        versions = register_top(ctx.tracking_uri, sweep.name, outcome.rows, sweep.search.mode,
+                                sweep.register_top_k)  # fmt: skip
+        if versions:
+            outcome.where += (f"\nMLflow Model Registry: {sweep.name!r} versions "
+                              f"{', '.join(map(str, versions))} (the best trials' models)")  # fmt: skip
     return outcome
 
 

@@ -11,6 +11,7 @@ compute budget.
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 from dataclasses import dataclass
 from pathlib import PurePosixPath
@@ -192,6 +193,10 @@ class SweepReportCallback(TuneReportCallback):
 def run_trial(config: dict[str, Any], ctx: SweepContext) -> None:
     """One Tune trial: train the base config with this trial's values."""
     adopt_tasks(ctx.tasks)
+    # Tune reads it in this process when it reuses it for the next trial: how long the trial
+    # function may take to return after Tune stopped it (it sends what its MLflow run still
+    # holds, `pipeline.tracking.sender.FLUSH_TIMEOUT_S`); Tune's default is 2 s
+    os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", "60")
     trial_id = tune.get_context().get_trial_id()
     done = completed_result(ctx.exp_path, trial_id)
     if done is not None:
@@ -282,7 +287,8 @@ def _train_in_process(
             # a retried or resumed trial: its highest-step complete checkpoint (`retention`)
             candidates = ckpt.stored_checkpoints(trial_uri)
             resume_dir = ckpt.first_complete_checkpoint(candidates, stack)
-            run_in_process(cfg, info, report=report, resume_dir=resume_dir, device=device)
+            run_in_process(cfg, info, report=report, resume_dir=resume_dir, device=device,
+                           flush_before_eval_report=True)  # fmt: skip
     finally:
         # Tune runs the next trial in this process (reuse_actors): free this one's memory,
         # including what CUDA's caching allocator holds, for the trials sharing the GPU

@@ -39,8 +39,15 @@ def grid_longest_first(sweep: SweepConfig, base: RunConfig) -> dict[str, list[An
 
 
 def build_tuner(
-    sweep: SweepConfig, base: RunConfig, trainable: Any, exp_path: str, concurrency: int
+    sweep: SweepConfig,
+    base: RunConfig,
+    trainable: Any,
+    exp_path: str,
+    concurrency: int,
+    ctx: Any = None,
 ) -> Any:
+    """The sweep's `Tuner`; with `ctx` (a `SweepContext` with a parent run) its MLflow runs are
+    finalised as trials end (`pipeline.sweeping.finalise.LiveRuns`)."""
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     sch = sweep.scheduler
@@ -65,6 +72,11 @@ def build_tuner(
         budget_hours=sweep.budget.hours,
         exp_path=exp_path,
     )
+    callbacks: list[Any] = [monitor]  # first: it marks the stop reason that LiveRuns reads
+    if ctx is not None and ctx.parent_run_id:
+        from pipeline.sweeping.finalise import LiveRuns
+
+        callbacks.append(LiveRuns(ctx, base.tracking.experiment, sch.type, monitor))
     root, name = exp_path.rsplit("/", 1)
     param_space = {k: d.tune_domain() for k, d in sweep.domains.items()}
     param_space.update({k: tune.grid_search(v) for k, v in grid_longest_first(sweep, base).items()})
@@ -86,7 +98,7 @@ def build_tuner(
             name=name,
             storage_path=root,
             stop=monitor,
-            callbacks=[monitor],
+            callbacks=callbacks,
             # Tune retries every trial without limit: a trial counts its own failures against
             # max_failures itself (`trial._begin_attempt`), so lost nodes cost no retries
             failure_config=tune.FailureConfig(max_failures=-1),

@@ -20,6 +20,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pipeline.tracking.sender import (
+    DROPPED_METRIC,
+    DROPPED_TAG,
+    FigureJob,
+    Sender,
+    upload_bytes,
+)
 from pipeline.tracking.server import redact, run_url
 
 RUN_KEY_TAG = "trm.run_key"
@@ -28,10 +35,6 @@ MODEL_FILE = "model.pt"
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 """The experiment's type in MLflow 3 (model training, not GenAI). MLflow 3.17's UI still opens a
 fresh browser in its GenAI view, so the links we print add `tracking_server.TRAINING_VIEW`."""
-RETRY_BASE_S, RETRY_MAX_S = 2.0, 60.0
-"""A tracking server that stops answering mid-run: logging calls are dropped, and the next
-one tried after 2, 4, 8, ... s (at most 60 s); training and checkpoints go on."""
-
 logger = logging.getLogger(__name__)
 
 
@@ -53,7 +56,10 @@ class NullTracker:
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         pass
 
-    def log_figure(self, fig: Any, artifact_file: str) -> None:
+    def log_figure(self, make: Any, artifact_file: str) -> None:
+        pass
+
+    def log_bytes(self, data: bytes, artifact_file: str) -> None:
         pass
 
     def log_dict(self, d: dict, artifact_file: str) -> None:
@@ -68,7 +74,10 @@ class NullTracker:
     def set_tags(self, tags: dict[str, str]) -> None:
         pass
 
-    def finish(self, status: str = "FINISHED") -> None:
+    def flush(self) -> None:
+        pass
+
+    def finish(self, status: str | None = "FINISHED") -> None:
         pass
 
 
@@ -76,11 +85,13 @@ class Tracker(NullTracker):
     """One MLflow run, logged through `MlflowClient` (no global active-run state, so several
     runs can share a process, e.g. Tune function trainables).
 
-    Opening the run needs the server. Once it is open, a failed logging call does not stop
-    training: it is dropped with one logged line, and logging resumes after a bounded,
-    growing pause (`RETRY_BASE_S`, `RETRY_MAX_S`); MLflow's own per-request retries are cut
-    from ~4 minutes to a few seconds (unless $MLFLOW_HTTP_REQUEST_MAX_RETRIES is set), so an
-    outage never holds up a checkpoint for long."""
+    Opening the run needs the server. Once it is open, metrics and artifacts go through a
+    `Sender`: the caller (the training loop) only queues them, figures are drawn on the
+    sender's thread, and a server that stops answering costs no training time; what it missed
+    is sent when it answers again, and `finish` sends what is left (bounded) before it ends
+    the run. MLflow's own per-request retries are cut from ~4 minutes to a few seconds (unless
+    $MLFLOW_HTTP_REQUEST_MAX_RETRIES is set), so a stuck request never holds up the end of a
+    run for long."""
 
     def __init__(
         self,
@@ -99,7 +110,6 @@ class Tracker(NullTracker):
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
         self.uri = uri
         self.client = MlflowClient(tracking_uri=uri)
-        self._failures, self._dropped, self._retry_at = 0, 0, 0.0
         exp_id = self._experiment_id(experiment)
         existing = _runs_with_key(self.client, exp_id, run_key)
         all_tags = {**tags, RUN_KEY_TAG: run_key}
@@ -120,6 +130,7 @@ class Tracker(NullTracker):
             f"{redact(uri)} experiment={experiment} run={self.run_id}"
         )
         self._system = _system_metrics(self.run_id, uri) if system_metrics else None
+        self.sender = Sender(self.client, self.run_id, uri)
 
     def _experiment_id(self, name: str) -> str:
         """The experiment's id (created when missing), tagged for MLflow's training view."""
@@ -145,52 +156,30 @@ class Tracker(NullTracker):
         for i in range(0, len(items), 100):
             self.client.log_batch(self.run_id, params=items[i : i + 100])
 
-    def _guarded(self, what: str, call: Any, always: bool = False) -> None:
-        """`call()` unless the server failed recently and not `always` (then dropped,
-        counted); a failure is logged once per pause and never raised."""
-        now = time.monotonic()
-        if now < self._retry_at and not always:
-            self._dropped += 1
-            return
-        try:
-            call()
-        except Exception as e:
-            self._failures += 1
-            self._dropped += 1
-            pause = min(RETRY_MAX_S, RETRY_BASE_S * 2 ** (self._failures - 1))
-            self._retry_at = time.monotonic() + pause
-            first = (str(e).strip().splitlines() or [""])[0][:200]
-            logger.warning(
-                f"[tracking] MLflow {redact(self.uri)}: {what} failed ({type(e).__name__}: "
-                f"{first}); training goes on, next try in {pause:.0f} s"
-            )
-            return
-        if self._failures:
-            logger.warning(
-                f"[tracking] MLflow {redact(self.uri)} answers again; {self._dropped} logging "
-                "call(s) were dropped while it was away"
-            )
-            self._failures, self._dropped = 0, 0
-
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         from mlflow.entities import Metric
 
         ts = int(time.time() * 1000)
-        items = [Metric(k, float(v), ts, int(step)) for k, v in metrics.items()]
-        for i in range(0, len(items), 1000):
-            batch = items[i : i + 1000]
-            self._guarded("metrics", lambda b=batch: self.client.log_batch(self.run_id, metrics=b))
+        self.sender.put_metrics([Metric(k, float(v), ts, int(step)) for k, v in metrics.items()])
 
-    def log_figure(self, fig: Any, artifact_file: str) -> None:
-        self._guarded(
-            artifact_file, lambda: self.client.log_figure(self.run_id, fig, artifact_file)
+    def log_figure(self, make: Any, artifact_file: str) -> None:
+        """`make()` (a matplotlib figure, drawn on the sender's thread) as a PNG artifact."""
+        self.sender.put_job(artifact_file, FigureJob(self.client, self.run_id, make, artifact_file))
+
+    def log_bytes(self, data: bytes, artifact_file: str) -> None:
+        self.sender.put_job(
+            artifact_file, lambda: upload_bytes(self.client, self.run_id, data, artifact_file)
         )
 
     def log_dict(self, d: dict, artifact_file: str) -> None:
-        self._guarded(artifact_file, lambda: self.client.log_dict(self.run_id, d, artifact_file))
+        self.sender.put_job(
+            artifact_file, lambda: self.client.log_dict(self.run_id, d, artifact_file)
+        )
 
     def log_text(self, text: str, artifact_file: str) -> None:
-        self._guarded(artifact_file, lambda: self.client.log_text(self.run_id, text, artifact_file))
+        self.sender.put_job(
+            artifact_file, lambda: self.client.log_text(self.run_id, text, artifact_file)
+        )
 
     def log_dataset(self, name: str, source: str, meta_json: str) -> None:
         """The run's dataset as an MLflow dataset input (the run page's 'Datasets used'):
@@ -202,21 +191,36 @@ class Tracker(NullTracker):
         ds = Dataset(name=name, digest=digest, source_type="trm-shards",
                      source=json.dumps({"uri": source}))  # fmt: skip
         inputs = [DatasetInput(ds, tags=[InputTag("mlflow.data.context", "train")])]
-        self._guarded("dataset", lambda: self.client.log_inputs(self.run_id, datasets=inputs))
+        self.sender.put_job("dataset", lambda: self.client.log_inputs(self.run_id, datasets=inputs))
 
     def set_tags(self, tags: dict[str, str]) -> None:
         from mlflow.entities import RunTag
 
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
-    def finish(self, status: str = "FINISHED") -> None:
+    def flush(self) -> None:
+        """Wait (at most `sender.FLUSH_TIMEOUT_S`) until what is queued is sent."""
+        self.sender.flush()
+
+    def finish(self, status: str | None = "FINISHED") -> None:
+        """Send what is held (bounded: `sender.FLUSH_TIMEOUT_S`), record how many points and
+        artifacts were dropped (a full buffer, or the server still away), end the run with
+        `status` (None: leave the status to whoever stopped it, e.g. the sweep driver)."""
         if self._system is not None:
             self._system.finish()
-        self._guarded(
-            "end of run",
-            lambda: _set_terminated(self.client, self.uri, self.run_id, status),
-            always=True,
-        )
+        self.sender.close()
+        try:
+            if self.sender.dropped:
+                self.set_tags({DROPPED_TAG: f"{self.sender.dropped_points} metric points, "
+                                            f"{self.sender.dropped_jobs} artifacts"})  # fmt: skip
+                self.client.log_metric(self.run_id, DROPPED_METRIC, self.sender.dropped_points)
+            if status is not None:
+                _set_terminated(self.client, self.uri, self.run_id, status)
+        except Exception as e:
+            logger.warning(
+                f"[tracking] MLflow {redact(self.uri)}: ending run {self.run_id} as {status} "
+                f"failed ({type(e).__name__}: {str(e)[:200]})"
+            )
 
 
 def depth_curve_metrics(curve: list[float]) -> dict[str, float]:
@@ -374,8 +378,9 @@ def retire_run(uri: str, experiment: str, run_key: str) -> str | None:
 
 
 # ---- sweeps (pipeline/sweep.py): a parent run per sweep, a child run per trial ---------------
-def child_runs(uri: str, experiment: str, parent_run_id: str) -> dict[str, str]:
-    """`run_key` -> run id of every run nested under `parent_run_id`."""
+def child_runs(uri: str, experiment: str, parent_run_id: str, tag: str = "") -> dict[str, str]:
+    """`run_key` -> run id of every run nested under `parent_run_id` (with `tag`: -> that
+    tag's value, '' where the run lacks it or still runs)."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)
@@ -392,7 +397,9 @@ def child_runs(uri: str, experiment: str, parent_run_id: str) -> dict[str, str]:
             page_token=token,
         )
         for run in page:
-            out[run.data.tags.get(RUN_KEY_TAG, run.info.run_id)] = run.info.run_id
+            key = run.data.tags.get(RUN_KEY_TAG, run.info.run_id)
+            ended = run.info.status != "RUNNING"
+            out[key] = (run.data.tags.get(tag, "") if ended else "") if tag else run.info.run_id
         token = page.token
         if not token:
             return out

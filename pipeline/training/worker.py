@@ -48,13 +48,13 @@ import torch
 
 import trm
 from pipeline.checkpoints import store as ckpt
+from pipeline.checkpoints.clock import CheckpointClock, unranked
 from pipeline.config.run import ConfigError, RunConfig, flatten
 from pipeline.evaluation.evaluator import Evaluator
 from pipeline.tasks import adopt_tasks, carried_tasks
 from pipeline.tracking.provenance import source_tags
 from pipeline.tracking.tracker import NullTracker, start_tracker
 from pipeline.training.device import compile_model, to_device
-from pipeline.training.distributed import main_decides
 from pipeline.training.metrics import MetricWindow, peak_flops
 from pipeline.training.schedule import with_epoch_steps
 from pipeline.training.state import TrainState, train_step
@@ -90,6 +90,9 @@ class Session:
     """Ray Train's prepare_model (DDP) in a worker group; identity in one process."""
     say: Callable[[str], None] = print
     """Where rank 0's progress lines go."""
+    flush_before_eval_report: bool = False
+    """Send the MLflow run's queue before reporting an evaluation: a sweep trial's process may
+    be stopped on that report and ended before a queue could be sent."""
 
 
 # ---- the loop -------------------------------------------------------------------------------
@@ -147,20 +150,18 @@ def train_loop(cfg: RunConfig, info: RunInfo, session: Session) -> dict[str, flo
                                           cfg.checkpoint.mode)  # fmt: skip
                 last_metrics = {"step": state.step, "epoch": state.epoch, **train,
                                 **state.last_eval}  # fmt: skip
+                if due.eval and session.flush_before_eval_report:
+                    tracker.flush()
                 if due.checkpoint or best or timed:
-                    with tempfile.TemporaryDirectory(prefix="trm-ckpt-") as d:
-                        state.save(d, rank, world, saved_with)
-                        if rank == 0:  # what it scored, to rank and order checkpoints by
-                            ckpt.write_report(
-                                d, unranked(last_metrics) if timed and not best else last_metrics
-                            )
-                        session.report(last_metrics, d)
+                    # a time-based checkpoint is not ranked unless it holds a new best
+                    ranked = last_metrics if best or not timed else unranked(last_metrics)
+                    _checkpoint(state, session, saved_with, last_metrics, ranked)
                     clock.restart()
                 elif due.report:
                     session.report(last_metrics, None)
                 window.restart()
-    except BaseException:
-        tracker.finish("FAILED")
+    except BaseException as e:
+        _finish_on_error(tracker, e)
         raise
     if not last_metrics and session.resume_dir is not None:
         # resumed from its final checkpoint (the run had ended, but whatever drove it had not
@@ -172,6 +173,28 @@ def train_loop(cfg: RunConfig, info: RunInfo, session: Session) -> dict[str, flo
         session.say(f"[{info.name}] done: step {state.step}, {_summary(last_metrics)}")
     tracker.finish("FINISHED")
     return last_metrics
+
+
+def _checkpoint(state: TrainState, session: Session, saved_with: dict[str, Any],
+                metrics: dict[str, Any], report: dict[str, Any]) -> None:  # fmt: skip
+    """Save a checkpoint with `report` (what it scored, to rank and order checkpoints by)
+    and report `metrics` with it."""
+    rank, world = session.world_rank, session.world_size
+    with tempfile.TemporaryDirectory(prefix="trm-ckpt-") as d:
+        state.save(d, rank, world, saved_with)
+        if rank == 0:
+            ckpt.write_report(d, report)
+        session.report(metrics, d)
+
+
+def _finish_on_error(tracker: Any, e: BaseException) -> None:
+    """End the MLflow run of a loop that raised. SystemExit: Tune stopped the trial (the
+    scheduler, at max_t too; the budget): what is queued is sent, and the sweep driver sets
+    the run's final status (pipeline.sweeping.finalise), knowing whether it completed."""
+    if isinstance(e, SystemExit):
+        tracker.finish(None)
+    else:
+        tracker.finish("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
 
 
 def _resume(state: TrainState, session: Session, name: str) -> None:
@@ -277,31 +300,6 @@ def _start_tracking(
         f"{cfg.per_worker_batch} rows, {cfg.schedule.steps} steps, device {device.type}"
     )
     return tracker, peak
-
-
-class CheckpointClock:
-    """`checkpoint.every_minutes`: whether that much wall-clock time has passed since the last
-    checkpoint, by rank 0's clock for every rank (ranks' clocks and speeds differ, and a
-    checkpoint is a step all ranks take together)."""
-
-    def __init__(self, minutes: float, device: torch.device) -> None:
-        self.every_s, self.device = minutes * 60, device
-        self.restart()
-
-    def restart(self) -> None:
-        self.since = time.monotonic()
-
-    def due(self) -> bool:
-        """Collective when on: every rank calls it at the same steps."""
-        if not self.every_s:
-            return False
-        return main_decides(time.monotonic() - self.since >= self.every_s, self.device)
-
-
-def unranked(metrics: dict[str, Any]) -> dict[str, Any]:
-    """A time-based checkpoint's report: the training metrics only. The last evaluation's
-    scores belong to an earlier step, so retention keeps it as the latest, never as a best."""
-    return {k: v for k, v in metrics.items() if not k.startswith("eval/")}
 
 
 class _Due(NamedTuple):
@@ -429,6 +427,7 @@ def run_in_process(
     report: Report | None = None,
     resume_dir: str | None = None,
     device: torch.device | None = None,
+    flush_before_eval_report: bool = False,
 ) -> dict[str, float]:
     """Run the loop in this process (world size 1, no Ray worker group).
 
@@ -445,7 +444,8 @@ def run_in_process(
                 resume_dir = ckpt.first_complete_checkpoint(ckpt.local_checkpoints(store), stack)
             report = LocalCheckpoints(store, cfg.checkpoint.num_to_keep, cfg.checkpoint.metric,
                                       cfg.checkpoint.mode)  # fmt: skip
-        session = Session(0, 1, device or default_device(), report, resume_dir)
+        session = Session(0, 1, device or default_device(), report, resume_dir,
+                          flush_before_eval_report=flush_before_eval_report)  # fmt: skip
         return train_loop(cfg, info, session)
 
 
