@@ -1,4 +1,14 @@
-"""Shared fixtures.
+"""Shared fixtures, test tiers and time limits.
+
+Tiers: every test gets markers from the fixtures it uses and the file it is in (see
+`pytest_collection_modifyitems`): `ray` (a Ray cluster), `server` (moto or an MLflow server),
+`infra` (terraform, kubectl, checkov), `benchmark`, `drill`, plus the hand-set `slow`; a test
+with none of them is `fast`. `pytest -m fast` is the quick signal after a change; `pytest` runs
+everything (CI). Each tier has its own time limit (pytest-timeout, thread method: the fuzz
+drill uses SIGALRM itself).
+
+Strict CI: a test whose tool or file is missing calls `unavailable(reason)`, which skips it on a
+developer's machine and fails it under `CI=true`, where .ci/run and the repository provide all.
 
 S3: `s3_server` starts one real S3-compatible HTTP server (moto's server mode) on a free loopback
 port for the whole session and stops it by pid; `s3_env` points the standard AWS variables at it
@@ -23,8 +33,52 @@ import time
 import urllib.request
 import uuid
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
+from hypothesis import settings
+
+# CI: the same examples every run (a failure there can be replayed), and a bound on how many
+settings.register_profile("ci", derandomize=True, max_examples=50, deadline=None, database=None)
+if os.environ.get("CI") == "true":
+    settings.load_profile("ci")
+
+# ---- tiers and time limits ------------------------------------------------------------------
+FIXTURE_TIERS = {
+    "ray_local": "ray", "ray_head": "ray", "local_ray": "ray",
+    "s3_server": "server", "mlflow_server": "server",
+}  # fmt: skip
+FILE_TIERS = {"test_drill_": "drill", "test_infra_": "infra", "test_benchmarks": "benchmark"}
+TIERS = ("ray", "server", "infra", "benchmark", "drill", "slow")
+# seconds per test, setup and teardown included (a module's Ray cluster starts in its first
+# test); the first tier a test has in this order sets its limit; fast tests keep the default
+# of pyproject.toml's `timeout`
+TIER_TIMEOUTS = {"drill": 1200, "slow": 1200, "benchmark": 900, "ray": 900, "infra": 900,
+                 "server": 300}  # fmt: skip
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        file = Path(str(item.fspath)).name
+        tiers = {t for f, t in FIXTURE_TIERS.items() if f in item.fixturenames}
+        tiers |= {t for prefix, t in FILE_TIERS.items() if file.startswith(prefix)}
+        for tier in tiers:
+            item.add_marker(tier)
+        marked = {m.name for m in item.iter_markers()}
+        if not marked & set(TIERS):
+            item.add_marker("fast")
+        limit = next((TIER_TIMEOUTS[t] for t in TIER_TIMEOUTS if t in marked), None)
+        if limit and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(limit))
+
+
+def unavailable(reason: str) -> NoReturn:
+    """Skip: a tool or file this test needs is missing here. Under CI=true, where .ci/run and
+    the repository provide every one, fail instead, so a broken CI cannot pass by skipping."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason} (under CI=true a failure: CI provides it)",
+                    pytrace=False)  # fmt: skip
+    pytest.skip(reason)
 
 
 def free_port() -> int:
@@ -37,8 +91,8 @@ def free_port() -> int:
 def _moto_command(port: int) -> list[str]:
     exe = Path(sys.executable).with_name("moto_server")
     exe = str(exe) if exe.exists() else shutil.which("moto_server")
-    if exe is None:
-        pytest.skip("moto_server not installed (pip install 'moto[server]')")
+    if exe is None:  # a dev dependency: its absence is a broken install, not a reason to skip
+        pytest.fail("moto_server not installed (pip install -e '.[dev]' installs moto[server])")
     return [exe, "-H", "127.0.0.1", "-p", str(port)]
 
 
@@ -125,8 +179,8 @@ def mlflow_server(tmp_path_factory):
     root = tmp_path_factory.mktemp("mlflow-server")
     exe = Path(sys.executable).with_name("mlflow")
     exe = str(exe) if exe.exists() else shutil.which("mlflow")
-    if exe is None:
-        pytest.skip("mlflow not installed")
+    if exe is None:  # a dependency: its absence is a broken install
+        pytest.fail("the mlflow command is not installed (pip install -e '.[dev]')")
     port = free_port()
     cmd = [
         exe, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.checkpoints import retention
 from pipeline.checkpoints import store as ckpt
 from pipeline.data.storage import open_storage
-from pipeline.checkpoints import retention
 
 
 def _put(trial_uri: str, tmp: Path, name: str, step: int, acc: float | None) -> None:
