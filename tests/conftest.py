@@ -45,7 +45,7 @@ if os.environ.get("CI") == "true":
 
 # ---- tiers and time limits ------------------------------------------------------------------
 FIXTURE_TIERS = {
-    "ray_local": "ray", "ray_head": "ray", "local_ray": "ray",
+    "ray_local": "ray", "_ray_head_cluster": "ray", "local_ray": "ray",
     "s3_server": "server", "mlflow_server": "server",
 }  # fmt: skip
 FILE_TIERS = {"test_drill_": "drill", "test_infra_": "infra", "test_benchmarks": "benchmark"}
@@ -151,13 +151,18 @@ class S3Env:
         return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1")
 
 
+def s3_vars(endpoint: str) -> dict[str, str]:
+    """The standard AWS variables for `endpoint` with test credentials (AWS_PROFILE and
+    AWS_SESSION_TOKEN must be unset beside them)."""
+    return {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}  # fmt: skip
+
+
 def use_s3(monkeypatch, endpoint: str, bucket: str | None = None) -> S3Env:
     """Point the standard AWS environment at `endpoint` with test credentials; create `bucket`
     (a fresh unique name when None). Returns the S3Env."""
-    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    for k, v in s3_vars(endpoint).items():
+        monkeypatch.setenv(k, v)
     monkeypatch.delenv("AWS_PROFILE", raising=False)
     monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
     env = S3Env(endpoint, bucket or f"test-{uuid.uuid4().hex[:12]}")
@@ -262,7 +267,8 @@ class RayHead:
     """Job API address (http://127.0.0.1:PORT) for `ray job submit --address`."""
     env: dict
     """Environment for CLI calls against this cluster (venv first on PATH, token auth, S3)."""
-    s3: S3Env
+    s3: S3Env | None
+    """This module's bucket (None only on the session's cluster itself)."""
 
 
 def _ray_head_processes(temp_dir: str) -> list:
@@ -281,23 +287,23 @@ def _ray_head_processes(temp_dir: str) -> list:
     return list(found.values())
 
 
-@pytest.fixture(scope="module")
-def ray_head(s3_server):
+@pytest.fixture(scope="session")
+def _ray_head_cluster(s3_server):
     """A real `ray start --head` cluster (2 CPUs, 4 `trial_driver` slots, dashboard and job
     API) on loopback, in a private temp dir with free ports so it never meets another Ray on
-    the machine. Its processes see AWS variables pointed at the moto server and the venv's
+    the machine; one for the session (no test stops it; `ray_head` gives each module its own
+    bucket). Its processes see AWS variables pointed at the moto server and the venv's
     python first on PATH (job entrypoints resolve `python` through the raylet's PATH). Stopped
     by pid (never `ray stop`, which stops every Ray of the user)."""
     import tempfile
 
     import psutil
 
-    mp = pytest.MonkeyPatch()
-    s3 = use_s3(mp, s3_server)
     temp_dir = tempfile.mkdtemp(prefix="trm-ray-", dir="/tmp")  # short: unix socket paths
     venv_bin = str(Path(sys.executable).parent)
     env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if k not in ("AWS_PROFILE", "AWS_SESSION_TOKEN")},
+        **s3_vars(s3_server),
         "PATH": venv_bin + os.pathsep + os.environ.get("PATH", ""),
         "RAY_AUTH_MODE": "token",
         "RAY_TRAIN_V2_ENABLED": "1",
@@ -315,7 +321,7 @@ def ray_head(s3_server):
     try:
         if out.returncode != 0:
             raise RuntimeError(f"ray start failed: {out.stdout}\n{out.stderr}")
-        yield RayHead(f"127.0.0.1:{gcs}", f"http://127.0.0.1:{dash}", env, s3)
+        yield RayHead(f"127.0.0.1:{gcs}", f"http://127.0.0.1:{dash}", env, None)
     finally:
         procs = _ray_head_processes(temp_dir)
         for p in procs:
@@ -327,4 +333,15 @@ def ray_head(s3_server):
                 p.kill()
         psutil.wait_procs(alive, timeout=10)
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def ray_head(_ray_head_cluster, s3_server):
+    """The session's `ray start --head` cluster, with AWS variables pointed at the moto server
+    and a fresh bucket for this module."""
+    mp = pytest.MonkeyPatch()
+    s3 = use_s3(mp, s3_server)
+    try:
+        yield dataclasses.replace(_ray_head_cluster, s3=s3)
+    finally:
         mp.undo()

@@ -186,6 +186,7 @@ def test_a_wrong_token_is_refused_with_a_clear_error(pod):
 
 
 @pytest.mark.slow
+@pytest.mark.ray  # starts its own Ray (the pod's environment)
 def test_ray_train_checkpoints_to_s3_through_pod_identity(pod, tmp_path):
     import boto3
     import ray
