@@ -1,6 +1,6 @@
 """The shape the codebase keeps: no function over 80 lines in the libraries, no module over 500
-lines in pipeline/, and no pointer to documents that live outside the repository (what a reader
-needs is written in docs/)."""
+lines in pipeline/, no pointer to documents that live outside the repository (what a reader
+needs is written in docs/), and `ruff check .` clean."""
 
 from __future__ import annotations
 
@@ -118,3 +118,14 @@ def test_no_reference_to_documents_outside_the_repository():
                     hits.append(f"{path.relative_to(ROOT)}:{lineno}: {name}")
     assert len(_text_files()) > 100  # the scan reached the tree
     assert not hits, "point into docs/ instead:\n" + "\n".join(hits)
+
+
+def test_ruff_check_is_clean():
+    """`ruff check .` (the project's lint settings in pyproject.toml) as part of the test run."""
+    import subprocess
+    import sys
+
+    ruff = Path(sys.executable).with_name("ruff")
+    r = subprocess.run([str(ruff), "check", "--no-cache", "."], cwd=ROOT, capture_output=True,
+                       text=True, timeout=120)  # fmt: skip
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
