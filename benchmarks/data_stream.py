@@ -135,7 +135,7 @@ def ray_data_rate(path: str) -> dict:
 
     t0 = time.perf_counter()
     ray.init(
-        num_cpus=2, include_dashboard=False, logging_config=ray.LoggingConfig(log_level="ERROR")
+        address="local", num_cpus=2, include_dashboard=False, logging_config=ray.LoggingConfig(log_level="ERROR")
     )
     try:
         ray.data.DataContext.get_current().enable_progress_bars = False

@@ -250,7 +250,7 @@ def ray_local(s3_server):
     mp = pytest.MonkeyPatch()
     env = use_s3(mp, s3_server)
     mp.setenv("RAY_TRAIN_V2_ENABLED", "1")
-    ctx = ray.init(num_cpus=2, include_dashboard=True, log_to_driver=True)
+    ctx = ray.init(address="local", num_cpus=2, include_dashboard=True, log_to_driver=True)
     try:
         yield RayLocal(env, f"http://{ctx.dashboard_url}")
     finally:

@@ -206,7 +206,8 @@ def test_ray_train_checkpoints_to_s3_through_pod_identity(pod, tmp_path):
         "resources": {"num_workers": 1, "cpus_per_worker": 0.5}, "tracking": {"enabled": False},
     })  # fmt: skip
     os.environ["RAY_TRAIN_V2_ENABLED"] = "1"
-    ray.init(num_cpus=2, include_dashboard=True)  # its processes inherit the pod environment
+    # its processes inherit the pod environment
+    ray.init(address="local", num_cpus=2, include_dashboard=True)
     try:
         result = run_training(cfg)
     finally:

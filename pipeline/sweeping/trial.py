@@ -24,6 +24,7 @@ from pipeline.checkpoints import store as ckpt
 from pipeline.config.run import RunConfig
 from pipeline.sweeping.space import trial_config
 from pipeline.sweeping.store import TRIALS_DIR, completed_result, record_failed
+from pipeline.tracking.prometheus import count_trial
 from pipeline.training.failures import deterministic, root_cause
 
 
@@ -186,6 +187,7 @@ def run_trial(config: dict[str, Any], ctx: SweepContext) -> None:
         tune.report(done)
         return
     cfg = ctx.trial_config(config, trial_id)
+    count_trial(ctx.name, "started")  # a trial the scheduler stops counts no end event
     try:
         if cfg.resources.num_workers > 1:
             _train_with_workers(cfg, ctx)
@@ -193,10 +195,14 @@ def run_trial(config: dict[str, Any], ctx: SweepContext) -> None:
             _train_in_process(cfg, ctx, config, trial_id)
     except Exception as e:
         if deterministic(e) is None:
+            count_trial(ctx.name, "retried")
             raise  # Tune retries it (max_failures) from the trial's last checkpoint
         # the same input fails every attempt: end the trial instead of Tune retrying it, and
         # leave its one line for the monitor and the summary
+        count_trial(ctx.name, "failed")
         record_failed(ctx.exp_path, trial_id, root_cause(e))
+    else:
+        count_trial(ctx.name, "completed")
 
 
 def _train_with_workers(cfg: RunConfig, ctx: SweepContext) -> None:

@@ -133,7 +133,7 @@ class LocalRay:
         for k, v in self.env.items():
             self._saved[k] = os.environ.get(k)
             os.environ[k] = v
-        ray.init(num_cpus=self.num_cpus, _temp_dir=self.temp_dir, include_dashboard=True,
+        ray.init(address="local", num_cpus=self.num_cpus, _temp_dir=self.temp_dir, include_dashboard=True,
                  **self.init_kw)  # fmt: skip
         return self
 

@@ -69,3 +69,20 @@ variable "kuberay_version" {
   type        = string
   default     = "1.7.0"
 }
+
+variable "monitoring_enabled" {
+  description = "Install kube-prometheus-stack (Prometheus + Grafana) for the Ray metrics dashboard."
+  type        = bool
+  default     = true
+}
+
+variable "monitoring_chart_version" {
+  description = "kube-prometheus-stack chart version."
+  type        = string
+  default     = "75.15.1"
+
+  validation {
+    condition     = can(regex("^[0-9]+\\.[0-9]+\\.[0-9]+$", var.monitoring_chart_version))
+    error_message = "monitoring_chart_version must be an exact chart version (x.y.z)."
+  }
+}
