@@ -53,8 +53,8 @@ TIERS = ("ray", "server", "infra", "benchmark", "drill", "slow")
 # seconds per test, setup and teardown included (a module's Ray cluster starts in its first
 # test); the first tier a test has in this order sets its limit; fast tests keep the default
 # of pyproject.toml's `timeout`
-TIER_TIMEOUTS = {"drill": 1800, "slow": 1800, "benchmark": 1200, "ray": 1200, "infra": 1200,
-                 "server": 600}  # fmt: skip
+TIER_TIMEOUTS = {"drill": 2400, "slow": 2400, "benchmark": 1800, "ray": 1800, "infra": 1800,
+                 "server": 900}  # fmt: skip
 
 
 def pytest_collection_modifyitems(config, items):
