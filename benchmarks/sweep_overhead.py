@@ -15,6 +15,7 @@ With `--fractions`, the same N identical trials run at several CPUs-per-trial se
     python benchmarks/sweep_overhead.py                             # default sweep + fractions
     python benchmarks/sweep_overhead.py --sweep sweeps/smoke.yaml --fractions ""
     python benchmarks/sweep_overhead.py --quick                     # smoke sweep only
+    python benchmarks/sweep_overhead.py --quick --fractions 0.5     # and one fraction
 
 Everything (data, trial storage, MLflow sqlite) goes to a temporary directory. Writes
 benchmarks/results/sweep_overhead.json. Timestamps are wall-clock: on a shared machine the
@@ -277,8 +278,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--sweep", default=str(DEFAULT_SWEEP), help="sweep file (default: %(default)s)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="base run config override, as pipeline/sweep.py --set")  # fmt: skip
-    ap.add_argument("--fractions", default="2,1,0.5",
-                    help="CPUs per trial to compare ('' to skip); trials/device = CPUs / this")  # fmt: skip
+    ap.add_argument("--fractions", default=None,
+                    help="CPUs per trial to compare ('' to skip; default 2,1,0.5, none with "
+                         "--quick); trials/device = CPUs / this")  # fmt: skip
     ap.add_argument("--fraction-trials", type=int, default=4)
     ap.add_argument("--fraction-steps", type=int, default=200)
     ap.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray cluster")
@@ -293,8 +295,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     a = ap.parse_args(argv)
     if a.quick:
         a.sweep = str(SMOKE_SWEEP) if a.sweep == str(DEFAULT_SWEEP) else a.sweep
-        # no fractions: the device check's dry run (gpu_check.py --dry-run) runs a fraction sweep
-        a.fractions = ""
+    if a.fractions is None:  # a quick run has none unless asked for
+        a.fractions = "" if a.quick else "2,1,0.5"
     fractions = [float(f) for f in a.fractions.split(",") if f.strip()]
     if any(f <= 0 for f in fractions):
         ap.error("--fractions must be positive numbers")

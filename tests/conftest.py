@@ -1,4 +1,14 @@
-"""Shared fixtures.
+"""Shared fixtures, test tiers and time limits.
+
+Tiers: every test gets markers from the fixtures it uses and the file it is in (see
+`pytest_collection_modifyitems`): `ray` (a Ray cluster), `server` (moto or an MLflow server),
+`infra` (terraform, kubectl, checkov), `benchmark`, `drill`, plus the hand-set `slow`; a test
+with none of them is `fast`. `pytest -m fast` is the quick signal after a change; `pytest` runs
+everything (CI). Each tier has its own time limit (pytest-timeout, thread method: the fuzz
+drill uses SIGALRM itself).
+
+Strict CI: a test whose tool or file is missing calls `unavailable(reason)`, which skips it on a
+developer's machine and fails it under `CI=true`, where .ci/run and the repository provide all.
 
 S3: `s3_server` starts one real S3-compatible HTTP server (moto's server mode) on a free loopback
 port for the whole session and stops it by pid; `s3_env` points the standard AWS variables at it
@@ -22,9 +32,53 @@ import time
 import urllib.request
 import uuid
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
+from hypothesis import settings
 from services import MlflowServer, free_port, moto_process, postgres
+
+# CI: the same examples every run (a failure there can be replayed), and a bound on how many
+settings.register_profile("ci", derandomize=True, max_examples=50, deadline=None, database=None)
+if os.environ.get("CI") == "true":
+    settings.load_profile("ci")
+
+# ---- tiers and time limits ------------------------------------------------------------------
+FIXTURE_TIERS = {
+    "ray_local": "ray", "_ray_head_cluster": "ray", "local_ray": "ray",
+    "s3_server": "server", "mlflow_server": "server", "mlflow_pg_s3": "server",
+}  # fmt: skip
+FILE_TIERS = {"test_drill_": "drill", "test_infra_": "infra", "test_benchmarks": "benchmark"}
+TIERS = ("ray", "server", "infra", "benchmark", "drill", "slow")
+# seconds per test, setup and teardown included (a module's Ray cluster starts in its first
+# test); the first tier a test has in this order sets its limit; fast tests keep the default
+# of pyproject.toml's `timeout`
+TIER_TIMEOUTS = {"drill": 2400, "slow": 2400, "benchmark": 1800, "ray": 1800, "infra": 1800,
+                 "server": 900}  # fmt: skip
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        file = Path(str(item.fspath)).name
+        tiers = {t for f, t in FIXTURE_TIERS.items() if f in item.fixturenames}
+        tiers |= {t for prefix, t in FILE_TIERS.items() if file.startswith(prefix)}
+        for tier in tiers:
+            item.add_marker(tier)
+        marked = {m.name for m in item.iter_markers()}
+        if not marked & set(TIERS):
+            item.add_marker("fast")
+        limit = next((TIER_TIMEOUTS[t] for t in TIER_TIMEOUTS if t in marked), None)
+        if limit and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(limit))
+
+
+def unavailable(reason: str) -> NoReturn:
+    """Skip: a tool or file this test needs is missing here. Under CI=true, where .ci/run and
+    the repository provide every one, fail instead, so a broken CI cannot pass by skipping."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason} (under CI=true a failure: CI provides it)",
+                    pytrace=False)  # fmt: skip
+    pytest.skip(reason)
 
 
 def two_ranks(target, *args) -> dict[int, object]:
@@ -63,13 +117,18 @@ class S3Env:
         return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1")
 
 
+def s3_vars(endpoint: str) -> dict[str, str]:
+    """The standard AWS variables for `endpoint` with test credentials (AWS_PROFILE and
+    AWS_SESSION_TOKEN must be unset beside them)."""
+    return {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}  # fmt: skip
+
+
 def use_s3(monkeypatch, endpoint: str, bucket: str | None = None) -> S3Env:
     """Point the standard AWS environment at `endpoint` with test credentials; create `bucket`
     (a fresh unique name when None). Returns the S3Env."""
-    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    for k, v in s3_vars(endpoint).items():
+        monkeypatch.setenv(k, v)
     monkeypatch.delenv("AWS_PROFILE", raising=False)
     monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
     env = S3Env(endpoint, bucket or f"test-{uuid.uuid4().hex[:12]}")
@@ -129,8 +188,8 @@ def mlflow_process(root: Path, port: int | None = None):
     it whole); yields (URI, Popen) once healthy and stops it by pid on exit."""
     exe = Path(sys.executable).with_name("mlflow")
     exe = str(exe) if exe.exists() else shutil.which("mlflow")
-    if exe is None:
-        pytest.skip("mlflow not installed")
+    if exe is None:  # a dependency: its absence is a broken install
+        pytest.fail("the mlflow command is not installed (pip install -e '.[dev]')")
     port = port or free_port()
     cmd = [
         exe, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
@@ -220,7 +279,8 @@ class RayHead:
     """Job API address (http://127.0.0.1:PORT) for `ray job submit --address`."""
     env: dict
     """Environment for CLI calls against this cluster (venv first on PATH, token auth, S3)."""
-    s3: S3Env
+    s3: S3Env | None
+    """This module's bucket (None only on the session's cluster itself)."""
 
 
 def _ray_head_processes(temp_dir: str) -> list:
@@ -239,23 +299,23 @@ def _ray_head_processes(temp_dir: str) -> list:
     return list(found.values())
 
 
-@pytest.fixture(scope="module")
-def ray_head(s3_server):
+@pytest.fixture(scope="session")
+def _ray_head_cluster(s3_server):
     """A real `ray start --head` cluster (2 CPUs, 4 `trial_driver` slots, dashboard and job
     API) on loopback, in a private temp dir with free ports so it never meets another Ray on
-    the machine. Its processes see AWS variables pointed at the moto server and the venv's
+    the machine; one for the session (no test stops it; `ray_head` gives each module its own
+    bucket). Its processes see AWS variables pointed at the moto server and the venv's
     python first on PATH (job entrypoints resolve `python` through the raylet's PATH). Stopped
     by pid (never `ray stop`, which stops every Ray of the user)."""
     import tempfile
 
     import psutil
 
-    mp = pytest.MonkeyPatch()
-    s3 = use_s3(mp, s3_server)
     temp_dir = tempfile.mkdtemp(prefix="trm-ray-", dir="/tmp")  # short: unix socket paths
     venv_bin = str(Path(sys.executable).parent)
     env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if k not in ("AWS_PROFILE", "AWS_SESSION_TOKEN")},
+        **s3_vars(s3_server),
         "PATH": venv_bin + os.pathsep + os.environ.get("PATH", ""),
         "RAY_AUTH_MODE": "token",
         "RAY_TRAIN_V2_ENABLED": "1",
@@ -274,7 +334,7 @@ def ray_head(s3_server):
     try:
         if out.returncode != 0:
             raise RuntimeError(f"ray start failed: {out.stdout}\n{out.stderr}")
-        yield RayHead(f"127.0.0.1:{gcs}", f"http://127.0.0.1:{dash}", env, s3)
+        yield RayHead(f"127.0.0.1:{gcs}", f"http://127.0.0.1:{dash}", env, None)
     finally:
         procs = _ray_head_processes(temp_dir)
         for p in procs:
@@ -286,4 +346,15 @@ def ray_head(s3_server):
                 p.kill()
         psutil.wait_procs(alive, timeout=10)
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def ray_head(_ray_head_cluster, s3_server):
+    """The session's `ray start --head` cluster, with AWS variables pointed at the moto server
+    and a fresh bucket for this module."""
+    mp = pytest.MonkeyPatch()
+    s3 = use_s3(mp, s3_server)
+    try:
+        yield dataclasses.replace(_ray_head_cluster, s3=s3)
+    finally:
         mp.undo()

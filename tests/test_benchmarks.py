@@ -96,16 +96,18 @@ def test_inference_quick_compares_act_with_fixed_depth(tmp_path):
 
 def test_default_sweep_search_quick_records_every_evaluation(tmp_path):
     out = tmp_path / "search.json"
+    # target 0: the first evaluation reaches it (the try still runs on: --stop-at is unset)
     run_script("default_sweep_search.py", "--quick", "--label", "q", "--out", str(out),
-               "--set", "model.hidden_size=16", "--set", "model.num_heads=2")  # fmt: skip
+               "--target", "0", "--set", "model.hidden_size=16",
+               "--set", "model.num_heads=2")  # fmt: skip
     (rec,) = json.loads(out.read_text())
     assert rec["ended"] == "completed"
     assert [e["step"] for e in rec["evals"]] == [10, 20]
     assert rec["config"]["model"]["hidden_size"] == 16
     assert rec["effective_depth"] == 2  # the default sweep's base: H 1, L 1, one layer
     assert all(0.0 <= e["exact"] <= 1.0 and positive(e["cpu_s"]) for e in rec["evals"])
-    reached = rec["steps_to_target"]
-    assert reached is None or rec["best_exact"] >= rec["target"]
+    assert rec["target"] == 0 and rec["steps_to_target"] == 10
+    assert rec["best_exact"] == max(e["exact"] for e in rec["evals"])
 
 
 def test_search_efficiency_quick_runs_both_searchers_over_the_space(tmp_path):
@@ -128,16 +130,29 @@ def test_search_efficiency_quick_runs_both_searchers_over_the_space(tmp_path):
 
 @pytest.mark.slow
 def test_sweep_overhead_quick_times_a_real_sweep(tmp_path):
-    # a real local Ray cluster and the smoke sweep (4 trials): ~1 min
-    res = quick_result("sweep_overhead", tmp_path)
+    # a real local Ray cluster, the smoke sweep cut to 2 trials (the whole smoke sweep runs in
+    # test_sweep.py and test_sweep_cluster.py) and 2 trials of half a CPU each (gpu_check's
+    # sweep part on a CPU): ~1.5 min
+    import yaml
+
+    sweep = yaml.safe_load((ROOT / "sweeps" / "smoke.yaml").read_text())
+    sweep["space"] = {"model.H_cycles": {"grid": [1, 2]}}
+    (tmp_path / "two.yaml").write_text(yaml.safe_dump(sweep))
+    out = tmp_path / "sweep_overhead.json"
+    run_script("sweep_overhead.py", "--quick", "--sweep", str(tmp_path / "two.yaml"),
+               "--fractions", "0.5", "--fraction-trials", "2", "--fraction-steps", "60",
+               "--out", str(out), timeout=1200)  # fmt: skip
+    res = json.loads(out.read_text())
+    check_machine(res["machine"])
     s = res["sweep"]
-    assert s["trials"] == 4 and s["exit_code"] == 0
+    assert s["trials"] == 2 and s["exit_code"] == 0
     assert s["wall_s"] >= s["longest_trial_s"] > 0
     # busy time is measured inside the trials, wall time around them: no packing beats 1.0
     assert s["ratio_wall_vs_lower_bound"] >= 1.0
     for t in s["per_trial"]:
         assert 0 < t["to_first_step_s"] <= t["to_first_report_s"] <= t["busy_s"]
-    assert res["fractions"] == []  # a fraction sweep runs in the gpu_check dry run
+    (f,) = res["fractions"]
+    assert f["cpus_per_trial"] == 0.5 and f["trials"] == 2 and f["exit_code"] == 0
 
 
 @pytest.mark.slow
@@ -190,37 +205,118 @@ def test_gpu_check_stops_a_hung_part_and_its_children(tmp_path):
     assert not _alive(proc.pid) and not _alive(child)
 
 
-@pytest.mark.slow
-def test_gpu_check_dry_run_runs_every_part(tmp_path):
-    # every part of the device check with tiny settings on the CPU: ~5-10 min on 2 cores
-    out = tmp_path / "gpu_check.json"
-    run_script("gpu_check.py", "--dry-run", "--total-s", "1500", "--out", str(out), timeout=1800)
-    res = json.loads(out.read_text())
-    check_machine(res["machine"])
-    assert res["dry_run"] is True and res["mfu_target"] == 0.45
-    parts = res["parts"]
-    assert {k: p["status"] for k, p in parts.items()} == dict.fromkeys(
-        ("data", "train_step", "train", "inference", "sweep", "maze"), "ok"
-    )
-    rows = parts["train_step"]["result"]["rows"] + parts["maze"]["result"]["rows"]
-    assert {r["config"] for r in rows} == {"sudoku_mlp-quick", "sudoku_att-quick", "maze-quick"}
-    assert all(r["mfu_vs_datasheet"] is None for r in rows)  # a CPU has no datasheet peak
-    train = parts["train"]["result"]
+# the driver, with stub parts: the real parts are the benchmark scripts tested above and the
+# dry-run parts below (the whole `--dry-run` took 5-10 min on 2 cores)
+_STUB = {
+    "data": {"uri": "/nowhere", "build_s": 1.0},
+    "train_step": {"rows": [{"config": "sudoku_mlp", "batch": 768, "dtype": "bfloat16",
+                             "mode": "compiled", "examples_per_s": {"median": 1000.0},
+                             "mfu_vs_datasheet": 0.5}]},
+    "train": {"config": "configs/x.yaml", "steps": 20, "first_loss": 2.0, "last_loss": 1.0,
+              "loss_fell": True, "curve": [{"step": 20, "train/examples_per_s": 50.0,
+                                             "train/mfu": 0.25}]},
+    "inference": {"results": {"speedup_act_vs_fixed": {"median": 2.5},
+                              "exact_drop_points": 0.5}},
+    "sweep": {"trials": 2, "gpus_per_trial": 0.5, "overlapped": True, "wall_s": 30.0,
+              "examples_per_s": 100.0},
+    "maze": {"rows": [{"config": "maze", "batch": 96, "dtype": "bfloat16", "mode": "compiled",
+                       "examples_per_s": {"median": 10.0}, "mfu_vs_datasheet": 0.3}]},
+}  # fmt: skip
+
+
+def _stub_parts(monkeypatch, **how: str) -> list[str]:
+    """Replace each part's process by a shell stub: 'ok' (default) writes <part>.json with the
+    part's _STUB result, 'fail' exits 1, 'hang' sleeps. Returns the parts in start order."""
+    import gpu_check
+
+    started: list[str] = []
+
+    def spawn(a, part, work):
+        started.append(part)
+        body = json.dumps({"seconds": 0.1, "result": _STUB[part]})
+        script = {"ok": 'printf "%s" "$1" > "$2"', "fail": "exit 1", "hang": "sleep 300"}
+        return subprocess.Popen(["sh", "-c", script[how.get(part, "ok")], "sh", body,
+                                 str(work / f"{part}.json")], start_new_session=True)  # fmt: skip
+
+    monkeypatch.setattr(gpu_check, "_spawn", spawn)
+    return started
+
+
+def _driver_args(total_s: float):
+    import argparse
+
+    return argparse.Namespace(total_s=total_s, dry_run=True, compile_scope="blocks")
+
+
+def test_gpu_check_driver_runs_parts_in_order_and_sums_them_up(monkeypatch, tmp_path):
+    """Every part in its slot, in order; a failed part and a hung one (stopped when its slot
+    ends) cost that part only; no dataset skips the training part; the table shows each."""
+    import gpu_check
+
+    started = _stub_parts(monkeypatch, data="fail", inference="hang")
+    res = gpu_check.run_all(_driver_args(47), tmp_path)  # a tenth of every slot
+    assert started == ["data", "train_step", "inference", "sweep", "maze"]
+    status = {k: p["status"] for k, p in res["parts"].items()}
+    assert status["data"] == "failed (exit code 1)"
+    assert status["train"] == "skipped: no dataset"
+    assert status["inference"].startswith("stopped after")
+    assert {status[k] for k in ("train_step", "sweep", "maze")} == {"ok"}
+    assert res["parts"]["sweep"]["result"] == _STUB["sweep"]
+    rows = {r["part"]: r["value"] for r in gpu_check.summary_rows(res["parts"])}
+    assert rows["train_step"] == "1,000 ex/s, MFU 50.0% (target met)"
+    assert rows["maze"] == "10 ex/s, MFU 30.0% (target 45%)"
+    assert rows["train"] == "skipped: no dataset"
+    assert rows["inference"].startswith("stopped after")
+    assert rows["sweep"] == "overlapped, wall 30 s, 100 ex/s"
+
+
+def test_gpu_check_driver_table_of_a_full_run(monkeypatch, tmp_path):
+    import gpu_check
+
+    _stub_parts(monkeypatch)
+    res = gpu_check.run_all(_driver_args(47), tmp_path)
+    assert {p["status"] for p in res["parts"].values()} == {"ok"} and len(res["parts"]) == 6
+    rows = {r["part"]: r["value"] for r in gpu_check.summary_rows(res["parts"])}
+    assert rows["train"] == "loss 2.000 -> 1.000 (fell), 50 ex/s, MFU 25.0%"
+    assert rows["inference"] == "2.50x examples/s, exact +0.50 points lower"
+
+
+def test_gpu_check_driver_keeps_to_its_time_box(monkeypatch, tmp_path):
+    """Parts that overrun use up the box: the ones left without their minimum are skipped."""
+    import gpu_check
+
+    _stub_parts(monkeypatch, train_step="hang", train="hang", inference="hang", sweep="hang",
+                maze="hang")  # fmt: skip
+    res = gpu_check.run_all(_driver_args(4.7), tmp_path)  # a hundredth of every slot
+    status = {k: p["status"] for k, p in res["parts"].items()}
+    assert status["train_step"].startswith("stopped after"), status
+    assert status["maze"].startswith("skipped: ") and "left of the time box" in status["maze"]
+
+
+@pytest.mark.slow  # ~1-3 min on 2 cores
+def test_gpu_check_dry_run_parts_nothing_else_runs(tmp_path):
+    """The dry-run parts of gpu_check that no other test runs, each in its part process as the
+    driver starts it: the dataset, training through the worker loop, the maze step rows (the
+    train_step and inference parts are the scripts tested above; the sweep part is
+    sweep_overhead's runner, tested with the smoke sweep)."""
+    import argparse
+
+    import gpu_check
+
+    a = argparse.Namespace(dry_run=True, compile_scope="blocks")
+    for part in ("data", "train", "maze"):
+        assert gpu_check._finish(gpu_check._spawn(a, part, tmp_path), part, tmp_path,
+                                 600)["status"] == "ok", part  # fmt: skip
+    read = lambda part: json.loads((tmp_path / f"{part}.json").read_text())["result"]  # noqa: E731
+    assert (Path(read("data")["uri"]) / "meta.json").is_file()
+    train = read("train")
     assert train["steps"] == 20 and [c["step"] for c in train["curve"]][-1] == 20
     assert all(math.isfinite(c["train/loss"]) for c in train["curve"])
-    assert train["loss_fell"] == (train["last_loss"] < train["first_loss"])
-    sweep = parts["sweep"]["result"]
-    assert (
-        sweep["trials"] == 2 and sweep["exit_code"] == 0 and isinstance(sweep["overlapped"], bool)
-    )
-    assert parts["inference"]["result"]["results"]["act"]["steps_histogram"]
-    assert {r["part"] for r in res["summary"]} == {
-        "train_step",
-        "maze",
-        "train",
-        "inference",
-        "sweep",
-    }
+    assert train["first_loss"] == train["curve"][0]["train/loss"]
+    assert train["last_loss"] == train["curve"][-1]["train/loss"]
+    rows = read("maze")["rows"]
+    assert {r["config"] for r in rows} == {"maze-quick"}
+    assert all(r["mfu_vs_datasheet"] is None for r in rows)  # a CPU has no datasheet peak
 
 
 # ---- the helpers ------------------------------------------------------------------------------

@@ -1,7 +1,5 @@
 """Datasets on S3 through a real S3-compatible HTTP server (moto server mode on loopback)."""
 
-import time
-
 import numpy as np
 import pytest
 from conftest import free_port
@@ -51,12 +49,16 @@ def test_rebuilding_is_idempotent_and_overwrite_replaces(s3_env):
     assert files == {sh.path for s in m2.splits.values() for sh in s.shards}  # old shards gone
 
 
-def test_missing_bucket_is_named_before_any_work(s3_env):
+def test_missing_bucket_is_named_before_any_work(s3_env, monkeypatch):
+    from pipeline.data import builders
+
+    def generate(*a, **kw):  # reaching the puzzle generator means the bucket was not checked
+        raise AssertionError("puzzles generated before the bucket was checked")
+
+    monkeypatch.setattr(builders, "generate_sudoku_split", generate)
     uri = f"s3://no-such-bucket-{s3_env.bucket}/x"
-    t = time.perf_counter()
     with pytest.raises(StorageError, match=r"bucket 'no-such-bucket-.*' does not exist at http"):
         build_sudoku(uri, size=9, num_train=10_000, num_test=0)
-    assert time.perf_counter() - t < 10  # failed on the bucket check, not after generating
 
 
 def test_missing_credentials(s3_env, monkeypatch, tmp_path):
@@ -78,7 +80,6 @@ def test_unreachable_endpoint_bounded_retries_then_named(monkeypatch):
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     monkeypatch.setenv("TRM_S3_MAX_ATTEMPTS", "3")
     monkeypatch.setenv("TRM_S3_RETRY_BASE_S", "0.01")
-    t = time.perf_counter()
+    # bounded: the attempts are counted in the message (a hang is the time limit's to catch)
     with pytest.raises(StorageError, match=rf"endpoint {endpoint} unreachable.*failed 3 times"):
         build_sudoku("s3://bucket/x", size=4, num_train=10, num_test=0)
-    assert time.perf_counter() - t < 20

@@ -160,3 +160,70 @@ def test_gpu_trials_compute_on_the_cpu_only_under_the_simulation_switch(monkeypa
     monkeypatch.setenv(SIMULATE_GPUS_ENV, "yes")
     with pytest.raises(ValueError, match=f"{SIMULATE_GPUS_ENV} must be 0 or 1, got 'yes'"):
         trial_device(True)
+
+
+# ---- the GPU-only paths, on a CPU machine -------------------------------------------------------
+def _gpu_cfg(*overrides: str) -> RunConfig:
+    from drills import tiny_config
+
+    return tiny_config("/data/x", "/runs", "resources.use_gpu=true", *overrides)
+
+
+def test_a_visible_gpu_is_chosen_and_pins_host_memory(monkeypatch):
+    from pipeline.training.worker import default_device
+
+    assert default_device() == torch.device("cpu") and not pins_memory(torch.device("cpu"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert default_device() == torch.device("cuda")
+    assert pins_memory(torch.device("cuda"))
+
+
+def test_a_gpu_peak_comes_from_the_device_name(monkeypatch):
+    from pipeline.training.metrics import device_peak_flops, peak_flops
+
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda d=None: "NVIDIA H200")
+    assert device_peak_flops(cuda, torch.bfloat16) == (989e12, "datasheet: NVIDIA H200")
+    assert peak_flops(0, cuda, torch.bfloat16) == (989e12, "datasheet: NVIDIA H200")
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        assert peak_flops(0, cuda, torch.float32) == (67e12, "datasheet: NVIDIA H200")
+        torch.backends.cuda.matmul.allow_tf32 = True
+        assert peak_flops(0, cuda, torch.float32) == (494e12, "datasheet: NVIDIA H200")
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+    assert peak_flops(1e12, cuda, torch.bfloat16) == (1e12, "config: resources.peak_flops")
+
+
+def test_a_gpu_takes_the_whole_batch():
+    from pipeline.training.state import batch_chunk
+
+    big = TRMConfig(vocab_size=11, seq_len=81, hidden_size=512, num_heads=8, expansion=4.0)
+    assert batch_chunk(-1, big, torch.device("cpu")) == 8  # sliced on a CPU only
+    assert batch_chunk(-1, big, torch.device("cuda")) is None
+    assert batch_chunk(4, big, torch.device("cuda")) == 4  # a setting is kept
+
+
+def test_gpu_workers_scaling_and_fractional_packing():
+    """Whole GPUs per rank of a multi-worker run; 1-worker trials packed by GPU fraction."""
+    from pipeline.training.cluster import decide_use_gpu, scaling_config, trials_that_fit
+
+    cfg = _gpu_cfg("resources.num_workers=2", "resources.gpus_per_worker=1",
+                   "resources.cpus_per_worker=1")  # fmt: skip
+    sc = scaling_config(cfg, use_gpu=True)
+    assert sc.num_workers == 2 and sc.use_gpu
+    assert sc.resources_per_worker == {"CPU": 1.0, "GPU": 1.0}
+    assert scaling_config(cfg, use_gpu=False).resources_per_worker == {"CPU": 1.0}
+    nodes = [{"CPU": 8, "GPU": 1, "trial_driver": 4}, {"CPU": 8, "GPU": 1}]
+    assert trials_that_fit(cfg, True, nodes) == 1  # a 2-worker trial takes both GPUs
+    # 1-worker trials may share a GPU: four quarter-GPU trials per GPU
+    one = _gpu_cfg("resources.num_workers=1", "resources.gpus_per_worker=0.25",
+                   "resources.cpus_per_worker=1")  # fmt: skip
+    assert trials_that_fit(one, True, nodes) == 8
+    assert trials_that_fit(one, True, [{"CPU": 2, "GPU": 1}]) == 2  # or fewer, CPU-bound
+    # unset use_gpu: a GPU run where some node has a whole GPU
+    auto = _gpu_cfg().with_overrides(["resources.use_gpu=null"])
+    assert decide_use_gpu(auto, [{"CPU": 4}, {"CPU": 4, "GPU": 1}])
+    assert not decide_use_gpu(auto, [{"CPU": 4, "GPU": 0.5}])
+    assert decide_use_gpu(_gpu_cfg(), [{"CPU": 4}])  # set: kept

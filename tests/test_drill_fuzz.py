@@ -4,7 +4,8 @@ CLI), CSV and JSON importers, meta.json and the shard reader get random and adve
 Every failure must be the project's own error for that input (ConfigError, InputError,
 DatasetError), raised by project code (not a library's exception escaping from deep inside it),
 within a few seconds (no hang), and a failed import leaves an existing dataset byte-for-byte
-as it was. Runs that succeed are fine: the point is that nothing fails badly.
+as it was. Runs that succeed are fine where the input may be valid (every property must still
+meet some refused input); random bytes as a shard never are: those must be a DatasetError.
 
 The default run keeps the example counts small (~20 s in all); the `slow` twins run the same
 properties with many more examples:
@@ -49,6 +50,15 @@ HANG_S = 20
 failures: dict[str, int] = {}
 
 
+@pytest.fixture(autouse=True)
+def _some_input_refused():
+    """Each property feeds mostly bad input: one whose examples met no clear error at all has
+    stopped reaching the error paths (a strategy or a check that went blind)."""
+    before = sum(failures.values())
+    yield
+    assert sum(failures.values()) > before, "no example was refused with a clear error"
+
+
 class Hang(Exception):
     pass
 
@@ -89,16 +99,19 @@ def check_clear(e: BaseException, expected: type, *names: str, what: str) -> Non
     failures[what] = failures.get(what, 0) + 1
 
 
-def outcome(fn, expected: type, *names: str, what: str):
-    """fn() under the hang guard; None when it raised a clear error, else its value."""
+def outcome(fn, expected: type, *names: str, what: str, invalid: bool = False):
+    """fn() under the hang guard; None when it raised a clear error, else its value. With
+    `invalid` the input can never be valid: fn() must raise."""
     try:
         with no_hang():
-            return fn()
+            value = fn()
     except Hang:
         raise
     except Exception as e:
         check_clear(e, expected, *names, what=what)
         return None
+    assert not invalid, f"{what}: accepted an input that can never be valid"
+    return value
 
 
 def snapshot(root: Path) -> dict[str, str]:
@@ -563,8 +576,9 @@ def test_meta_json_deep(existing, tmp_path, edits):
 
 
 def _check_shard_bytes(existing, tmp: Path, content: bytes) -> None:
-    """A shard replaced by other bytes, with meta.json updated to match them (so only the
-    reader's own checks can catch it): DatasetError naming the shard, never anything else."""
+    """A shard replaced by other bytes (random, or junk between Parquet's magic numbers), with
+    meta.json updated to match them (so only the reader's own checks can catch it): always a
+    DatasetError naming the shard, never success and never anything else."""
     out = _fresh_copy(existing, tmp)
     d = json.loads((out / META_FILE).read_text())
     sh = d["splits"]["train"]["shards"][0]
@@ -577,6 +591,7 @@ def _check_shard_bytes(existing, tmp: Path, content: bytes) -> None:
             DatasetError,
             f"{out}/{sh['path']}",
             what="shard bytes",
+            invalid=True,
         )
 
 

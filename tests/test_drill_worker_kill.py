@@ -5,7 +5,9 @@ steps, and ends with the same metrics as an uninterrupted run with the same seed
 - `train.py --local` (one process, the loop 1-worker sweep trials run): killed, started again
   with the same command, which resumes by itself (~20 s, default run).
 - Ray Train with two workers: one worker process is killed and Ray Train restarts the group from
-  the last checkpoint within the same `fit()` (slow, ~1.5 min).
+  the last checkpoint within the same `fit()`: `tests/test_train_ray.py`
+  (test_killed_worker_resumes_from_checkpoint_exactly, which shares its cluster and reference
+  run with the other Ray Train tests).
 
 The step is drawn at random; the seed is printed and `TRM_DRILL_SEED=<seed>` replays it.
 """
@@ -19,18 +21,13 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 import yaml
 from drills import (
-    LocalRay,
-    actor_pids,
     build_tiny_sudoku,
-    raylet_pid,
-    read_logs,
     record,
     tiny_config,
 )
@@ -124,67 +121,3 @@ def test_local_run_killed_at_a_random_step_resumes_to_the_same_result(data, tmp_
             assert math.isclose(b["last_eval"][k], reference[k], rel_tol=1e-5, abs_tol=1e-8), k
     record("worker_kill.local", runs=1, seed=seed, killed_at_step=printed[-1], steps_lost=lost,
            recovery_s=recovery_s)  # fmt: skip
-
-
-# ---- Ray Train: the group restarts within fit() ----------------------------------------------
-def _train_worker_pids() -> list[int]:
-    import ray
-
-    return actor_pids("RayTrainWorker", raylet_pid(ray._private.worker._global_node))
-
-
-@pytest.mark.slow
-def test_ray_worker_killed_at_a_random_step_resumes_to_the_same_result(data, tmp_path):
-    """~1.5 min: an uninterrupted 2-worker run, then the same run with one worker process
-    SIGKILLed at a random step; Ray Train restarts the group from the last checkpoint."""
-    from pipeline.train import run_training
-
-    steps, every = 40, 8
-    over = (f"schedule.steps={steps}", f"eval.every={every}", f"checkpoint.every={every}",
-            "resources.num_workers=2")  # fmt: skip
-    cfg = tiny_config(data, tmp_path / "runs", *over)
-    rng, seed = _rng()
-    target = rng.randint(2, steps - 2)
-    killed: dict = {}
-
-    with LocalRay(2) as ray_:
-        reference = run_training(cfg, name="reference").metrics
-
-        def kill_at_target():
-            deadline = time.monotonic() + 300
-            while time.monotonic() < deadline:
-                out = ray_.worker_output()
-                done = [int(s) for s in re.findall(r"\[killed\] step (\d+)/", out)]
-                if done and max(done) >= target:
-                    pids = _train_worker_pids()
-                    if pids:
-                        victim = rng.choice(pids)
-                        os.kill(victim, signal.SIGKILL)
-                        killed.update(t=time.monotonic(), pid=victim, step=max(done))
-                        break
-                time.sleep(0.01)
-            while time.monotonic() < deadline and "t" in killed:
-                out = ray_.worker_output()
-                if m := re.search(r"\[killed\] resumed from step (\d+) ", out):
-                    killed.update(recovery_s=time.monotonic() - killed["t"],
-                                  resumed=int(m.group(1)))  # fmt: skip
-                    return
-                time.sleep(0.1)
-
-        killer = threading.Thread(target=kill_at_target, daemon=True)
-        killer.start()
-        result = run_training(cfg, name="killed")
-        killer.join(timeout=60)
-        out = ray_.worker_output()
-        first = read_logs(Path(ray_.temp_dir), "session_*/logs/worker-*.out")
-    assert "t" in killed, f"no worker was killed (target step {target})"
-    assert result.error is None and result.metrics["step"] == steps
-    # the last step the first group reached: its rank 0 log is the one that never resumed
-    done = [int(s) for t in first if "[killed] resumed" not in t
-            for s in re.findall(r"\[killed\] step (\d+)/", t)]  # fmt: skip
-    assert "resumed" in killed and done, out[-3000:]
-    lost = max(done) - killed["resumed"]
-    assert 0 <= lost <= every, (killed, max(done))
-    _same(result.metrics, reference)
-    record("worker_kill.ray", runs=1, seed=seed, killed_at_step=max(done), steps_lost=lost,
-           recovery_s=killed["recovery_s"])  # fmt: skip

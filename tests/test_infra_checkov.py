@@ -5,7 +5,7 @@ scratch folder show the built-in checks and each project policy failing.
 checkov pins packages the project cannot share (e.g. packaging<24 against ray's >=24.2), so it is
 not in the dev extra: it runs from $CHECKOV, from PATH, or from its own virtual environment under
 ~/.cache/trm-infra, which the first run creates with pip (about a minute). Where none of that works
-(no checkov and no package index), the tests skip and say why.
+(no checkov and no package index), the tests skip and say why; under CI=true they fail.
 
 Run: pytest tests/test_infra_checkov.py -q
 """
@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import unavailable
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = Path("infra/checkov/config.yaml")
@@ -62,7 +63,7 @@ def find_or_install_checkov() -> str:
         )
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as e:
         shutil.rmtree(CACHE_VENV, ignore_errors=True)
-        pytest.skip(f"checkov not found and could not be installed into {CACHE_VENV}: {e}")
+        unavailable(f"checkov not found and could not be installed into {CACHE_VENV}: {e}")
     return str(CACHE_VENV / "bin" / "checkov")
 
 
@@ -101,7 +102,7 @@ def failed(reports: list[dict]) -> list[tuple[str, str]]:
 def infra_scan(checkov) -> list[dict]:
     """One checkov run over infra/ with the project config, shared by the tests below."""
     if shutil.which("kubectl") is None and shutil.which("kustomize") is None:
-        pytest.skip("kustomize framework needs kubectl or kustomize on PATH")
+        unavailable("kustomize framework needs kubectl or kustomize on PATH")
     _, reports = run_checkov(checkov, "--config-file", str(CONFIG))
     return reports
 

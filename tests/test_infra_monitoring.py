@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import unavailable
 from services import free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,7 +37,7 @@ KUBECTL = shutil.which("kubectl")
 
 def kustomize(overlay: Path) -> list[dict]:
     if KUBECTL is None:
-        pytest.skip("kubectl not installed: kustomize builds not checked")
+        unavailable("kubectl not installed: kustomize builds not checked")
     out = subprocess.run(
         [KUBECTL, "kustomize", str(overlay)], capture_output=True, text=True, check=True
     )

@@ -3,7 +3,7 @@ plus structural checks with python-hcl2. Each validator is shown to catch an err
 
 Terraform runs with no network and no credentials: the provider comes from a local filesystem
 mirror (the machine image ships hashicorp/aws 5.100.0). Without the terraform binary or a mirror,
-the Terraform tests skip and say why. The k8s-addons root needs the helm and kubernetes providers,
+the Terraform tests skip and say why (under CI=true they fail: the image provides both). The k8s-addons root needs the helm and kubernetes providers,
 which no mirror here holds: it gets fmt, parsing and checkov (tests/test_infra_checkov.py) only.
 
 Run: pytest tests/test_infra_terraform.py -q
@@ -19,6 +19,7 @@ from pathlib import Path
 
 import hcl2
 import pytest
+from conftest import unavailable
 
 REPO = Path(__file__).resolve().parents[1]
 TF_ROOTS = REPO / "infra" / "terraform"
@@ -42,10 +43,10 @@ def find_mirror() -> Path | None:
 @pytest.fixture(scope="module")
 def tf_env(tmp_path_factory) -> dict[str, str]:
     if TERRAFORM is None:
-        pytest.skip("terraform binary not on PATH")
+        unavailable("terraform binary not on PATH (the machine image carries it)")
     mirror = find_mirror()
     if mirror is None:
-        pytest.skip(
+        unavailable(
             f"no filesystem mirror with hashicorp/aws under {MIRROR_ROOTS} (set TRM_TF_PLUGIN_MIRROR)"
         )
     rc = tmp_path_factory.mktemp("tf") / "terraformrc"
@@ -341,7 +342,7 @@ def test_kuberay_chart_matches_crd_schemas():
     """The operator chart is the KubeRay release whose CRDs the manifests are validated against."""
     readme = REPO / "infra" / "schemas" / "kuberay" / "README.md"
     if not readme.exists():
-        pytest.skip(f"{readme} not found")
+        pytest.fail(f"{readme} not found: it is part of the repository")
     tag = re.search(r"tag \*\*v(\d+\.\d+\.\d+)\*\*", readme.read_text()).group(1)
     defaults = {
         name: one(body.get("default"))

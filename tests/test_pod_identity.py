@@ -26,6 +26,8 @@ from pipeline.config.run import ConfigError
 from pipeline.data import ShardStream, StorageError, build_sudoku, open_storage, verify_dataset
 from pipeline.training.preflight import check_storage_writable
 
+pytestmark = pytest.mark.server  # its own moto server (the `pod` fixture)
+
 STATIC_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
                "AWS_SECURITY_TOKEN", "AWS_PROFILE", "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE",
                "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")  # fmt: skip
@@ -186,6 +188,7 @@ def test_a_wrong_token_is_refused_with_a_clear_error(pod):
 
 
 @pytest.mark.slow
+@pytest.mark.ray  # starts its own Ray (the pod's environment)
 def test_ray_train_checkpoints_to_s3_through_pod_identity(pod, tmp_path):
     import boto3
     import ray

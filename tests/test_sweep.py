@@ -185,9 +185,14 @@ def test_smoke_sweep_end_to_end(ray_local, work, capfd):
     assert {r.trial_id: r.stop_reason for r in again.rows} == {
         t: r.stop_reason for t, r in rows.items()
     }
+    # no new runs: still four children under the one parent (other tests of this module log
+    # to the same experiment, so count this sweep's runs only)
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("trm-sweeps")
-    assert len(client.search_runs([exp.experiment_id])) == 5  # one parent, four children
+    mine = client.search_runs(
+        [exp.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'"
+    )
+    assert sorted(r.info.run_id for r in mine) == sorted(r.run_id for r in rows.values())
 
 
 def test_refused_before_any_trial_starts(ray_local, work, capsys):
