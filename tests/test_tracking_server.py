@@ -157,6 +157,8 @@ def test_a_full_send_buffer_drops_points_and_the_run_says_how_many(
     import pipeline.tracking.sender as sender
     from pipeline.tracking.tracker import Tracker
 
+    counted = []  # the Prometheus counter (its export: tests/test_infra_monitoring.py)
+    monkeypatch.setattr(sender, "count_tracking_failure", lambda kind, n=1: counted.append((kind, n)))
     tracker = Tracker(mlflow_server, "trm-overflow", "overflow", f"{tmp_path}/overflow", {}, {})
     tracker.sender.close()  # the run's own sender stopped: a tiny one, never sending
     tracker.sender = sender.Sender(tracker.client, tracker.run_id, mlflow_server, max_points=5)
@@ -170,3 +172,4 @@ def test_a_full_send_buffer_drops_points_and_the_run_says_how_many(
     assert [s for s, _ in run["metrics"]["b"]] == [1, 2]
     assert run["metrics"]["tracking/dropped_points"] == [(0, 1.0)]
     assert run["tags"]["trm.tracking.dropped"] == "1 metric points, 0 artifacts"
+    assert counted == [("dropped", 1)]

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from pipeline.tracking.prometheus import count_tracking_failure
 from pipeline.tracking.server import redact
 
 MAX_POINTS = 100_000
@@ -65,6 +66,7 @@ class Sender:
             if len(items) > room:
                 self._overflow(len(items) - room, "metric point(s)")
                 self.dropped_points += len(items) - room
+                count_tracking_failure("dropped", len(items) - room)
                 items = items[:room]
             self._metrics.extend(items)
             self._cond.notify()
@@ -75,6 +77,7 @@ class Sender:
             if len(self._jobs) >= self.max_jobs:
                 self._overflow(1, f"artifact(s) ({what})")
                 self.dropped_jobs += 1
+                count_tracking_failure("dropped")
                 return
             self._jobs.append((what, job))
             self._cond.notify()
@@ -105,6 +108,7 @@ class Sender:
             if self._metrics or self._jobs:
                 self.dropped_points += len(self._metrics)
                 self.dropped_jobs += len(self._jobs)
+                count_tracking_failure("dropped", len(self._metrics) + len(self._jobs))
                 logger.warning(
                     f"[tracking] MLflow {redact(self.uri)}: {len(self._metrics)} metric "
                     f"point(s) and {len(self._jobs)} artifact(s) not sent within {timeout_s:.0f}"
@@ -164,6 +168,7 @@ class Sender:
     def _failed(self, what: str, e: Exception) -> None:
         """Log the failure (once per pause) and wait before the next try; the item stays."""
         self._failures += 1
+        count_tracking_failure("failed")
         pause = min(RETRY_MAX_S, RETRY_BASE_S * 2 ** (self._failures - 1))
         first = (str(e).strip().splitlines() or [""])[0][:200]
         logger.warning(
