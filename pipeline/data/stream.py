@@ -121,7 +121,7 @@ class ShardStream:
         # imported here: pipeline.tasks imports the builders, which load this package
         from pipeline.tasks import task_of
 
-        self.task = task_of(self.meta)  # a family this process does not know is named too
+        self.task = task_of(self.meta, uri)  # a family this process does not know: named too
         self.reader = reader or RowReader(open_storage(uri), self.meta, split, verify_checksums)
         self.split, self.batch_size = split, batch_size
         self.rank, self.world_size, self.seed = rank, world_size, seed

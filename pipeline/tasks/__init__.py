@@ -46,17 +46,21 @@ def adopt_tasks(specs: tuple[TaskSpec, ...]) -> None:
             register_task(spec)
 
 
-def task_of(meta: Any) -> TaskSpec:
-    """The spec of the dataset described by `meta`, after checking that its encoding and
-    augmentation records are what the spec reads; `DatasetError` if not, or if no family of
-    that name is registered."""
+def task_of(meta: Any, uri: str = "") -> TaskSpec:
+    """The spec of the dataset described by `meta` (read from `uri`, which errors name),
+    after checking that its encoding and augmentation records are what the spec reads;
+    `DatasetError` if not, or if no family of that name is registered."""
     from pipeline.data.errors import DatasetError
 
+    where = f"{uri.rstrip('/')}/meta.json" if uri else "meta.json"
     try:
         spec = get_task(meta.task)
     except ValueError as e:
-        raise DatasetError(f"meta.json task: {e}") from None
-    spec.check_meta(meta)
+        raise DatasetError(f"{where} task: {e}") from None
+    try:
+        spec.check_meta(meta)
+    except DatasetError as e:
+        raise DatasetError(f"{where}: {e}") from None
     return spec
 
 
