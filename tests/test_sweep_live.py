@@ -145,6 +145,9 @@ def test_the_parent_run_never_stays_running(ray_local, work, monkeypatch, capsys
     name = f"boom-{type(error).__name__}"
     args = smoke_args(work, name)
     before = signal.getsignal(signal.SIGTERM)
+    # Python's own Ctrl-C handler, as in a fresh driver: a real Tuner.fit earlier in this test
+    # process can leave Tune's SIGINT handler installed, which would swallow the interrupt
+    before_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         if code is None:
             with pytest.raises(RuntimeError, match="driver bug"):
@@ -154,6 +157,7 @@ def test_the_parent_run_never_stays_running(ray_local, work, monkeypatch, capsys
             assert "interrupted; continue it with --resume" in capsys.readouterr().err
     finally:
         signal.signal(signal.SIGTERM, before)
+        signal.signal(signal.SIGINT, before_int)
     uri = f"sqlite:///{work / 'mlflow.db'}"
     parent = find_run(uri, "trm-sweeps", PARENT_KEY_PREFIX + str(work / "runs" / name))
     assert read_run(uri, parent)["status"] == status

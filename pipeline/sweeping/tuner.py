@@ -73,7 +73,9 @@ def build_tuner(
         exp_path=exp_path,
     )
     callbacks: list[Any] = [monitor]  # first: it marks the stop reason that LiveRuns reads
-    if ctx is not None and ctx.parent_run_id:
+    # training trials' runs are finalised as they end; an evaluate-mode trial's run is ended
+    # by the trial itself (pipeline.sweeping.eval_trial) and has no training steps to judge by
+    if ctx is not None and ctx.parent_run_id and sweep.mode != "evaluate":
         from pipeline.sweeping.finalise import LiveRuns
 
         callbacks.append(LiveRuns(ctx, base.tracking.experiment, sch.type, monitor))
