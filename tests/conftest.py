@@ -25,11 +25,8 @@ import contextlib
 import dataclasses
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
-import urllib.request
 import uuid
 from pathlib import Path
 from typing import NoReturn
@@ -179,56 +176,6 @@ def mlflow_pg_s3(s3_server, tmp_path_factory):
             yield MlflowStack(server.url, server, s3)
     finally:
         mp.undo()
-
-
-@contextlib.contextmanager
-def mlflow_process(root: Path, port: int | None = None):
-    """A real `mlflow server` process with a sqlite backend and proxied artifacts under `root`
-    on `port` (a free one when None), in its own session (os.killpg(proc.pid, SIGSTOP) pauses
-    it whole); yields (URI, Popen) once healthy and stops it by pid on exit."""
-    exe = Path(sys.executable).with_name("mlflow")
-    exe = str(exe) if exe.exists() else shutil.which("mlflow")
-    if exe is None:  # a dependency: its absence is a broken install
-        pytest.fail("the mlflow command is not installed (pip install -e '.[dev]')")
-    port = port or free_port()
-    cmd = [
-        exe, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-        "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-        "--artifacts-destination", str(root / "artifacts"),
-    ]  # fmt: skip
-    log = root / "server.log"
-    with open(log, "ab") as out:
-        # tracking needs no server-side job runner (it starts a pool of worker processes)
-        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-        proc = subprocess.Popen(
-            cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env
-        )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120  # cold start includes the DB migration (~20 s)
-    try:
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(
-                    f"mlflow server exited with {proc.returncode}: {log.read_text()}"
-                )
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"mlflow server not healthy: {log.read_text()}") from None
-                time.sleep(0.25)
-        yield url, proc
-    finally:
-        # the server's own session: its uvicorn worker goes with it (woken if paused)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGCONT)
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 @dataclasses.dataclass

@@ -213,6 +213,13 @@ class MlflowServer:
         _wait_healthy(f"http://127.0.0.1:{self.port}/health", self._server, log,
                       "mlflow server", 180)  # fmt: skip
 
+    @property
+    def server_pid(self) -> int:
+        """Pid of the running server, the leader of its process group (`os.killpg` pauses or
+        resumes the server whole)."""
+        assert self._server is not None, "the server is not running"
+        return self._server.pid
+
     def restart(self, down_s: float = 0.0) -> float:
         """Stop the server (its whole process group), wait `down_s`, start it again on the same
         port; returns the seconds it did not answer."""

@@ -102,23 +102,25 @@ def test_server_paused_mid_run_costs_no_step_and_no_metric(data, tmp_path, monke
     import threading
     import time
 
-    from conftest import mlflow_process
+    from services import MlflowServer
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     root = tmp_path / "server"
     root.mkdir()
-    with mlflow_process(root) as (uri, proc):
+    with MlflowServer(root, f"sqlite:///{root / 'mlflow.db'}", str(root / "artifacts"),
+                      workers=1) as server:  # fmt: skip
+        uri, pid = server.url, server.server_pid
         cfg = tiny_config(data, tmp_path / "runs", "schedule.report_every=1", "schedule.log_every=1",
                           tracking_uri=uri)  # fmt: skip
         store = LocalCheckpoints(tmp_path / "runs" / "outage")
-        watchdog = threading.Timer(120, os.killpg, (proc.pid, signal.SIGCONT))
+        watchdog = threading.Timer(120, os.killpg, (pid, signal.SIGCONT))
         stepped_while_away = []
 
         def report(metrics, checkpoint_dir):
             store(metrics, checkpoint_dir)
             if metrics["step"] == 4:
-                os.killpg(proc.pid, signal.SIGSTOP)
+                os.killpg(pid, signal.SIGSTOP)
                 watchdog.start()
             elif 4 < metrics["step"] <= 10 and watchdog.is_alive():
                 stepped_while_away.append(metrics["step"])
@@ -127,7 +129,7 @@ def test_server_paused_mid_run_costs_no_step_and_no_metric(data, tmp_path, monke
                 deadline = time.monotonic() + 60
                 while "failed" not in caplog.text and time.monotonic() < deadline:
                     time.sleep(0.2)
-                os.killpg(proc.pid, signal.SIGCONT)
+                os.killpg(pid, signal.SIGCONT)
                 watchdog.cancel()
 
         with caplog.at_level(logging.WARNING, logger="pipeline.tracking.tracker"):
