@@ -22,7 +22,7 @@ from typing import Any
 
 from ray import tune
 
-from pipeline.sweeping.report import STATUS, stop_reason_tag
+from pipeline.sweeping.report import end_child
 from pipeline.sweeping.rows import best_checkpoint
 from pipeline.sweeping.store import failed_line
 
@@ -113,7 +113,7 @@ class LiveRuns(tune.Callback):
             logger.warning(f"[sweep] MLflow run of trial {trial.trial_id} not finalised: {e}")
 
     def _finalise(self, trial: Any, reason: str, error: str) -> None:
-        from pipeline.tracking.tracker import end_run, find_run
+        from pipeline.tracking.tracker import find_run
 
         tid, ctx = trial.trial_id, self.ctx
         params = ctx.assignments(trial.config)
@@ -125,12 +125,8 @@ class LiveRuns(tune.Callback):
         run_id = find_run(ctx.tracking_uri, self.experiment, ctx.run_key(tid))
         if run_id is not None:
             self.ended[tid]["run_id"] = run_id
-            tags = {"mlflow.runName": self.ended[tid]["name"], "trial_id": tid,
-                    "trm.trial_id": tid, "stop_reason": stop_reason_tag(reason, self.scheduler),
-                    "trm.stop_reason": reason}  # fmt: skip
-            end_run(ctx.tracking_uri, run_id, STATUS.get(reason, "KILLED"), tags,
-                    params={f"swept.{k}": v for k, v in params.items()},
-                    metrics={f"best/{ctx.metric}": best} if best is not None else {})  # fmt: skip
+            end_child(ctx.tracking_uri, run_id, self.ended[tid]["name"], tid, reason,
+                      self.scheduler, params, {ctx.metric: best})  # fmt: skip
             num_workers = int(ctx.base.get("resources", {}).get("num_workers", 1))
             directory = ctx.checkpoint_dir(tid, num_workers)
             if self._pool is None:

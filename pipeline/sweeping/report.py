@@ -341,6 +341,22 @@ def stop_reason_tag(reason: str, scheduler: str) -> str:
     return scheduler if reason == "early-stopped" else reason
 
 
+def end_child(uri: str, run_id: str, name: str, trial_id: str, reason: str, scheduler: str,
+              params: dict[str, Any], best: dict[str, float | None],
+              client: Any = None) -> None:  # fmt: skip
+    """End one trial's child run: its status for `reason`, display name, stop reason tags,
+    swept values (params `swept.<key>`) and `best/<metric>` for each metric whose value is
+    known. The one place both the live finalisation and the end of the sweep do it."""
+    from pipeline.tracking.tracker import end_run
+
+    tags = {"mlflow.runName": name, "trial_id": trial_id, "trm.trial_id": trial_id,
+            "stop_reason": stop_reason_tag(reason, scheduler), "trm.stop_reason": reason}  # fmt: skip
+    end_run(uri, run_id, STATUS.get(reason, "KILLED"), tags,
+            params={f"swept.{k}": v for k, v in params.items()},
+            metrics={f"best/{m}": v for m, v in best.items() if v is not None},
+            client=client)  # fmt: skip
+
+
 def end_children(sweep: SweepConfig, ctx: Any, rows: list[TrialRow]) -> None:
     """Each child run's final status, display name, stop reason, swept values (params
     `swept.<key>`) and best value of the sweep's metric (`best/<metric>`), unless it was
@@ -348,7 +364,7 @@ def end_children(sweep: SweepConfig, ctx: Any, rows: list[TrialRow]) -> None:
     `ENDERS` runs at a time, without MLflow's "View run" line per run on the console."""
     from mlflow.tracking import MlflowClient
 
-    from pipeline.tracking.tracker import child_runs, end_run
+    from pipeline.tracking.tracker import child_runs
 
     client = MlflowClient(tracking_uri=ctx.tracking_uri)
     done = child_runs(ctx.tracking_uri, ctx.base["tracking"]["experiment"], ctx.parent_run_id,
@@ -357,13 +373,9 @@ def end_children(sweep: SweepConfig, ctx: Any, rows: list[TrialRow]) -> None:
             if r.run_id and done.get(ctx.run_key(r.trial_id)) != r.stop_reason]  # fmt: skip
 
     def end(r: TrialRow) -> None:
-        tags = {"mlflow.runName": r.name, "trial_id": r.trial_id, "trm.trial_id": r.trial_id,
-                "stop_reason": stop_reason_tag(r.stop_reason, sweep.scheduler.type),
-                "trm.stop_reason": r.stop_reason}  # fmt: skip
-        best = {f"best/{sweep.search.metric}": r.best} if r.best is not None else {}
-        end_run(ctx.tracking_uri, r.run_id, STATUS.get(r.stop_reason, "KILLED"), tags,
-                params={f"swept.{k}": v for k, v in r.params.items()}, metrics=best,
-                client=client)  # fmt: skip
+        end_child(ctx.tracking_uri, r.run_id, r.name, r.trial_id, r.stop_reason,
+                  sweep.scheduler.type, r.params, {sweep.search.metric: r.best},
+                  client=client)  # fmt: skip
 
     quiet = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"
     old = os.environ.get(quiet)
