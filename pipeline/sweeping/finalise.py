@@ -22,8 +22,8 @@ from typing import Any
 
 from ray import tune
 
+from pipeline.checkpoints.retention import best_checkpoint
 from pipeline.sweeping.report import end_child
-from pipeline.sweeping.rows import best_checkpoint
 from pipeline.sweeping.store import failed_line
 
 SUMMARY_EVERY_S = 180.0
@@ -136,7 +136,7 @@ class LiveRuns(tune.Callback):
 
     def _log_model(self, run_id: str, directory: str, trial_id: str) -> None:
         try:
-            log_best_model(self.ctx.tracking_uri, run_id, directory, self.ctx.metric, self.sign)
+            log_best_model(self.ctx.tracking_uri, run_id, directory, self.ctx.metric, self.ctx.mode)
         except Exception as e:
             logger.warning(f"[sweep] best model of trial {trial_id} not logged: {e}")
 
@@ -162,16 +162,16 @@ class LiveRuns(tune.Callback):
             logger.warning(f"[sweep] running summary not written to the parent run: {e}")
 
 
-def log_best_model(uri: str, run_id: str, directory: str, metric: str, sign: int) -> bool:
-    """The model of the best checkpoint in a trial's checkpoint `directory` (by `metric`, else
-    its newest), logged to run `run_id` as the MLflow PyTorch model `MODEL_PATH`; False when
-    the trial kept no checkpoint."""
+def log_best_model(uri: str, run_id: str, directory: str, metric: str, mode: str) -> bool:
+    """The model of the best checkpoint in a trial's checkpoint `directory` (by `metric` in
+    direction `mode`, else its newest), logged to run `run_id` as the MLflow PyTorch model
+    `MODEL_PATH`; False when the trial kept no checkpoint."""
     import mlflow.pytorch
     from mlflow.tracking import MlflowClient
 
     from pipeline.checkpoints.restore import restore
 
-    checkpoint, _ = best_checkpoint(directory, metric, sign)
+    checkpoint, _ = best_checkpoint(directory, metric, mode)
     if not checkpoint:
         return False
     with contextlib.ExitStack() as stack, tempfile.TemporaryDirectory(prefix="trm-model-") as d:
