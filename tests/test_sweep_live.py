@@ -6,6 +6,7 @@ best models registered, and the statuses a shell sees."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -14,12 +15,14 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import free_port
 from mlflow.tracking import MlflowClient
 from test_sweep import SMOKE, run, smoke_args
 
 import pipeline.sweeping.report as report
 import pipeline.sweeping.run as sweep_run
+from pipeline.checkpoints.restore import restore
 from pipeline.sweeping.cli import main
 from pipeline.sweeping.run import PARENT_KEY_PREFIX
 from pipeline.tracking.tracker import child_runs, find_run, read_run
@@ -90,6 +93,9 @@ def test_child_runs_are_finalised_when_their_trials_end(ray_local, work, monkeyp
         assert child["metrics"]["best/eval/accuracy"] == [(0, pytest.approx(r.best))]
         model = mlflow.pytorch.load_model(f"runs:/{r.run_id}/best_model")
         assert type(model).__name__ == "TRM" and model.config.H_cycles == r.params["model.H_cycles"]
+        with contextlib.ExitStack() as stack:  # the weights of the checkpoint the summary ranks best
+            kept = restore(r.checkpoint, stack, say=lambda _: None).model.state_dict()
+        assert all(torch.equal(v, kept[k]) for k, v in model.state_dict().items())
 
     # the parent's best-so-far metric, and the 3 best trials' models in the registry
     parent = read_run(uri, out.parent_run_id)
