@@ -121,3 +121,33 @@ def test_local_run_killed_at_a_random_step_resumes_to_the_same_result(data, tmp_
             assert math.isclose(b["last_eval"][k], reference[k], rel_tol=1e-5, abs_tol=1e-8), k
     record("worker_kill.local", runs=1, seed=seed, killed_at_step=printed[-1], steps_lost=lost,
            recovery_s=recovery_s)  # fmt: skip
+
+
+@pytest.mark.parametrize("recorded", [False, True])
+def test_a_group_resumed_at_its_final_checkpoint_reports_that_checkpoint(data, tmp_path, recorded):
+    """A Ray Train group killed after writing its final checkpoint resumes from it with nothing
+    left to train, and reports that checkpoint's metrics again. When Ray Train had not recorded
+    the checkpoint yet (it records a report up to 2 s after it was made), rank 0 reports a copy
+    of its files too, so the run's result names the final checkpoint: a CI run once ended with
+    the result naming step 18 of 24. A recorded one is reported without files (reporting it
+    twice would record it twice)."""
+    import torch
+
+    from pipeline.checkpoints import store as ckpt
+    from pipeline.training.worker import Session, train_loop
+
+    cfg = tiny_config(data, tmp_path / "runs")
+    info = run_info(cfg, "ended", str(tmp_path / "runs"))
+    final = run_in_process(cfg, info)
+    last = max((tmp_path / "runs" / "ended").glob("checkpoint_*"))
+    seen = []
+
+    def report(metrics, directory):
+        if directory is not None:
+            assert Path(directory) != last  # Ray Train copies it into storage: never itself
+            ckpt.verify(directory)
+        seen.append((metrics["step"], directory is not None))
+
+    session = Session(0, 1, torch.device("cpu"), report, str(last), resume_unrecorded=not recorded)
+    train_loop(cfg, info, session)
+    assert seen == [(final["step"], not recorded)]

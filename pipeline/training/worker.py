@@ -86,6 +86,9 @@ class Session:
     report: Report
     resume_dir: str | None = None
     """A local directory holding the checkpoint to resume from, or None."""
+    resume_unrecorded: bool = False
+    """The checkpoint resumed from is one Ray Train has no record of (see
+    `pipeline.checkpoints.store.resume_candidates`)."""
     wrap_model: Callable[[torch.nn.Module], torch.nn.Module] = lambda m: m
     """Ray Train's prepare_model (DDP) in a worker group; identity in one process."""
     say: Callable[[str], None] = print
@@ -168,7 +171,7 @@ def train_loop(cfg: RunConfig, info: RunInfo, session: Session) -> dict[str, flo
         # recorded the end): that checkpoint's report is the run's result, reported again
         last_metrics = ckpt.read_report(session.resume_dir)
         if last_metrics:
-            session.report(last_metrics, None)
+            _report_again(session, last_metrics)
     if rank == 0:
         session.say(f"[{info.name}] done: step {state.step}, {_summary(last_metrics)}")
     tracker.finish("FINISHED")
@@ -184,6 +187,20 @@ def _checkpoint(state: TrainState, session: Session, saved_with: dict[str, Any],
         state.save(d, rank, world, saved_with)
         if rank == 0:
             ckpt.write_report(d, report)
+        session.report(metrics, d)
+
+
+def _report_again(session: Session, metrics: dict[str, Any]) -> None:
+    """Report the final checkpoint's `metrics` again. When Ray Train has no record of that
+    checkpoint (the group died after writing it, before the controller recorded it), rank 0
+    reports a copy of it too: the run's result then names the final checkpoint, not the one
+    before it. Ray Train copies a reported directory into storage, so a copy is reported,
+    never the stored directory itself."""
+    if not session.resume_unrecorded or session.world_rank != 0:
+        session.report(metrics, None)
+        return
+    with tempfile.TemporaryDirectory(prefix="trm-ckpt-") as d:
+        shutil.copytree(session.resume_dir, d, dirs_exist_ok=True)
         session.report(metrics, d)
 
 
@@ -373,13 +390,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     with _without_traceback(), contextlib.ExitStack() as stack:
         # the directory is only valid inside this block; train_loop reads it before training
         candidates = ckpt.resume_candidates(checkpoint, info.run_key, say)
-        resume_dir = ckpt.first_complete_checkpoint(candidates, stack, say)
+        found = ckpt.newest_complete(candidates, stack, say)
+        recorded = checkpoint.path.rstrip("/").rpartition("/")[2] if checkpoint else ""
         session = Session(
             world_rank=ctx.get_world_rank(),
             world_size=ctx.get_world_size(),
             device=ray.train.torch.get_device(),
             report=report,
-            resume_dir=resume_dir,
+            resume_dir=found[1] if found else None,
+            resume_unrecorded=found is not None and found[0].rpartition("/")[2] != recorded,
             wrap_model=lambda m: ray.train.torch.prepare_model(
                 m, parallel_strategy_kwargs=_no_buffer_sync()
             ),
