@@ -331,7 +331,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                             lambda: cluster.remove_node(workers[-1], allow_graceful=False) or
                             "one worker raylet removed without grace", events)  # fmt: skip
                 print(f"# sweep_scale: {a.trials} trials on {a.nodes} raylets x "
-                      f"{a.gpus_per_node} fake GPU, work dir {work}", flush=True)  # fmt: skip
+                      f"{a.gpus_per_node} fake GPU, work dir {work}; watch it in the MLflow "
+                      f"UI at {server.url} (experiment trm-scale)", flush=True)  # fmt: skip
                 run = run_sweep_timed(sweep, log, cluster.address)
                 conc = a.nodes * a.gpus_per_node * 2  # two trials per GPU (gpus_per_worker 0.5)
                 result = measure(run, log, server, conc)
