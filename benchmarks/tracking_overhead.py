@@ -12,9 +12,6 @@ Three ways of sending, the same run each time:
                   and figures still on the training thread (MLflow has no asynchronous upload)
     sender        the project's background sender (pipeline/tracking/sender.py): every call
                   only queues; figures are drawn and uploaded on the sender's thread
-    sweep_trial   the sender as a sweep trial runs it: the queue is also sent (`flush`, counted
-                  as a tracking call) before each evaluation is reported, since Tune may stop
-                  the trial's process on that report
 
 For each: seconds inside tracking calls on the training thread, the loop's wall time (run start
 and end excluded), their ratio, and the seconds `finish` took (the sender's flush).
@@ -46,8 +43,8 @@ if str(ROOT) not in sys.path:
 from benchmarks.common import machine, save, table  # noqa: E402
 
 CALLS = ("log_metrics", "log_figure", "log_bytes", "log_dict", "log_text", "log_dataset",
-         "set_tags", "flush")  # fmt: skip
-MODES = ("sync", "mlflow_async", "sender", "sweep_trial")
+         "set_tags")  # fmt: skip
+MODES = ("sync", "mlflow_async", "sender")
 
 
 @contextlib.contextmanager
@@ -142,7 +139,7 @@ def measure(cfg: Any, mode: str, storage: Path) -> dict[str, Any]:
     def start(enabled: bool, **kw: Any) -> Timed:
         t0 = time.perf_counter()
         tracker = Tracker(**kw)
-        if mode not in ("sender", "sweep_trial"):
+        if mode != "sender":
             tracker.sender.close()
             tracker.sender = InlineSender(tracker.client, tracker.run_id, mode == "mlflow_async")
         made.append(Timed(tracker))
@@ -154,8 +151,7 @@ def measure(cfg: Any, mode: str, storage: Path) -> dict[str, Any]:
                    tracking_uri=cfg.tracking.uri)  # fmt: skip
     try:
         t0 = time.perf_counter()
-        run_in_process(cfg, info, report=lambda m, d: None,
-                       flush_before_eval_report=mode == "sweep_trial")  # fmt: skip
+        run_in_process(cfg, info, report=lambda m, d: None)
         wall = time.perf_counter() - t0
     finally:
         worker.start_tracker = original

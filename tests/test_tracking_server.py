@@ -175,3 +175,29 @@ def test_a_full_send_buffer_drops_points_and_the_run_says_how_many(
     assert run["metrics"]["tracking/dropped_points"] == [(0, 1.0)]
     assert run["tags"]["trm.tracking.dropped"] == "1 metric points, 0 artifacts"
     assert counted == [("dropped", 1)]
+
+
+def test_a_process_ending_before_its_run_closes_still_sends_the_queue(mlflow_server, tmp_path):
+    """Tune ends a stopped trial's process without waiting for the trial (Ray runs the process's
+    atexit handlers); the sender's thread is a daemon, so the queue would die with it. At exit
+    the sender is waited for: an upload still in progress when the process ends arrives."""
+    import subprocess
+    import sys
+
+    script = f"""
+import time
+from pipeline.tracking.tracker import Tracker
+tracker = Tracker({mlflow_server!r}, "trm-exit", "exit", {str(tmp_path / "exit")!r}, {{}}, {{}})
+def slow_upload():
+    time.sleep(1.5)
+    tracker.client.log_metric(tracker.run_id, "late", 1.0, step=7)
+tracker.sender.put_job("slow", slow_upload)
+tracker.log_metrics({{"queued": 2.0}}, 8)
+print(tracker.run_id, flush=True)
+"""  # ends at once: no tracker.finish()
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True,
+                          text=True, timeout=180)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    run = read_run(mlflow_server, proc.stdout.split()[-1])
+    assert run["metrics"].get("late") == [(7, 1.0)], run["metrics"]
+    assert run["metrics"].get("queued") == [(8, 2.0)], run["metrics"]

@@ -287,8 +287,7 @@ def _train_in_process(
             # a retried or resumed trial: its highest-step complete checkpoint (`retention`)
             candidates = ckpt.stored_checkpoints(trial_uri)
             resume_dir = ckpt.first_complete_checkpoint(candidates, stack)
-            run_in_process(cfg, info, report=report, resume_dir=resume_dir, device=device,
-                           flush_before_eval_report=True)  # fmt: skip
+            run_in_process(cfg, info, report=report, resume_dir=resume_dir, device=device)
     finally:
         # Tune runs the next trial in this process (reuse_actors): free this one's memory,
         # including what CUDA's caching allocator holds, for the trials sharing the GPU

@@ -11,12 +11,14 @@ the training thread's share of time in tracking calls for both."""
 
 from __future__ import annotations
 
+import atexit
 import collections
 import io
 import logging
 import tempfile
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -38,6 +40,19 @@ FLUSH_TIMEOUT_S = 30.0
 DROPPED_TAG, DROPPED_METRIC = "trm.tracking.dropped", "tracking/dropped_points"
 
 logger = logging.getLogger("pipeline.tracking.tracker")
+_OPEN: weakref.WeakSet[Sender] = weakref.WeakSet()
+
+
+@atexit.register
+def _send_what_is_left() -> None:
+    """At interpreter exit, wait (at most `FLUSH_TIMEOUT_S` in all) until every sender not yet
+    closed has sent what it holds. Senders run on daemon threads, so without this a process
+    that ends before its run's `close` is done loses the queue: Tune ends a trial's process
+    right after it stopped the trial (ASHA, the budget) without waiting for the trial's
+    function, and Ray runs atexit handlers when it ends an actor's process that way."""
+    deadline = time.monotonic() + FLUSH_TIMEOUT_S
+    for sender in list(_OPEN):
+        sender.flush(max(0.0, deadline - time.monotonic()))
 
 
 class Sender:
@@ -57,6 +72,7 @@ class Sender:
         self._failures, self._waited = 0, 0
         self._thread = threading.Thread(target=self._loop, name="mlflow-sender", daemon=True)
         self._thread.start()
+        _OPEN.add(self)
 
     # ---- the training thread's side --------------------------------------------------------
     def put_metrics(self, items: list[Any]) -> None:
@@ -92,6 +108,8 @@ class Sender:
     def flush(self, timeout_s: float = FLUSH_TIMEOUT_S) -> bool:
         """Wait until everything queued so far is sent (at most `timeout_s`); whether it was."""
         with self._cond:
+            if not self._thread.is_alive():
+                return not self._pending()
             self._cond.notify()
             return self._cond.wait_for(lambda: not self._pending(), timeout=timeout_s)
 
@@ -102,6 +120,7 @@ class Sender:
             self._closing = True
             self._cond.notify()
         self._thread.join(timeout_s)
+        _OPEN.discard(self)
         with self._cond:
             self._abandon = True
             self._cond.notify()

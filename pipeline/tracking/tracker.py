@@ -74,9 +74,6 @@ class NullTracker:
     def set_tags(self, tags: dict[str, str]) -> None:
         pass
 
-    def flush(self) -> None:
-        pass
-
     def finish(self, status: str | None = "FINISHED") -> None:
         pass
 
@@ -197,10 +194,6 @@ class Tracker(NullTracker):
         from mlflow.entities import RunTag
 
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
-
-    def flush(self) -> None:
-        """Wait (at most `sender.FLUSH_TIMEOUT_S`) until what is queued is sent."""
-        self.sender.flush()
 
     def finish(self, status: str | None = "FINISHED") -> None:
         """Send what is held (bounded: `sender.FLUSH_TIMEOUT_S`), record how many points and

@@ -93,9 +93,6 @@ class Session:
     """Ray Train's prepare_model (DDP) in a worker group; identity in one process."""
     say: Callable[[str], None] = print
     """Where rank 0's progress lines go."""
-    flush_before_eval_report: bool = False
-    """Send the MLflow run's queue before reporting an evaluation: a sweep trial's process may
-    be stopped on that report and ended before a queue could be sent."""
 
 
 # ---- the loop -------------------------------------------------------------------------------
@@ -153,8 +150,6 @@ def train_loop(cfg: RunConfig, info: RunInfo, session: Session) -> dict[str, flo
                                           cfg.checkpoint.mode)  # fmt: skip
                 last_metrics = {"step": state.step, "epoch": state.epoch, **train,
                                 **state.last_eval}  # fmt: skip
-                if due.eval and session.flush_before_eval_report:
-                    tracker.flush()
                 if due.checkpoint or best or timed:
                     # a time-based checkpoint is not ranked unless it holds a new best
                     ranked = last_metrics if best or not timed else unranked(last_metrics)
@@ -446,7 +441,6 @@ def run_in_process(
     report: Report | None = None,
     resume_dir: str | None = None,
     device: torch.device | None = None,
-    flush_before_eval_report: bool = False,
 ) -> dict[str, float]:
     """Run the loop in this process (world size 1, no Ray worker group).
 
@@ -463,8 +457,7 @@ def run_in_process(
                 resume_dir = ckpt.first_complete_checkpoint(ckpt.local_checkpoints(store), stack)
             report = LocalCheckpoints(store, cfg.checkpoint.num_to_keep, cfg.checkpoint.metric,
                                       cfg.checkpoint.mode)  # fmt: skip
-        session = Session(0, 1, device or default_device(), report, resume_dir,
-                          flush_before_eval_report=flush_before_eval_report)  # fmt: skip
+        session = Session(0, 1, device or default_device(), report, resume_dir)
         return train_loop(cfg, info, session)
 
 
