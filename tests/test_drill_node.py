@@ -12,14 +12,20 @@ joins it.
 from __future__ import annotations
 
 import re
-import shutil
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 import pytest
-from drills import actor_pids, build_tiny_sudoku, raylet_pid, read_logs, record, tiny_config
+from drills import (
+    actor_pids,
+    build_tiny_sudoku,
+    private_cluster,
+    raylet_pid,
+    read_logs,
+    record,
+    tiny_config,
+)
 
 STEPS, EVERY = 600, 50
 
@@ -30,26 +36,8 @@ def _hosts_a_train_worker(node) -> bool:
 
 @pytest.fixture
 def cluster(monkeypatch):
-    import ray
-    import ray._private.utils
-    from ray.cluster_utils import Cluster
-
-    temp = tempfile.mkdtemp(prefix="rn-", dir="/tmp")
-    write = ray._private.utils.write_ray_address
-    # cluster_utils records its address for `ray.init()` in /tmp/ray; keep it private
-    monkeypatch.setattr(ray._private.utils, "write_ray_address",
-                        lambda addr, temp_dir=None: write(addr, temp))  # fmt: skip
-    monkeypatch.setenv("RAY_TRAIN_V2_ENABLED", "1")
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "temp_dir": temp})
-    try:
-        nodes = [c.add_node(num_cpus=1, temp_dir=temp) for _ in range(3)]
-        c.wait_for_nodes()
-        ray.init(address=c.address)
+    with private_cluster(monkeypatch, 3) as (c, nodes, temp):
         yield c, nodes, Path(temp)
-    finally:
-        ray.shutdown()
-        c.shutdown()
-        shutil.rmtree(temp, ignore_errors=True)
 
 
 def _worker_output(temp: Path) -> str:

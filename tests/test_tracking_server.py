@@ -201,3 +201,34 @@ print(tracker.run_id, flush=True)
     run = read_run(mlflow_server, proc.stdout.split()[-1])
     assert run["metrics"].get("late") == [(7, 1.0)], run["metrics"]
     assert run["metrics"].get("queued") == [(8, 2.0)], run["metrics"]
+
+
+class _Lost(Exception):
+    pass
+
+
+def test_points_a_lost_run_never_sent_are_sent_by_the_run_that_resumes(data, tmp_path, monkeypatch):
+    """A run lost right after a checkpoint (a preempted node) with points still queued (the
+    server slow or away): the checkpoint keeps them, and the run resuming from it sends them,
+    so the metric history has no gap; resending what had arrived adds no duplicate."""
+    import pipeline.tracking.sender as sender
+
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    cfg = tiny_config(data, tmp_path / "runs", "schedule.steps=8", "schedule.log_every=2",
+                      "eval.every=4", "checkpoint.every=4", tracking_uri=uri)  # fmt: skip
+    info = run_info(cfg, "lost", str(tmp_path / "runs"))
+    saver = LocalCheckpoints(tmp_path / "runs" / "lost")
+
+    def lost_after_step_4(metrics, directory):
+        saver(metrics, directory)
+        if metrics["step"] == 4:
+            raise _Lost
+
+    with monkeypatch.context() as m:
+        m.setattr(sender.Sender, "_loop", lambda self: None)  # sends nothing: all is lost
+        with pytest.raises(_Lost):
+            run_in_process(cfg, info, report=lost_after_step_4)
+    run_in_process(cfg, info)  # resumes from step 4
+    run_id = find_run(uri, cfg.tracking.experiment, info.run_key)
+    history = MlflowClient(uri).get_metric_history(run_id, "train/loss")
+    assert sorted(m.step for m in history) == [2, 4, 6, 8]

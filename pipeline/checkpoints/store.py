@@ -39,6 +39,11 @@ import torch
 TRAINER_FILE = "trainer.pt"
 REPORT_FILE = "report.json"
 """The metrics reported with the checkpoint (sweep trials write it; it orders and ranks them)."""
+UNSENT_FILE = "unsent_metrics.json"
+"""Metric points rank 0's MLflow run had queued but not yet sent when the checkpoint was
+written. A run resuming from the checkpoint sends them again: a process lost right after a
+checkpoint (a preempted node) leaves no gap in the run's metric history. Sending a point twice
+is harmless: MLflow keeps one copy of a point with the same key, step, timestamp and value."""
 
 
 def rank_file(rank: int) -> str:
@@ -182,6 +187,17 @@ def write_report(directory: str | Path, metrics: dict[str, Any]) -> None:
     """Put a report's scalar metrics beside the checkpoint files (`REPORT_FILE`)."""
     scalars = {k: v for k, v in metrics.items() if isinstance(v, int | float | str | bool)}
     _write_atomic(Path(directory) / REPORT_FILE, json.dumps(scalars).encode())
+
+
+def write_unsent(directory: str | Path, points: list[dict[str, Any]]) -> None:
+    """Put the run's unsent metric points beside the checkpoint files (`UNSENT_FILE`)."""
+    _write_atomic(Path(directory) / UNSENT_FILE, json.dumps(points).encode())
+
+
+def read_unsent(directory: str | Path) -> list[dict[str, Any]]:
+    """The points `write_unsent` put beside a checkpoint's files; [] when it has none."""
+    path = Path(directory) / UNSENT_FILE
+    return json.loads(path.read_text()) if path.is_file() else []
 
 
 def read_report(directory: str | Path) -> dict[str, Any]:

@@ -105,6 +105,11 @@ class Sender:
                 f"{what} (the run records the count as {DROPPED_METRIC} when it ends)"
             )
 
+    def unsent_metrics(self) -> list[Any]:
+        """The metric points queued and not yet sent (a batch being sent counts as unsent)."""
+        with self._cond:
+            return list(self._metrics)
+
     def flush(self, timeout_s: float = FLUSH_TIMEOUT_S) -> bool:
         """Wait until everything queued so far is sent (at most `timeout_s`); whether it was."""
         with self._cond:

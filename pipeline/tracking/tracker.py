@@ -56,6 +56,12 @@ class NullTracker:
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         pass
 
+    def unsent_metrics(self) -> list[dict[str, Any]]:
+        return []
+
+    def resend(self, points: list[dict[str, Any]]) -> None:
+        pass
+
     def log_figure(self, make: Any, artifact_file: str) -> None:
         pass
 
@@ -158,6 +164,19 @@ class Tracker(NullTracker):
 
         ts = int(time.time() * 1000)
         self.sender.put_metrics([Metric(k, float(v), ts, int(step)) for k, v in metrics.items()])
+
+    def unsent_metrics(self) -> list[dict[str, Any]]:
+        """The metric points queued and not yet sent, as JSON-ready dicts (`resend` takes them):
+        a checkpoint keeps them, so a run lost before sending them can send them on resume."""
+        return [{"key": m.key, "value": m.value, "timestamp": m.timestamp, "step": m.step}
+                for m in self.sender.unsent_metrics()]  # fmt: skip
+
+    def resend(self, points: list[dict[str, Any]]) -> None:
+        """Queue points from `unsent_metrics` again, with their own steps and timestamps."""
+        from mlflow.entities import Metric
+
+        if points:
+            self.sender.put_metrics([Metric(**p) for p in points])
 
     def log_figure(self, make: Any, artifact_file: str) -> None:
         """`make()` (a matplotlib figure, drawn on the sender's thread) as a PNG artifact."""

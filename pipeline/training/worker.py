@@ -117,6 +117,8 @@ def train_loop(cfg: RunConfig, info: RunInfo, session: Session) -> dict[str, flo
     net = compile_model(state.model, net, cfg.resources.compile)
     train_stream = _train_stream(cfg, meta, session)
     tracker, peak = _start_tracking(cfg, info, session, meta, state.model)
+    if session.resume_dir is not None and rank == 0:
+        tracker.resend(ckpt.read_unsent(session.resume_dir))
     evaluator = Evaluator(cfg, meta, mcfg.halt_max_steps, rank=rank, world=world, device=device,
                           tracker=tracker, say=session.say, name=info.name,
                           halt_threshold=mcfg.halt_threshold)  # fmt: skip
@@ -153,7 +155,8 @@ def train_loop(cfg: RunConfig, info: RunInfo, session: Session) -> dict[str, flo
                 if due.checkpoint or best or timed:
                     # a time-based checkpoint is not ranked unless it holds a new best
                     ranked = last_metrics if best or not timed else unranked(last_metrics)
-                    _checkpoint(state, session, saved_with, last_metrics, ranked)
+                    _checkpoint(state, session, saved_with, last_metrics, ranked,
+                                tracker.unsent_metrics())  # fmt: skip
                     clock.restart()
                 elif due.report:
                     session.report(last_metrics, None)
@@ -174,14 +177,16 @@ def train_loop(cfg: RunConfig, info: RunInfo, session: Session) -> dict[str, flo
 
 
 def _checkpoint(state: TrainState, session: Session, saved_with: dict[str, Any],
-                metrics: dict[str, Any], report: dict[str, Any]) -> None:  # fmt: skip
-    """Save a checkpoint with `report` (what it scored, to rank and order checkpoints by)
-    and report `metrics` with it."""
+                metrics: dict[str, Any], report: dict[str, Any],
+                unsent: list[dict[str, Any]]) -> None:  # fmt: skip
+    """Save a checkpoint with `report` (what it scored, to rank and order checkpoints by) and
+    the MLflow points not sent yet (`ckpt.UNSENT_FILE`), and report `metrics` with it."""
     rank, world = session.world_rank, session.world_size
     with tempfile.TemporaryDirectory(prefix="trm-ckpt-") as d:
         state.save(d, rank, world, saved_with)
         if rank == 0:
             ckpt.write_report(d, report)
+            ckpt.write_unsent(d, unsent)
         session.report(metrics, d)
 
 

@@ -12,9 +12,11 @@ worst recovery times from those records.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -155,3 +157,34 @@ class LocalRay:
                 else:
                     os.environ[k] = v
             shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def private_cluster(monkeypatch: Any, workers: int, **head: Any) -> Iterator[tuple[Any, list, str]]:
+    """A multi-node Ray cluster on this machine (`ray.cluster_utils.Cluster`): a head with no
+    CPUs (`head`: more of its `ray start` arguments) and `workers` 1-CPU nodes, each its own
+    raylet, all in a private temp dir; connected. Yields (cluster, worker nodes, temp dir).
+    cluster_utils records its address for `ray.init()` in /tmp/ray: it is kept in the temp dir
+    instead, so no other `ray.init()` on this machine joins the cluster."""
+    import shutil
+    import tempfile
+
+    import ray
+    import ray._private.utils
+    from ray.cluster_utils import Cluster
+
+    temp = tempfile.mkdtemp(prefix="rn-", dir="/tmp")
+    write = ray._private.utils.write_ray_address
+    monkeypatch.setattr(ray._private.utils, "write_ray_address",
+                        lambda addr, temp_dir=None: write(addr, temp))  # fmt: skip
+    monkeypatch.setenv("RAY_TRAIN_V2_ENABLED", "1")
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "temp_dir": temp, **head})
+    try:
+        nodes = [c.add_node(num_cpus=1, temp_dir=temp) for _ in range(workers)]
+        c.wait_for_nodes()
+        ray.init(address=c.address)
+        yield c, nodes, temp
+    finally:
+        ray.shutdown()
+        c.shutdown()
+        shutil.rmtree(temp, ignore_errors=True)
