@@ -5,6 +5,8 @@ Terraform runs with no network and no credentials: the provider comes from a loc
 mirror (the machine image ships hashicorp/aws 5.100.0). Without the terraform binary or a mirror,
 the Terraform tests skip and say why (under CI=true they fail: the image provides both). The k8s-addons root needs the helm and kubernetes providers,
 which no mirror here holds: it gets fmt, parsing and checkov (tests/test_infra_checkov.py) only.
+The AWS root reads the cluster's shape from infra/k8s/base/cluster-shape.yaml, so its copies keep
+the repository's layout around it.
 
 Run: pytest tests/test_infra_terraform.py -q
 """
@@ -25,6 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 TF_ROOTS = REPO / "infra" / "terraform"
 AWS_ROOT = TF_ROOTS / "aws"
 ADDONS_ROOT = TF_ROOTS / "k8s-addons"
+SHAPE = REPO / "infra" / "k8s" / "base" / "cluster-shape.yaml"  # read by the AWS root (shape.tf)
 TERRAFORM = shutil.which("terraform")
 MIRROR_ROOTS = ["/opt", "/usr/local/share", "/usr/share", "~/.terraform.d", "~/.local/share"]
 
@@ -82,19 +85,35 @@ def copy_root(src: Path, dst: Path) -> Path:
     return dst
 
 
+def copy_aws_root(dst: Path) -> Path:
+    """A copy of the AWS root at dst/infra/terraform/aws with the cluster shape it reads at
+    dst/infra/k8s/base, as in the repository; returns the root's copy."""
+    root = copy_root(AWS_ROOT, dst / AWS_ROOT.relative_to(REPO))
+    shape = dst / SHAPE.relative_to(REPO)
+    shape.parent.mkdir(parents=True)
+    shutil.copy2(SHAPE, shape)
+    return root
+
+
 @pytest.fixture(scope="module")
 def aws_root(tf_env, tmp_path_factory) -> Path:
     """A copy of the AWS root, initialised once (no backend, providers from the mirror)."""
-    root = copy_root(AWS_ROOT, tmp_path_factory.mktemp("aws") / "aws")
+    root = copy_aws_root(tmp_path_factory.mktemp("aws"))
     r = tf(tf_env, root, "init", "-backend=false", "-lockfile=readonly")
     assert r.returncode == 0, r.stdout + r.stderr
     return root
 
 
+def copy_initialised(aws_root: Path, tmp_path: Path) -> Path:
+    """A copy of the initialised root's tree (its .terraform reused by copy); returns the root."""
+    tree = aws_root.parents[len(AWS_ROOT.relative_to(REPO).parts) - 1]
+    shutil.copytree(tree, tmp_path / "tree", symlinks=True)
+    return tmp_path / "tree" / AWS_ROOT.relative_to(REPO)
+
+
 def planted(aws_root: Path, tmp_path: Path, file: str, old: str, new: str) -> Path:
-    """A copy of the initialised root with one edit (the init's .terraform is reused by copy)."""
-    root = tmp_path / "aws"
-    shutil.copytree(aws_root, root, symlinks=True)
+    """A copy of the initialised root with one edit."""
+    root = copy_initialised(aws_root, tmp_path)
     text = (root / file).read_text()
     assert old in text, f"planting failed: {old!r} not in {file}"
     (root / file).write_text(text.replace(old, new, 1))
@@ -203,6 +222,12 @@ PLANTED_FOR_TERRAFORM_TEST = [
         "must require IMDSv2",
     ),
     (
+        "shape.tf",
+        "coalesce(var.gpu_max_nodes, local.shape.gpu_max_nodes)",
+        "coalesce(var.gpu_max_nodes, 4)",
+        "size, instance types and GPUs per node",
+    ),
+    (
         "pod_identity.tf",
         '"${aws_s3_bucket.artifacts.arn}/${local.prefixes.datasets}*",',
         '"${aws_s3_bucket.artifacts.arn}/*",',
@@ -212,9 +237,8 @@ PLANTED_FOR_TERRAFORM_TEST = [
 
 
 def test_terraform_test_catches_planted_errors(tf_env, aws_root, tmp_path):
-    """Six errors planted in one copy, one `terraform test` run: each fails its own assertion."""
-    root = tmp_path / "aws"
-    shutil.copytree(aws_root, root, symlinks=True)
+    """Errors planted in one copy, one `terraform test` run: each fails its own assertion."""
+    root = copy_initialised(aws_root, tmp_path)
     for file, old, new, _ in PLANTED_FOR_TERRAFORM_TEST:
         text = (root / file).read_text()
         assert old in text, f"planting failed: {old!r} not in {file}"

@@ -3,6 +3,7 @@
 #   gpu:  NVIDIA nodes (EKS AL2023 NVIDIA AMI: driver and container toolkit included), tainted
 #         nvidia.com/gpu=true:NoSchedule so only pods that tolerate it (Ray GPU workers, the
 #         device plugin) land there; 0..gpu_max_nodes, scaled by the Cluster Autoscaler.
+# The GPU group's size and instance types default to the cluster's shape (shape.tf).
 # Both use a launch template that requires IMDSv2 with one hop, so pods cannot borrow the node's
 # role: they get credentials from EKS Pod Identity instead.
 
@@ -103,7 +104,7 @@ resource "aws_eks_node_group" "gpu" {
   subnet_ids      = aws_subnet.private[*].id
   ami_type        = "AL2023_x86_64_NVIDIA"
   capacity_type   = var.gpu_capacity_type
-  instance_types  = var.gpu_instance_types
+  instance_types  = local.gpu.instance_types
 
   # nvidia.com/gpu.present is what the NVIDIA device plugin chart's default affinity selects.
   labels = {
@@ -120,7 +121,7 @@ resource "aws_eks_node_group" "gpu" {
   scaling_config {
     min_size     = 0
     desired_size = 0
-    max_size     = var.gpu_max_nodes
+    max_size     = local.gpu.max_nodes
   }
 
   launch_template {
@@ -144,7 +145,7 @@ resource "aws_eks_node_group" "gpu" {
 # would offer (GPU count, label, taint) from these tags on the group's Auto Scaling group.
 locals {
   gpu_node_template_tags = {
-    "k8s.io/cluster-autoscaler/node-template/resources/nvidia.com/gpu"     = tostring(var.gpu_per_node)
+    "k8s.io/cluster-autoscaler/node-template/resources/nvidia.com/gpu"     = tostring(local.gpu.per_node)
     "k8s.io/cluster-autoscaler/node-template/label/node-pool"              = "gpu"
     "k8s.io/cluster-autoscaler/node-template/label/nvidia.com/gpu.present" = "true"
     "k8s.io/cluster-autoscaler/node-template/taint/nvidia.com/gpu"         = "true:NoSchedule"

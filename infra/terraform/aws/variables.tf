@@ -109,35 +109,39 @@ variable "core_node_count" {
   }
 }
 
+# The GPU variables default to null: null takes the value of the cluster's shape,
+# infra/k8s/base/cluster-shape.yaml (shape.tf), which also sizes the Ray pods. Change the
+# shape to change the default cluster; set a variable only for a deployment that differs.
+
 variable "gpu_instance_types" {
-  description = "Instance types of the GPU node group. All types in the list must have the same GPU count, CPU and memory (the autoscaler treats them as one shape)."
+  description = "Instance types of the GPU node group (null: gpu_instance_types of the cluster shape). All types in the list must have the same GPU count, CPU and memory (the autoscaler treats them as one shape)."
   type        = list(string)
-  default     = ["g5.2xlarge"]
+  default     = null
 
   validation {
-    condition     = length(var.gpu_instance_types) > 0 && alltrue([for t in var.gpu_instance_types : can(regex("^(g[4-6][a-z]*|p[3-5][a-z]*)\\.", t))])
+    condition     = var.gpu_instance_types == null ? true : length(var.gpu_instance_types) > 0 && alltrue([for t in var.gpu_instance_types : can(regex("^(g[4-6][a-z]*|p[3-5][a-z]*)\\.", t))])
     error_message = "gpu_instance_types must be NVIDIA GPU instance types (g4dn, g5, g6, g6e, p3, p4d, p5, ...)."
   }
 }
 
 variable "gpu_per_node" {
-  description = "GPUs on one node of gpu_instance_types (1 for g5.2xlarge); tells the autoscaler what a new node offers."
+  description = "GPUs on one node of the GPU instance types (null: gpu_per_node of the cluster shape); tells the autoscaler what a new node offers."
   type        = number
-  default     = 1
+  default     = null
 
   validation {
-    condition     = contains([1, 2, 4, 8], var.gpu_per_node)
+    condition     = var.gpu_per_node == null ? true : contains([1, 2, 4, 8], var.gpu_per_node)
     error_message = "gpu_per_node must be 1, 2, 4 or 8."
   }
 }
 
 variable "gpu_max_nodes" {
-  description = "Upper bound of the GPU node group. It scales from 0; this caps spend."
+  description = "Upper bound of the GPU node group (null: gpu_max_nodes of the cluster shape). It scales from 0; this caps spend."
   type        = number
-  default     = 4
+  default     = null
 
   validation {
-    condition     = var.gpu_max_nodes >= 1 && var.gpu_max_nodes <= 100
+    condition     = var.gpu_max_nodes == null ? true : var.gpu_max_nodes >= 1 && var.gpu_max_nodes <= 100
     error_message = "gpu_max_nodes must be between 1 and 100."
   }
 }
