@@ -2,7 +2,8 @@
 it, and every shipped GPU sweep against the cluster it describes.
 
 - the shape itself: the head holds its trial-driver slots (base + slots x driver memory), the
-  slots never cap GPU trials, the pods fit their instance types;
+  slots never cap GPU trials, the pods fit their instance types, the spot types have the
+  on-demand types' shape;
 - the rendered manifests (kubectl kustomize of both overlays) carry the shape's numbers;
 - the READMEs: the shape and capacity tables of infra/README.md are the ones computed here,
   and every GPU instance type the READMEs name is one of the shape's;
@@ -42,6 +43,7 @@ from pipeline.training.cluster import DRIVER_RESOURCE, trials_that_fit
 
 REPO = Path(__file__).resolve().parents[1]
 SHAPE_FILE = Path("infra/k8s/base/cluster-shape.yaml")
+SPOT_GROUP_FILE = K8S / "components/gpu-spot/worker-group.yaml"
 README = Path("infra/README.md")
 READMES = (Path("README.md"), README)
 SWEEPS = Path("sweeps")
@@ -82,8 +84,8 @@ def load_shape(root: Path = REPO) -> dict:
 
 
 def gpu_nodes(shape: dict) -> int:
-    """GPU nodes at the most: the GPU group full."""
-    return shape["gpu_max_nodes"]
+    """GPU nodes at the most: the on-demand and the spot group full."""
+    return shape["gpu_max_nodes"] + shape["gpu_spot_max_nodes"]
 
 
 def total_gpus(shape: dict) -> int:
@@ -152,12 +154,19 @@ def fit_errors(
 
 
 def node_fit_errors(shape: dict, core_types: list[str]) -> list[str]:
-    """GPU pods fit the GPU instance types; the head fits the core group's instance types
-    (Terraform's core_instance_types)."""
+    """GPU pods fit the GPU instance types (spot ones of the same shape); the head fits the
+    core group's instance types (Terraform's core_instance_types)."""
     pod = (float(shape["gpu_pod_cpu"]), quantity(shape["gpu_pod_memory"]) / GIB)
     errors = fit_errors("GPU pod", *pod, shape["gpu_instance_types"], shape["gpu_per_node"])
+    errors += fit_errors(
+        "spot GPU pod", *pod, shape["gpu_spot_instance_types"], shape["gpu_per_node"]
+    )
     head = (float(shape["head_cpu"]), quantity(shape["head_memory"]) / GIB)
     errors += fit_errors("Ray head", *head, core_types, None)
+    shapes = {INSTANCE_TYPES.get(t) for t in shape["gpu_instance_types"]}
+    for t in shape["gpu_spot_instance_types"]:
+        if INSTANCE_TYPES.get(t) not in shapes:
+            errors.append(f"{SHAPE_FILE}: spot type {t} is not of the on-demand types' shape")
     return errors
 
 
@@ -181,10 +190,10 @@ def test_the_shape_is_consistent():
         ("gpu_max_nodes", 12, "trial_driver_slots 4 < 12 GPUs / 2"),
         ("gpu_pod_memory", "30Gi", "does not fit g5.2xlarge"),
         ("gpu_per_node", 4, "g5.2xlarge has 1 GPU(s), gpu_per_node says 4"),
-        ("gpu_instance_types", ["g5.2xlarge", "g4dn.2xlarge"], "g4dn.2xlarge unknown"),
+        ("gpu_spot_instance_types", ["g5.2xlarge", "g4dn.2xlarge"], "g4dn.2xlarge unknown"),
         ("head_cpu", 8, "does not fit m6i.2xlarge"),
     ],
-    ids=["head-memory", "driver-slots", "pod-memory", "gpus", "gpu-type", "head-cpu"],
+    ids=["head-memory", "driver-slots", "pod-memory", "gpus", "spot-type", "head-cpu"],
 )
 def test_shape_check_catches_planted_error(key, value, expected):
     shape = {**load_shape(), key: value}
@@ -202,7 +211,7 @@ def wanted_fields(shape: dict) -> dict[str, tuple[str, object]]:
     want = {
         "headGroupSpec.resources.trial_driver": ("trial_driver_slots", shape["trial_driver_slots"])
     }
-    groups = {"gpu": "gpu_max_nodes"}
+    groups = {"gpu": "gpu_max_nodes", "gpu-spot": "gpu_spot_max_nodes"}
     for group, key in groups.items():
         want[f"workerGroupSpecs[{group}].maxReplicas"] = (key, shape[key])
     for kind in ("requests", "limits"):
@@ -248,8 +257,9 @@ def manifest_errors(root: Path = REPO) -> list[str]:
         for field, (key, want) in wanted_fields(shape).items():
             value = got.get(field)
             if value is None or quantity(value) != quantity(want):
+                source = SPOT_GROUP_FILE if "[gpu-spot]" in field else manifest
                 errors.append(
-                    f"{manifest} (overlay {overlay}): {field} = {value!r}, "
+                    f"{source} (overlay {overlay}): {field} = {value!r}, "
                     f"{SHAPE_FILE} {key} = {want!r}"
                 )
     return errors
@@ -273,13 +283,20 @@ def test_manifests_carry_the_shape():
             "workerGroupSpecs[gpu].maxReplicas = 1, infra/k8s/base/cluster-shape.yaml gpu_max_nodes = 8",
         ),
         (
+            K8S / "cluster/kustomization.yaml",
+            "  - ../components/gpu-spot       # before cluster-shape and cluster-env, which fill it in\n"
+            "  - ../components/cluster-shape\n",
+            "  - ../components/cluster-shape\n  - ../components/gpu-spot\n",
+            "workerGroupSpecs[gpu-spot].containers[ray-worker].resources.limits.cpu = '0'",
+        ),
+        (
             K8S / "components/cluster-shape/kustomization.yaml",
             "- spec.headGroupSpec.resources.trial_driver\n",
             "- spec.headGroupSpec.rayStartParams.num-cpus\n",
             "headGroupSpec.resources.trial_driver = '0'",
         ),
     ],
-    ids=["wrong-source", "slots-not-written"],
+    ids=["wrong-source", "component-order", "slots-not-written"],
 )
 def test_manifest_check_catches_planted_error(tmp_path, path, old, new, expected):
     copy_repo_parts(tmp_path, str(K8S))
@@ -504,7 +521,7 @@ def readme_errors(root: Path = REPO) -> list[str]:
                 f"{README}: the {name} table between <!-- {name}: begin/end --> is\n{block}\n"
                 f"and must be (python tests/test_infra_capacity.py prints it)\n{table}"
             )
-    known = set(shape["gpu_instance_types"])
+    known = set(shape["gpu_instance_types"]) | set(shape["gpu_spot_instance_types"])
     for readme in READMES:
         for t in sorted(set(INSTANCE_TYPE_WORD.findall((root / readme).read_text())) - known):
             errors.append(f"{readme} names GPU instance type {t}, {SHAPE_FILE} has {sorted(known)}")

@@ -5,7 +5,8 @@ Validators, each run on the real tree and shown to catch a planted error in a co
   server's strict field validation would; skipped with the reason when the schemas are absent;
 - kubernetes-validate --strict (Kubernetes 1.32) for the core kinds;
 - yamllint (infra/.yamllint.yaml; catches duplicate keys);
-- kubectl kustomize for both overlays, when kubectl is installed;
+- kubectl kustomize for both overlays, when kubectl is installed; the rendered Ray resources, with
+  the components' additions (components/gpu-spot: the spot worker group), against the CRD schemas;
 - consistency: Ray version (pyproject = manifests = image), the RayJob's sweep file, the RayJob's
   cluster = the standing cluster, cluster.env = Terraform's cluster_env, service accounts and
   namespaces = Terraform's pod identities.
@@ -286,6 +287,22 @@ def test_kustomize_catches_planted_error(tmp_path):
     print(f"kustomize planted cluster.env without TRM_IMAGE: {e.value}")
 
 
+@pytest.mark.parametrize("overlay", ["cluster", "sweep"])
+def test_crd_schema_checks_what_a_component_adds(tmp_path, overlay):
+    """A misspelled field in the gpu-spot component's worker group fails the rendered
+    RayCluster and RayJob against the CRD schema."""
+    copy_repo_parts(tmp_path, str(K8S))
+    edit(
+        tmp_path / K8S / "components/gpu-spot/worker-group.yaml",
+        "terminationGracePeriodSeconds:",
+        "terminationGracePeriod:",
+    )
+    (ray,) = [d for d in kustomize(tmp_path / K8S / overlay) if d["apiVersion"] == "ray.io/v1"]
+    errors = crd_errors(ray)
+    print(f"kuberay-crd planted in components/gpu-spot ({overlay}): {errors}")
+    assert any("'terminationGracePeriod' was unexpected" in e for e in errors)
+
+
 # ---------------------------------------------------------------------------------------------
 # Consistency between pyproject, image, manifests, Terraform and the sweep files
 
@@ -509,33 +526,55 @@ def sweep_file() -> str:
 
 
 def node_pools() -> dict[str, str]:
-    """Node group -> its node-pool label (nodegroups.tf of the AWS root)."""
+    """Node group -> its node-pool label in the AWS root: the core group's label, and each GPU
+    pool of nodegroups.tf (gpu_pools), whose one resource labels every group with its name."""
     with (REPO / "infra/terraform/aws/nodegroups.tf").open() as f:
-        return {
-            name: unwrap(body["labels"])["node-pool"]
-            for block in hcl2.load(f)["resource"]
-            for name, body in block.get("aws_eks_node_group", {}).items()
-        }
+        tree = hcl2.load(f)
+    groups = {n: b for r in tree["resource"] for n, b in r.get("aws_eks_node_group", {}).items()}
+    assert unwrap(groups["gpu"]["labels"])["node-pool"] == "${each.key}"
+    gpu_pools = {k: unwrap(v) for b in tree["locals"] for k, v in b.items()}["gpu_pools"]
+    pools = {name.strip('"'): name.strip('"') for name in gpu_pools}
+    return {"core": unwrap(groups["core"]["labels"])["node-pool"], **pools}
+
+
+GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+SPOT_TOLERATION = {"key": "spot", "operator": "Exists", "effect": "NoSchedule"}
 
 
 @pytest.mark.parametrize("overlay", ["cluster", "sweep"])
 def test_gpu_workers_fit_their_nodes(overlay):
-    """Workers land on the tainted GPU pool with requests = limits; the head runs no tasks."""
+    """Workers land on their tainted GPU pool with requests = limits; the head runs no tasks;
+    only the spot group tolerates the spot taint."""
     (ray,) = [d for d in kustomize(REPO / K8S / overlay) if d["apiVersion"].startswith("ray.io/")]
     spec = ray["spec"].get("rayClusterSpec", ray["spec"])
     pools = node_pools()
     assert spec["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
     assert spec["enableInTreeAutoscaling"] is True
     assert spec["headGroupSpec"]["template"]["spec"]["nodeSelector"]["node-pool"] == pools["core"]
-    for group in spec["workerGroupSpecs"]:
+    groups = {g["groupName"]: g for g in spec["workerGroupSpecs"]}
+    assert set(groups) == {"gpu", "gpu-spot"}
+    for name, group in groups.items():
         pod = group["template"]["spec"]
         assert group["minReplicas"] == 0 and group["replicas"] == 0
-        assert pod["nodeSelector"]["node-pool"] == pools["gpu"]
-        assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod[
-            "tolerations"
-        ]
+        assert pod["nodeSelector"]["node-pool"] == pools[name]
+        assert GPU_TOLERATION in pod["tolerations"]
+        assert (SPOT_TOLERATION in pod["tolerations"]) == (name == "gpu-spot")
         res = pod["containers"][0]["resources"]
         assert res["requests"] == res["limits"] and int(res["limits"]["nvidia.com/gpu"]) >= 1
+
+
+def test_spot_workers_are_the_gpu_workers_made_preemptible():
+    """The spot group's pod is the on-demand group's but for what spot needs: its pool, the
+    spot toleration, and a grace period with a preStop `ray stop` inside the two-minute notice."""
+    (ray,) = [d for d in kustomize(REPO / K8S / "cluster") if d["kind"] == "RayCluster"]
+    groups = {g["groupName"]: g for g in ray["spec"]["workerGroupSpecs"]}
+    gpu, spot = (copy.deepcopy(groups[n]["template"]["spec"]) for n in ("gpu", "gpu-spot"))
+    hook = spot["containers"][0].pop("lifecycle")
+    assert hook == {"preStop": {"exec": {"command": ["/bin/sh", "-c", "ray stop"]}}}
+    assert 0 < spot.pop("terminationGracePeriodSeconds") < 120
+    assert spot.pop("tolerations") == [*gpu.pop("tolerations"), SPOT_TOLERATION]
+    assert spot.pop("nodeSelector") == {"node-pool": "gpu-spot"} and gpu.pop("nodeSelector")
+    assert spot == gpu
 
 
 def test_rayjob_shuts_down_and_never_retries():

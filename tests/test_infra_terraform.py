@@ -222,6 +222,18 @@ PLANTED_FOR_TERRAFORM_TEST = [
         "must require IMDSv2",
     ),
     (
+        "nodegroups.tf",
+        'taints         = { "nvidia.com/gpu" = "true", spot = "true" }',
+        'taints         = { "nvidia.com/gpu" = "true" }',
+        "Spot nodes must be tainted",
+    ),
+    (
+        "nodegroups.tf",
+        'capacity_type  = "SPOT"',
+        'capacity_type  = "ON_DEMAND"',
+        "The spot group buys SPOT NVIDIA nodes",
+    ),
+    (
         "shape.tf",
         "coalesce(var.gpu_max_nodes, local.shape.gpu_max_nodes)",
         "coalesce(var.gpu_max_nodes, 4)",

@@ -114,7 +114,7 @@ variable "core_node_count" {
 # shape to change the default cluster; set a variable only for a deployment that differs.
 
 variable "gpu_instance_types" {
-  description = "Instance types of the GPU node group (null: gpu_instance_types of the cluster shape). All types in the list must have the same GPU count, CPU and memory (the autoscaler treats them as one shape)."
+  description = "Instance types of the on-demand GPU node group (null: gpu_instance_types of the cluster shape). All types in the list must have the same GPU count, CPU and memory (the autoscaler treats them as one shape)."
   type        = list(string)
   default     = null
 
@@ -136,7 +136,7 @@ variable "gpu_per_node" {
 }
 
 variable "gpu_max_nodes" {
-  description = "Upper bound of the GPU node group (null: gpu_max_nodes of the cluster shape). It scales from 0; this caps spend."
+  description = "Upper bound of the on-demand GPU node group (null: gpu_max_nodes of the cluster shape). It scales from 0; this caps spend."
   type        = number
   default     = null
 
@@ -146,14 +146,25 @@ variable "gpu_max_nodes" {
   }
 }
 
-variable "gpu_capacity_type" {
-  description = "ON_DEMAND or SPOT for GPU nodes. Spot is fine for sweep trials (Tune retries them from S3 checkpoints); the Ray head stays on the on-demand CPU group."
-  type        = string
-  default     = "ON_DEMAND"
+variable "gpu_spot_max_nodes" {
+  description = "Upper bound of the spot GPU node group (null: gpu_spot_max_nodes of the cluster shape, 0). 0 creates no spot group. Trials there tolerate preemption: Tune retries them from their S3 checkpoints; the Ray head and the trial drivers stay on the on-demand CPU group."
+  type        = number
+  default     = null
 
   validation {
-    condition     = contains(["ON_DEMAND", "SPOT"], var.gpu_capacity_type)
-    error_message = "gpu_capacity_type must be ON_DEMAND or SPOT."
+    condition     = var.gpu_spot_max_nodes == null ? true : var.gpu_spot_max_nodes >= 0 && var.gpu_spot_max_nodes <= 100
+    error_message = "gpu_spot_max_nodes must be between 0 (no spot group) and 100."
+  }
+}
+
+variable "gpu_spot_instance_types" {
+  description = "Instance types of the spot GPU node group (null: gpu_spot_instance_types of the cluster shape). Several types of one shape (same GPU count, CPU and memory as the on-demand types) let spot find capacity in more pools."
+  type        = list(string)
+  default     = null
+
+  validation {
+    condition     = var.gpu_spot_instance_types == null ? true : length(var.gpu_spot_instance_types) >= 2 && alltrue([for t in var.gpu_spot_instance_types : can(regex("^(g[4-6][a-z]*|p[3-5][a-z]*)\\.", t))])
+    error_message = "gpu_spot_instance_types must name two or more NVIDIA GPU instance types (g4dn, g5, g6, g6e, p3, p4d, p5, ...): one type alone runs out of spot capacity more often."
   }
 }
 

@@ -1,6 +1,7 @@
 # NVIDIA device plugin: advertises nvidia.com/gpu on GPU nodes (the AL2023 NVIDIA AMI ships the
-# driver and container toolkit, not the plugin). It tolerates the GPU taint and runs only on
-# nodes labelled nvidia.com/gpu.present (set on the GPU node group by the AWS root).
+# driver and container toolkit, not the plugin). It tolerates the GPU taint and the spot
+# pool's spot taint, and runs only on nodes labelled nvidia.com/gpu.present (set on both GPU
+# node groups by the AWS root).
 resource "helm_release" "nvidia_device_plugin" {
   name             = "nvidia-device-plugin"
   repository       = "https://nvidia.github.io/k8s-device-plugin"
@@ -12,8 +13,8 @@ resource "helm_release" "nvidia_device_plugin" {
   values = [yamlencode({
     nodeSelector = { "nvidia.com/gpu.present" = "true" }
     affinity     = null
-    tolerations = [{
-      key      = "nvidia.com/gpu"
+    tolerations = [for key in ["nvidia.com/gpu", "spot"] : {
+      key      = key
       operator = "Exists"
       effect   = "NoSchedule"
     }]

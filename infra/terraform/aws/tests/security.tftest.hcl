@@ -102,7 +102,7 @@ run "no_public_endpoints" {
   }
 
   assert {
-    condition     = toset(aws_eks_node_group.core.subnet_ids) == toset(aws_subnet.private[*].id) && toset(aws_eks_node_group.gpu.subnet_ids) == toset(aws_subnet.private[*].id)
+    condition     = toset(aws_eks_node_group.core.subnet_ids) == toset(aws_subnet.private[*].id) && toset(aws_eks_node_group.gpu["gpu"].subnet_ids) == toset(aws_subnet.private[*].id)
     error_message = "Nodes must live in the private subnets."
   }
 
@@ -204,17 +204,17 @@ run "gpu_nodes_scale_from_zero_and_are_tainted" {
   command = plan
 
   assert {
-    condition     = one(aws_eks_node_group.gpu.scaling_config).min_size == 0
+    condition     = one(aws_eks_node_group.gpu["gpu"].scaling_config).min_size == 0
     error_message = "The GPU group must scale from zero."
   }
 
   assert {
-    condition     = anytrue([for t in aws_eks_node_group.gpu.taint : t.key == "nvidia.com/gpu" && t.effect == "NO_SCHEDULE"])
+    condition     = anytrue([for t in aws_eks_node_group.gpu["gpu"].taint : t.key == "nvidia.com/gpu" && t.effect == "NO_SCHEDULE"])
     error_message = "GPU nodes must be tainted nvidia.com/gpu:NoSchedule."
   }
 
   assert {
-    condition     = aws_eks_node_group.gpu.ami_type == "AL2023_x86_64_NVIDIA" && aws_eks_node_group.core.capacity_type == "ON_DEMAND"
+    condition     = aws_eks_node_group.gpu["gpu"].ami_type == "AL2023_x86_64_NVIDIA" && aws_eks_node_group.core.capacity_type == "ON_DEMAND"
     error_message = "GPU nodes run the NVIDIA AMI; the core group (Ray head) stays on-demand."
   }
 }
