@@ -3,7 +3,7 @@ driver on a local multi-node Ray cluster shaped like the real one, tracked by a 
 server with a PostgreSQL backend and S3 artifacts, trial storage on that S3.
 
 The cluster (`infra/k8s/cluster/ray-cluster.gpu.yaml`): a head that runs no trials (0 CPUs,
-16 `trial_driver` slots) and `--nodes` worker raylets, each declaring `--gpus-per-node` GPUs
+the `trial_driver` slots of infra/k8s/base/cluster-shape.yaml) and `--nodes` worker raylets, each declaring `--gpus-per-node` GPUs
 with Ray's fake `num_gpus`, as a KubeRay GPU pod does. Trials ask for GPUs the way the GPU
 sweep files do (`use_gpu: true`, `gpus_per_worker: 0.5`: two trials per GPU) and compute on
 the CPU because the benchmark sets the pipeline's simulation switch `TRM_SIMULATE_GPUS=1`
@@ -87,6 +87,12 @@ def scale_sweep(trials: int, work: Path, tracking_uri: str, steps: int) -> dict[
     return d
 
 
+def driver_slots() -> int:
+    """The head's `trial_driver` slots in the cluster's shape (infra/k8s/base)."""
+    shape = yaml.safe_load((ROOT / "infra" / "k8s" / "base" / "cluster-shape.yaml").read_text())
+    return int(shape["spec"]["trial_driver_slots"])
+
+
 @contextlib.contextmanager
 def gpu_cluster(nodes: int, gpus: int, cpus: int, temp_dir: str):
     """A local Ray cluster as KubeRay runs it: a head with trial-driver slots and no CPUs for
@@ -94,7 +100,7 @@ def gpu_cluster(nodes: int, gpus: int, cpus: int, temp_dir: str):
     from ray.cluster_utils import Cluster
 
     cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 0, "resources": {"trial_driver": 16}, "temp_dir": temp_dir,
+        "num_cpus": 0, "resources": {"trial_driver": driver_slots()}, "temp_dir": temp_dir,
         "include_dashboard": False})  # fmt: skip
     workers = [cluster.add_node(num_cpus=cpus, num_gpus=gpus) for _ in range(nodes)]
     cluster.wait_for_nodes()
