@@ -135,6 +135,12 @@ def restore_rng(state: dict[str, Any]) -> None:
 
 
 # ---- the checkpoint to resume from ----------------------------------------------------------
+def recorded_name(checkpoint: Any) -> str:
+    """The directory name (`checkpoint_<step>`) of the checkpoint Ray Train hands over; ''
+    when it hands over none."""
+    return checkpoint.path.rstrip("/").rpartition("/")[2] if checkpoint is not None else ""
+
+
 def resume_candidates(
     checkpoint: Any, run_dir: str, say: Callable[[str], None]
 ) -> Iterator[tuple[str, Any]]:
@@ -147,7 +153,7 @@ def resume_candidates(
     checkpoints in storage that Ray Train does not know of. Resuming from an older one would
     lose more than a checkpoint interval; starting over (no record at all) would lose the run.
     """
-    known = checkpoint.path.rstrip("/").rpartition("/")[2] if checkpoint is not None else ""
+    known = recorded_name(checkpoint)
     try:
         stored = list(stored_checkpoints(run_dir))
     except OSError as e:  # fail (Ray Train retries the group) rather than resume from less

@@ -391,14 +391,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         # the directory is only valid inside this block; train_loop reads it before training
         candidates = ckpt.resume_candidates(checkpoint, info.run_key, say)
         found = ckpt.newest_complete(candidates, stack, say)
-        recorded = checkpoint.path.rstrip("/").rpartition("/")[2] if checkpoint else ""
         session = Session(
             world_rank=ctx.get_world_rank(),
             world_size=ctx.get_world_size(),
             device=ray.train.torch.get_device(),
             report=report,
             resume_dir=found[1] if found else None,
-            resume_unrecorded=found is not None and found[0].rpartition("/")[2] != recorded,
+            resume_unrecorded=found is not None
+            and found[0].rpartition("/")[2] != ckpt.recorded_name(checkpoint),
             wrap_model=lambda m: ray.train.torch.prepare_model(
                 m, parallel_strategy_kwargs=_no_buffer_sync()
             ),
