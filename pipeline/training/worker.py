@@ -186,7 +186,8 @@ def _checkpoint(state: TrainState, session: Session, saved_with: dict[str, Any],
         state.save(d, rank, world, saved_with)
         if rank == 0:
             ckpt.write_report(d, report)
-            ckpt.write_unsent(d, unsent)
+            if unsent:
+                ckpt.write_unsent(d, unsent)
         session.report(metrics, d)
 
 
