@@ -191,7 +191,12 @@ def _s3_keys(bucket: str, prefix: str) -> list[str]:
 
 
 def _complete(bucket: str, prefix: str, tmp) -> bool:
-    """Whether the checkpoint under s3://bucket/prefix verifies (every file, every rank)."""
+    return not _incomplete(bucket, prefix, tmp)
+
+
+def _incomplete(bucket: str, prefix: str, tmp) -> str:
+    """'' when the checkpoint under s3://bucket/prefix verifies (every file, every rank), else
+    what is wrong with it and the keys found there."""
     import boto3
 
     s3 = boto3.client("s3")
@@ -205,9 +210,9 @@ def _complete(bucket: str, prefix: str, tmp) -> bool:
         )
     try:
         ckpt.verify(local)
-    except ckpt.CheckpointError:
-        return False
-    return True
+    except ckpt.CheckpointError as e:
+        return f"{e}; keys {_s3_keys(bucket, prefix)}"
+    return ""
 
 
 def _resumes(out: str) -> list[str]:
@@ -234,7 +239,8 @@ def test_short_outage_during_checkpoint_upload_is_ridden_out(ray_on_proxy, tmp_p
     first = run_training(cfg, name="upload-short")
     assert outage, "no checkpoint upload was interrupted"
     assert first.error is None and first.metrics["step"] == 12
-    assert _complete(bucket, "runs/upload-short/checkpoint_00000012/", tmp_path)
+    problem = _incomplete(bucket, "runs/upload-short/checkpoint_00000012/", tmp_path)
+    assert not problem, (problem, outage, _resumes(ray_.worker_output()))
 
     t = time.monotonic()
     result = run_training(cfg.with_overrides(["schedule.steps=16"]), name="upload-short")

@@ -6,7 +6,7 @@ again on `--resume`). `SweepListing` reads all of it for the end of a sweep with
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -172,23 +172,34 @@ class SweepListing:
 
 
 def trial_attempts(exp_path: str, trial_id: str) -> dict[str, Any]:
-    """A trial's attempt record: `lost` (attempts whose process went away after reaching a new
-    checkpoint: preemption, node failure, a stopped driver), `errors` (attempts that failed
-    on their own, lost ones without progress included), `open` and `step` (the attempt now
-    running, the checkpoint step it started from)."""
+    """A trial's attempt record: `lost` (attempts that went away with their node, or with their
+    process after reaching a new checkpoint: preemption, node failure, a stopped driver),
+    `errors` (attempts that failed on their own, including those whose process went away
+    without progress on a node still alive), `open`, `step` and `node` (the attempt now
+    running, the checkpoint step it started from, the Ray node it runs on)."""
     text = storage_text(exp_path, f"{ATTEMPTS_DIR}/{trial_id}.json")
     return json.loads(text) if text else {"lost": 0, "errors": 0, "open": False, "step": -1}
 
 
-def begin_attempt(exp_path: str, trial_id: str, step: int) -> dict[str, Any]:
-    """Record that an attempt of the trial starts from checkpoint `step` (-1: none). A previous
-    attempt still open went away without an error of its own: lost if it got further than it
-    started (a checkpoint of a higher step exists now), else an error (a process that dies
-    before its first checkpoint every time, say from memory, must not retry forever)."""
+def begin_attempt(
+    exp_path: str,
+    trial_id: str,
+    step: int,
+    node: str = "",
+    node_alive: Callable[[str], bool] = lambda node: True,
+) -> dict[str, Any]:
+    """Record that an attempt of the trial starts from checkpoint `step` (-1: none) on Ray node
+    `node`. A previous attempt still open went away without an error of its own: lost if its
+    node is gone (`node_alive`) or it got further than it started (a checkpoint of a higher
+    step exists now), else an error (a process that dies before its first checkpoint every
+    time on a node that stays up, say from memory, must not retry forever)."""
     a = trial_attempts(exp_path, trial_id)
     if a["open"]:
-        a["lost" if step > a["step"] else "errors"] += 1
-    a.update(open=True, step=step)
+        before = a.get("node", "")
+        # node_alive may wait for Ray to declare a node dead: asked only when it decides
+        lost = step > a["step"] or (before not in ("", node) and not node_alive(before))
+        a["lost" if lost else "errors"] += 1
+    a.update(open=True, step=step, node=node)
     _write_attempts(exp_path, trial_id, a)
     return a
 

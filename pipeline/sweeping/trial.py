@@ -13,10 +13,12 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import time
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
 
+import ray
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -238,7 +240,8 @@ def _begin_attempt(ctx: SweepContext, cfg: RunConfig, trial_id: str) -> bool:
     kept here, so that preemptions and lost nodes cost no retries."""
     newest = next(iter(ckpt.stored_in(*ckpt.filesystem(
         ctx.checkpoint_dir(trial_id, cfg.resources.num_workers)))), None)  # fmt: skip
-    a = begin_attempt(ctx.exp_path, trial_id, newest.step if newest else -1)
+    a = begin_attempt(ctx.exp_path, trial_id, newest.step if newest else -1,
+                      ray.get_runtime_context().get_node_id(), _node_alive)  # fmt: skip
     if a["lost"]:
         print(f"[sweep] trial {trial_id}: attempt after {a['lost']} lost with its node or "
               f"process (preemptions), from step {max(a['step'], 0)}", flush=True)  # fmt: skip
@@ -247,6 +250,23 @@ def _begin_attempt(ctx: SweepContext, cfg: RunConfig, trial_id: str) -> bool:
                       "checkpoint (crashing as it starts? out of memory?)")  # fmt: skip
         return False
     return True
+
+
+# How long an attempt that follows one lost without progress waits for Ray to declare the
+# earlier attempt's node dead: the actor's connection breaks at once and Tune retries within
+# seconds, while the GCS marks a node dead only after missed health checks (~15-30 s)
+NODE_DEATH_WAIT_S = 60.0
+
+
+def _node_alive(node_id: str, wait_s: float = NODE_DEATH_WAIT_S) -> bool:
+    """Whether Ray still counts node `node_id` among its live nodes after `wait_s` (a lost or
+    preempted node is marked dead once its health checks fail); False as soon as it is dead."""
+    deadline = time.monotonic() + wait_s
+    while any(n["NodeID"] == node_id and n["Alive"] for n in ray.nodes()):
+        if time.monotonic() >= deadline:
+            return True
+        time.sleep(2.0)
+    return False
 
 
 def _train_with_workers(cfg: RunConfig, ctx: SweepContext) -> None:
