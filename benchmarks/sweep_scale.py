@@ -20,7 +20,9 @@ Reported (table on stdout, JSON in benchmarks/results/sweep_scale[_quick][_LABEL
   trial in the same trial process (Tune reuses trial processes);
 - MLflow requests per trial and the server's p50/p99 latency (at the proxy);
 - the driver's peak memory (this process's max RSS: the sweep driver runs here);
-- end of sweep: the last trial's end to the printed summary;
+- end of sweep: the last trial's end to the printed summary, and its two parts: Tune's end of
+  the experiment (its last state save to storage, the result grid) and the pipeline's
+  `finish_sweep` (summary, child runs, best models);
 - trials lost: a trial without a finished child run (status FINISHED, `swept.*` params,
   `best/<metric>`), a checkpoint on S3, and a summary row.
 
@@ -61,8 +63,8 @@ BUCKET = "trm-scale"
 FIELDS = ["trials", "concurrency", "wall_s", "ideal_s", "ratio_wall_vs_ideal",
           "to_first_step_s", "report_to_next_trial_s", "mlflow_requests",
           "mlflow_requests_per_trial", "mlflow_p50_ms", "mlflow_p99_ms", "mlflow_errors",
-          "driver_peak_rss_mib", "last_trial_to_summary_s", "finish_sweep_s", "trials_lost",
-          "lost", "events"]  # fmt: skip
+          "driver_peak_rss_mib", "last_trial_to_summary_s", "finish_sweep_s", "tune_end_s",
+          "trials_lost", "lost", "events"]  # fmt: skip
 
 
 def scale_sweep(trials: int, work: Path, tracking_uri: str, steps: int) -> dict[str, Any]:
@@ -249,6 +251,8 @@ def measure(run: dict[str, Any], log: Path, server: MlflowServer, conc: int) -> 
         "driver_peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         "last_trial_to_summary_s": round(run["printed"] - max(t["finish"] for t in trials), 1),
         "finish_sweep_s": round(run["finish"]["end"] - run["finish"]["start"], 1),
+        # Tune's end of the experiment: its last state save to storage, the result grid
+        "tune_end_s": round(run["finish"]["start"] - max(t["finish"] for t in trials), 1),
     }  # fmt: skip
 
 

@@ -110,6 +110,15 @@ def test_smoke_sweep_end_to_end(ray_local, work, capfd):
         assert max(v for _, v in evals) == pytest.approx(r.best)
         assert any(a.startswith("depth_curve/") for a in child["artifacts"])
 
+    # each trial directory holds Tune's result.json (the evaluation history the summary reads)
+    # and none of Tune's other per-trial files, which every experiment-state save re-uploads
+    for r in rows.values():
+        trial_dir = Path(exp_path) / f"trial_{r.trial_id}"
+        assert (trial_dir / "result.json").is_file()
+        tune_files = {"progress.csv", "params.json", "params.pkl"}
+        assert not tune_files & {p.name for p in trial_dir.iterdir()}, list(trial_dir.iterdir())
+        assert not list(trial_dir.glob("events.out.tfevents.*"))
+
     # parent artifacts: the sweep file, the summary, the best config, the plots
     arts = parent["artifacts"]
     for path in ("sweep/sweep.yaml", "sweep/resolved.yaml", "summary/summary.txt",

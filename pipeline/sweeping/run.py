@@ -70,6 +70,9 @@ def run_sweep(
     # MLflow run to end) before Tune gives up on reusing it and errors the next trial; Tune's
     # 2 s are too short on a busy machine (local clusters inherit the driver's environment)
     os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", "60")
+    # Tune's CSV and TensorBoard loggers: files per trial that each experiment-state save
+    # uploads again (`tuner.ResultsFile` keeps the one the summary reads)
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     if sweep.mode == "evaluate":  # the run config comes with the checkpoint
         from pipeline.sweeping.eval_trial import bind_checkpoint
 

@@ -8,6 +8,7 @@ import warnings
 from typing import Any
 
 from ray import tune
+from ray.tune.logger import JsonLoggerCallback
 
 from pipeline.config.run import RunConfig
 from pipeline.sweeping.config import SweepConfig
@@ -18,6 +19,18 @@ from pipeline.sweeping.trial import flops_per_example, trial_dirname
 
 def _dirname(trial: Any) -> str:
     return trial_dirname(trial.trial_id)
+
+
+class ResultsFile(JsonLoggerCallback):
+    """Tune's `result.json` per trial (the evaluation history the summary reads through
+    `Result.metrics_dataframe`) and no other file: Tune uploads the driver's whole experiment
+    directory at each experiment-state save, so every file per trial is re-sent each time
+    (its default loggers leave five: result.json, progress.csv, TensorBoard events,
+    params.json, params.pkl). Tune's own defaults are off (`run.py` sets
+    TUNE_DISABLE_AUTO_CALLBACK_LOGGERS); a trial's config is in the experiment state."""
+
+    def update_config(self, trial: Any, config: dict[str, Any]) -> None:
+        self._trial_configs[trial] = config  # no params.json / params.pkl
 
 
 def grid_longest_first(sweep: SweepConfig, base: RunConfig) -> dict[str, list[Any]]:
@@ -72,7 +85,8 @@ def build_tuner(
         budget_hours=sweep.budget.hours,
         exp_path=exp_path,
     )
-    callbacks: list[Any] = [monitor]  # first: it marks the stop reason that LiveRuns reads
+    callbacks: list[Any] = [monitor, ResultsFile()]  # monitor first: it marks the stop reason
+    # that LiveRuns reads
     # training trials' runs are finalised as they end; an evaluate-mode trial's run is ended
     # by the trial itself (pipeline.sweeping.eval_trial) and has no training steps to judge by
     if ctx is not None and ctx.parent_run_id and sweep.mode != "evaluate":
