@@ -27,7 +27,7 @@ Reported (table on stdout, JSON in benchmarks/results/sweep_scale[_quick][_LABEL
   `best/<metric>`), a checkpoint on S3, and a summary row.
 
     python benchmarks/sweep_scale.py                      # 1,000 trials
-    python benchmarks/sweep_scale.py --quick              # 50 trials (tests/test_benchmarks.py)
+    python benchmarks/sweep_scale.py --quick              # 50 trials (the tests run 16)
     python benchmarks/sweep_scale.py --trials 200 --restart-mlflow-at 0.3 --kill-raylet-at 0.5
 
 Timestamps are wall-clock on whatever machine runs it: on a shared machine read the ratios.

@@ -316,7 +316,9 @@ def _check_sweep(tmp: Path, edits, as_text: str | None) -> None:
         for dotted, value in edits:
             if dotted.startswith("space."):  # keys under space are dotted names themselves
                 d = json.loads(json.dumps(d))
-                d.setdefault("space", {})[dotted.removeprefix("space.")] = value
+                if not isinstance(d.get("space"), dict):  # an earlier edit replaced it
+                    d["space"] = {}
+                d["space"][dotted.removeprefix("space.")] = value
             else:
                 d = _set(d, dotted, value)
         path.write_text(yaml.safe_dump(d, allow_unicode=True))
