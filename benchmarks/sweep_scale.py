@@ -22,7 +22,8 @@ Reported (table on stdout, JSON in benchmarks/results/sweep_scale[_quick][_LABEL
 - the driver's peak memory (this process's max RSS: the sweep driver runs here);
 - end of sweep: the last trial's end to the printed summary, and its two parts: Tune's end of
   the experiment (its last state save to storage, the result grid) and the pipeline's
-  `finish_sweep` (summary, child runs, best models);
+  `finish_sweep` (summary, child runs, best models), with the seconds of each of its parts
+  (`end_phases_s`: rows, MLflow runs, plots, child-run ends, model registration);
 - trials lost: a trial without a finished child run (status FINISHED, `swept.*` params,
   `best/<metric>`), a checkpoint on S3, and a summary row.
 
@@ -157,13 +158,47 @@ def run_sweep_timed(sweep_dict: dict[str, Any], log: Path, address: str) -> dict
 
     sw.run_trial, sw.finish_sweep = make_timed_trial(original_trial, str(log)), timed_finish
     t0 = time.time()
+    phases: dict[str, float] = {}
     try:
-        outcome = sw.run_sweep(sweep, text, exp_path, address=address)
+        with timed_phases(phases):
+            outcome = sw.run_sweep(sweep, text, exp_path, address=address)
         print(outcome.console_text(), flush=True)
     finally:
         sw.run_trial, sw.finish_sweep = original_trial, original_finish
     return {"t0": t0, "printed": time.time(), "finish": finish, "outcome": outcome,
-            "sweep": sweep, "exp_path": exp_path}  # fmt: skip
+            "sweep": sweep, "exp_path": exp_path, "end_phases": phases}  # fmt: skip
+
+
+# the end of a sweep, part by part: (module, function) the driver calls by module-global name
+END_PHASES = [("pipeline.sweeping.report", "collect_rows"), ("pipeline.sweeping.report", "attach_runs"),
+              ("pipeline.sweeping.report", "_log_plots"), ("pipeline.sweeping.report", "end_children"),
+              ("pipeline.sweeping.finalise", "register_top")]  # fmt: skip
+
+
+@contextlib.contextmanager
+def timed_phases(spent: dict[str, float]) -> Any:
+    """Seconds spent in each of END_PHASES while the block runs, into `spent`."""
+    import importlib
+
+    originals = []
+    for module_name, name in END_PHASES:
+        module = importlib.import_module(module_name)
+        original = getattr(module, name)
+        originals.append((module, name, original))
+
+        def timed(*a: Any, _f: Any = original, _n: str = name, **k: Any) -> Any:
+            t = time.time()
+            try:
+                return _f(*a, **k)
+            finally:
+                spent[_n] = round(spent.get(_n, 0.0) + time.time() - t, 2)
+
+        setattr(module, name, timed)
+    try:
+        yield spent
+    finally:
+        for module, name, original in originals:
+            setattr(module, name, original)
 
 
 def lost_trials(run: dict[str, Any], tracking_uri: str, expected: int) -> dict[str, Any]:
@@ -253,6 +288,7 @@ def measure(run: dict[str, Any], log: Path, server: MlflowServer, conc: int) -> 
         "finish_sweep_s": round(run["finish"]["end"] - run["finish"]["start"], 1),
         # Tune's end of the experiment: its last state save to storage, the result grid
         "tune_end_s": round(run["finish"]["start"] - max(t["finish"] for t in trials), 1),
+        "end_phases_s": run["end_phases"],
     }  # fmt: skip
 
 
