@@ -69,6 +69,29 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.timeout(limit))
 
 
+# ---- the order files run in (tests/file_order.py) --------------------------------------------
+def pytest_addoption(parser):
+    parser.addoption("--store-file-durations", action="store_true",
+                     help="write each test file's seconds to tests/file_durations.json, which "
+                          "orders the files between test processes (longest first)")  # fmt: skip
+
+
+def pytest_configure(config):
+    if config.getoption("store_file_durations") and not hasattr(config, "workerinput"):
+        from file_order import DurationRecorder
+
+        config.pluginmanager.register(DurationRecorder(), "trm-file-durations")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    if config.getoption("dist") == "loadfile":
+        from file_order import LongestFileFirst
+
+        return LongestFileFirst(config, log)
+    return None
+
+
 def unavailable(reason: str) -> NoReturn:
     """Skip: a tool or file this test needs is missing here. Under CI=true, where .ci/run and
     the repository provide every one, fail instead, so a broken CI cannot pass by skipping."""

@@ -4,7 +4,8 @@ bit-flipped or half-written checkpoint is reported by name and the previous good
 
 Shards live on the real S3-compatible server (moto, loopback) like a cluster's data; training
 runs the in-process loop (the path of 1-worker sweep trials and `train.py --local`). The Ray Train
-variant of the checkpoint drill is marked slow (~1 min: two TorchTrainer fits).
+variant of the checkpoint drill (two workers, checkpoints on S3) is in test_train_ray.py, on the
+run that module trains once for all its tests.
 """
 
 from __future__ import annotations
@@ -239,51 +240,3 @@ def test_no_good_checkpoint_at_all_is_an_error_naming_each(local_data, tmp_path)
     _truncate(only)
     with pytest.raises(ckpt.CheckpointError, match=rf"{only}.*{ckpt.TRAINER_FILE}"):
         run_in_process(cfg.with_overrides(["schedule.steps=8"]), info)
-
-
-@pytest.mark.slow
-def test_damaged_latest_checkpoint_on_s3_ray_train_resumes_from_the_previous(s3_server, tmp_path):
-    """~90 s: two workers checkpoint to S3 at steps 4 and 8; trainer.pt of step 8 is truncated
-    in the bucket; the same run started again (what a restarted driver does) resumes from step
-    4 on both ranks, naming the damaged checkpoint, and finishes."""
-    import boto3
-    from drills import LocalRay
-
-    from pipeline.tracking.tracker import find_run, read_run
-    from pipeline.train import run_training
-
-    bucket = "drill-ckpt"
-    env = {"AWS_ENDPOINT_URL": s3_server, "AWS_ACCESS_KEY_ID": "testing",
-           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}  # fmt: skip
-    s3 = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1",
-                      aws_access_key_id="testing", aws_secret_access_key="testing")  # fmt: skip
-    s3.create_bucket(Bucket=bucket)
-    mlflow_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    storage = f"s3://{bucket}/runs"
-    with LocalRay(2, env) as ray_:
-        data = f"s3://{bucket}/data/sudoku4"
-        build_tiny_sudoku(data)
-        over = ("resources.num_workers=2", "data.global_batch_size=16")
-        first = tiny_config(data, storage, "schedule.steps=8", *over, tracking_uri=mlflow_uri)
-        assert run_training(first, name="ray-drill").metrics["step"] == 8
-        key = "runs/ray-drill/checkpoint_00000008/trainer.pt"
-        body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
-        s3.put_object(Bucket=bucket, Key=key, Body=body[: len(body) // 2])
-
-        t = time.perf_counter()
-        result = run_training(first.with_overrides(["schedule.steps=12"]), name="ray-drill")
-        recovery_s = time.perf_counter() - t
-        out = ray_.worker_output()
-    assert result.error is None and result.metrics["step"] == 12
-    assert f"skipping checkpoint {bucket}/runs/ray-drill/checkpoint_00000008" in out, out
-    assert "resumed from step 4 " in out and "resumed from step 8 " not in out, out
-    history = read_run(mlflow_uri, find_run(mlflow_uri, "trm-drill", f"{storage}/ray-drill"))
-    logged = [s for s, _ in history["metrics"]["train/loss"]]
-    assert logged.count(4) == 1 and logged.count(5) == 2 and logged.count(12) == 1, logged
-    # what replaced the damaged checkpoint verifies
-    body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
-    assert (
-        ckpt._sha256(body)
-        == s3.get_object(Bucket=bucket, Key=key + ".sha256")["Body"].read().decode().strip()
-    )
-    record("corruption.checkpoint_ray_s3", runs=1, recovery_s=recovery_s)

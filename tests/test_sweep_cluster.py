@@ -2,7 +2,8 @@
 
 - `ray job submit --working-dir . -- python pipeline/sweep.py --sweep sweeps/smoke.yaml` with
   data and checkpoints on S3 (moto server) and MLflow on a real tracking server;
-- multi-worker trials as TorchTrainer runs; storage a node cannot reach, refused.
+- on a cluster of raylets shaped like the real one (no CPUs on the head): storage a node
+  cannot reach, refused; multi-worker trials as TorchTrainer runs on the worker raylets.
 
 The sweep driver killed mid-sweep and resumed is drill 3 (`tests/test_drill_sweep.py`).
 Slow (minutes on 2 shared cores): each starts real Ray trials."""
@@ -104,9 +105,8 @@ def test_ray_job_submit_smoke_sweep_on_s3_with_tracking_server(ray_head, mlflow_
         assert "eval/exact_accuracy" in child["metrics"]
 
 
-def test_multi_worker_trials_run_as_torchtrainer_runs(ray_head, tmp_path):
-    """Trials with resources.num_workers = 2: each trial's driver takes a `trial_driver` slot
-    and runs a data-parallel TorchTrainer whose evaluation reports reach Tune."""
+def _ddp_sweep(tmp_path: Path) -> Path:
+    """The smoke sweep cut to one trial of two data-parallel workers (resources.num_workers 2)."""
     d = yaml.safe_load(SMOKE.read_text())
     d["name"] = "ddp"
     d["base"]["resources"] = {"num_workers": 2, "cpus_per_worker": 0.5}
@@ -115,12 +115,72 @@ def test_multi_worker_trials_run_as_torchtrainer_runs(ray_head, tmp_path):
     d["scheduler"] = {"type": "fifo"}
     sweep = tmp_path / "ddp.yaml"
     sweep.write_text(yaml.safe_dump(d))
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    return sweep
+
+
+def test_sweep_on_worker_raylets_refuses_a_blind_node_then_runs_torchtrainer_trials(
+    s3_env, tmp_path, monkeypatch, capsys
+):
+    """A cluster shaped like the real one (ray.cluster_utils, each node its own raylet): a head
+    with no CPUs and the `trial_driver` slots, two 1-CPU worker nodes, one of them with the
+    wrong S3 endpoint. A sweep on S3 stops before any trial, naming the storage and that node
+    only. A sweep on storage every node reads runs a two-worker trial: its driver takes a
+    `trial_driver` slot on the head, its TorchTrainer workers run on the worker raylets, and
+    its evaluation reports reach Tune, the summary and the child run."""
+    import tempfile
+
+    import ray
+    from ray._private.state import actors
+    from ray.cluster_utils import Cluster
+
+    from pipeline.sweeping.cli import main
+
+    # a private Ray temp dir: the simulated cluster must not become "the" local cluster of others
+    ray_tmp = tempfile.mkdtemp(prefix="trm-rt-", dir="/tmp")
+    monkeypatch.setenv("RAY_TMPDIR", ray_tmp)
+    monkeypatch.setenv("RAY_TRAIN_V2_ENABLED", "1")
+    cluster = Cluster(initialize_head=True,
+                      head_node_args={"num_cpus": 0, "resources": {"trial_driver": 2}})  # fmt: skip
+    good = cluster.add_node(num_cpus=1)
+    blind = cluster.add_node(num_cpus=1, env_vars={"AWS_ENDPOINT_URL": "http://127.0.0.1:9"})
+    try:
+        cluster.wait_for_nodes()
+        ray.init(address=cluster.address)
+        args = [
+            "--sweep", str(SMOKE), "--address", cluster.address,
+            "--storage-path", f"s3://{s3_env.bucket}/sweeps",
+            "--set", f"data.uri=s3://{s3_env.bucket}/data/sudoku4",
+            "--set", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+        ]  # fmt: skip
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert f"storage path 's3://{s3_env.bucket}/sweeps/.trm-sweep-probe-" in err, err
+        assert "is not reachable from every Ray node" in err
+        assert f"node {blind.node_id[:8]}" in err  # the blind node, and only it
+        assert f"node {good.node_id[:8]}" not in err
+        assert f"node {cluster.head_node.node_id[:8]}" not in err
+        objects = s3_env.client().list_objects_v2(Bucket=s3_env.bucket, Prefix="sweeps/")
+        assert objects.get("KeyCount", 0) == 0  # probe markers removed, no sweep started
+
+        _check_ddp_sweep(tmp_path, cluster.address, os.environ.copy())
+        workers = [a for a in actors().values() if a["ActorClassName"] == "RayTrainWorker"]
+        placed = {a["Address"]["NodeID"] for a in workers}
+        assert len(workers) == 2 and placed <= {good.node_id, blind.node_id}, workers
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def _check_ddp_sweep(tmp_path: Path, address: str, env: dict) -> None:
+    """`pipeline/sweep.py` runs the two-worker sweep at `address` to its end, recorded in the
+    summary and in a child run holding the Train run's evaluations."""
+    uri = f"sqlite:///{tmp_path / 'ddp.db'}"
     out = subprocess.run(
-        [sys.executable, str(REPO / "pipeline" / "sweep.py"), "--sweep", str(sweep),
-         "--address", ray_head.address, "--storage-path", str(tmp_path / "runs"),
+        [sys.executable, str(REPO / "pipeline" / "sweep.py"), "--sweep", str(_ddp_sweep(tmp_path)),
+         "--address", address, "--storage-path", str(tmp_path / "runs"),
          "--set", f"data.uri={tmp_path / 'data'}", "--set", f"tracking.uri={uri}"],
-        env=ray_head.env, capture_output=True, text=True, timeout=900,
+        env=env, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     log = out.stdout + out.stderr
     assert out.returncode == 0, log[-6000:]
@@ -143,40 +203,3 @@ def test_multi_worker_trials_run_as_torchtrainer_runs(ray_head, tmp_path):
         assert list((exp / "trials" / key.rsplit("/", 1)[1]).glob("checkpoint_*")), key
     table = (exp / "summary.csv").read_text().splitlines()
     assert len(table) == 2 and ",completed," in table[1]
-
-
-def test_storage_that_a_node_cannot_reach_is_refused(s3_env, tmp_path, monkeypatch, capsys):
-    """A two-node cluster (ray.cluster_utils) whose second node has the wrong S3 endpoint: the
-    sweep stops before any trial, naming the storage and that node."""
-    import tempfile
-
-    import ray
-    from ray.cluster_utils import Cluster
-
-    from pipeline.sweeping.cli import main
-
-    # a private Ray temp dir: the simulated cluster must not become "the" local cluster of others
-    ray_tmp = tempfile.mkdtemp(prefix="trm-rt-", dir="/tmp")
-    monkeypatch.setenv("RAY_TMPDIR", ray_tmp)
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-    blind = cluster.add_node(num_cpus=1, env_vars={"AWS_ENDPOINT_URL": "http://127.0.0.1:9"})
-    try:
-        ray.init(address=cluster.address)
-        args = [
-            "--sweep", str(SMOKE), "--address", cluster.address,
-            "--storage-path", f"s3://{s3_env.bucket}/sweeps",
-            "--set", f"data.uri=s3://{s3_env.bucket}/data/sudoku4",
-            "--set", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
-        ]  # fmt: skip
-        assert main(args) == 2
-        err = capsys.readouterr().err
-        assert f"storage path 's3://{s3_env.bucket}/sweeps/.trm-sweep-probe-" in err, err
-        assert "is not reachable from every Ray node" in err
-        assert f"node {blind.node_id[:8]}" in err  # the blind node, and only it
-        assert f"node {cluster.head_node.node_id[:8]}" not in err
-        objects = s3_env.client().list_objects_v2(Bucket=s3_env.bucket, Prefix="sweeps/")
-        assert objects.get("KeyCount", 0) == 0  # probe markers removed, no sweep started
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
-        shutil.rmtree(ray_tmp, ignore_errors=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import re
 import signal
 import threading
 import time
@@ -185,3 +186,51 @@ def test_killed_worker_resumes_from_checkpoint_exactly(
         assert math.isclose(last[s], reference[s], rel_tol=1e-5), (s, last[s], reference[s])
     record("worker_kill.ray", runs=1, seed=seed, killed_after_checkpoint=at,
            steps_again=len(logged) - STEPS)  # fmt: skip
+
+
+@pytest.mark.slow
+def test_damaged_latest_checkpoint_on_s3_resumes_both_ranks_from_the_previous(
+    ray_local, mlflow_server, uninterrupted
+):
+    """Drill 5 on Ray Train: the uninterrupted run's checkpoints copied to a new run on S3, the
+    latest one's trainer.pt truncated there; the run started (what a restarted driver does)
+    names the damaged checkpoint, resumes both ranks from the previous one and finishes."""
+    import ray
+    from drills import read_logs, record
+
+    from pipeline.checkpoints import store as ckpt
+
+    cfg, _, _ = uninterrupted
+    s3, bucket = ray_local.s3.client(), ray_local.s3.bucket
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="runs/two-workers/")
+    keys = [o["Key"] for page in pages for o in page.get("Contents", [])]
+    for key in keys:
+        if "/checkpoint_0" in key:
+            s3.copy_object(Bucket=bucket, Key=key.replace("/two-workers/", "/damaged/"),
+                           CopySource={"Bucket": bucket, "Key": key})  # fmt: skip
+    steps = sorted({int(k.split("/")[2].removeprefix("checkpoint_")) for k in keys
+                    if k.split("/")[2].startswith("checkpoint_0")})  # fmt: skip
+    assert steps[-1] == STEPS and len(steps) >= 2, steps
+    previous = steps[-2]
+    bad = f"runs/damaged/checkpoint_{STEPS:08d}/trainer.pt"
+    body = s3.get_object(Bucket=bucket, Key=bad)["Body"].read()
+    s3.put_object(Bucket=bucket, Key=bad, Body=body[: len(body) // 2])
+
+    t = time.perf_counter()
+    result = run_training(cfg.with_overrides([f"schedule.steps={STEPS + 6}"]), name="damaged")
+    recovery_s = time.perf_counter() - t
+    assert result.error is None and result.metrics["step"] == STEPS + 6
+    logs = Path(ray._private.worker._global_node.get_logs_dir_path())
+    out = "\n".join(read_logs(logs, "worker-*"))
+    assert f"skipping checkpoint {bucket}/runs/damaged/checkpoint_{STEPS:08d}" in out
+    resumed = set(re.findall(r"\[damaged\] resumed from step (\d+) ", out))
+    assert resumed == {str(previous)}, resumed  # both ranks, from the previous checkpoint
+    storage = cfg.checkpoint.storage_path
+    run = read_run(mlflow_server, find_run(mlflow_server, "trm-ray-test", f"{storage}/damaged"))
+    logged = [s for s, _ in run["metrics"]["train/loss"]]
+    assert sorted(logged) == list(range(previous + 1, STEPS + 7)), logged
+    # what replaced the damaged checkpoint when its step came round again verifies
+    body = s3.get_object(Bucket=bucket, Key=bad)["Body"].read()
+    digest = s3.get_object(Bucket=bucket, Key=bad + ".sha256")["Body"].read().decode().strip()
+    assert ckpt._sha256(body) == digest
+    record("corruption.checkpoint_ray_s3", runs=1, recovery_s=recovery_s)
