@@ -187,7 +187,7 @@ def test_on_the_fly_variants_are_rows_of_the_one_evaluation(arc_data):
     res = _records(uri, voting)
     assert res.sums["count"] == 3 * 8 == len(res.predictions)  # 3 test inputs x 8 variants
     assert {r["puzzle_identifier"] for r in res.predictions} == set(
-        arc.identifier(np.repeat([0, 1], 8), np.tile(np.arange(8), 2), 7).tolist()
+        voting.pools.identifier(np.repeat([0, 1], 8), np.tile(np.arange(8), 2)).tolist()
     )
     table = vote_table(res.predictions, voting.frame_of)
     originals = [("e1", GRIDS["e1"][0]), ("e1", GRIDS["e1"][1]), ("e2", GRIDS["e2"][0])]

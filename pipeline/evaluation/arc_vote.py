@@ -24,7 +24,7 @@ The variants voted over are rows of the evaluated stream:
 - materialised datasets (the official layout) hold every variant as a test row with its own
   identifier (`identifiers.json`: `<task>|||t<tid>|||<colour map>`); all of them are evaluated.
 - on-the-fly datasets hold the original test rows only; `rows` expands each into the variants
-  of its task's pool, pool index j = 0..V-1 (identifier 1 + b * (num_aug + 1) + j, transform
+  of its task's pool, pool index j = 0..V-1 (identifier `Pools.identifier`, transform
   `trm.puzzles.arc.Pools.transform`, no translation, like the official test rows): the
   distinct variants the official builder keeps, V = the pool's size (at most num_aug + 1)
   unless `eval.arc_variants` caps it.
@@ -230,7 +230,7 @@ def _frames(uri: str, meta: Any, pools: arc.Pools | None) -> Callable[[int], Fra
     if pools is not None:
 
         def frame(pid: int) -> Frame:
-            base, j = arc.split_identifier(pid, aug["num_aug"])
+            base, j = pools.split(pid)
             tid, cmap = pools.transform(base, j, aug["aug_seed"])
             return meta.extra["tasks"][int(base)], int(tid), cmap
 
@@ -264,9 +264,7 @@ def _variant_batches(
             np.asarray(batch["inputs"])[real],
             np.where(labels[real] == IGNORE, pad, labels[real]),
         )
-        base, _ = arc.split_identifier(
-            np.asarray(batch["puzzle_identifiers"])[real], aug["num_aug"]
-        )
+        base, _ = pools.split(np.asarray(batch["puzzle_identifiers"])[real])
         per_row = np.minimum(pools.sizes[base], num_variants)
         row = np.repeat(np.arange(len(x)), per_row)
         j = np.arange(len(row)) - np.repeat(np.cumsum(per_row) - per_row, per_row)
@@ -278,5 +276,5 @@ def _variant_batches(
             yield {
                 "inputs": arc.transform_canvases(x[r], tid, cmap, at_origin),
                 "labels": np.where(vy == pad, IGNORE, vy),
-                "puzzle_identifiers": arc.identifier(base[r], jj, aug["num_aug"]),
+                "puzzle_identifiers": pools.identifier(base[r], jj),
             }
