@@ -142,14 +142,17 @@ class EvalConfig(StrictConfig):
     # trial); the periodic evaluation of training keeps the official fixed-depth rollout
     protocol: Literal[PROTOCOLS] = "act"  # type: ignore[valid-type]
     """How long each trajectory runs at test time: 'act' (it stops at its own ACT halting
-    step, at most max_steps) or 'fixed_depth' (every trajectory runs exactly max_steps
+    step, at most `max_steps`) or 'fixed_depth' (every trajectory runs exactly `depth`
     supervision steps D and answers from its final state: the Probabilistic TRM protocol)."""
     halt_threshold: Fraction | None = None
-    """Test-time halting threshold tau in (0, 1) of protocol 'act'; unset (null) = the
-    model's `halt_threshold`."""
+    """'act' only: test-time halting threshold tau in (0, 1); unset (null) = the model's
+    `halt_threshold`."""
     max_steps: int = Field(0, ge=0)
-    """'act': most ACT steps per trajectory; 'fixed_depth': the depth D every trajectory runs;
-    0 = the model's halt_max_steps."""
+    """'act' only: most ACT steps per trajectory (a cap; most stop earlier); 0 = the model's
+    halt_max_steps."""
+    depth: int = Field(0, ge=0)
+    """'fixed_depth' only: the depth D, supervision steps every trajectory runs; 0 = the
+    model's halt_max_steps (the training evaluation's depth)."""
     trajectories: int = Field(1, ge=1)
     """K trajectories per example run side by side (`TRM.predict`); 1 = the plain answer."""
     noise_std: Float = Field(0.0, ge=0)
@@ -161,13 +164,29 @@ class EvalConfig(StrictConfig):
 
     @model_validator(mode="after")
     def _check(self) -> EvalConfig:
+        if self.protocol == "act":
+            require(self.depth == 0, "depth",
+                    f"is the depth of protocol fixed_depth, got {self.depth} with protocol act "
+                    "(act caps the steps with max_steps)")  # fmt: skip
+            return self
+        require(self.max_steps == 0, "max_steps",
+                f"is the step cap of protocol act, got {self.max_steps} with protocol "
+                "fixed_depth (fixed_depth runs exactly depth steps: set depth)")  # fmt: skip
+        require(self.halt_threshold is None, "halt_threshold",
+                f"is the halting threshold of protocol act, got {self.halt_threshold} with "
+                "protocol fixed_depth (no trajectory halts there)")  # fmt: skip
         require(
-            not (self.protocol == "fixed_depth" and self.select == "first"),
+            self.select != "first",
             "select",
             "'first' picks the trajectory that halted first; under protocol fixed_depth all "
             "run the same depth: use q_halt (best-Q@K) or vote (mode@K)",
         )
         return self
+
+    def steps(self) -> int:
+        """The step count of the protocol: `depth` under fixed_depth, else `max_steps` (0 =
+        the model's halt_max_steps)."""
+        return self.depth if self.protocol == "fixed_depth" else self.max_steps
 
 
 class CheckpointConfig(StrictConfig):

@@ -50,7 +50,9 @@ from pipeline.config.fields import (
     require,
 )
 from pipeline.config.run import RunConfig
+from pipeline.config.sections import PROTOCOLS
 from pipeline.evaluation.evaluator import EVAL_METRICS
+from pipeline.evaluation.trajectories import TRAJECTORY_METRICS
 from pipeline.sweeping.dataset import check_builder_args
 from pipeline.sweeping.space import Domain, check_field, trial_config
 from pipeline.training.metrics import TRAIN_METRICS
@@ -62,6 +64,7 @@ EVAL_MODE_FIELDS = (
     "eval.protocol",
     "eval.halt_threshold",
     "eval.max_steps",
+    "eval.depth",
     "eval.trajectories",
     "eval.noise_std",
     "eval.select",
@@ -101,8 +104,9 @@ class SearchConfig(StrictConfig):
             known_metric(self.metric),
             "metric",
             f"{self.metric!r} is not a metric trials report; use one of "
-            f"{', '.join(EVAL_METRICS + TRAIN_METRICS)} (or eval/arc_pass_at_K on ARC, "
-            "eval/halt_tau_<tau>/exact_accuracy, eval/exact_accuracy_at_<k>)",
+            f"{', '.join(EVAL_METRICS + TRAJECTORY_METRICS + TRAIN_METRICS)} (or "
+            "eval/arc_pass_at_K on ARC, eval/halt_tau_<tau>/exact_accuracy, "
+            "eval/exact_accuracy_at_<k>)",
         )
         return self
 
@@ -291,9 +295,19 @@ class SweepConfig(StrictConfig):
             section = dict(self.base.get("eval", {}))
             section.update({k.split(".", 1)[1]: v for k, v in point.items()})
             try:
-                EvalConfig.build(section, "eval")
-            except ConfigError as e:
-                raise ConfigError(f"space: the trial {point} is not a valid setting: {e}") from None
+                e = EvalConfig.build(section, "eval")
+            except ConfigError as err:
+                raise ConfigError(
+                    f"space: the trial {point} is not a valid setting: {err}"
+                ) from None
+            parts = self.search.metric.split("/")  # eval/<protocol>/... names one protocol
+            ranked = parts[1] if len(parts) == 3 else ""
+            require(
+                ranked not in PROTOCOLS or ranked == e.protocol,
+                "search.metric",
+                f"{self.search.metric} is reported by protocol {ranked} only; the trial "
+                f"{point} runs protocol {e.protocol} (rank by eval/exact_accuracy instead)",
+            )
 
     # ---- derived ---------------------------------------------------------------------------
     def base_config(self, point: dict[str, Any] | None = None) -> RunConfig:
@@ -432,10 +446,12 @@ _PATTERN_METRICS = re.compile(
 
 
 def known_metric(name: Any) -> bool:
-    """A metric trials report: the fixed names, ARC pass@K and the halting-threshold curve."""
+    """A metric trials report: the fixed names (the test-time protocol-named ones included),
+    ARC pass@K and the halting-threshold curve."""
     if not isinstance(name, str):
         return False
-    return name in EVAL_METRICS or name in TRAIN_METRICS or bool(_PATTERN_METRICS.fullmatch(name))
+    fixed = EVAL_METRICS + TRAJECTORY_METRICS + TRAIN_METRICS
+    return name in fixed or bool(_PATTERN_METRICS.fullmatch(name))
 
 
 def effective_depth(model: dict[str, Any]) -> int:
