@@ -41,15 +41,16 @@ def rows_per_epoch(cfg: RunConfig) -> int:
     return int(stream.rows_per_epoch)
 
 
-def with_epoch_steps(cfg: RunConfig, say: Callable[[str], None] = print) -> RunConfig:
+def with_epoch_steps(cfg: RunConfig, say: Callable[[str], None] | None = None) -> RunConfig:
     """`cfg` with schedule.steps and schedule.rows_per_epoch converted from schedule.epochs,
-    saying how (`[<name>] schedule.epochs E = S steps (...)`); `cfg` itself when it trains by
-    steps or is converted already."""
+    saying how with `say(line)` (default: printed as `[<name>] <line>`); `cfg` itself when it
+    trains by steps or is converted already."""
     sch = cfg.schedule
     if not sch.epochs or sch.rows_per_epoch:
         return cfg
     rows, batch = rows_per_epoch(cfg), cfg.data.global_batch_size
     steps = epochs_to_steps(sch.epochs, rows, batch)
-    say(f"[{cfg.name}] schedule.epochs {sch.epochs} = {steps} steps ({rows} training rows per "
-        f"epoch: one variant of every puzzle group; global batch {batch})")  # fmt: skip
+    line = (f"schedule.epochs {sch.epochs} = {steps} steps ({rows} training rows per epoch: "
+            f"one variant of every puzzle group; global batch {batch})")  # fmt: skip
+    (say or (lambda text: print(f"[{cfg.name}] {text}", flush=True)))(line)
     return cfg.with_overrides([f"schedule.steps={steps}", f"schedule.rows_per_epoch={rows}"])
