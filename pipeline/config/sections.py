@@ -17,6 +17,16 @@ REGIMES = ("fixed_pool", "on_the_fly", "none")
 """`data.augment`: the augmentation regimes the data sampler runs (pipeline/data/sampler.py)."""
 PROTOCOLS = ("act", "fixed_depth")
 """`eval.protocol`: ACT halting, or a fixed number of supervision steps."""
+DEFAULT_STEPS = 1000
+"""`schedule.steps` when neither it nor `schedule.epochs` is given."""
+
+
+def epochs_to_steps(epochs: int, rows_per_epoch: int, global_batch: int) -> int:
+    """Optimiser steps of `epochs` epochs of `rows_per_epoch` rows at `global_batch` rows per
+    step: truncated, as the official trainer's int(...), and at least 1."""
+    return max(1, epochs * rows_per_epoch // global_batch)
+
+
 Fraction = Annotated[Float, Field(gt=0, lt=1)]
 """A number in (0, 1)."""
 
@@ -91,19 +101,42 @@ class DataConfig(StrictConfig):
 class ScheduleConfig(StrictConfig):
     """How long to train and how often to print progress."""
 
-    steps: int = Field(1000, gt=0)
-    """Total optimiser steps (one per ACT step: deep supervision); replaced by `epochs` when
-    that is set."""
+    steps: int | None = Field(None, gt=0)
+    """Total optimiser steps (one per ACT step: deep supervision); null = 1000 unless `epochs`
+    is given. Give `steps` or `epochs`, not both."""
     epochs: int = Field(0, ge=0)
-    """Train this many epochs instead (0 = use `steps`): steps = int(epochs x rows per epoch /
-    data.global_batch_size), the official trainer's conversion, with the training split's real
-    rows per epoch (one variant of every puzzle group, `pipeline.data.sampler`); the run prints
-    and logs the steps it trains (`pipeline.training.schedule`)."""
+    """Train this many epochs instead of `steps` (0 = train by `steps`). An epoch is one pass
+    over the puzzle groups, one variant of each with all its examples, as the official loader
+    samples; the run converts it once, when it starts, to steps = int(epochs x rows per epoch /
+    data.global_batch_size) with the training split's real rows per epoch, and prints and logs
+    both (`pipeline.training.schedule`)."""
+    rows_per_epoch: int = Field(0, ge=0)
+    """Written by the run when it converts `epochs` (not a setting): the training rows one
+    epoch reads, from the dataset; with it, `steps` holds the converted count. A config built
+    in code is converted by `pipeline.training.schedule.with_epoch_steps`."""
     log_every: int = Field(50, gt=0)
     """Steps between progress lines and logged training metrics."""
     report_every: int = Field(0, ge=0)
     """Steps between metric reports to Ray (what Tune schedulers see); 0 = at evaluations only.
     A report is a barrier across workers, so keep it sparse in worker groups."""
+
+    @model_validator(mode="after")
+    def _check(self) -> ScheduleConfig:
+        written = "is written by the run, with schedule.steps, when it converts schedule.epochs"
+        if not self.epochs:
+            require(self.rows_per_epoch == 0, "rows_per_epoch", f"{written}; remove it")
+            if self.steps is None:
+                self.steps = DEFAULT_STEPS
+            return self
+        require(
+            self.steps is None or self.rows_per_epoch > 0,
+            "steps",
+            f"cannot be given with schedule.epochs ({self.epochs}), its alternative: set "
+            "schedule.epochs=0 to train by steps, or schedule.steps=null to train by epochs",
+        )
+        require(self.steps is not None or self.rows_per_epoch == 0, "rows_per_epoch",
+                f"{written}; remove it")  # fmt: skip
+        return self
 
 
 class EvalConfig(StrictConfig):

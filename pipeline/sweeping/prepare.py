@@ -119,13 +119,14 @@ def check_durable(base: RunConfig, exp_path: str) -> None:
 
 
 def with_epoch_steps(sweep: SweepConfig, base: RunConfig) -> tuple[SweepConfig, RunConfig]:
-    """A base trained by `schedule.epochs`: its steps from the built dataset, set in the sweep
-    too, so ASHA, the budget and the summary count the steps the trials will train
-    (`pipeline.training.schedule`). The space may then not vary the data or the schedule."""
+    """A base trained by `schedule.epochs`: converted once, here, from the built dataset
+    (`pipeline.training.schedule`), and set in the sweep too, so ASHA, the budget, the summary
+    and every trial count the steps the trials will train. The space may then not vary the
+    data or the schedule."""
     from pipeline.config.run import ConfigError
     from pipeline.training.schedule import with_epoch_steps as convert
 
-    if not base.schedule.epochs:
+    if not base.schedule.epochs or base.schedule.rows_per_epoch:
         return sweep, base
     varied = [n for d in sweep.domains.values() for n in d.names
               if n.startswith(("data.", "schedule."))]  # fmt: skip
@@ -134,7 +135,8 @@ def with_epoch_steps(sweep: SweepConfig, base: RunConfig) -> tuple[SweepConfig, 
             f"base.schedule.epochs: the space varies {', '.join(varied)}, which changes the steps "
             "an epoch is; give schedule.steps instead"
         )
-    base, line = convert(base)
-    print(f"[sweep] {line}", flush=True)
-    b = {**sweep.base, "schedule": {**sweep.base.get("schedule", {}), "steps": base.schedule.steps}}
+    base = convert(base, lambda line: print(f"[sweep] {line}", flush=True))
+    sch = base.schedule
+    b = {**sweep.base, "schedule": {**sweep.base.get("schedule", {}), "steps": sch.steps,
+                                    "rows_per_epoch": sch.rows_per_epoch}}  # fmt: skip
     return SweepConfig.from_dict({**sweep.to_dict(), "base": b}), base

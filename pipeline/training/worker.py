@@ -105,10 +105,12 @@ def train_loop(cfg: RunConfig, info: RunInfo, session: Session) -> dict[str, flo
         raise ConfigError(
             f"resources.num_workers is {cfg.resources.num_workers} but {world} workers run"
         )
+    if cfg.schedule.steps is None:  # the driver converts (pipeline.training.schedule)
+        raise ConfigError(
+            f"schedule.epochs {cfg.schedule.epochs} reached a worker unconverted: convert it "
+            "on the driver with pipeline.training.schedule.with_epoch_steps"
+        )
     meta = cached_meta(cfg.data.uri)  # the driver of an in-process trial read it already
-    cfg, epochs_line = with_epoch_steps(cfg)
-    if epochs_line and rank == 0:
-        session.say(f"[{info.name}] {epochs_line}")
     mcfg = cfg.resolve(meta)
     state = TrainState.create(cfg, mcfg, rank, device)
     if session.resume_dir is not None:
@@ -456,6 +458,7 @@ def run_in_process(
     """
     if cfg.resources.num_workers != 1:
         cfg = cfg.with_overrides(["resources.num_workers=1"])
+    cfg = with_epoch_steps(cfg)  # this process is the driver (nothing to do when converted)
     with contextlib.ExitStack() as stack:
         if report is None:
             store = Path(cfg.checkpoint.storage_path) / info.name
