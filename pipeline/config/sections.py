@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from pipeline.config.fields import ConfigError, Float, StrictConfig, require
+from pipeline.config.metric_names import check_metric
 from trm.model import SELECTS
 
 COMPILE_SCOPES = ("off", "blocks", "model")
@@ -202,6 +203,8 @@ class CheckpointConfig(StrictConfig):
             "metric",
             f"must name an eval metric such as 'eval/exact_accuracy', got {self.metric!r}",
         )
+        problem = check_metric(self.metric, "eval/")
+        require(not problem, "metric", problem)
         return self
 
 
