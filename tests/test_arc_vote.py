@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.config.run import ConfigError, RunConfig
+from pipeline.config.run import ConfigError
 from pipeline.data import ShardStream, build_arc, read_meta
 from pipeline.evaluation.arc_vote import ArcVoting, grid_hash, merge, pass_at_k, vote_table
 from pipeline.evaluation.evaluator import evaluate
@@ -317,23 +317,19 @@ def test_two_ranks_gather_to_rank_0_and_report_the_same(arc_data):
 def test_tiny_arc_run_logs_pass_at_k(arc_data, tmp_path):
     """A real run (one process, MLflow in sqlite) on the on-the-fly dataset; eval.max_examples
     cuts the 3 x 8 variant rows to 12, so only 2 of the 3 test inputs get votes."""
+    from tiny_run import tiny_run
+
+    from pipeline.config.metric_names import known_metric
     from pipeline.tracking.tracker import find_run, read_run
     from pipeline.train import run_info
     from pipeline.training.preflight import preflight
     from pipeline.training.worker import LocalCheckpoints, run_in_process
 
     storage, db = str(tmp_path / "runs"), f"sqlite:///{tmp_path / 'mlflow.db'}"
-    cfg = RunConfig.from_dict({
-        "name": "arc-tiny",
-        "model": {"hidden_size": 16, "num_heads": 2, "expansion": 1.0, "L_layers": 1,
-                  "H_cycles": 1, "L_cycles": 1, "puzzle_emb_ndim": 16, "puzzle_emb_len": 1,
-                  "halt_max_steps": 2},
-        "data": {"uri": arc_data["fly"], "global_batch_size": 8},
-        "schedule": {"steps": 2, "log_every": 1},
-        "eval": {"every": 2, "max_examples": 12, "depth_steps": 2, "num_pictures": 0},
-        "checkpoint": {"every": 2, "storage_path": storage},
-        "tracking": {"experiment": "trm-arc", "uri": db},
-    })  # fmt: skip
+    cfg = tiny_run(arc_data["fly"], storage, "name=arc-tiny", "data.global_batch_size=8",
+                   "schedule.steps=2", "eval.every=2", "eval.max_examples=12",
+                   "eval.depth_steps=2", "checkpoint.every=2", "tracking.experiment=trm-arc",
+                   tracking_uri=db)  # fmt: skip
     preflight(cfg, storage, cluster=False)
     final = run_in_process(
         cfg, run_info(cfg, "arc-tiny", storage), report=LocalCheckpoints(tmp_path / "r")
@@ -341,6 +337,7 @@ def test_tiny_arc_run_logs_pass_at_k(arc_data, tmp_path):
     assert final["eval/count"] == 12
     assert (final["eval/arc_tasks"], final["eval/arc_test_inputs"]) == (2, 3)
     assert final["eval/arc_test_inputs_voted"] == 2
+    assert [k for k in final if k.startswith("eval/") and not known_metric(k)] == []
     metrics = read_run(db, find_run(db, "trm-arc", f"{storage}/arc-tiny"))["metrics"]
     for name in (
         "eval/arc_pass_at_1",

@@ -101,6 +101,8 @@ def test_fractional_gpus_only_for_one_worker_or_without_gpus():
         (BASE, ["checkpoint.mode=best"], "checkpoint.mode: must be one of max, min, got 'best'"),
         (BASE, ["checkpoint.metric=train/loss"],
          "checkpoint.metric: must name an eval metric such as 'eval/exact_accuracy', got 'train/loss'"),
+        (BASE, ["checkpoint.metric=eval/exact"],
+         "checkpoint.metric: 'eval/exact' is not a metric runs report; use one of eval/count, "),
         (BASE, ["resources.cpus_per_worker=0"], "resources.cpus_per_worker: must be a number > 0, got 0"),
         (BASE, ["name=has space"], "name: must be a non-empty string of letters"),
         ({"model": {}}, [], "data.uri: is required"),

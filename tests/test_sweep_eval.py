@@ -51,7 +51,7 @@ def eval_sweep(uri: str, space: dict, **base) -> dict:
         ({"space": {"eval.protocol": {"grid": ["act", "fixed_depth"]}},
           "search": {"metric": "eval/fixed_depth/mode_exact_accuracy"}},
          "eval/fixed_depth/mode_exact_accuracy is reported by protocol fixed_depth only"),
-        ({"search": {"metric": "eval/fixed_depth/best_q"}}, "is not a metric trials report"),
+        ({"search": {"metric": "eval/fixed_depth/best_q"}}, "is not a metric runs report"),
         ({"checkpoint": ""}, "mode: evaluate needs the checkpoint"),
         ({"mode": "infer"}, "mode: must be one of"),
         ({"scheduler": {"type": "asha"}}, "has no training to stop early"),

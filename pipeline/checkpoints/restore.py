@@ -68,11 +68,7 @@ def restore(
     state = ckpt.load(chosen[1], ckpt.TRAINER_FILE)
     mcfg = TRMConfig.from_dict(state["model_config"])
     model = TRM(mcfg)
-    model.load_state_dict(state["model"])
-    if state.get("ema") is not None:
-        ema = EMA(model, state["ema"]["decay"])
-        ema.load_state_dict(state["ema"])
-        ema.copy_to(model)
+    model.load_state_dict(EMA.fold(state["model"], state.get("ema")))
     return Restored(
         model=model.to(device).eval(),
         config=RunConfig.from_dict(state["config"]),

@@ -10,12 +10,12 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from pipeline.config.fields import ConfigError, Float, StrictConfig, require
+from pipeline.config.metric_names import PROTOCOLS, check_metric
 from trm.model import SELECTS
 
 COMPILE_SCOPES = ("off", "blocks", "model")
 REGIMES = ("fixed_pool", "on_the_fly", "none")
 """`data.augment`: the augmentation regimes the data sampler runs (pipeline/data/sampler.py)."""
-PROTOCOLS = ("act", "fixed_depth")
 """`eval.protocol`: ACT halting, or a fixed number of supervision steps."""
 DEFAULT_STEPS = 1000
 """`schedule.steps` when neither it nor `schedule.epochs` is given."""
@@ -254,6 +254,8 @@ class CheckpointConfig(StrictConfig):
             "metric",
             f"must name an eval metric such as 'eval/exact_accuracy', got {self.metric!r}",
         )
+        problem = check_metric(self.metric, "eval/")
+        require(not problem, "metric", problem)
         return self
 
 

@@ -57,6 +57,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipeline.config.metric_names import ARC_COUNTS, ARC_PASS_AT, ARC_POOLED_PASS_AT, metric_name
 from pipeline.config.run import ConfigError
 from pipeline.training import distributed
 from trm.puzzles import arc
@@ -67,7 +68,6 @@ Frame = tuple[str, int, np.ndarray]
 Table = dict[tuple[str, bytes], tuple[bytes, dict[bytes, list[float]]]]
 """(task, input grid hash) -> (label grid hash, {predicted grid hash: [votes, sum sigmoid(q)]})."""
 CHUNK = 1024  # records cropped at once (vectorised; ~22 MB of int64 canvases)
-COUNTS = ("eval/arc_tasks", "eval/arc_test_inputs", "eval/arc_test_inputs_voted")
 
 
 def grid_hash(grid: np.ndarray) -> bytes:
@@ -135,12 +135,12 @@ def pass_at_k(table: Table, test_inputs: dict[str, int], ks: list[int]) -> dict[
             solved[k][task] += label in ranked[:k]
     assert all(voted[t] <= n for t, n in tasks.items()), "more test inputs voted than exist"
     out = {
-        f"eval/arc_pass_at_{k}": sum(solved[k][t] / n for t, n in tasks.items())
+        metric_name(ARC_PASS_AT, k=k): sum(solved[k][t] / n for t, n in tasks.items())
         / max(len(tasks), 1)
         for k in ks
     }
     counts = (len(tasks), sum(tasks.values()), sum(voted.values()))
-    out.update({name: float(c) for name, c in zip(COUNTS, counts)})
+    out.update({name: float(c) for name, c in zip(ARC_COUNTS, counts)})
     return out
 
 
@@ -210,16 +210,16 @@ class ArcVoting:
         A collective: every rank calls it at the same point."""
         parts = distributed.gather_to_main(vote_table(records, self.frame_of))
         if parts is None:  # not rank 0: its numbers arrive in the all-reduce
-            names = [f"eval/arc_pass_at_{k}" for k in self.pass_ks] + list(COUNTS)
+            names = [metric_name(ARC_PASS_AT, k=k) for k in self.pass_ks] + list(ARC_COUNTS)
             if self.aggregate:
-                names += [f"eval/arc_pooled_pass_at_{k}" for k in self.pass_ks]
+                names += [metric_name(ARC_POOLED_PASS_AT, k=k) for k in self.pass_ks]
             return distributed.sum_across_ranks(dict.fromkeys(names, 0.0), device)
         table = merge(parts)
         out = pass_at_k(table, self.test_inputs, self.pass_ks)
         if self.aggregate:
             self.pool = merge([self.pool, table])
             pooled = pass_at_k(self.pool, self.test_inputs, self.pass_ks)
-            out.update({f"eval/arc_pooled_pass_at_{k}": pooled[f"eval/arc_pass_at_{k}"]
+            out.update({metric_name(ARC_POOLED_PASS_AT, k=k): pooled[metric_name(ARC_PASS_AT, k=k)]
                         for k in self.pass_ks})  # fmt: skip
         return distributed.sum_across_ranks(out, device)
 

@@ -45,6 +45,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipeline.config.metric_names import (
+    EVAL_SECONDS,
+    EXACT_ACCURACY_AT,
+    metric_name,
+    tau_name,
+)
 from pipeline.config.run import RunConfig
 from pipeline.evaluation.figures import depth_curve_figure, halt_curve_figure, refinement_figure
 from pipeline.tasks import task_of
@@ -69,11 +75,6 @@ class EvalSums:
         out = dict(self.sums)
         out.update({f"depth_{k + 1}": v for k, v in enumerate(self.depth)})
         return out
-
-
-def tau_name(tau: float) -> str:
-    """How a halting threshold appears in metric names: 0.5 -> 'halt_tau_0.5'."""
-    return f"halt_tau_{tau:g}"
 
 
 @torch.no_grad()
@@ -202,22 +203,6 @@ def _keep_examples(
         )
 
 
-EVAL_METRICS = (
-    "eval/count",
-    "eval/exact_accuracy",
-    "eval/accuracy",
-    "eval/q_halt_accuracy",
-    "eval/steps",
-    "eval/exact_accuracy_at_halt",
-    "eval/flops_per_example",
-    "eval/inference_flops_per_example",
-)
-"""The fixed names an evaluation reports (`finish`; `pipeline.evaluation.trajectories` reports a
-subset plus eval/inference_flops_per_example and its protocol-named TRAJECTORY_METRICS); a sweep
-may rank trials by any of them. Names with a number in them (eval/halt_tau_<tau>/...,
-eval/exact_accuracy_at_<k>, eval/arc_pass_at_<k>) come on top."""
-
-
 def finish(sums: dict[str, float], halt_max_steps: int) -> tuple[dict[str, float], list[float]]:
     """All-rank sums -> (eval/* metrics, depth curve)."""
     n = max(sums.get("count", 0.0), 1.0)
@@ -236,7 +221,7 @@ def finish(sums: dict[str, float], halt_max_steps: int) -> tuple[dict[str, float
     }
     metrics.update({f"eval/{k}": v / n for k, v in sums.items() if k.startswith("halt_tau_")})
     if curve:
-        metrics[f"eval/exact_accuracy_at_{len(curve)}"] = curve[-1]
+        metrics[metric_name(EXACT_ACCURACY_AT, k=len(curve))] = curve[-1]
     return metrics, curve
 
 
@@ -312,7 +297,7 @@ class Evaluator:
         metrics, curve = finish(sums, self.halt_max_steps)
         if voting is not None:  # pass@K from the same rollout's predictions
             metrics.update(voting.metrics(res.predictions, self.device))
-        metrics["eval/seconds"] = time.perf_counter() - t_eval
+        metrics[EVAL_SECONDS] = time.perf_counter() - t_eval
         self.last_curve = curve
         if self.rank == 0:
             self._log(metrics, curve, res.pictures, step)

@@ -35,21 +35,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipeline.config.metric_names import INFERENCE_FLOPS, RULES, rule_metric
 from pipeline.config.run import RunConfig
-from pipeline.config.sections import PROTOCOLS, EvalConfig
+from pipeline.config.sections import EvalConfig
 
 IGNORE = -100
-RULES = ("best_q", "mode", "pass_at_k")
-"""The answers read off one set of K trajectories: best-Q@K, mode@K, pass@K (oracle)."""
-
-
-def rule_metric(protocol: str, rule: str) -> str:
-    """The metric name of `rule` under `protocol`: 'eval/fixed_depth/best_q_exact_accuracy'."""
-    return f"eval/{protocol}/{rule}_exact_accuracy"
-
-
-TRAJECTORY_METRICS = tuple(rule_metric(p, r) for p in PROTOCOLS for r in RULES)
-"""Every protocol-named metric `evaluate_test_time` may report (a sweep may rank by them)."""
 
 
 @torch.no_grad()
@@ -106,9 +96,7 @@ def evaluate_trajectories(
         "eval/accuracy": sums["accuracy"] / n,
         **{rule_metric(e.protocol, r): sums[r] / n for r in RULES},
         "eval/steps": steps,
-        "eval/inference_flops_per_example": (
-            inference_flops(model.config, steps, K) if sums["count"] else 0.0
-        ),
+        INFERENCE_FLOPS: inference_flops(model.config, steps, K) if sums["count"] else 0.0,
         "eval/count": sums["count"],
     }
 

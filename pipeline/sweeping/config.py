@@ -49,13 +49,11 @@ from pipeline.config.fields import (
     check_name,
     require,
 )
+from pipeline.config.metric_names import check_metric
 from pipeline.config.run import RunConfig
 from pipeline.config.sections import PROTOCOLS
-from pipeline.evaluation.evaluator import EVAL_METRICS
-from pipeline.evaluation.trajectories import TRAJECTORY_METRICS
 from pipeline.sweeping.dataset import check_builder_args
 from pipeline.sweeping.space import Domain, check_field, trial_config
-from pipeline.training.metrics import TRAIN_METRICS
 
 ALGORITHMS = ("grid", "random", "optuna")
 MODES = ("train", "evaluate")
@@ -100,14 +98,8 @@ class SearchConfig(StrictConfig):
 
     @model_validator(mode="after")
     def _check(self) -> SearchConfig:
-        require(
-            known_metric(self.metric),
-            "metric",
-            f"{self.metric!r} is not a metric trials report; use one of "
-            f"{', '.join(EVAL_METRICS + TRAJECTORY_METRICS + TRAIN_METRICS)} (or "
-            "eval/arc_pass_at_K on ARC, eval/halt_tau_<tau>/exact_accuracy, "
-            "eval/exact_accuracy_at_<k>)",
-        )
+        problem = check_metric(self.metric)
+        require(not problem, "metric", problem)
         return self
 
 
@@ -437,21 +429,6 @@ def expand_env(value: Any, where: str = "") -> Any:
         return default
 
     return _ENV_REF.sub(sub, value)
-
-
-_PATTERN_METRICS = re.compile(
-    # the names with a number in them that an evaluation reports (see EVAL_METRICS)
-    r"eval/arc_(pooled_)?pass_at_\d+|eval/halt_tau_[0-9.]+/(steps|exact_accuracy)|eval/exact_accuracy_at_\d+"
-)
-
-
-def known_metric(name: Any) -> bool:
-    """A metric trials report: the fixed names (the test-time protocol-named ones included),
-    ARC pass@K and the halting-threshold curve."""
-    if not isinstance(name, str):
-        return False
-    fixed = EVAL_METRICS + TRAJECTORY_METRICS + TRAIN_METRICS
-    return name in fixed or bool(_PATTERN_METRICS.fullmatch(name))
 
 
 def effective_depth(model: dict[str, Any]) -> int:

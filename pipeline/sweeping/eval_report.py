@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from pipeline.evaluation.trajectories import RULES, rule_metric
+from pipeline.config.metric_names import RULES, rule_metric
 from pipeline.sweeping.config import EVAL_MODE_FIELDS, SweepConfig
 from pipeline.sweeping.plots import pareto_figure
 from pipeline.sweeping.report import SweepOutcome

@@ -20,7 +20,7 @@ where the loop runs:
 evaluation step, every `schedule.report_every` steps (if set), and at each checkpoint step with
 checkpoint_dir = a temp directory holding this rank's files (deleted after `report` returns).
 `metrics` holds `step`, `epoch`, the `train/*` metrics of the last logging interval and the
-latest `eval/*` metrics: see `pipeline.training.metrics.METRICS` and `pipeline/evaluation/evaluator.py`. Console
+latest `eval/*` metrics: every name is in `pipeline.config.metric_names`. Console
 lines and MLflow step metrics come every `schedule.log_every` steps, independently of reports.
 
 Resume is exact: the checkpoint holds the model, optimisers, EMA, step, data position
