@@ -45,9 +45,10 @@ checkpoint ties with the evaluation's own checkpoint, and Ray Train keeps the la
 scores: the checkpoint holding the run's best evaluation would be deleted."""
 
 
-def score(report: dict[str, Any], metric: str, mode: str) -> float:
-    """`SCORE` of a checkpoint reported with `report` (its `report.json`)."""
-    value = report.get(metric)
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    return -math.inf if mode == "max" else math.inf
+def scored(metrics: dict[str, Any], report: dict[str, Any], ck: dict[str, Any]) -> dict:
+    """`metrics` with the `SCORE` of a checkpoint whose `report.json` is `report`, ranked by
+    the checkpoint section `ck` (its `metric` and `mode`)."""
+    value = report.get(ck["metric"])
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        value = -math.inf if ck["mode"] == "max" else math.inf
+    return {**metrics, SCORE: float(value)}

@@ -18,7 +18,9 @@ where the loop runs:
 
 `report(metrics, checkpoint_dir)` is called by every rank at the same steps: at each
 evaluation step, every `schedule.report_every` steps (if set), and at each checkpoint step with
-checkpoint_dir = a temp directory holding this rank's files (deleted after `report` returns).
+checkpoint_dir = a temp directory holding this rank's files (deleted after `report` returns);
+a checkpoint's metrics also hold `checkpoint_score`, what Ray Train's retention ranks it by
+(`pipeline.checkpoints.clock.SCORE`).
 `metrics` holds `step`, `epoch`, the `train/*` metrics of the last logging interval and the
 latest `eval/*` metrics: see `pipeline.training.metrics.METRICS` and `pipeline/evaluation/evaluator.py`. Console
 lines and MLflow step metrics come every `schedule.log_every` steps, independently of reports.
@@ -48,7 +50,7 @@ import torch
 
 import trm
 from pipeline.checkpoints import store as ckpt
-from pipeline.checkpoints.clock import SCORE, CheckpointClock, score, unranked
+from pipeline.checkpoints.clock import CheckpointClock, scored, unranked
 from pipeline.config.run import ConfigError, RunConfig, flatten
 from pipeline.evaluation.evaluator import Evaluator
 from pipeline.tasks import adopt_tasks, carried_tasks
@@ -190,13 +192,7 @@ def _checkpoint(state: TrainState, session: Session, saved_with: dict[str, Any],
             ckpt.write_report(d, report)
             if unsent:
                 ckpt.write_unsent(d, unsent)
-        session.report(_scored(metrics, report, saved_with["config"]["checkpoint"]), d)
-
-
-def _scored(metrics: dict[str, Any], report: dict[str, Any], ck: dict[str, Any]) -> dict:
-    """`metrics` with the `clock.SCORE` of a checkpoint whose report is `report`, ranked by
-    the checkpoint section `ck` (its `metric` and `mode`)."""
-    return {**metrics, SCORE: score(report, ck["metric"], ck["mode"])}
+        session.report(scored(metrics, report, saved_with["config"]["checkpoint"]), d)
 
 
 def _report_again(session: Session, metrics: dict[str, Any], ck: dict[str, Any]) -> None:
@@ -210,7 +206,7 @@ def _report_again(session: Session, metrics: dict[str, Any], ck: dict[str, Any])
         return
     with tempfile.TemporaryDirectory(prefix="trm-ckpt-") as d:
         shutil.copytree(session.resume_dir, d, dirs_exist_ok=True)
-        session.report(_scored(metrics, metrics, ck), d)
+        session.report(scored(metrics, metrics, ck), d)
 
 
 def _finish_on_error(tracker: Any, e: BaseException) -> None:
