@@ -21,6 +21,7 @@ a changed model or batch size is refused before any worker starts (`--fresh` sta
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -143,11 +144,7 @@ def run_training(
 
         tags = {"checkpoint.final": checkpoint_uri(result.checkpoint)}
         if result.best_checkpoints:
-            sign = 1 if cfg.checkpoint.mode == "max" else -1
-            best = max(
-                result.best_checkpoints,
-                key=lambda cm: sign * float(cm[1].get(cfg.checkpoint.metric, float("-inf") * sign)),
-            )
+            best = max(result.best_checkpoints, key=lambda cm: _rank(cm[1], cfg.checkpoint.mode))
             tags["checkpoint.best"] = checkpoint_uri(best[0])
         uri = resolve_tracking_uri(cfg.tracking.uri)
         run_id = tag_run(uri, cfg.tracking.experiment, f"{storage_path}/{name}", tags)
@@ -155,6 +152,16 @@ def run_training(
         if run_id is not None:
             log_models(uri, run_id, {"final": result.checkpoint, "best": best_ckpt})
     return result
+
+
+def _rank(metrics: dict[str, Any], mode: str) -> tuple[float, int]:
+    """How a checkpoint reported with `metrics` ranks for `checkpoint.best`: by its
+    `clock.SCORE` (what Ray Train's retention kept it by), the earliest of equal scores, as
+    `retention.best_checkpoint` ranks a directory's checkpoints."""
+    from pipeline.checkpoints.clock import SCORE
+
+    value = float(metrics.get(SCORE, -math.inf if mode == "max" else math.inf))
+    return (value if mode == "max" else -value), -int(metrics.get("step", 0))
 
 
 def log_models(uri: str, run_id: str, checkpoints: dict[str, Any]) -> None:

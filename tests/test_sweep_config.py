@@ -117,6 +117,13 @@ def test_default_and_ablation_sweep_depth():
         ({"space": {"eval.every": {"grid": [8, 3]}}}, "must be a multiple of eval.every"),
         ({"space": {"resources.num_workers": {"grid": [1, 2]}}}, "cannot be swept: resources"),
         ({"space": {"name": {"grid": ["a", "b"]}}}, "cannot be swept"),
+        # a trial keeps the checkpoints best by the sweep's metric, so summary.json's best
+        # checkpoint holds the best value (tests/test_best_checkpoint.py)
+        ({"base/checkpoint/metric": "eval/accuracy"},
+         "base.checkpoint.metric: ('eval/accuracy') differs from search.metric"),
+        ({"base/checkpoint/mode": "min"}, "base.checkpoint.mode: ('min') differs from search.mode"),
+        ({"space": {"checkpoint.metric": {"grid": ["eval/accuracy"]}}},
+         "'checkpoint.metric' cannot be swept: a sweep ranks its trials' checkpoints"),
         ({"base/name": "x"}, "base.name: trial runs are named"),
         ({"dataset": {"builder": "sudoku", "sise": 4}}, "dataset.sise: build_sudoku takes no"),
         ({"dataset": {"builder": "chess"}}, "dataset.builder: must be one of"),

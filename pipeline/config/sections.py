@@ -233,8 +233,8 @@ class CheckpointConfig(StrictConfig):
     """Also checkpoint when this many wall-clock minutes have passed since the last checkpoint
     (0 = steps only), so a preempted run loses minutes rather than up to `every` steps. Rank 0's
     clock decides, for all ranks, at log steps (`schedule.log_every`). These checkpoints resume
-    a run but are not ranked: their report.json holds no eval metrics. (A multi-worker run's
-    Ray Train retention still ranks them by the last evaluation's scores, which Train needs.)"""
+    a run but are not ranked: their report.json holds no eval metrics, and Ray Train's retention
+    of a multi-worker run ranks them last (`pipeline.checkpoints.clock.SCORE`)."""
     num_to_keep: int = Field(2, ge=0)
     """Checkpoints kept (best by `metric`, the latest always kept); 0 = keep all."""
     metric: str = "eval/exact_accuracy"

@@ -217,6 +217,7 @@ class SweepConfig(StrictConfig):
             self._check_evaluate()
         else:
             self.base_config()  # the base alone must be a valid run config
+            self._check_ranking()
         self._domains = {key: Domain.parse(key, spec) for key, spec in self.space.items()}
         self._check_keys()
         if self.mode == "evaluate":
@@ -250,6 +251,21 @@ class SweepConfig(StrictConfig):
                 f"space[{key!r}]",
                 "search.algorithm 'optuna' cannot take a grid (it proposes every value "
                 "itself): write {choice: [...]} for it to choose among the values",
+            )
+
+    def _check_ranking(self) -> None:
+        """A base that ranks its checkpoints itself ranks them by the sweep's metric: the
+        evaluations that beat a trial's best are what is checkpointed and kept, so the
+        summary's best checkpoint holds its best value only when both rank alike."""
+        ck, s = self.base.get("checkpoint", {}), self.search
+        if not s.metric.startswith("eval/"):
+            return
+        for key, want in (("metric", s.metric), ("mode", s.mode)):
+            require(
+                key not in ck or ck[key] == want,
+                f"base.checkpoint.{key}",
+                f"({ck.get(key)!r}) differs from search.{key} ({want!r}): a sweep's trials keep "
+                f"the checkpoints best by the sweep's metric; remove it",
             )
 
     def _check_evaluate(self) -> None:

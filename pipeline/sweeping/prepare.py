@@ -23,7 +23,7 @@ DATA_KEY = "data.uri"
 
 def resolve(sweep: SweepConfig, exp_path: str) -> RunConfig:
     """The base as trials need it: local data paths absolute, trial storage under the
-    experiment, checkpoints ranked by the sweep's metric (unless the base ranks them itself),
+    experiment, checkpoints ranked by the sweep's metric (when it is an eval metric),
     the tracking URI resolved on the driver."""
     from pipeline.tracking.server import resolve_tracking_uri
 
@@ -31,8 +31,9 @@ def resolve(sweep: SweepConfig, exp_path: str) -> RunConfig:
     d["data"] = {**d.get("data", {}), "uri": absolute(d.get("data", {}).get("uri", ""))}
     d["checkpoint"] = {**d.get("checkpoint", {}), "storage_path": f"{exp_path}/{TRIALS_DIR}"}
     s = sweep.search
-    if s.metric.startswith("eval/") and "metric" not in d["checkpoint"]:
+    if s.metric.startswith("eval/"):
         # keep the checkpoints best by the sweep's metric: the best trial's best one is kept
+        # (a base ranking by another is refused, `SweepConfig._check_ranking`)
         d["checkpoint"].update(metric=s.metric, mode=s.mode)
     tracking = d.get("tracking", {})
     if tracking.get("enabled", True):
