@@ -1,8 +1,9 @@
 """Training-step speed and MFU of the paper's TRM configs, against the matmul peak of this run.
 
 One training ACT step = the model's forward through all cycles, backward through the last,
-the ACT loss, AdamATan2 on the weights and SignSGD on the puzzle table (`train_step`
-of pipeline/training/state.py without data). MFU = trm.flops train FLOPs/s divided by the matmul rate
+the ACT loss, AdamATan2 on the weights, SignSGD on the puzzle table and the EMA update: the
+worker's own `train_step` (pipeline/training/state.py) with the recipe's defaults, on a random
+batch (no data loading). MFU = trm.flops train FLOPs/s divided by the matmul rate
 measured in the same run: at a large square shape (probed between the timed steps, so both
 see the same machine) and at the model's own GEMM shapes.
 
@@ -46,12 +47,12 @@ from common import (
     timed,
 )
 
+from pipeline.config.run import RunConfig
 from pipeline.training.device import compile_model
-from trm import TRM, TRMConfig, flops
+from pipeline.training.state import TrainState, train_step
+from trm import TRMConfig, flops
 from trm.compat import official_config
-from trm.losses import act_loss
 from trm.model import swiglu_inner
-from trm.optim import AdamATan2, SignSGD
 
 ARCHS = ("sudoku_mlp", "sudoku_att", "maze")
 # tiny stand-ins of the same variants for --quick (a smoke run, not a measurement)
@@ -112,16 +113,16 @@ def model_gemms(cfg: TRMConfig, batch: int, chunk: int | None) -> list[Gemm]:
 
 
 class Trainer:
-    """A model, its optimisers and a random batch; `step()` is one training ACT step."""
+    """The worker's `TrainState` (model, AdamATan2, SignSGD, EMA) for the paper recipe and a
+    random batch; `step()` is one training ACT step: the worker's own `train_step`."""
 
     def __init__(self, cfg: TRMConfig, batch: int, device: torch.device, chunk: int | None,
                  compile_scope: str | None):  # fmt: skip
-        torch.manual_seed(0)
-        self.model = TRM(cfg).to(device).train()
-        self.model.batch_chunk = chunk
-        self.opt = AdamATan2(self.model.parameters(), lr=1e-4, betas=(0.9, 0.95),
-                             weight_decay=1.0)  # fmt: skip
-        self.sparse = SignSGD(self.model.puzzle_emb, lr=1e-4, weight_decay=1.0)
+        # the recipe's defaults; data.uri is never read (the batch is made here)
+        self.run = RunConfig.from_dict({"data": {"uri": "unused", "global_batch_size": batch},
+                                        "resources": {"batch_chunk": chunk or 0}})  # fmt: skip
+        self.state = TrainState.create(self.run, cfg, 0, device)
+        self.model = self.state.model.train()
         # the training loop's own setting (resources.compile)
         self.net = compile_model(self.model, self.model, compile_scope or "off")
         g = torch.Generator().manual_seed(1)
@@ -131,17 +132,9 @@ class Trainer:
             "labels": torch.randint(1, V, (batch, L), generator=g).to(device),
             "puzzle_identifiers": torch.zeros(batch, dtype=torch.long, device=device),
         }
-        self.carry = self.model.initial_carry(self.batch)
-        self.B = batch
 
     def step(self) -> None:
-        self.carry, out = self.net(self.carry, self.batch)
-        loss, _ = act_loss(out, self.carry)
-        (loss / self.B).backward()
-        self.opt.step()
-        self.sparse.step()
-        self.opt.zero_grad(set_to_none=True)
-        self.sparse.zero_grad()
+        train_step(self.state, self.net, self.batch, self.run)
 
 
 def profile_step(trainer: Trainer, device: torch.device, rows: int = 14) -> list[dict]:

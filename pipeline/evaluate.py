@@ -4,6 +4,7 @@
     python pipeline/evaluate.py runs/tiny/checkpoint_00000012 --data data/sudoku-4x4-other
     python pipeline/evaluate.py s3://bucket/runs/tiny --json --set eval.max_examples=0
     python pipeline/evaluate.py runs/tiny --mlflow                  # logged as a new MLflow run
+    python pipeline/evaluate.py runs/tiny --set eval.protocol=fixed_depth --set eval.trajectories=8
     python pipeline/evaluate.py runs/tiny --puzzle "1.3434.22.4343.1"  # Sudoku, '.' or '0' blank
 
 CHECKPOINT is a checkpoint directory (it holds `trainer.pt`), a run directory (its newest
@@ -26,6 +27,14 @@ curve; `--json` prints one JSON object keyed by the MLflow metric names (e.g.
 `--mlflow` logs them, with the depth and halting curves, as a new MLflow run (tracking URI:
 $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db, as training) in the training run's
 experiment, tagged `trm.source_run_id` (the training run) and `trm.checkpoint`.
+
+A test-time setting in `--set` (any of eval.protocol, depth, max_steps, trajectories,
+noise_std, select, halt_threshold other than its default) evaluates it instead, as an
+evaluate-mode sweep's trial does (pipeline/evaluation/trajectories.py): e.g. the Probabilistic
+TRM protocol, `--set eval.protocol=fixed_depth --set eval.depth=16 --set eval.trajectories=8
+--set eval.noise_std=0.2`, reports best-Q@K, mode@K and pass@K of the same 8 trajectories as
+`eval/fixed_depth/{best_q,mode,pass_at_k}_exact_accuracy`. With fixed_depth, one trajectory and
+no noise at depth halt_max_steps, `eval/exact_accuracy` is the ordinary evaluation's.
 
 `--puzzle` runs the model on one puzzle and prints its answer after each ACT step, marking
 the step where the model halts: the first step where `trm.model.should_halt` says stop at the
@@ -169,22 +178,26 @@ def evaluate_checkpoint(
 
 def is_test_time(e: Any) -> bool:
     """Whether the eval section asks for a test-time setting (a protocol, K trajectories, noise,
-    another step limit, threshold or selection) rather than the training run's evaluation."""
-    return (e.trajectories != 1 or e.noise_std != 0 or e.max_steps != 0
+    a step cap or depth, threshold or selection) rather than the training run's evaluation."""
+    return (e.trajectories != 1 or e.noise_std != 0 or e.max_steps != 0 or e.depth != 0
             or e.halt_threshold is not None or e.select != "q_halt"
             or e.protocol != "act")  # fmt: skip
 
 
 def _test_time_result(r, cfg, device, split, head, tracker, say) -> dict[str, Any]:
     """The test-time setting (protocol, K trajectories, ...), as an evaluate-mode sweep's trial
-    measures it (`pipeline.evaluation.evaluator.evaluate_test_time`)."""
-    from pipeline.evaluation.evaluator import evaluate_test_time
+    measures it (`pipeline.evaluation.trajectories.evaluate_test_time`)."""
+    from pipeline.evaluation.trajectories import evaluate_test_time
 
     e = cfg.eval
-    say(f"test-time setting: protocol={e.protocol} trajectories={e.trajectories} "
-        f"noise_std={e.noise_std} "
-        f"select={e.select} max_steps={e.max_steps or 'halt_max_steps'} "
-        f"halt_threshold={e.halt_threshold or 'the model' + chr(39) + 's'} seed={e.seed}")  # fmt: skip
+    steps = e.steps() or "halt_max_steps"
+    limit = (
+        f"depth={steps}"
+        if e.protocol == "fixed_depth"
+        else f"max_steps={steps} halt_threshold={e.halt_threshold or 'the model' + chr(39) + 's'}"
+    )
+    say(f"test-time setting: protocol={e.protocol} {limit} trajectories={e.trajectories} "
+        f"noise_std={e.noise_std} select={e.select} seed={e.seed}")  # fmt: skip
     try:
         result = {**head, **evaluate_test_time(r.model, cfg, device, split)}
     except BaseException:

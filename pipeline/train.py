@@ -21,6 +21,7 @@ a changed model or batch size is refused before any worker starts (`--fresh` sta
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -89,6 +90,7 @@ def build_trainer(
     storage_path = absolute(storage_path or cfg.checkpoint.storage_path)
     if check:
         preflight(cfg, storage_path, cluster=True)
+    cfg = with_epoch_steps(cfg)  # nothing to do when `main` (or a sweep) converted it
     info = run_info(cfg, name, storage_path, parent_run_id)
     use_gpu = decide_use_gpu(cfg, cluster_nodes())
     return TorchTrainer(
@@ -142,11 +144,7 @@ def run_training(
 
         tags = {"checkpoint.final": checkpoint_uri(result.checkpoint)}
         if result.best_checkpoints:
-            sign = 1 if cfg.checkpoint.mode == "max" else -1
-            best = max(
-                result.best_checkpoints,
-                key=lambda cm: sign * float(cm[1].get(cfg.checkpoint.metric, float("-inf") * sign)),
-            )
+            best = max(result.best_checkpoints, key=lambda cm: _rank(cm[1], cfg.checkpoint.mode))
             tags["checkpoint.best"] = checkpoint_uri(best[0])
         uri = resolve_tracking_uri(cfg.tracking.uri)
         run_id = tag_run(uri, cfg.tracking.experiment, f"{storage_path}/{name}", tags)
@@ -154,6 +152,16 @@ def run_training(
         if run_id is not None:
             log_models(uri, run_id, {"final": result.checkpoint, "best": best_ckpt})
     return result
+
+
+def _rank(metrics: dict[str, Any], mode: str) -> tuple[float, int]:
+    """How a checkpoint reported with `metrics` ranks for `checkpoint.best`: by its
+    `clock.SCORE` (what Ray Train's retention kept it by), the earliest of equal scores, as
+    `retention.best_checkpoint` ranks a directory's checkpoints."""
+    from pipeline.checkpoints.clock import SCORE
+
+    value = float(metrics.get(SCORE, -math.inf if mode == "max" else math.inf))
+    return (value if mode == "max" else -value), -int(metrics.get("step", 0))
 
 
 def log_models(uri: str, run_id: str, checkpoints: dict[str, Any]) -> None:
@@ -191,7 +199,7 @@ def run_local(cfg: RunConfig, *, name: str | None = None, storage_path: str | No
         raise ConfigError("--local keeps checkpoints on a local checkpoint.storage_path only")
     cfg = with_absolute_paths(cfg.with_overrides(["resources.num_workers=1"]))
     preflight(cfg, storage_path, cluster=False)
-    cfg = cfg.with_overrides([f"checkpoint.storage_path={storage_path}"])
+    cfg = with_epoch_steps(cfg.with_overrides([f"checkpoint.storage_path={storage_path}"]))
     info = run_info(cfg, name, storage_path)
     metrics = run_in_process(cfg, info)
     final = latest_local_checkpoint(Path(storage_path) / name)
@@ -264,10 +272,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             import yaml
 
             meta = preflight(cfg, storage, cluster=False)
-            cfg, epochs_line = with_epoch_steps(cfg)
+            cfg = with_epoch_steps(cfg, lambda line: print(f"# {line}"))
             print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
-            if epochs_line:
-                print(f"# {epochs_line}")
             print(f"# dataset: {meta.task}, seq_len {meta.seq_len}, vocab {meta.vocab_size}")
             print(f"# storage: {storage}/{cfg.name}")
             return 0
@@ -275,7 +281,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from pipeline.tracking.server import check_tracking, resolve_tracking_uri
 
             check_tracking(resolve_tracking_uri(cfg.tracking.uri))
-        _prepare_resume(cfg, storage, fresh=args.fresh)
+        cfg = _prepare_resume(cfg, storage, fresh=args.fresh)
         if args.local:
             metrics = run_local(cfg)
             print(_final_line(metrics, cfg))
@@ -301,9 +307,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _prepare_resume(cfg: RunConfig, storage: str, fresh: bool) -> None:
-    """`--fresh`: discard the run of this name; then refuse a resume that its checkpoints
-    cannot take (pipeline/checkpoints/resume.py)."""
+def _prepare_resume(cfg: RunConfig, storage: str, fresh: bool) -> RunConfig:
+    """`--fresh`: discard the run of this name; convert `schedule.epochs` to steps (once, here,
+    so the stored run config holds them); then refuse a resume that its checkpoints cannot
+    take (pipeline/checkpoints/resume.py). Returns the converted config."""
     from pipeline.checkpoints.resume import check_resume, discard_run, resolved
     from pipeline.training.preflight import check_dataset
 
@@ -316,7 +323,9 @@ def _prepare_resume(cfg: RunConfig, storage: str, fresh: bool) -> None:
 
             retire_run(resolve_tracking_uri(cfg.tracking.uri), cfg.tracking.experiment, run_dir)
     meta = check_dataset(cfg)
+    cfg = with_epoch_steps(cfg)
     check_resume(run_dir, resolved(cfg, cfg.resolve(meta).to_dict()))
+    return cfg
 
 
 def _print_mlflow_link(cfg: RunConfig) -> None:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.config.run import ConfigError, RunConfig
+from pipeline.config.run import ConfigError
 from pipeline.data import ShardStream, build_arc, read_meta
 from pipeline.evaluation.arc_vote import ArcVoting, grid_hash, merge, pass_at_k, vote_table
 from pipeline.evaluation.evaluator import evaluate
@@ -187,7 +187,7 @@ def test_on_the_fly_variants_are_rows_of_the_one_evaluation(arc_data):
     res = _records(uri, voting)
     assert res.sums["count"] == 3 * 8 == len(res.predictions)  # 3 test inputs x 8 variants
     assert {r["puzzle_identifier"] for r in res.predictions} == set(
-        arc.identifier(np.repeat([0, 1], 8), np.tile(np.arange(8), 2), 7).tolist()
+        voting.pools.identifier(np.repeat([0, 1], 8), np.tile(np.arange(8), 2)).tolist()
     )
     table = vote_table(res.predictions, voting.frame_of)
     originals = [("e1", GRIDS["e1"][0]), ("e1", GRIDS["e1"][1]), ("e2", GRIDS["e2"][0])]
@@ -248,6 +248,49 @@ def test_aggregation_across_evaluations_is_off_by_default(arc_data):
     assert "pooled across evaluations" in pooled.summary and "pooled" not in fresh.summary
 
 
+# Two evaluations of one run (same test inputs, later weights), hand-computed. pass@1 of
+# e1 alone, e2 alone and pooled; "q" = the q_halt logit of a vote.
+#   a1 (label LA1): e1 LA1 x2, H x1 | e2 H x2, LA1 x1 | pooled 3 : 3, tie -> mean
+#       sigmoid(q): LA1 (q 2) beats H (q 0)                   e1 yes, e2 no,  pooled yes
+#   a2 (label LA2): e1 W (q 5), LA2 (q -4) | e2 LA2 (q 3), W (q -3) | pooled 2 : 2, mean
+#       sigmoid(q): W (0.9933 + 0.0474) / 2 = 0.520 beats LA2 (0.0180 + 0.9526) / 2 = 0.485
+#                                                             e1 no,  e2 yes, pooled no
+#   b1 (label LB): e1 W1 (q 2), LB (q 0) | e2 W2 (q 2), LB (q 0) | pooled LB x2, W1, W2
+#                                                             e1 no,  e2 no,  pooled yes
+# Task C (2 inputs) never votes. pass@1 = e1 (1/2 + 0 + 0) / 3, e2 (1/2 + 0 + 0) / 3,
+# pooled (1/2 + 1 + 0) / 3: the pooled vote of the run differs from its last evaluation's.
+E1 = [
+    _record(1, "a1", "LA1", "LA1", 2.0), _record(2, "a1", "LA1", "LA1", 2.0),
+    _record(1, "a1", "LA1", "H", 0.0),
+    _record(1, "a2", "LA2", "W", 5.0), _record(2, "a2", "LA2", "LA2", -4.0),
+    _record(3, "b1", "LB", "W1", 2.0), _record(4, "b1", "LB", "LB", 0.0),
+]  # fmt: skip
+E2 = [
+    _record(2, "a1", "LA1", "H", 0.0), _record(1, "a1", "LA1", "H", 0.0),
+    _record(2, "a1", "LA1", "LA1", 2.0),
+    _record(2, "a2", "LA2", "LA2", 3.0), _record(1, "a2", "LA2", "W", -3.0),
+    _record(4, "b1", "LB", "W2", 2.0), _record(3, "b1", "LB", "LB", 0.0),
+]  # fmt: skip
+
+
+def test_pooled_votes_of_two_evaluations_hand_computed(arc_data):
+    uri = arc_data["fly"]
+    voting = ArcVoting(uri, read_meta(uri), pass_ks=[1, 2], aggregate=True)
+    voting.frame_of, voting.test_inputs = FRAMES.__getitem__, TEST_INPUTS  # the case above
+    first, last = voting.metrics(E1), voting.metrics(E2)
+    assert first["eval/arc_pass_at_1"] == pytest.approx(1 / 6)
+    assert first["eval/arc_pooled_pass_at_1"] == pytest.approx(1 / 6)  # a pool of e1 alone
+    assert last["eval/arc_pass_at_1"] == pytest.approx(1 / 6)  # e2's own vote
+    assert last["eval/arc_pooled_pass_at_1"] == pytest.approx(1 / 2)  # e1 and e2 pooled
+    # at k=2 every voted input's label is among the top two, alone (b1: W2 and LB) and
+    # pooled: A 2/2, B 1/1, C 0/2 -> 2/3
+    assert last["eval/arc_pass_at_2"] == last["eval/arc_pooled_pass_at_2"] == pytest.approx(2 / 3)
+    # the pool is e1 + e2 exactly: merging the two tables gives the same scores
+    both = pass_at_k(merge([vote_table(E1, FRAMES.__getitem__), vote_table(E2, FRAMES.__getitem__)]),
+                     TEST_INPUTS, [1, 2])  # fmt: skip
+    assert both["eval/arc_pass_at_1"] == last["eval/arc_pooled_pass_at_1"]
+
+
 def _rank(rank: int, port: int, uri: str, parts: list, out) -> None:
     import torch.distributed as dist
 
@@ -274,23 +317,19 @@ def test_two_ranks_gather_to_rank_0_and_report_the_same(arc_data):
 def test_tiny_arc_run_logs_pass_at_k(arc_data, tmp_path):
     """A real run (one process, MLflow in sqlite) on the on-the-fly dataset; eval.max_examples
     cuts the 3 x 8 variant rows to 12, so only 2 of the 3 test inputs get votes."""
+    from tiny_run import tiny_run
+
+    from pipeline.config.metric_names import known_metric
     from pipeline.tracking.tracker import find_run, read_run
     from pipeline.train import run_info
     from pipeline.training.preflight import preflight
     from pipeline.training.worker import LocalCheckpoints, run_in_process
 
     storage, db = str(tmp_path / "runs"), f"sqlite:///{tmp_path / 'mlflow.db'}"
-    cfg = RunConfig.from_dict({
-        "name": "arc-tiny",
-        "model": {"hidden_size": 16, "num_heads": 2, "expansion": 1.0, "L_layers": 1,
-                  "H_cycles": 1, "L_cycles": 1, "puzzle_emb_ndim": 16, "puzzle_emb_len": 1,
-                  "halt_max_steps": 2},
-        "data": {"uri": arc_data["fly"], "global_batch_size": 8},
-        "schedule": {"steps": 2, "log_every": 1},
-        "eval": {"every": 2, "max_examples": 12, "depth_steps": 2, "num_pictures": 0},
-        "checkpoint": {"every": 2, "storage_path": storage},
-        "tracking": {"experiment": "trm-arc", "uri": db},
-    })  # fmt: skip
+    cfg = tiny_run(arc_data["fly"], storage, "name=arc-tiny", "data.global_batch_size=8",
+                   "schedule.steps=2", "eval.every=2", "eval.max_examples=12",
+                   "eval.depth_steps=2", "checkpoint.every=2", "tracking.experiment=trm-arc",
+                   tracking_uri=db)  # fmt: skip
     preflight(cfg, storage, cluster=False)
     final = run_in_process(
         cfg, run_info(cfg, "arc-tiny", storage), report=LocalCheckpoints(tmp_path / "r")
@@ -298,6 +337,7 @@ def test_tiny_arc_run_logs_pass_at_k(arc_data, tmp_path):
     assert final["eval/count"] == 12
     assert (final["eval/arc_tasks"], final["eval/arc_test_inputs"]) == (2, 3)
     assert final["eval/arc_test_inputs_voted"] == 2
+    assert [k for k in final if k.startswith("eval/") and not known_metric(k)] == []
     metrics = read_run(db, find_run(db, "trm-arc", f"{storage}/arc-tiny"))["metrics"]
     for name in (
         "eval/arc_pass_at_1",

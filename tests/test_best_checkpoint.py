@@ -1,4 +1,4 @@
-""""Best" reproduces: an evaluation that beats the run's best ranking metric is checkpointed and
+"""`Best` reproduces: an evaluation that beats the run's best ranking metric is checkpointed and
 kept by retention, so evaluating the best checkpoint a sweep's summary (or the training CLI's
 `checkpoint.best` tag) names gives exactly the best value it reports.
 
@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from pipeline.evaluate import main as evaluate_main
@@ -52,10 +53,68 @@ def test_run_local_tags_the_checkpoint_of_its_best_evaluation(tmp_path, capsys):
     assert best_step < 12, history  # the case the cadence alone misses
     best = run["tags"]["checkpoint.best"]
     assert best.endswith(f"checkpoint_{best_step:08d}")
-    assert evaluate_json(best, capsys)["eval/accuracy"] == history[best_step]
+    evaluated = evaluate_json(best, capsys)
+    assert evaluated["eval/accuracy"] == history[best_step]
+    assert (
+        evaluated["eval/exact_accuracy"] == dict(run["metrics"]["eval/exact_accuracy"])[best_step]
+    )
     # retention kept the best and the latest, nothing else
     kept = sorted(p.name for p in (tmp_path / "runs" / "tiny").glob("checkpoint_*"))
     assert kept == sorted({f"checkpoint_{best_step:08d}", "checkpoint_00000012"})
+
+
+def test_worker_group_retention_keeps_the_best_over_later_time_based_checkpoints(tmp_path, capsys):
+    """A worker group's checkpoints are kept by Ray Train's own retention: fed every checkpoint
+    a run reports (its ranking rule, `checkpoint_config`, without a cluster), it keeps the best
+    evaluation's checkpoint through the time-based ones after it, which carry that
+    evaluation's scores, and `checkpoint.best`'s rule picks it; evaluating it gives the logged
+    value exactly. Ranked by the metric itself, equal scores keep the later checkpoint."""
+    import shutil
+
+    from ray.train import Checkpoint
+    from ray.train._internal.checkpoint_manager import _CheckpointManager
+    from ray.train._internal.session import _TrainingResult
+    from test_train import TINY
+
+    from pipeline.config.run import RunConfig
+    from pipeline.data import build_sudoku
+    from pipeline.train import _rank
+    from pipeline.training.cluster import checkpoint_config
+    from pipeline.training.worker import RunInfo, run_in_process
+
+    data = str(tmp_path / "sudoku4")
+    build_sudoku(data, size=4, num_train=256, num_test=32, seed=0, min_clues=10)
+    d = {**TINY, "data": {**TINY["data"], "uri": data},
+         "schedule": {"steps": 12, "log_every": 1},
+         "eval": {"every": 4, "max_examples": 0, "num_pictures": 0},
+         "checkpoint": {"every": 12, "num_to_keep": 1, "metric": "eval/accuracy", "mode": "min",
+                        "every_minutes": 1e-9},  # a time-based checkpoint at every log step
+         "tracking": {"enabled": False}}  # fmt: skip
+    cfg = RunConfig.from_dict(d)
+    manager = _CheckpointManager(checkpoint_config(cfg.checkpoint))
+    history: dict[int, dict] = {}
+
+    def report(metrics: dict, checkpoint_dir: str | None) -> None:
+        step = int(metrics["step"])
+        if step % 4 == 0:
+            history[step] = metrics
+        if checkpoint_dir is not None:
+            kept = shutil.copytree(checkpoint_dir, tmp_path / "ckpts" / f"checkpoint_{step:08d}")
+            manager.register_checkpoint(_TrainingResult(Checkpoint(str(kept)), dict(metrics)))
+
+    run_in_process(cfg, RunInfo("tiny", "tiny"), report=report, device=torch.device("cpu"))
+    scores = {s: m["eval/accuracy"] for s, m in history.items()}
+    best_step = min(scores, key=lambda s: (scores[s], s))
+    assert best_step < 12, scores  # time-based checkpoints follow it, with its scores
+    kept = sorted(p.name for p in (tmp_path / "ckpts").iterdir())
+    assert kept == sorted({f"checkpoint_{best_step:08d}", "checkpoint_00000012"}), kept
+    # what a run's result holds as best_checkpoints, ranked as `checkpoint.best` ranks them
+    kept = [(r.checkpoint, r.metrics) for r in manager.best_checkpoint_results]
+    best = max(kept, key=lambda cm: _rank(cm[1], cfg.checkpoint.mode))[0].path
+    assert best.endswith(f"checkpoint_{best_step:08d}")
+    evaluated = evaluate_json(best, capsys)
+    for key in ("eval/accuracy", "eval/exact_accuracy", "eval/q_halt_accuracy", "eval/steps"):
+        assert evaluated[key] == history[best_step][key], key
 
 
 @pytest.mark.slow

@@ -90,8 +90,8 @@ def test_fractional_gpus_only_for_one_worker_or_without_gpus():
         (BASE, ["optim.lr_min_ratio=2"], "optim.lr_min_ratio: must be a number in [0, 1], got 2"),
         (BASE, ["optim.loss_type=mse"], "optim.loss_type: must be one of stablemax, softmax, got 'mse'"),
         (BASE, ["optim.ema=maybe"], "optim.ema: must be true/false, got 'maybe'"),
-        (BASE, ["schedule.steps=0"], "schedule.steps: must be an integer > 0, got 0"),
-        (BASE, ["schedule.steps=1.5"], "schedule.steps: must be an integer > 0, got 1.5"),
+        (BASE, ["schedule.steps=0"], "schedule.steps: must be an integer > 0 or null, got 0"),
+        (BASE, ["schedule.steps=1.5"], "schedule.steps: must be an integer > 0 or null, got 1.5"),
         (BASE, ["model.hidden_size=-3"], "model.hidden_size: must be an integer > 0, got -3"),
         (BASE, ["model.num_heads=5"], "model.num_heads: (5) must divide hidden_size (64)"),
         (BASE, ["data.global_batch_size=10", "resources.num_workers=3"],
@@ -101,6 +101,8 @@ def test_fractional_gpus_only_for_one_worker_or_without_gpus():
         (BASE, ["checkpoint.mode=best"], "checkpoint.mode: must be one of max, min, got 'best'"),
         (BASE, ["checkpoint.metric=train/loss"],
          "checkpoint.metric: must name an eval metric such as 'eval/exact_accuracy', got 'train/loss'"),
+        (BASE, ["checkpoint.metric=eval/exact"],
+         "checkpoint.metric: 'eval/exact' is not a metric runs report; use one of eval/count, "),
         (BASE, ["resources.cpus_per_worker=0"], "resources.cpus_per_worker: must be a number > 0, got 0"),
         (BASE, ["name=has space"], "name: must be a non-empty string of letters"),
         ({"model": {}}, [], "data.uri: is required"),
@@ -117,7 +119,7 @@ def test_fractional_gpus_only_for_one_worker_or_without_gpus():
         (BASE, ["optim"], "override 'optim' must look like section.key=value"),
         (BASE, ["optim=3"], "optim: must be a mapping, got 3"),
         ({**BASE, "optim": {1: 2}}, [], "optim: keys must be strings, got 1"),
-        (BASE, ["schedule.steps=true"], "schedule.steps: must be an integer > 0, got True"),
+        (BASE, ["schedule.steps=true"], "schedule.steps: must be an integer > 0 or null, got True"),
     ],
 )  # fmt: skip
 def test_bad_values_name_the_field_and_the_problem(d, overrides, needle):

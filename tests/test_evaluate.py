@@ -118,29 +118,3 @@ def test_default_evaluation_costs_the_official_steps_and_depth_is_opt_in():
     assert deep["eval/flops_per_example"] == pytest.approx(2 * official)
     for key in ("eval/exact_accuracy", "eval/steps", "eval/exact_accuracy_at_halt"):
         assert deep[key] == m[key], key  # the headline metrics do not depend on the depth
-
-
-@pytest.mark.parametrize("select, exact", [("q_halt", 0.5), ("vote", 0.5)])
-def test_best_q_mode_and_pass_at_k_on_a_hand_made_case(select, exact):
-    """K=3 trajectories of two examples (labels [1, 1] and [2, 2]). Example 0: the right
-    answer has the highest q but is outvoted; example 1: the right answer wins the vote but
-    not the q. best-Q@3 and mode@3 each solve one, pass@3 (any trajectory right) both."""
-    from collections import defaultdict
-
-    from pipeline.evaluation.evaluator import _score_trajectories
-    from trm.model import Prediction
-
-    preds = torch.tensor([[1, 1], [0, 1], [0, 1], [2, 0], [2, 2], [2, 2]])
-    q = torch.tensor([0.9, 0.1, 0.2, 0.5, 0.1, 0.2])
-    steps = torch.full((6,), 4, dtype=torch.int32)
-    runs = Prediction(preds=preds, logits=torch.zeros(6, 2, 3), q_halt_logits=q, steps=steps,
-                      trajectory_steps=steps.view(2, 3))  # fmt: skip
-    labels = torch.tensor([[1, 1], [2, 2]]).repeat_interleave(3, 0)
-    sums: dict[str, float] = defaultdict(float)
-    _score_trajectories(sums, runs, labels, 3, select)
-    assert sums["count"] == 2 and sums["steps"] == 24
-    assert sums["best_q_exact_accuracy"] == 1 and sums["mode_exact_accuracy"] == 1
-    assert sums["pass_at_k_exact_accuracy"] == 2
-    assert sums["exact_accuracy"] / 2 == exact
-    # token accuracy of the selected answers: q_halt takes [1,1] and [2,0]; vote [0,1], [2,2]
-    assert sums["accuracy"] / 2 == 0.75

@@ -66,7 +66,7 @@ def test_a_test_time_setting_gives_what_the_evaluate_mode_sweep_measures(trained
     import torch
 
     from pipeline.checkpoints.restore import restore
-    from pipeline.evaluation.evaluator import evaluate_test_time
+    from pipeline.evaluation.trajectories import evaluate_test_time
 
     sets = ["eval.trajectories=3", "eval.noise_std=0.2", "eval.max_steps=4", "eval.seed=7"]
     p = command(str(trained["run_dir"]), "--json", *[a for s in sets for a in ("--set", s)],
@@ -95,7 +95,7 @@ def test_fixed_depth_with_one_trajectory_is_the_training_evaluation(trained):
     assert got["eval/accuracy"] == logged["eval/accuracy"][-1][1] > 0.3
     assert got["eval/steps"] == trained["cfg"].model.halt_max_steps
     for k in ("best_q", "mode", "pass_at_k"):  # one trajectory: every rule takes it
-        assert got[f"eval/{k}_exact_accuracy"] == want, k
+        assert got[f"eval/fixed_depth/{k}_exact_accuracy"] == want, k
 
 
 def test_fixed_depth_metrics_come_from_one_set_of_trajectories(trained):
@@ -109,12 +109,12 @@ def test_fixed_depth_metrics_come_from_one_set_of_trajectories(trained):
 
     from pipeline.checkpoints.restore import restore
     from pipeline.data.stream import ShardStream
-    from pipeline.evaluation.evaluator import evaluate_test_time
+    from pipeline.evaluation.trajectories import evaluate_test_time
     from trm import inference_flops
 
     K, D = 4, 5
     sets = ["eval.protocol=fixed_depth", f"eval.trajectories={K}", "eval.noise_std=0.5",
-            f"eval.max_steps={D}", "eval.seed=3", "eval.select=vote"]  # fmt: skip
+            f"eval.depth={D}", "eval.seed=3", "eval.select=vote"]  # fmt: skip
     with contextlib.ExitStack() as stack:
         r = restore(str(trained["run_dir"]), stack, say=lambda _: None)
         cfg = r.config.with_overrides([*sets, f"data.eval_batch_size={64 * K}"])
@@ -136,12 +136,12 @@ def test_fixed_depth_metrics_come_from_one_set_of_trajectories(trained):
         top = max(answers.count(a) for a in answers)
         k = max((k for k in range(K) if answers.count(answers[k]) == top), key=lambda k: q_BK[i, k])
         mode.append(bool(exact_BK[i, k]))
-    assert got["eval/best_q_exact_accuracy"] == pytest.approx(best_q, abs=1e-12)
-    assert got["eval/mode_exact_accuracy"] == pytest.approx(np.mean(mode), abs=1e-12)
-    assert got["eval/exact_accuracy"] == got["eval/mode_exact_accuracy"]  # select vote
-    assert got["eval/pass_at_k_exact_accuracy"] == pytest.approx(
-        exact_BK.any(1).float().mean().item(), abs=1e-12)  # fmt: skip
-    assert got["eval/pass_at_k_exact_accuracy"] >= max(best_q, np.mean(mode))
+    assert got["eval/fixed_depth/best_q_exact_accuracy"] == pytest.approx(best_q, abs=1e-12)
+    assert got["eval/fixed_depth/mode_exact_accuracy"] == pytest.approx(np.mean(mode), abs=1e-12)
+    assert got["eval/exact_accuracy"] == got["eval/fixed_depth/mode_exact_accuracy"]  # vote
+    pass_at_k = got["eval/fixed_depth/pass_at_k_exact_accuracy"]
+    assert pass_at_k == pytest.approx(exact_BK.any(1).float().mean().item(), abs=1e-12)
+    assert pass_at_k >= max(best_q, np.mean(mode))
     assert got["eval/steps"] == D  # a fixed depth: no trajectory halts early
     assert got["eval/inference_flops_per_example"] == inference_flops(r.model.config, D, K)
 
@@ -209,6 +209,7 @@ def sudoku6(tmp_path_factory) -> str:
         (["{run}", "--puzzle", "1.3......2....5."], "'5' at position 14"),
         (["{run}", "--set", "eval.nope=1"], "eval.nope"),
         (["{run}", "--set", "optim.lr=1"], "only eval.* keys"),
+        (["{run}", "--set", "eval.depth=4"], "eval.depth: is the depth of protocol fixed_depth"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(trained, sudoku6, tmp_path, capsys, args, says):

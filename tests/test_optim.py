@@ -159,6 +159,25 @@ def test_ema_skips_the_puzzle_table():
     assert set(ema.shadow) == {n for n, _ in model.named_parameters()}
 
 
+def test_ema_fold_gives_the_weights_of_averaged():
+    """A saved model state plus a saved EMA -> the state of `EMA.averaged` (the weights
+    evaluation uses), buffers from the model; what restore and log_model load."""
+    model = _table_model()
+    ema = EMA(model, decay=0.5)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+        model.puzzle_emb.weight.add_(2.0)
+    ema.update(model)
+    folded = EMA.fold(model.state_dict(), ema.state_dict())
+    expected = ema.averaged(model).state_dict()
+    assert folded.keys() == expected.keys()
+    assert all(torch.equal(folded[k], expected[k]) for k in expected)
+    assert EMA.fold(model.state_dict(), None).keys() == expected.keys()
+    with pytest.raises(ValueError, match="keys not in it: \\['nonesuch'\\]"):
+        EMA.fold(model.state_dict(), {"decay": 0.5, "shadow": {"nonesuch": torch.zeros(1)}})
+
+
 def test_lr_schedule():
     f = functools.partial(lr_lambda, warmup_steps=10, total_steps=110, min_ratio=0.1)
     assert f(0) == 0.0 and f(5) == 0.5 and f(10) == pytest.approx(1.0)

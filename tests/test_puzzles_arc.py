@@ -73,7 +73,22 @@ def test_variants_are_fixed_per_task_and_invertible():
         cm = np.r_[0, np.random.default_rng(t).permutation(9) + 1].astype(np.uint8)
         np.testing.assert_array_equal(A.inverse(A.apply(g, t, cm), t, cm), g)
         np.testing.assert_array_equal(A.apply(g, t, cm), dihedral_one(cm[g], t))
-    assert A.split_identifier(A.identifier(7, 13, 1000), 1000) == (7, 13)
+
+
+def test_pool_identifiers_number_the_distinct_variants_in_sequence():
+    pools = A.Pools([[0, 3, 4], [0], [0, 1, 5, 9]])
+    assert pools.first.tolist() == [1, 4, 5] and pools.num_identifiers == 1 + 3 + 1 + 4
+    base, j = np.repeat([0, 1, 2], [3, 1, 4]), np.r_[0:3, 0, 0:4]
+    pid = pools.identifier(base, j)
+    assert pid.tolist() == list(range(1, 9))  # every distinct variant, no gaps
+    b2, j2 = pools.split(pid)
+    assert b2.tolist() == base.tolist() and j2.tolist() == j.tolist()
+    with pytest.raises(ValueError, match="past the task's pool"):
+        pools.identifier(1, 1)
+    with pytest.raises(ValueError, match=r"1\.\.8"):
+        pools.split([9])
+    with pytest.raises(ValueError, match="original"):
+        A.Pools([[0, 2], [5]])
 
 
 def test_vectorised_augment_equals_the_per_grid_reference():
@@ -83,11 +98,11 @@ def test_vectorised_augment_equals_the_per_grid_reference():
     x = np.stack([A.encode(g) for g in gi])
     y = np.stack([A.encode(g) for g in go])
     base = rng.integers(0, 50, B)
-    pid = A.identifier(base, 0, 10)
-    keys = example_keys(0, 3, np.arange(B))
     pools = A.Pools([list(range(11))] * 50)  # pool index j = draw j
-    xa, ya, pa = A.augment(x, y, pid, keys, pools, num_aug=10, aug_seed=4)
-    b2, k = A.split_identifier(pa, 10)
+    pid = pools.identifier(base, 0)
+    keys = example_keys(0, 3, np.arange(B))
+    xa, ya, pa = A.augment(x, y, pid, keys, pools, aug_seed=4)
+    b2, k = pools.split(pa)
     np.testing.assert_array_equal(b2, base)
     assert len(set(k.tolist())) > 5
     for i in range(B):
@@ -98,10 +113,10 @@ def test_vectorised_augment_equals_the_per_grid_reference():
         ri, ci = np.argwhere(xa[i].reshape(30, 30) >= 2).min(0)
         ro, co = np.argwhere(ya[i].reshape(30, 30) >= 2).min(0)
         assert (ri, ci) == (ro, co)
-    xb, _, pb = A.augment(x[:7], y[:7], pid[:7], keys[:7], pools, num_aug=10, aug_seed=4)
+    xb, _, pb = A.augment(x[:7], y[:7], pid[:7], keys[:7], pools, aug_seed=4)
     np.testing.assert_array_equal(xb, xa[:7])  # per-row function of the key
     np.testing.assert_array_equal(pb, pa[:7])
-    x0, _, _ = A.augment(x, y, pid, keys, pools, num_aug=10, aug_seed=4, translate=False)
+    x0, _, _ = A.augment(x, y, pid, keys, pools, aug_seed=4, translate=False)
     assert all(x0[i].reshape(30, 30)[0, 0] >= 2 for i in range(B))
     with pytest.raises(ValueError, match="variant 0"):
-        A.augment(x[:1], y[:1], pid[:1] + 1, keys[:1], pools, num_aug=10, aug_seed=4)
+        A.augment(x[:1], y[:1], pid[:1] + 1, keys[:1], pools, aug_seed=4)

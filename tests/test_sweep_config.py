@@ -103,7 +103,7 @@ def test_default_and_ablation_sweep_depth():
         ({"search/metrc": "x"}, "unknown config key 'search.metrc'"),
         ({"space": {}}, "space: is empty"),
         ({"scheduler": {"type": "hyperband"}}, "scheduler.type: must be one of fifo, asha, got 'hyperband'"),
-        ({"search": {"metric": "eval/exact"}}, "'eval/exact' is not a metric trials report"),
+        ({"search": {"metric": "eval/exact"}}, "'eval/exact' is not a metric runs report"),
         ({"space": {"optim.lr": {"uniform": [1e-4, 1e-3]}}},
          "search.algorithm 'grid' needs grid domains, got 'uniform'"),
         ({"scheduler": {"type": "asha", "time_attr": "flops"}}, "scheduler.max_t: is required"),
@@ -117,6 +117,13 @@ def test_default_and_ablation_sweep_depth():
         ({"space": {"eval.every": {"grid": [8, 3]}}}, "must be a multiple of eval.every"),
         ({"space": {"resources.num_workers": {"grid": [1, 2]}}}, "cannot be swept: resources"),
         ({"space": {"name": {"grid": ["a", "b"]}}}, "cannot be swept"),
+        # a trial keeps the checkpoints best by the sweep's metric, so summary.json's best
+        # checkpoint holds the best value (tests/test_best_checkpoint.py)
+        ({"base/checkpoint/metric": "eval/accuracy"},
+         "base.checkpoint.metric: ('eval/accuracy') differs from search.metric"),
+        ({"base/checkpoint/mode": "min"}, "base.checkpoint.mode: ('min') differs from search.mode"),
+        ({"space": {"checkpoint.metric": {"grid": ["eval/accuracy"]}}},
+         "'checkpoint.metric' cannot be swept: a sweep ranks its trials' checkpoints"),
         ({"base/name": "x"}, "base.name: trial runs are named"),
         ({"dataset": {"builder": "sudoku", "sise": 4}}, "dataset.sise: build_sudoku takes no"),
         ({"dataset": {"builder": "chess"}}, "dataset.builder: must be one of"),
@@ -311,12 +318,13 @@ def test_meta_json_is_read_once_per_dataset_and_again_after_a_rebuild(tmp_path, 
 
 
 def test_sweepable_metrics_are_the_names_training_and_evaluation_report():
-    """One list per side, next to the code that logs it; `train/mfu` was logged but refused."""
+    """`MetricWindow.summary` and `finish` report exactly the declared names (a real run's
+    names: test_train.py); `train/mfu` was logged but refused."""
     import torch
 
-    from pipeline.evaluation.evaluator import EVAL_METRICS, finish
-    from pipeline.sweeping.config import known_metric
-    from pipeline.training.metrics import TRAIN_METRICS, MetricWindow
+    from pipeline.config.metric_names import EVAL_METRICS, TRAIN_METRICS, known_metric
+    from pipeline.evaluation.evaluator import finish
+    from pipeline.training.metrics import MetricWindow
 
     window = MetricWindow(flops_per_row=1.0, peak_flops=1e12, world=1, device=torch.device("cpu"))
     names = ("rows", "count", "loss", "lm_loss", "q_halt_loss", "accuracy", "exact_accuracy",
@@ -327,6 +335,6 @@ def test_sweepable_metrics_are_the_names_training_and_evaluation_report():
                              "exact_accuracy_at_halt", "flops", "depth_1", "halt_tau_0.5/steps")}  # fmt: skip
     logged = set(finish(sums, halt_max_steps=1)[0])
     fixed = {k for k in logged if not any(c.isdigit() for c in k)}
-    assert fixed == set(EVAL_METRICS) - {"eval/inference_flops_per_example"}
+    assert fixed == set(EVAL_METRICS)
     assert all(known_metric(k) for k in logged | set(TRAIN_METRICS) | set(EVAL_METRICS))
     SweepConfig.from_dict(tiny(**{"search/metric": "train/mfu", "search/mode": "max"}))

@@ -343,3 +343,42 @@ def test_rank_0_decides_a_wall_clock_checkpoint_for_every_rank():
     flags = [[False, True, True], [True, False, True]]
     got = two_ranks(_decide, flags)
     assert got[0] == got[1] == flags[0]
+
+
+def test_every_metric_a_run_logs_or_reports_is_one_a_config_may_rank_by(
+    sudoku4, tmp_path, monkeypatch
+):
+    """The names a sweep's `search.metric` and `checkpoint.metric` may take come from
+    `pipeline.config.metric_names`, which the logging code builds its names from: every
+    train/* and eval/* name a tiny run logs or reports (and a test-time evaluation reports) is
+    accepted, and every listed train/* name is logged (`train/mfu` was logged but refused)."""
+    import contextlib
+
+    import torch
+
+    from pipeline.checkpoints.restore import restore
+    from pipeline.config.metric_names import TRAIN_METRICS, check_metric, known_metric
+    from pipeline.evaluation.trajectories import evaluate_test_time
+    from pipeline.tracking.tracker import NullTracker
+    from pipeline.train import run_info
+
+    logged: set[str] = set()
+    monkeypatch.setattr(NullTracker, "log_metrics", lambda self, m, step: logged.update(m))
+    cfg = tiny_cfg(sudoku4, tmp_path, "schedule.steps=4", "eval.every=2", "checkpoint.every=2",
+                   "tracking.enabled=false")  # fmt: skip
+    report = LocalCheckpoints(tmp_path / "r")
+    run_in_process(cfg, run_info(cfg, "names", str(tmp_path / "runs")), report=report)
+    logged |= {k for m in report.history for k in m}
+    with contextlib.ExitStack() as stack:
+        model = restore(str(tmp_path / "r"), stack, say=lambda _: None).model
+        logged |= set(evaluate_test_time(model, cfg, torch.device("cpu")))
+    names = {k for k in logged if k.startswith(("train/", "eval/"))}
+    assert {"train/mfu", "eval/exact_accuracy_at_5", "eval/halt_tau_0.5/steps",
+            "eval/act/pass_at_k_exact_accuracy", "eval/inference_flops_per_example"} <= names  # fmt: skip
+    assert sorted(k for k in names if not known_metric(k)) == []
+    assert set(TRAIN_METRICS) <= names
+    assert (
+        check_metric("train/mfu") == "" and check_metric("eval/halt_tau_0.5/steps", "eval/") == ""
+    )
+    assert check_metric("train/mfu", "eval/").startswith("'train/mfu' is not a metric runs report")
+    assert "'eval/nonesuch' is not a metric" in check_metric("eval/nonesuch")

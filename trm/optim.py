@@ -7,7 +7,8 @@
   decay, applied to the rows touched by the last forward only. An optional
   `gather(ids, grads) -> (all_ids, all_grads)` combines rows across data-parallel ranks; the
   communication itself lives outside this library.
-- `EMA`: exponential moving average of the parameters (not of the puzzle table).
+- `EMA`: exponential moving average of the parameters (not of the puzzle table); `EMA.fold`
+  puts a saved EMA's averages into a saved model state (the weights evaluation uses).
 - `lr_lambda`: linear warm-up then cosine decay to `min_ratio`, as a multiplier for LambdaLR.
 """
 
@@ -211,6 +212,18 @@ class EMA:
 
     def state_dict(self) -> dict:
         return {"decay": self.decay, "shadow": {k: v.clone() for k, v in self.shadow.items()}}
+
+    @staticmethod
+    def fold(model_state: dict, ema_state: dict | None) -> dict:
+        """A model `state_dict` with the averages of an `EMA.state_dict()` in place of the
+        parameters they average: the weights a run evaluates with (`model_state` itself when
+        the run kept no EMA). `ValueError` when the EMA averages a parameter the model lacks."""
+        if not ema_state:
+            return model_state
+        extra = set(ema_state["shadow"]) - set(model_state)
+        if extra:
+            raise ValueError(f"EMA state does not match the model; keys not in it: {sorted(extra)}")
+        return {**model_state, **ema_state["shadow"]}
 
     def load_state_dict(self, state: dict) -> None:
         missing = set(self.shadow) ^ set(state["shadow"])

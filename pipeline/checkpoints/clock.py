@@ -3,6 +3,7 @@ decided by rank 0 for every rank, and what such a checkpoint's report may be ran
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -34,3 +35,20 @@ def unranked(metrics: dict[str, Any]) -> dict[str, Any]:
     """A time-based checkpoint's report: the training metrics only. The last evaluation's
     scores belong to an earlier step, so retention keeps it as the latest, never as a best."""
     return {k: v for k, v in metrics.items() if not k.startswith("eval/")}
+
+
+SCORE = "checkpoint_score"
+"""The reported metric Ray Train's retention ranks a worker group's checkpoints by
+(`pipeline.training.cluster.checkpoint_config`): `checkpoint.metric` at an evaluation, the worst
+value at a time-based checkpoint. Ranked by the last evaluation's scores instead, a time-based
+checkpoint ties with the evaluation's own checkpoint, and Ray Train keeps the later of equal
+scores: the checkpoint holding the run's best evaluation would be deleted."""
+
+
+def scored(metrics: dict[str, Any], report: dict[str, Any], ck: dict[str, Any]) -> dict:
+    """`metrics` with the `SCORE` of a checkpoint whose `report.json` is `report`, ranked by
+    the checkpoint section `ck` (its `metric` and `mode`)."""
+    value = report.get(ck["metric"])
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        value = -math.inf if ck["mode"] == "max" else math.inf
+    return {**metrics, SCORE: float(value)}

@@ -9,8 +9,8 @@
 `checkpoint_*` directories, or a training sweep's directory (`<storage>/<sweep name>`, holding
 `summary.json`): its best trial's best checkpoint (`best.checkpoint`); local or s3://. A run directory's checkpoints are tried newest
 first; a damaged or half-written one is named and skipped (`pipeline.checkpoints.store.verify`). The
-model carries the weights evaluation uses in training (the EMA averages when the run kept them)
-and is in eval mode. An s3:// checkpoint is downloaded into a temporary directory that `stack`
+model carries the weights evaluation uses in training (the EMA averages when the run kept them),
+evaluates in the slices training used (`resources.batch_chunk`) and is in eval mode. An s3:// checkpoint is downloaded into a temporary directory that `stack`
 removes on exit. `check_fits(r, meta, uri)` says whether a dataset is in the model's encoding.
 `load_model(tracking_uri, run_id)` builds the model an MLflow run logged (`log_model`).
 """
@@ -27,6 +27,7 @@ import torch
 from pipeline.checkpoints import store as ckpt
 from pipeline.config.run import ConfigError, RunConfig
 from pipeline.data.storage import absolute
+from pipeline.training.state import batch_chunk
 from trm import TRM, TRMConfig
 from trm.optim import EMA
 
@@ -68,14 +69,13 @@ def restore(
     state = ckpt.load(chosen[1], ckpt.TRAINER_FILE)
     mcfg = TRMConfig.from_dict(state["model_config"])
     model = TRM(mcfg)
-    model.load_state_dict(state["model"])
-    if state.get("ema") is not None:
-        ema = EMA(model, state["ema"]["decay"])
-        ema.load_state_dict(state["ema"])
-        ema.copy_to(model)
+    model.load_state_dict(EMA.fold(state["model"], state.get("ema")))
+    config = RunConfig.from_dict(state["config"])
+    # the slices training evaluated in on this kind of device: the same arithmetic
+    model.batch_chunk = batch_chunk(config.resources.batch_chunk, mcfg, torch.device(device))
     return Restored(
         model=model.to(device).eval(),
-        config=RunConfig.from_dict(state["config"]),
+        config=config,
         model_config=mcfg,
         step=int(state["step"]),
         checkpoint=chosen[0],

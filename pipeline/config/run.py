@@ -37,6 +37,7 @@ from pipeline.config.sections import (
     ResourcesConfig,
     ScheduleConfig,
     TrackingConfig,
+    epochs_to_steps,
 )
 from trm.config import TRMConfig
 
@@ -91,6 +92,17 @@ class RunConfig(StrictConfig):
             "data.global_batch_size",
             f"({self.data.global_batch_size}) must be divisible by resources.num_workers ({n})",
         )
+        sch = self.schedule
+        if sch.rows_per_epoch:  # converted from epochs: the steps must follow from them
+            steps = epochs_to_steps(sch.epochs, sch.rows_per_epoch, self.data.global_batch_size)
+            require(
+                sch.steps == steps,
+                "schedule.steps",
+                f"({sch.steps}) does not follow from schedule.epochs {sch.epochs} x "
+                f"schedule.rows_per_epoch {sch.rows_per_epoch} / data.global_batch_size "
+                f"{self.data.global_batch_size} = {steps}; give schedule.epochs alone (the run "
+                "converts it) or schedule.steps alone",
+            )
         require(
             self.checkpoint.every % self.eval.every == 0,
             "checkpoint.every",

@@ -10,13 +10,23 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from pipeline.config.fields import ConfigError, Float, StrictConfig, require
+from pipeline.config.metric_names import PROTOCOLS, check_metric
 from trm.model import SELECTS
 
 COMPILE_SCOPES = ("off", "blocks", "model")
 REGIMES = ("fixed_pool", "on_the_fly", "none")
 """`data.augment`: the augmentation regimes the data sampler runs (pipeline/data/sampler.py)."""
-PROTOCOLS = ("act", "fixed_depth")
 """`eval.protocol`: ACT halting, or a fixed number of supervision steps."""
+DEFAULT_STEPS = 1000
+"""`schedule.steps` when neither it nor `schedule.epochs` is given."""
+
+
+def epochs_to_steps(epochs: int, rows_per_epoch: int, global_batch: int) -> int:
+    """Optimiser steps of `epochs` epochs of `rows_per_epoch` rows at `global_batch` rows per
+    step: truncated, as the official trainer's int(...), and at least 1."""
+    return max(1, epochs * rows_per_epoch // global_batch)
+
+
 Fraction = Annotated[Float, Field(gt=0, lt=1)]
 """A number in (0, 1)."""
 
@@ -91,19 +101,42 @@ class DataConfig(StrictConfig):
 class ScheduleConfig(StrictConfig):
     """How long to train and how often to print progress."""
 
-    steps: int = Field(1000, gt=0)
-    """Total optimiser steps (one per ACT step: deep supervision); replaced by `epochs` when
-    that is set."""
+    steps: int | None = Field(None, gt=0)
+    """Total optimiser steps (one per ACT step: deep supervision); null = 1000 unless `epochs`
+    is given. Give `steps` or `epochs`, not both."""
     epochs: int = Field(0, ge=0)
-    """Train this many epochs instead (0 = use `steps`): steps = int(epochs x rows per epoch /
-    data.global_batch_size), the official trainer's conversion, with the training split's real
-    rows per epoch (one variant of every puzzle group, `pipeline.data.sampler`); the run prints
-    and logs the steps it trains (`pipeline.training.schedule`)."""
+    """Train this many epochs instead of `steps` (0 = train by `steps`). An epoch is one pass
+    over the puzzle groups, one variant of each with all its examples, as the official loader
+    samples; the run converts it once, when it starts, to steps = int(epochs x rows per epoch /
+    data.global_batch_size) with the training split's real rows per epoch, and prints and logs
+    both (`pipeline.training.schedule`)."""
+    rows_per_epoch: int = Field(0, ge=0)
+    """Written by the run when it converts `epochs` (not a setting): the training rows one
+    epoch reads, from the dataset; with it, `steps` holds the converted count. A config built
+    in code is converted by `pipeline.training.schedule.with_epoch_steps`."""
     log_every: int = Field(50, gt=0)
     """Steps between progress lines and logged training metrics."""
     report_every: int = Field(0, ge=0)
     """Steps between metric reports to Ray (what Tune schedulers see); 0 = at evaluations only.
     A report is a barrier across workers, so keep it sparse in worker groups."""
+
+    @model_validator(mode="after")
+    def _check(self) -> ScheduleConfig:
+        written = "is written by the run, with schedule.steps, when it converts schedule.epochs"
+        if not self.epochs:
+            require(self.rows_per_epoch == 0, "rows_per_epoch", f"{written}; remove it")
+            if self.steps is None:
+                self.steps = DEFAULT_STEPS
+            return self
+        require(
+            self.steps is None or self.rows_per_epoch > 0,
+            "steps",
+            f"cannot be given with schedule.epochs ({self.epochs}), its alternative: set "
+            "schedule.epochs=0 to train by steps, or schedule.steps=null to train by epochs",
+        )
+        require(self.steps is not None or self.rows_per_epoch == 0, "rows_per_epoch",
+                f"{written}; remove it")  # fmt: skip
+        return self
 
 
 class EvalConfig(StrictConfig):
@@ -142,14 +175,17 @@ class EvalConfig(StrictConfig):
     # trial); the periodic evaluation of training keeps the official fixed-depth rollout
     protocol: Literal[PROTOCOLS] = "act"  # type: ignore[valid-type]
     """How long each trajectory runs at test time: 'act' (it stops at its own ACT halting
-    step, at most max_steps) or 'fixed_depth' (every trajectory runs exactly max_steps
+    step, at most `max_steps`) or 'fixed_depth' (every trajectory runs exactly `depth`
     supervision steps D and answers from its final state: the Probabilistic TRM protocol)."""
     halt_threshold: Fraction | None = None
-    """Test-time halting threshold tau in (0, 1) of protocol 'act'; unset (null) = the
-    model's `halt_threshold`."""
+    """'act' only: test-time halting threshold tau in (0, 1); unset (null) = the model's
+    `halt_threshold`."""
     max_steps: int = Field(0, ge=0)
-    """'act': most ACT steps per trajectory; 'fixed_depth': the depth D every trajectory runs;
-    0 = the model's halt_max_steps."""
+    """'act' only: most ACT steps per trajectory (a cap; most stop earlier); 0 = the model's
+    halt_max_steps."""
+    depth: int = Field(0, ge=0)
+    """'fixed_depth' only: the depth D, supervision steps every trajectory runs; 0 = the
+    model's halt_max_steps (the training evaluation's depth)."""
     trajectories: int = Field(1, ge=1)
     """K trajectories per example run side by side (`TRM.predict`); 1 = the plain answer."""
     noise_std: Float = Field(0.0, ge=0)
@@ -161,13 +197,29 @@ class EvalConfig(StrictConfig):
 
     @model_validator(mode="after")
     def _check(self) -> EvalConfig:
+        if self.protocol == "act":
+            require(self.depth == 0, "depth",
+                    f"is the depth of protocol fixed_depth, got {self.depth} with protocol act "
+                    "(act caps the steps with max_steps)")  # fmt: skip
+            return self
+        require(self.max_steps == 0, "max_steps",
+                f"is the step cap of protocol act, got {self.max_steps} with protocol "
+                "fixed_depth (fixed_depth runs exactly depth steps: set depth)")  # fmt: skip
+        require(self.halt_threshold is None, "halt_threshold",
+                f"is the halting threshold of protocol act, got {self.halt_threshold} with "
+                "protocol fixed_depth (no trajectory halts there)")  # fmt: skip
         require(
-            not (self.protocol == "fixed_depth" and self.select == "first"),
+            self.select != "first",
             "select",
             "'first' picks the trajectory that halted first; under protocol fixed_depth all "
             "run the same depth: use q_halt (best-Q@K) or vote (mode@K)",
         )
         return self
+
+    def steps(self) -> int:
+        """The step count of the protocol: `depth` under fixed_depth, else `max_steps` (0 =
+        the model's halt_max_steps)."""
+        return self.depth if self.protocol == "fixed_depth" else self.max_steps
 
 
 class CheckpointConfig(StrictConfig):
@@ -181,8 +233,8 @@ class CheckpointConfig(StrictConfig):
     """Also checkpoint when this many wall-clock minutes have passed since the last checkpoint
     (0 = steps only), so a preempted run loses minutes rather than up to `every` steps. Rank 0's
     clock decides, for all ranks, at log steps (`schedule.log_every`). These checkpoints resume
-    a run but are not ranked: their report.json holds no eval metrics. (A multi-worker run's
-    Ray Train retention still ranks them by the last evaluation's scores, which Train needs.)"""
+    a run but are not ranked: their report.json holds no eval metrics, and Ray Train's retention
+    of a multi-worker run ranks them last (`pipeline.checkpoints.clock.SCORE`)."""
     num_to_keep: int = Field(2, ge=0)
     """Checkpoints kept (best by `metric`, the latest always kept); 0 = keep all."""
     metric: str = "eval/exact_accuracy"
@@ -202,6 +254,8 @@ class CheckpointConfig(StrictConfig):
             "metric",
             f"must name an eval metric such as 'eval/exact_accuracy', got {self.metric!r}",
         )
+        problem = check_metric(self.metric, "eval/")
+        require(not problem, "metric", problem)
         return self
 
 

@@ -12,15 +12,17 @@ Split logic (official): tasks of the test subsets (default: subsets named evalua
 demonstration pairs to train and their test pairs to test; all other tasks send every pair to
 train. The test subsets' raw tasks are also saved as `test_puzzles.json` for evaluation.
 
-Augmentation: per task the official pool, the original plus up to num_aug distinct variants
-(distinct by the official puzzle hash, at most 5 * num_aug tries, draw k's transform fixed by
-(seed, b, k)), and translated training examples except one per variant. On the fly by default:
-only the originals are stored, with each task's pool as the list of its draws k
-(`variant_pools.json`; trm/puzzles/arc.py `Pools`): pool index j of task b has identifier
-1 + b * (num_aug + 1) + j and the stream computes its rows, translations included, exactly as
-the materialised build stores them. `materialise=True` writes the official pre-augmented layout
-instead: every variant's rows, sequential identifiers, names `<task>|||t<tid>|||<colour map>` in
-`identifiers.json`.
+Augmentation: per task the official pool (`distinct_draws`), the original plus up to num_aug
+distinct variants (distinct by the official puzzle hash, at most 5 * num_aug tries, draw k's
+transform fixed by (seed, b, k)); in every variant one training example stays at the origin
+and the others are translated. Both layouts number the pools' variants alike (trm/puzzles/arc.py
+`Pools`: pool index j of task b has identifier 1 + pool sizes of tasks 0..b-1 + j, the official
+sequential numbering, so num_puzzle_identifiers = 1 + the distinct variants) and take each
+variant's rows from one function, `arc.pool_variant`. On the fly (the default) only the
+originals are stored, with each task's pool as the list of its draws k (`variant_pools.json`),
+and the stream computes the variants' rows; `materialise=True` writes the official
+pre-augmented layout instead: every variant's rows, with names `<task>|||t<tid>|||<colour
+map>` (the original: the bare task name) in `identifiers.json`.
 
 meta.json `extra`: `tasks` (every task name; index = base task b), `test_tasks` and
 `test_inputs` (test inputs per test task: what ARC pass@K divides by, pipeline/evaluation/arc_vote.py).
@@ -160,10 +162,11 @@ def puzzle_hash(pairs) -> str:
     return hashlib.sha256("|".join(hashes).encode()).hexdigest()
 
 
-def materialised_variants(base: int, pairs, num_aug: int, seed: int):
-    """The official variant search: [(k, tid, cmap)], k = 0 first, then distinct variants."""
-    tid0, cmap0 = arc.variant(base, 0, seed)
-    found = [(0, int(tid0), cmap0)]
+def distinct_draws(base: int, pairs, num_aug: int, seed: int) -> list[int]:
+    """The official variant search: the draws k of task `base`'s pool, k = 0 (the original)
+    first, then each draw whose puzzle (all of `pairs` transformed) is new, up to num_aug of
+    them in at most 5 * num_aug draws. Both layouts take their variants from this pool."""
+    found = [0]
     seen = {puzzle_hash(pairs)}
     for k in range(1, 5 * num_aug + 1):
         if len(found) > num_aug:
@@ -172,8 +175,16 @@ def materialised_variants(base: int, pairs, num_aug: int, seed: int):
         h = puzzle_hash([(arc.apply(i, tid, cmap), arc.apply(o, tid, cmap)) for i, o in pairs])
         if h not in seen:
             seen.add(h)
-            found.append((k, int(tid), cmap))
+            found.append(k)
     return found
+
+
+def variant_name(task: str, j: int, tid, cmap) -> str:
+    """Official name of pool index j of `task`: the bare task name for the original, else
+    `<task>|||t<tid>|||<colour map digits>`."""
+    if j == 0:
+        return task
+    return f"{task}|||t{int(tid)}|||{''.join(str(int(c)) for c in cmap)}"
 
 
 # --------------------------------------------------------------------------- builder
@@ -181,21 +192,26 @@ def materialised_variants(base: int, pairs, num_aug: int, seed: int):
 
 @dataclass
 class _Index:
-    """What a build learns about the tasks as it writes them, for meta.json and its side files."""
+    """What a build learns about the tasks, for meta.json and its side files."""
 
     names: list[str] = field(default_factory=list)  # task names; index = base task b
     base_of: dict[str, int] = field(default_factory=dict)
     test_puzzles: dict[str, dict] = field(default_factory=dict)  # raw test tasks, for evaluation
     test_inputs: dict[str, int] = field(default_factory=dict)  # test inputs per test task
-    identifiers: list[str] = field(default_factory=lambda: ["<blank>"])  # materialised names
-    pools: list[list[int]] = field(default_factory=list)  # on the fly: each task's draws k
+    draws: list[list[int]] = field(default_factory=list)  # each task's pool (`distinct_draws`)
 
-    def base(self, t: str) -> int:
-        """The base index of task `t` (a task in several subsets keeps its first one)."""
+    def add(self, t: str, task: Task, num_aug: int, seed: int) -> None:
+        """Give task `t` its base index and pool (a task in several subsets keeps its first)."""
         if t not in self.base_of:
             self.base_of[t] = len(self.names)
             self.names.append(t)
-        return self.base_of[t]
+            self.draws.append(distinct_draws(self.base_of[t], task["train"] + task["test"],
+                                             num_aug, seed))  # fmt: skip
+
+
+# the puzzle identifiers of both layouts: the distinct variants numbered task by task
+# (trm.puzzles.arc.Pools); datasets built before lack this generator parameter
+IDENTIFIERS = "1 + pool sizes of earlier tasks + pool index"
 
 
 def build_arc(
@@ -222,59 +238,76 @@ def build_arc(
     if unknown := set(test_subsets) - set(subsets):
         raise ValueError(f"test subsets {sorted(unknown)} are not among subsets {subsets}")
     params = dict(source=source, subsets=subsets, test_subsets=test_subsets, num_aug=num_aug,
-                  translate=translate, materialise=materialise)  # fmt: skip
+                  translate=translate, materialise=materialise, identifiers=IDENTIFIERS)  # fmt: skip
     generator, meta = existing_dataset(out_uri, "arc", seed, params, overwrite)
     if meta is not None:
         return meta
+    index = _Index()
+    for subset in subsets:  # every task's pool first: identifiers follow the pools' sizes
+        for t in sorted(data[subset]):
+            index.add(t, data[subset][t][1], num_aug, seed)
+    pools = arc.Pools(index.draws)
     w = DatasetWriter(
         out_uri, seq_len=arc.SEQ_LEN, extra_columns={"variant": pa.int32()},
         rows_per_shard=rows_per_shard, row_group_rows=row_group_rows, overwrite=overwrite,
     )  # fmt: skip
-    index = _Index()
     for subset in subsets:
         for t in sorted(data[subset]):
             raw, task = data[subset][t]
-            _write_task(w, index, t, raw, task, subset in test_subsets, num_aug=num_aug,
-                        seed=seed, translate=translate, materialise=materialise)  # fmt: skip
+            _write_task(w, index, pools, t, raw, task, subset in test_subsets, seed=seed,
+                        translate=translate, materialise=materialise)  # fmt: skip
         if progress:
             progress(f"arc: {subset}: {len(data[subset])} tasks")
-    return _commit(w, index, generator, num_aug=num_aug, seed=seed, translate=translate,
+    return _commit(w, index, pools, generator, num_aug=num_aug, seed=seed, translate=translate,
                    materialise=materialise)  # fmt: skip
 
 
-def _write_task(w, index: _Index, t: str, raw, task: Task, is_test: bool, *, num_aug, seed,
-                translate, materialise) -> None:  # fmt: skip
+def _write_task(w, index: _Index, pools: arc.Pools, t: str, raw, task: Task, is_test: bool, *,
+                seed, translate, materialise) -> None:  # fmt: skip
     """Write one task's pairs (official split: a test task's test pairs go to test, all other
-    pairs to train), on the fly as the original only, materialised as each variant."""
-    b = index.base(t)
+    pairs to train), on the fly as the original only, materialised as every variant of its
+    pool (`arc.pool_variant`, the rows the on-the-fly fixed pool computes)."""
+    b = index.base_of[t]
     train_pairs = task["train"] + ([] if is_test else task["test"])
     test_pairs = task["test"] if is_test else []
     if is_test:
         index.test_puzzles[t] = raw
         index.test_inputs[t] = len(test_pairs)
-    pool = materialised_variants(b, task["train"] + task["test"], num_aug, seed)
-    if not materialise:
-        if b == len(index.pools):  # (a task in several subsets keeps its first pool)
-            index.pools.append([k for k, _, _ in pool])
-        pid = int(arc.identifier(b, 0, num_aug))
-        for split, pairs in (("train", train_pairs), ("test", test_pairs)):
-            _add_pairs(w, split, pairs, pid, b, 0, [(0, 0)] * len(pairs))
-        return
-    for k, tid, cmap in pool:
-        pid = len(index.identifiers)
-        # the original keeps the bare task name, as in the official identifiers.json
-        index.identifiers.append(
-            t if k == 0 else f"{t}|||t{tid}|||{''.join(str(int(c)) for c in cmap)}"
-        )
-        tr = [(arc.apply(i, tid, cmap), arc.apply(o, tid, cmap)) for i, o in train_pairs]
-        te = [(arc.apply(i, tid, cmap), arc.apply(o, tid, cmap)) for i, o in test_pairs]
-        offsets = _official_offsets(tr, seed, b, k) if translate else [(0, 0)] * len(tr)
-        _add_pairs(w, "train", tr, pid, b, k, offsets)
-        _add_pairs(w, "test", te, pid, b, k, [(0, 0)] * len(te))
+    pid = int(pools.identifier(b, 0))
+    for split, pairs in (("train", train_pairs), ("test", test_pairs)):
+        if not pairs:
+            continue
+        x = np.stack([arc.encode(i) for i, _ in pairs])
+        y = np.stack([arc.encode(o) for _, o in pairs])
+        n = len(pairs)
+        if not materialise:
+            _add(w, split, x, y, np.full(n, pid), b, np.zeros(n, np.int64))
+            continue
+        for j0 in range(0, int(pools.sizes[b]), _VARIANTS_AT_ONCE):
+            j = np.repeat(np.arange(j0, min(j0 + _VARIANTS_AT_ONCE, pools.sizes[b])), n)
+            ex = np.tile(np.arange(n), len(j) // n)
+            xv, yv, pv = arc.pool_variant(
+                x[ex], y[ex], np.full(len(j), pid), j, ex, np.full(len(j), n), pools,
+                aug_seed=seed, translate=translate and split == "train",
+            )  # fmt: skip
+            _add(w, split, xv, yv, pv, b, pools.draw(b, j))
 
 
-def _commit(w, index: _Index, generator: dict, *, num_aug, seed, translate, materialise):
-    """Write the side files (test_puzzles.json, identifiers.json) and then meta.json."""
+_VARIANTS_AT_ONCE = 64  # a materialised task's variants transformed per call (bounds memory)
+
+
+def _add(w: DatasetWriter, split: str, x, y, pid, base: int, k) -> None:
+    n = len(x)
+    w.add(
+        split, inputs=x, labels=y, puzzle_identifier=np.asarray(pid, np.int32),
+        group=np.full(n, base, np.int64), variant=np.asarray(k, np.int32),
+    )  # fmt: skip
+
+
+def _commit(w, index: _Index, pools: arc.Pools, generator: dict, *, num_aug, seed, translate,
+            materialise):  # fmt: skip
+    """Write the side files (test_puzzles.json, identifiers.json or variant_pools.json) and
+    then meta.json."""
     w.store.write_bytes("test_puzzles.json", json.dumps(index.test_puzzles).encode())
     # test inputs per test task: the denominator of ARC pass@K (pipeline/evaluation/arc_vote.py), so an
     # input that gets no prediction still counts
@@ -282,14 +315,16 @@ def _commit(w, index: _Index, generator: dict, *, num_aug, seed, translate, mate
              "test_inputs": dict(sorted(index.test_inputs.items()))}  # fmt: skip
     augmentation = {"num_aug": num_aug, "aug_seed": seed, "translate": translate}
     if materialise:
-        w.store.write_bytes("identifiers.json", json.dumps(index.identifiers).encode())
-        num_ids = len(index.identifiers)
+        names = ["<blank>"] + [
+            variant_name(t, j, *pools.transform(b, j, seed))
+            for b, t in enumerate(index.names) for j in range(pools.sizes[b])
+        ]  # fmt: skip
+        w.store.write_bytes("identifiers.json", json.dumps(names).encode())
         augmentation = {"mode": "materialised", **augmentation, "identifiers": "identifiers.json"}
     else:
-        w.store.write_bytes(POOLS_FILE, json.dumps(index.pools).encode())
-        num_ids = int(arc.identifier(len(index.names), 0, num_aug))
+        w.store.write_bytes(POOLS_FILE, json.dumps(index.draws).encode())
         augmentation = {"mode": "on_the_fly", **augmentation, "pools": POOLS_FILE,
-                        "identifiers": "1 + task_index * (num_aug + 1) + pool index"}  # fmt: skip
+                        "identifiers": IDENTIFIERS}  # fmt: skip
     return w.commit(
         task="arc",
         seq_len=arc.SEQ_LEN,
@@ -297,36 +332,12 @@ def _commit(w, index: _Index, generator: dict, *, num_aug, seed, translate, mate
         pad_id=arc.PAD,
         ignore_label_id=arc.PAD,
         blank_identifier_id=0,
-        num_puzzle_identifiers=num_ids,
+        num_puzzle_identifiers=pools.num_identifiers,
         encoding={"side": arc.SIDE, "tokens": "pad 0, eos 1, colour c -> c + 2"},
         augmentation=augmentation,
         generator=generator,
         extra=extra,
     )
-
-
-def _official_offsets(pairs, seed: int, base: int, k: int) -> list[tuple[int, int]]:
-    """Offsets of a variant's (transformed) training pairs (`arc.official_offsets`)."""
-    if not pairs:
-        return []
-    n = len(pairs)
-    rows = [max(i.shape[0], o.shape[0]) for i, o in pairs]
-    cols = [max(i.shape[1], o.shape[1]) for i, o in pairs]
-    off = arc.official_offsets(seed, np.full(n, base), np.full(n, k), np.arange(n),
-                               np.full(n, n), rows, cols)  # fmt: skip
-    return [(int(r), int(c)) for r, c in off]
-
-
-def _add_pairs(w: DatasetWriter, split, pairs, pid: int, base: int, k: int, offsets) -> None:
-    if not pairs:
-        return
-    x = np.stack([arc.encode(i, off) for (i, _), off in zip(pairs, offsets)])
-    y = np.stack([arc.encode(o, off) for (_, o), off in zip(pairs, offsets)])
-    n = len(pairs)
-    w.add(
-        split, inputs=x, labels=y, puzzle_identifier=np.full(n, pid, np.int32),
-        group=np.full(n, base, np.int64), variant=np.full(n, k, np.int32),
-    )  # fmt: skip
 
 
 POOLS_FILE = "variant_pools.json"
@@ -338,11 +349,12 @@ def read_pools(uri: str, meta: DatasetMeta) -> arc.Pools:
     from pipeline.data.storage import open_storage
 
     name = meta.augmentation.get("pools")
-    if not name:
+    if not name or meta.augmentation.get("identifiers") != IDENTIFIERS:
         raise DatasetError(
-            f"the ARC dataset at {uri} has no variant pools (variant_pools.json); it was built "
-            "by an older version: rebuild it with `python pipeline/build_data.py arc ... "
-            "--overwrite`"
+            f"the ARC dataset at {uri} has no variant pools (variant_pools.json) or numbers "
+            "its puzzle identifiers the former way (num_aug + 1 per task, not one per distinct "
+            "variant); it was built by an older version: rebuild it with `python "
+            "pipeline/build_data.py arc ... --overwrite`"
         )
     key = (uri, name, *(sh.sha256 for sp in meta.splits.values() for sh in sp.shards))
     if key not in _POOLS:  # every epoch's stream asks again
@@ -360,9 +372,6 @@ def identifier_name(meta: DatasetMeta, pid: int, pools: arc.Pools) -> str:
         raise ValueError("names of a materialised dataset are in its identifiers.json")
     if pid == 0:
         return "<blank>"
-    base, j = arc.split_identifier(pid, meta.augmentation["num_aug"])
+    base, j = pools.split(pid)
     t = meta.extra["tasks"][int(base)]
-    if j == 0:
-        return t
-    tid, cmap = pools.transform(base, j, meta.augmentation["aug_seed"])
-    return f"{t}|||t{int(tid)}|||{''.join(str(int(c)) for c in cmap)}"
+    return variant_name(t, int(j), *pools.transform(base, j, meta.augmentation["aug_seed"]))

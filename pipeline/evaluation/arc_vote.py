@@ -24,7 +24,7 @@ The variants voted over are rows of the evaluated stream:
 - materialised datasets (the official layout) hold every variant as a test row with its own
   identifier (`identifiers.json`: `<task>|||t<tid>|||<colour map>`); all of them are evaluated.
 - on-the-fly datasets hold the original test rows only; `rows` expands each into the variants
-  of its task's pool, pool index j = 0..V-1 (identifier 1 + b * (num_aug + 1) + j, transform
+  of its task's pool, pool index j = 0..V-1 (identifier `Pools.identifier`, transform
   `trm.puzzles.arc.Pools.transform`, no translation, like the official test rows): the
   distinct variants the official builder keeps, V = the pool's size (at most num_aug + 1)
   unless `eval.arc_variants` caps it.
@@ -57,6 +57,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipeline.config.metric_names import ARC_COUNTS, ARC_PASS_AT, ARC_POOLED_PASS_AT, metric_name
 from pipeline.config.run import ConfigError
 from pipeline.training import distributed
 from trm.puzzles import arc
@@ -67,7 +68,6 @@ Frame = tuple[str, int, np.ndarray]
 Table = dict[tuple[str, bytes], tuple[bytes, dict[bytes, list[float]]]]
 """(task, input grid hash) -> (label grid hash, {predicted grid hash: [votes, sum sigmoid(q)]})."""
 CHUNK = 1024  # records cropped at once (vectorised; ~22 MB of int64 canvases)
-COUNTS = ("eval/arc_tasks", "eval/arc_test_inputs", "eval/arc_test_inputs_voted")
 
 
 def grid_hash(grid: np.ndarray) -> bytes:
@@ -135,12 +135,12 @@ def pass_at_k(table: Table, test_inputs: dict[str, int], ks: list[int]) -> dict[
             solved[k][task] += label in ranked[:k]
     assert all(voted[t] <= n for t, n in tasks.items()), "more test inputs voted than exist"
     out = {
-        f"eval/arc_pass_at_{k}": sum(solved[k][t] / n for t, n in tasks.items())
+        metric_name(ARC_PASS_AT, k=k): sum(solved[k][t] / n for t, n in tasks.items())
         / max(len(tasks), 1)
         for k in ks
     }
     counts = (len(tasks), sum(tasks.values()), sum(voted.values()))
-    out.update({name: float(c) for name, c in zip(COUNTS, counts)})
+    out.update({name: float(c) for name, c in zip(ARC_COUNTS, counts)})
     return out
 
 
@@ -210,16 +210,16 @@ class ArcVoting:
         A collective: every rank calls it at the same point."""
         parts = distributed.gather_to_main(vote_table(records, self.frame_of))
         if parts is None:  # not rank 0: its numbers arrive in the all-reduce
-            names = [f"eval/arc_pass_at_{k}" for k in self.pass_ks] + list(COUNTS)
+            names = [metric_name(ARC_PASS_AT, k=k) for k in self.pass_ks] + list(ARC_COUNTS)
             if self.aggregate:
-                names += [f"eval/arc_pooled_pass_at_{k}" for k in self.pass_ks]
+                names += [metric_name(ARC_POOLED_PASS_AT, k=k) for k in self.pass_ks]
             return distributed.sum_across_ranks(dict.fromkeys(names, 0.0), device)
         table = merge(parts)
         out = pass_at_k(table, self.test_inputs, self.pass_ks)
         if self.aggregate:
             self.pool = merge([self.pool, table])
             pooled = pass_at_k(self.pool, self.test_inputs, self.pass_ks)
-            out.update({f"eval/arc_pooled_pass_at_{k}": pooled[f"eval/arc_pass_at_{k}"]
+            out.update({metric_name(ARC_POOLED_PASS_AT, k=k): pooled[metric_name(ARC_PASS_AT, k=k)]
                         for k in self.pass_ks})  # fmt: skip
         return distributed.sum_across_ranks(out, device)
 
@@ -230,7 +230,7 @@ def _frames(uri: str, meta: Any, pools: arc.Pools | None) -> Callable[[int], Fra
     if pools is not None:
 
         def frame(pid: int) -> Frame:
-            base, j = arc.split_identifier(pid, aug["num_aug"])
+            base, j = pools.split(pid)
             tid, cmap = pools.transform(base, j, aug["aug_seed"])
             return meta.extra["tasks"][int(base)], int(tid), cmap
 
@@ -264,9 +264,7 @@ def _variant_batches(
             np.asarray(batch["inputs"])[real],
             np.where(labels[real] == IGNORE, pad, labels[real]),
         )
-        base, _ = arc.split_identifier(
-            np.asarray(batch["puzzle_identifiers"])[real], aug["num_aug"]
-        )
+        base, _ = pools.split(np.asarray(batch["puzzle_identifiers"])[real])
         per_row = np.minimum(pools.sizes[base], num_variants)
         row = np.repeat(np.arange(len(x)), per_row)
         j = np.arange(len(row)) - np.repeat(np.cumsum(per_row) - per_row, per_row)
@@ -278,5 +276,5 @@ def _variant_batches(
             yield {
                 "inputs": arc.transform_canvases(x[r], tid, cmap, at_origin),
                 "labels": np.where(vy == pad, IGNORE, vy),
-                "puzzle_identifiers": arc.identifier(base[r], jj, aug["num_aug"]),
+                "puzzle_identifiers": pools.identifier(base[r], jj),
             }

@@ -10,6 +10,9 @@ the depth curve is the exact accuracy after each step 1..K, so K > halt_max_step
 shows what extra test-time recursion does. Halting uses `trm.model.should_halt`, the one rule
 the model halts by, at `model.halt_threshold` (tau): the at-halt metrics are exactly what
 `TRM.predict(halt=True)` returns. Sums are returned per rank; the caller adds them across ranks.
+No example halts early here: the headline answer is the fixed-depth one at D = halt_max_steps,
+which the test-time evaluation (pipeline/evaluation/trajectories.py, protocol fixed_depth,
+one trajectory, no noise) reproduces exactly.
 
 Metric names (all fractions of evaluated examples unless said otherwise):
   eval/exact_accuracy   every scored token right, at step halt_max_steps
@@ -42,6 +45,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipeline.config.metric_names import (
+    EVAL_SECONDS,
+    EXACT_ACCURACY_AT,
+    metric_name,
+    tau_name,
+)
 from pipeline.config.run import RunConfig
 from pipeline.evaluation.figures import depth_curve_figure, halt_curve_figure, refinement_figure
 from pipeline.tasks import task_of
@@ -66,11 +75,6 @@ class EvalSums:
         out = dict(self.sums)
         out.update({f"depth_{k + 1}": v for k, v in enumerate(self.depth)})
         return out
-
-
-def tau_name(tau: float) -> str:
-    """How a halting threshold appears in metric names: 0.5 -> 'halt_tau_0.5'."""
-    return f"halt_tau_{tau:g}"
 
 
 @torch.no_grad()
@@ -199,22 +203,6 @@ def _keep_examples(
         )
 
 
-EVAL_METRICS = (
-    "eval/count",
-    "eval/exact_accuracy",
-    "eval/accuracy",
-    "eval/q_halt_accuracy",
-    "eval/steps",
-    "eval/exact_accuracy_at_halt",
-    "eval/flops_per_example",
-    "eval/inference_flops_per_example",
-)
-"""The fixed names an evaluation reports (`finish`; `evaluate_test_time` reports a subset plus
-eval/inference_flops_per_example); a sweep may rank trials by any of them. Names with a
-number in them (eval/halt_tau_<tau>/..., eval/exact_accuracy_at_<k>, eval/arc_pass_at_<k>)
-come on top."""
-
-
 def finish(sums: dict[str, float], halt_max_steps: int) -> tuple[dict[str, float], list[float]]:
     """All-rank sums -> (eval/* metrics, depth curve)."""
     n = max(sums.get("count", 0.0), 1.0)
@@ -233,7 +221,7 @@ def finish(sums: dict[str, float], halt_max_steps: int) -> tuple[dict[str, float
     }
     metrics.update({f"eval/{k}": v / n for k, v in sums.items() if k.startswith("halt_tau_")})
     if curve:
-        metrics[f"eval/exact_accuracy_at_{len(curve)}"] = curve[-1]
+        metrics[metric_name(EXACT_ACCURACY_AT, k=len(curve))] = curve[-1]
     return metrics, curve
 
 
@@ -309,7 +297,7 @@ class Evaluator:
         metrics, curve = finish(sums, self.halt_max_steps)
         if voting is not None:  # pass@K from the same rollout's predictions
             metrics.update(voting.metrics(res.predictions, self.device))
-        metrics["eval/seconds"] = time.perf_counter() - t_eval
+        metrics[EVAL_SECONDS] = time.perf_counter() - t_eval
         self.last_curve = curve
         if self.rank == 0:
             self._log(metrics, curve, res.pictures, step)
@@ -351,91 +339,3 @@ class Evaluator:
 def _show(k: int, n: int) -> bool:
     """Whether the console line shows depth-curve step k of n (all of a short curve)."""
     return n <= 12 or k in (1, 2, 4, 8, 16, 32, 64, n) or k % 16 == 0
-
-
-@torch.no_grad()
-def evaluate_test_time(
-    model: Any, cfg: RunConfig, device: torch.device, split: str = "test"
-) -> dict[str, float]:
-    """`cfg.eval`'s test-time setting over `split` of `cfg.data.uri`, batch by batch, in one
-    process: K trajectories per example (`TRM.run_trajectories`) under `eval.protocol`
-    ('act': each stops at its own halting step, at most max_steps; 'fixed_depth': each runs
-    exactly D = max_steps steps, the Probabilistic TRM protocol), then, from the same
-    trajectories:
-      eval/exact_accuracy, eval/accuracy   the answer `eval.select` picks
-      eval/best_q_exact_accuracy   best-Q@K: the trajectory with the highest q_halt logit on
-                                   its final state
-      eval/mode_exact_accuracy     mode@K: the most frequent answer (ties: highest q_halt)
-      eval/pass_at_k_exact_accuracy  pass@K (oracle): any of the K trajectories right
-      eval/steps                   mean ACT steps one trajectory ran
-      eval/inference_flops_per_example  trm.flops.inference_flops at those steps x K
-      eval/count                   examples evaluated
-    With 'fixed_depth', K=1, noise 0 and D = halt_max_steps, eval/exact_accuracy is the
-    training evaluation's. Evaluate-mode sweeps and `pipeline/evaluate.py --set eval.KEY=...`
-    report these."""
-    from pipeline.data.meta import cached_meta
-    from pipeline.data.stream import ShardStream
-    from trm.flops import inference_flops
-
-    e = cfg.eval
-    K = e.trajectories
-    # K copies of each example share a forward: keep the rows per call near the batch size
-    rows = max(1, (cfg.data.eval_batch_size or cfg.per_worker_batch) // K)
-    stream = ShardStream(
-        cfg.data.uri, split, batch_size=rows, rank=0, world_size=1, seed=cfg.data.seed,
-        shuffle=False, augment=False, epoch=0, drop_last=False, meta=cached_meta(cfg.data.uri),
-    )  # fmt: skip
-    generator = torch.Generator(device=device).manual_seed(e.seed)
-    sums: dict[str, float] = defaultdict(float)
-    for batch in stream:
-        take = e.max_examples - int(sums["count"]) if e.max_examples else None
-        if take is not None and take <= 0:
-            break
-        keep = np.nonzero((np.asarray(batch["labels"]) != IGNORE).any(-1))[0][:take]
-        if len(keep) == 0:
-            continue
-        inputs, labels, pids = (
-            torch.as_tensor(np.asarray(batch[k])[keep], device=device).long()
-            for k in ("inputs", "labels", "puzzle_identifiers")
-        )
-        runs = model.run_trajectories(
-            inputs, pids, halt=e.protocol == "act", max_steps=e.max_steps or None,
-            halt_threshold=e.halt_threshold, trajectories=K, noise_std=float(e.noise_std),
-            generator=generator,
-        )  # fmt: skip
-        _score_trajectories(sums, runs, labels.repeat_interleave(K, 0), K, e.select)
-    n = max(sums["count"], 1.0)
-    steps = sums["steps"] / (n * K)
-    return {
-        **{f"eval/{k}": sums[k] / n for k in TRAJECTORY_METRICS},
-        "eval/steps": steps,
-        "eval/inference_flops_per_example": (
-            inference_flops(model.config, steps, K) if sums["count"] else 0.0
-        ),
-        "eval/count": sums["count"],
-    }
-
-
-TRAJECTORY_METRICS = ("exact_accuracy", "accuracy", "best_q_exact_accuracy",
-                      "mode_exact_accuracy", "pass_at_k_exact_accuracy")  # fmt: skip
-"""The fractions `evaluate_test_time` reads off one set of K trajectories per example."""
-
-
-def _score_trajectories(
-    sums: dict[str, float], runs: Any, labels_RL: torch.Tensor, K: int, select: str
-) -> None:
-    """Add one batch of `TRM.run_trajectories` rows (K per example) to `sums`."""
-    from trm.model import pick
-
-    valid_RL = labels_RL != IGNORE
-    correct_RL = (runs.preds == labels_RL) & valid_RL
-    exact_R = correct_RL.sum(-1) == valid_RL.sum(-1)
-    token_R = correct_RL.sum(-1) / valid_RL.sum(-1).clamp_min(1)
-    chosen_B = pick(runs, K, select)
-    sums["count"] += exact_R.shape[0] // K
-    sums["exact_accuracy"] += exact_R[chosen_B].sum().item()
-    sums["accuracy"] += token_R[chosen_B].sum().item()
-    sums["best_q_exact_accuracy"] += exact_R[pick(runs, K, "q_halt")].sum().item()
-    sums["mode_exact_accuracy"] += exact_R[pick(runs, K, "vote")].sum().item()
-    sums["pass_at_k_exact_accuracy"] += exact_R.view(-1, K).any(-1).sum().item()
-    sums["steps"] += runs.steps.sum().item()

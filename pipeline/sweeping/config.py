@@ -49,11 +49,11 @@ from pipeline.config.fields import (
     check_name,
     require,
 )
+from pipeline.config.metric_names import check_metric
 from pipeline.config.run import RunConfig
-from pipeline.evaluation.evaluator import EVAL_METRICS
+from pipeline.config.sections import PROTOCOLS
 from pipeline.sweeping.dataset import check_builder_args
 from pipeline.sweeping.space import Domain, check_field, trial_config
-from pipeline.training.metrics import TRAIN_METRICS
 
 ALGORITHMS = ("grid", "random", "optuna")
 MODES = ("train", "evaluate")
@@ -62,6 +62,7 @@ EVAL_MODE_FIELDS = (
     "eval.protocol",
     "eval.halt_threshold",
     "eval.max_steps",
+    "eval.depth",
     "eval.trajectories",
     "eval.noise_std",
     "eval.select",
@@ -97,13 +98,8 @@ class SearchConfig(StrictConfig):
 
     @model_validator(mode="after")
     def _check(self) -> SearchConfig:
-        require(
-            known_metric(self.metric),
-            "metric",
-            f"{self.metric!r} is not a metric trials report; use one of "
-            f"{', '.join(EVAL_METRICS + TRAIN_METRICS)} (or eval/arc_pass_at_K on ARC, "
-            "eval/halt_tau_<tau>/exact_accuracy, eval/exact_accuracy_at_<k>)",
-        )
+        problem = check_metric(self.metric)
+        require(not problem, "metric", problem)
         return self
 
 
@@ -221,6 +217,7 @@ class SweepConfig(StrictConfig):
             self._check_evaluate()
         else:
             self.base_config()  # the base alone must be a valid run config
+            self._check_ranking()
         self._domains = {key: Domain.parse(key, spec) for key, spec in self.space.items()}
         self._check_keys()
         if self.mode == "evaluate":
@@ -254,6 +251,21 @@ class SweepConfig(StrictConfig):
                 f"space[{key!r}]",
                 "search.algorithm 'optuna' cannot take a grid (it proposes every value "
                 "itself): write {choice: [...]} for it to choose among the values",
+            )
+
+    def _check_ranking(self) -> None:
+        """A base that ranks its checkpoints itself ranks them by the sweep's metric: the
+        evaluations that beat a trial's best are what is checkpointed and kept, so the
+        summary's best checkpoint holds its best value only when both rank alike."""
+        ck, s = self.base.get("checkpoint", {}), self.search
+        if not s.metric.startswith("eval/"):
+            return
+        for key, want in (("metric", s.metric), ("mode", s.mode)):
+            require(
+                key not in ck or ck[key] == want,
+                f"base.checkpoint.{key}",
+                f"({ck.get(key)!r}) differs from search.{key} ({want!r}): a sweep's trials keep "
+                f"the checkpoints best by the sweep's metric; remove it",
             )
 
     def _check_evaluate(self) -> None:
@@ -291,9 +303,19 @@ class SweepConfig(StrictConfig):
             section = dict(self.base.get("eval", {}))
             section.update({k.split(".", 1)[1]: v for k, v in point.items()})
             try:
-                EvalConfig.build(section, "eval")
-            except ConfigError as e:
-                raise ConfigError(f"space: the trial {point} is not a valid setting: {e}") from None
+                e = EvalConfig.build(section, "eval")
+            except ConfigError as err:
+                raise ConfigError(
+                    f"space: the trial {point} is not a valid setting: {err}"
+                ) from None
+            parts = self.search.metric.split("/")  # eval/<protocol>/... names one protocol
+            ranked = parts[1] if len(parts) == 3 else ""
+            require(
+                ranked not in PROTOCOLS or ranked == e.protocol,
+                "search.metric",
+                f"{self.search.metric} is reported by protocol {ranked} only; the trial "
+                f"{point} runs protocol {e.protocol} (rank by eval/exact_accuracy instead)",
+            )
 
     # ---- derived ---------------------------------------------------------------------------
     def base_config(self, point: dict[str, Any] | None = None) -> RunConfig:
@@ -423,19 +445,6 @@ def expand_env(value: Any, where: str = "") -> Any:
         return default
 
     return _ENV_REF.sub(sub, value)
-
-
-_PATTERN_METRICS = re.compile(
-    # the names with a number in them that an evaluation reports (see EVAL_METRICS)
-    r"eval/arc_(pooled_)?pass_at_\d+|eval/halt_tau_[0-9.]+/(steps|exact_accuracy)|eval/exact_accuracy_at_\d+"
-)
-
-
-def known_metric(name: Any) -> bool:
-    """A metric trials report: the fixed names, ARC pass@K and the halting-threshold curve."""
-    if not isinstance(name, str):
-        return False
-    return name in EVAL_METRICS or name in TRAIN_METRICS or bool(_PATTERN_METRICS.fullmatch(name))
 
 
 def effective_depth(model: dict[str, Any]) -> int:

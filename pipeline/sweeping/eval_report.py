@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from pipeline.config.metric_names import RULES, rule_metric
 from pipeline.sweeping.config import EVAL_MODE_FIELDS, SweepConfig
 from pipeline.sweeping.plots import pareto_figure
 from pipeline.sweeping.report import SweepOutcome
@@ -84,9 +85,8 @@ def summary_text(sweep: SweepConfig, rows: list[EvalRow], best: EvalRow | None) 
             continue
         lines.append(
             f"{r.trial_id:<14}{cells}{r.get('eval/exact_accuracy'):>8.4f}"
-            f"{r.get('eval/best_q_exact_accuracy'):>8.4f}{r.get('eval/mode_exact_accuracy'):>8.4f}"
-            f"{r.get('eval/pass_at_k_exact_accuracy'):>8.4f}"
-            f"{r.get('eval/accuracy'):>8.4f}{r.get('eval/steps'):>7.2f}"
+            + "".join(f"{r.get(rule_metric(r.setting['eval.protocol'], k)):>8.4f}" for k in RULES)
+            + f"{r.get('eval/accuracy'):>8.4f}{r.get('eval/steps'):>7.2f}"
             f"{r.get('eval/inference_flops_per_example') / 1e9:>10.4f}"
             f"{int(r.get('eval/count')):>6}"
         )

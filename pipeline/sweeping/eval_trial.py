@@ -2,15 +2,15 @@
 
 A sweep file with `mode: evaluate` and `checkpoint: URI` (or `--checkpoint URI`; a checkpoint,
 a run directory or a training sweep's directory) varies only the test-time fields of the eval
-section (`EVAL_MODE_FIELDS`: protocol, halting threshold, ACT step limit or depth, trajectories
-K, latent noise, selection rule, noise seed). Before Ray starts, `bind_checkpoint` restores the
-checkpoint on the driver (a missing or damaged one is a `ConfigError`) and makes the sweep's
+section (`EVAL_MODE_FIELDS`: protocol, halting threshold, ACT step cap, fixed depth,
+trajectories K, latent noise, selection rule, noise seed). Before Ray starts,
+`bind_checkpoint` restores the checkpoint on the driver (a missing or damaged one is a `ConfigError`) and makes the sweep's
 base from the run config it was trained with: its model (dataset fields pinned to the
 checkpoint's, so a `data.uri` that does not fit the model fails the usual dataset preflight),
 its data section unless the sweep sets `data`, and the sweep's own eval, resources and
 tracking sections. Each Tune trial (`run_eval_trial`) restores the model and runs K
 trajectories per example batch by batch over the test split
-(`pipeline.evaluation.evaluator.evaluate_test_time`, whose docstring lists the metrics:
+(`pipeline.evaluation.trajectories.evaluate_test_time`; that module lists the metrics:
 the selected answer's exact and token accuracy, best-Q@K, mode@K, pass@K, steps, FLOPs).
 """
 
@@ -23,7 +23,7 @@ import torch
 from ray import tune
 
 from pipeline.config.run import DATASET_FIELDS, ConfigError, EvalConfig
-from pipeline.evaluation.evaluator import evaluate_test_time
+from pipeline.evaluation.trajectories import evaluate_test_time
 from pipeline.sweeping.config import EVAL_MODE_FIELDS, SweepConfig
 from pipeline.sweeping.store import completed_result
 from pipeline.sweeping.trial import SweepContext

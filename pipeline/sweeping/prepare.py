@@ -23,7 +23,7 @@ DATA_KEY = "data.uri"
 
 def resolve(sweep: SweepConfig, exp_path: str) -> RunConfig:
     """The base as trials need it: local data paths absolute, trial storage under the
-    experiment, checkpoints ranked by the sweep's metric (unless the base ranks them itself),
+    experiment, checkpoints ranked by the sweep's metric (when it is an eval metric),
     the tracking URI resolved on the driver."""
     from pipeline.tracking.server import resolve_tracking_uri
 
@@ -31,8 +31,9 @@ def resolve(sweep: SweepConfig, exp_path: str) -> RunConfig:
     d["data"] = {**d.get("data", {}), "uri": absolute(d.get("data", {}).get("uri", ""))}
     d["checkpoint"] = {**d.get("checkpoint", {}), "storage_path": f"{exp_path}/{TRIALS_DIR}"}
     s = sweep.search
-    if s.metric.startswith("eval/") and "metric" not in d["checkpoint"]:
+    if s.metric.startswith("eval/"):
         # keep the checkpoints best by the sweep's metric: the best trial's best one is kept
+        # (a base ranking by another is refused, `SweepConfig._check_ranking`)
         d["checkpoint"].update(metric=s.metric, mode=s.mode)
     tracking = d.get("tracking", {})
     if tracking.get("enabled", True):
@@ -119,13 +120,14 @@ def check_durable(base: RunConfig, exp_path: str) -> None:
 
 
 def with_epoch_steps(sweep: SweepConfig, base: RunConfig) -> tuple[SweepConfig, RunConfig]:
-    """A base trained by `schedule.epochs`: its steps from the built dataset, set in the sweep
-    too, so ASHA, the budget and the summary count the steps the trials will train
-    (`pipeline.training.schedule`). The space may then not vary the data or the schedule."""
+    """A base trained by `schedule.epochs`: converted once, here, from the built dataset
+    (`pipeline.training.schedule`), and set in the sweep too, so ASHA, the budget, the summary
+    and every trial count the steps the trials will train. The space may then not vary the
+    data or the schedule."""
     from pipeline.config.run import ConfigError
     from pipeline.training.schedule import with_epoch_steps as convert
 
-    if not base.schedule.epochs:
+    if not base.schedule.epochs or base.schedule.rows_per_epoch:
         return sweep, base
     varied = [n for d in sweep.domains.values() for n in d.names
               if n.startswith(("data.", "schedule."))]  # fmt: skip
@@ -134,7 +136,8 @@ def with_epoch_steps(sweep: SweepConfig, base: RunConfig) -> tuple[SweepConfig, 
             f"base.schedule.epochs: the space varies {', '.join(varied)}, which changes the steps "
             "an epoch is; give schedule.steps instead"
         )
-    base, line = convert(base)
-    print(f"[sweep] {line}", flush=True)
-    b = {**sweep.base, "schedule": {**sweep.base.get("schedule", {}), "steps": base.schedule.steps}}
+    base = convert(base, lambda line: print(f"[sweep] {line}", flush=True))
+    sch = base.schedule
+    b = {**sweep.base, "schedule": {**sweep.base.get("schedule", {}), "steps": sch.steps,
+                                    "rows_per_epoch": sch.rows_per_epoch}}  # fmt: skip
     return SweepConfig.from_dict({**sweep.to_dict(), "base": b}), base

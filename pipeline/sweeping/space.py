@@ -23,6 +23,8 @@ DOMAINS = ("grid", "choice", "uniform", "loguniform", "randint")
 FIXED_KEYS = {
     "name": "trial runs are named <sweep name>-<trial id>",
     "checkpoint.storage_path": "the sweep's storage is the base's checkpoint.storage_path",
+    "checkpoint.metric": "a sweep ranks its trials' checkpoints by search.metric",
+    "checkpoint.mode": "a sweep ranks its trials' checkpoints by search.metric and search.mode",
     "tracking": "every trial logs to the sweep's MLflow experiment, under its parent run",
     "resources": "resources are per sweep (Tune reserves them before a trial starts); "
     "set them in base.resources",

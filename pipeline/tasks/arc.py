@@ -22,8 +22,7 @@ def pool_augment(stream: Any, x, y, pid, rows, k, passes):
     if stream.pools is None or not len(rows):
         return x, y, pid
     a = stream.meta.augmentation
-    params = {"num_aug": a["num_aug"], "aug_seed": a["aug_seed"],
-              "translate": a["translate"] and stream.split == "train"}  # fmt: skip
+    params = {"aug_seed": a["aug_seed"], "translate": a["translate"] and stream.split == "train"}
     if stream.regime == "on_the_fly":
         keys = example_keys(stream.seed, passes, rows)
         return arc.augment(x, y, pid, keys, stream.pools, **params)

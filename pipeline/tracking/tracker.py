@@ -353,9 +353,9 @@ def log_model(uri: str, run_id: str, which: str, state: dict[str, Any]) -> None:
     import torch
     from mlflow.tracking import MlflowClient
 
-    weights = dict(state["model"])
-    if state.get("ema"):
-        weights.update(state["ema"]["shadow"])
+    from trm.optim import EMA
+
+    weights = EMA.fold(state["model"], state.get("ema"))
     payload = {"model_config": state["model_config"], "state_dict": weights, "step": state["step"]}
     with tempfile.TemporaryDirectory(prefix="trm-model-") as d:
         path = Path(d) / MODEL_FILE

@@ -104,12 +104,14 @@ def scaling_config(cfg: RunConfig, use_gpu: bool) -> Any:
 
 def checkpoint_config(ck: CheckpointConfig) -> Any:
     """The `ray.train.CheckpointConfig` of a run's checkpoint section: keep the `num_to_keep`
-    best by `metric` (and the latest)."""
+    best by `metric` (and the latest); time-based checkpoints rank last (`clock.SCORE`)."""
     import ray.train
+
+    from pipeline.checkpoints.clock import SCORE
 
     return ray.train.CheckpointConfig(
         num_to_keep=ck.num_to_keep or None,
-        checkpoint_score_attribute=ck.metric,
+        checkpoint_score_attribute=SCORE,
         checkpoint_score_order=ck.mode,
     )
 

@@ -15,27 +15,17 @@ from collections.abc import Callable
 
 import torch
 
+from pipeline.config.metric_names import TRAIN_METRICS
 from pipeline.training import distributed
 from pipeline.training.device import DeviceSums
 
 METRICS = {
     "step": "optimiser steps taken (= ACT steps of the batch slots)",
     "epoch": "current pass over the training split",
-    "train/loss": "loss per batch row (lm + 0.5 * q losses), mean over the logging interval",
-    "train/lm_loss": "token loss per row",
-    "train/q_halt_loss": "halting loss per row",
-    "train/accuracy": "token accuracy of examples that halted in the interval",
-    "train/exact_accuracy": "exact accuracy of examples that halted in the interval",
-    "train/q_halt_accuracy": "halting head agreed with exact correctness (halted examples)",
-    "train/steps": "mean ACT steps of examples that halted",
-    "train/lr": "learning rate of AdamATan2 at the last step",
-    "train/examples_per_s": "batch rows (example-ACT-steps) processed per second, all workers",
-    "train/puzzles_per_s": "examples completed (halted) per second, all workers",
-    "train/data_wait_fraction": "fraction of wall time rank 0 waited for the next batch",
-    "train/mfu": "model FLOPs utilisation: trm.flops train FLOPs / (peak FLOP/s * workers)",
+    **TRAIN_METRICS,
 }
-TRAIN_METRICS = tuple(k for k in METRICS if k.startswith("train/"))
-"""The names `MetricWindow.summary` reports (a sweep may rank trials by any of them)."""
+"""What a training run logs at each logging interval (`MetricWindow.summary`: the `train/*`
+names of `pipeline.config.metric_names`, which a sweep may rank trials by)."""
 
 
 class MetricWindow:

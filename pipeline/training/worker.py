@@ -18,9 +18,11 @@ where the loop runs:
 
 `report(metrics, checkpoint_dir)` is called by every rank at the same steps: at each
 evaluation step, every `schedule.report_every` steps (if set), and at each checkpoint step with
-checkpoint_dir = a temp directory holding this rank's files (deleted after `report` returns).
+checkpoint_dir = a temp directory holding this rank's files (deleted after `report` returns);
+a checkpoint's metrics also hold `checkpoint_score`, what Ray Train's retention ranks it by
+(`pipeline.checkpoints.clock.SCORE`).
 `metrics` holds `step`, `epoch`, the `train/*` metrics of the last logging interval and the
-latest `eval/*` metrics: see `pipeline.training.metrics.METRICS` and `pipeline/evaluation/evaluator.py`. Console
+latest `eval/*` metrics: every name is in `pipeline.config.metric_names`. Console
 lines and MLflow step metrics come every `schedule.log_every` steps, independently of reports.
 
 Resume is exact: the checkpoint holds the model, optimisers, EMA, step, data position
@@ -48,13 +50,14 @@ import torch
 
 import trm
 from pipeline.checkpoints import store as ckpt
-from pipeline.checkpoints.clock import CheckpointClock, unranked
+from pipeline.checkpoints.clock import CheckpointClock, scored, unranked
 from pipeline.config.run import ConfigError, RunConfig, flatten
 from pipeline.evaluation.evaluator import Evaluator
 from pipeline.tasks import adopt_tasks, carried_tasks
 from pipeline.tracking.provenance import source_tags
 from pipeline.tracking.tracker import NullTracker, start_tracker
 from pipeline.training.device import compile_model, to_device
+from pipeline.training.distributed import main_decides
 from pipeline.training.metrics import MetricWindow, peak_flops
 from pipeline.training.schedule import with_epoch_steps
 from pipeline.training.state import TrainState, train_step
@@ -105,10 +108,9 @@ def train_loop(cfg: RunConfig, info: RunInfo, session: Session) -> dict[str, flo
         raise ConfigError(
             f"resources.num_workers is {cfg.resources.num_workers} but {world} workers run"
         )
+    if cfg.schedule.steps is None:  # the driver converts: pipeline.training.schedule
+        raise ConfigError(f"schedule.epochs {cfg.schedule.epochs} reached a worker unconverted")
     meta = cached_meta(cfg.data.uri)  # the driver of an in-process trial read it already
-    cfg, epochs_line = with_epoch_steps(cfg)
-    if epochs_line and rank == 0:
-        session.say(f"[{info.name}] {epochs_line}")
     mcfg = cfg.resolve(meta)
     state = TrainState.create(cfg, mcfg, rank, device)
     if session.resume_dir is not None:
@@ -147,9 +149,9 @@ def train_loop(cfg: RunConfig, info: RunInfo, session: Session) -> dict[str, flo
                 if due.eval:
                     state.last_eval = evaluator(state.eval_model(), state.step)
                     # a new best is checkpointed (and kept by retention), so the run's best
-                    # evaluation can be reproduced from a checkpoint
-                    best = state.improves(state.last_eval, cfg.checkpoint.metric,
-                                          cfg.checkpoint.mode)  # fmt: skip
+                    # evaluation can be reproduced from a checkpoint; rank 0 decides for all
+                    best = main_decides(state.improves(state.last_eval, cfg.checkpoint.metric,
+                                                       cfg.checkpoint.mode), device)  # fmt: skip
                 last_metrics = {"step": state.step, "epoch": state.epoch, **train,
                                 **state.last_eval}  # fmt: skip
                 if due.checkpoint or best or timed:
@@ -169,7 +171,7 @@ def train_loop(cfg: RunConfig, info: RunInfo, session: Session) -> dict[str, flo
         # recorded the end): that checkpoint's report is the run's result, reported again
         last_metrics = ckpt.read_report(session.resume_dir)
         if last_metrics:
-            _report_again(session, last_metrics)
+            _report_again(session, last_metrics, saved_with["config"]["checkpoint"])
     if rank == 0:
         session.say(f"[{info.name}] done: step {state.step}, {_summary(last_metrics)}")
     tracker.finish("FINISHED")
@@ -180,7 +182,8 @@ def _checkpoint(state: TrainState, session: Session, saved_with: dict[str, Any],
                 metrics: dict[str, Any], report: dict[str, Any],
                 unsent: list[dict[str, Any]]) -> None:  # fmt: skip
     """Save a checkpoint with `report` (what it scored, to rank and order checkpoints by) and
-    the MLflow points not sent yet (`ckpt.UNSENT_FILE`), and report `metrics` with it."""
+    the MLflow points not sent yet (`ckpt.UNSENT_FILE`), and report `metrics` with it, scored
+    by `report` for Ray Train's retention (`clock.SCORE`)."""
     rank, world = session.world_rank, session.world_size
     with tempfile.TemporaryDirectory(prefix="trm-ckpt-") as d:
         state.save(d, rank, world, saved_with)
@@ -188,21 +191,21 @@ def _checkpoint(state: TrainState, session: Session, saved_with: dict[str, Any],
             ckpt.write_report(d, report)
             if unsent:
                 ckpt.write_unsent(d, unsent)
-        session.report(metrics, d)
+        session.report(scored(metrics, report, saved_with["config"]["checkpoint"]), d)
 
 
-def _report_again(session: Session, metrics: dict[str, Any]) -> None:
+def _report_again(session: Session, metrics: dict[str, Any], ck: dict[str, Any]) -> None:
     """Report the final checkpoint's `metrics` again. When Ray Train has no record of that
     checkpoint (the group died after writing it, before the controller recorded it), rank 0
     reports a copy of it too: the run's result then names the final checkpoint, not the one
     before it. Ray Train copies a reported directory into storage, so a copy is reported,
-    never the stored directory itself."""
+    never the stored directory itself, scored by the checkpoint section `ck`."""
     if not session.resume_unrecorded or session.world_rank != 0:
         session.report(metrics, None)
         return
     with tempfile.TemporaryDirectory(prefix="trm-ckpt-") as d:
         shutil.copytree(session.resume_dir, d, dirs_exist_ok=True)
-        session.report(metrics, d)
+        session.report(scored(metrics, metrics, ck), d)
 
 
 def _finish_on_error(tracker: Any, e: BaseException) -> None:
@@ -456,6 +459,7 @@ def run_in_process(
     """
     if cfg.resources.num_workers != 1:
         cfg = cfg.with_overrides(["resources.num_workers=1"])
+    cfg = with_epoch_steps(cfg)  # this process is the driver (nothing to do when converted)
     with contextlib.ExitStack() as stack:
         if report is None:
             store = Path(cfg.checkpoint.storage_path) / info.name

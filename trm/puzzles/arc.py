@@ -10,12 +10,13 @@ numbering) after a colour permutation that keeps 0 fixed, plus a translation of 
 official data every distinct (task, transform, colours) variant has its own puzzle identifier;
 here variant draw k of task b (k = 0 is the original) has a transform that is a pure function
 of (aug_seed, b, k); a task's pool (`Pools`) lists the draws of its distinct variants, as the
-official builder keeps them, and pool index j has identifier
+official builder keeps them, and pool index j of task b has identifier
 
-    id = 1 + b * (num_aug + 1) + j        (0 = blank)
+    id = 1 + (pool sizes of tasks 0..b-1) + j        (0 = blank)
 
-so the identifier space is enumerable without materialising any variant, and an evaluator can
-undo the augmentation of any prediction from its identifier (`Pools.transform`, `inverse`).
+the official builder's sequential numbering, so there are 1 + (sum of pool sizes) identifiers,
+one per distinct variant, and an evaluator can undo the augmentation of any prediction from its
+identifier (`Pools.split`, `Pools.transform`, `inverse`) without any variant materialised.
 """
 
 from __future__ import annotations
@@ -133,15 +134,6 @@ def inverse(grid: np.ndarray, tid: int, cmap: np.ndarray) -> np.ndarray:
     return np.argsort(cmap)[dihedral_one(grid, INVERSE[int(tid)])].astype(np.uint8)
 
 
-def identifier(base, k, num_aug: int):
-    return 1 + np.asarray(base) * (num_aug + 1) + np.asarray(k)
-
-
-def split_identifier(pid, num_aug: int) -> tuple[np.ndarray, np.ndarray]:
-    """Identifier -> (base task index, variant k)."""
-    return np.divmod(np.asarray(pid) - 1, num_aug + 1)
-
-
 def _shapes(c_BSS: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Heights and widths of grids placed at (0, 0): leading colour tokens down column 0 / along row 0."""
     colour = c_BSS >= 2
@@ -197,13 +189,23 @@ class Pools:
     """The variant pool of every task, as the official builder keeps it: per task b the draws
     k of its distinct variants (k = 0, the original, first; a draw that repeats an earlier
     variant's puzzle is skipped). Pool index j of task b is variant draw `draws[b][j]`
-    (`variant(b, draws[b][j], aug_seed)`), with identifier `identifier(b, j, num_aug)`."""
+    (`variant(b, draws[b][j], aug_seed)`), with identifier `first[b] + j`: identifiers number
+    the distinct variants in sequence, task by task, from 1 (0 is the blank identifier)."""
 
     def __init__(self, draws: list[list[int]]):
         self.sizes = np.array([len(d) for d in draws], np.int64)
+        if (self.sizes < 1).any() or any(d[0] != 0 for d in draws if d):
+            raise ValueError("every ARC task's pool must start with its original (draw 0)")
         self.table = np.full((len(draws), max(self.sizes, default=1)), -1, np.int64)
         for b, d in enumerate(draws):
             self.table[b, : len(d)] = d
+        self.first = 1 + np.cumsum(self.sizes) - self.sizes
+        """int64 [T]: identifier of each task's original (pool index 0)."""
+
+    @property
+    def num_identifiers(self) -> int:
+        """Identifiers in all, the blank one included: 1 + every task's distinct variants."""
+        return 1 + int(self.sizes.sum())
 
     def draw(self, base, j) -> np.ndarray:
         """Variant draw k of pool index j of task `base` (arrays broadcast)."""
@@ -211,6 +213,22 @@ class Pools:
         if (j >= self.sizes[base]).any() or (j < 0).any():
             raise ValueError("ARC pool index past the task's pool of distinct variants")
         return self.table[base, j]
+
+    def identifier(self, base, j) -> np.ndarray:
+        """Puzzle identifier of pool index j of task `base` (arrays broadcast)."""
+        self.draw(base, j)  # checks j
+        return self.first[np.asarray(base, np.int64)] + np.asarray(j, np.int64)
+
+    def split(self, pid) -> tuple[np.ndarray, np.ndarray]:
+        """Puzzle identifier -> (task index b, pool index j); inverse of `identifier`."""
+        pid = np.asarray(pid, np.int64)
+        if (pid < 1).any() or (pid >= self.num_identifiers).any():
+            raise ValueError(
+                f"ARC puzzle identifiers must be 1..{self.num_identifiers - 1} (the pools' "
+                f"distinct variants), got {pid.min()}..{pid.max()}"
+            )
+        base = np.searchsorted(self.first, pid, side="right") - 1
+        return base, pid - self.first[base]
 
     def transform(self, base, j, aug_seed: int) -> tuple[np.ndarray, np.ndarray]:
         """(dihedral tid, colour map) of pool index j of task `base`."""
@@ -240,16 +258,16 @@ def official_offsets(aug_seed: int, base, k, example, count, rows, cols) -> np.n
     return np.stack([np.where(at_origin, 0, r), np.where(at_origin, 0, c)], -1).astype(np.int64)
 
 
-def pool_variant(x, y, pid, j, example, count, pools: Pools, *, num_aug: int, aug_seed: int,
+def pool_variant(x, y, pid, j, example, count, pools: Pools, *, aug_seed: int,
                  translate: bool = True):  # fmt: skip
     """Pool index j of each row's task, placed as the official builder places that variant's
     training examples (`official_offsets`; `example` is the row's index among its task's
-    `count` training examples). x, y, pid: original pairs at the origin with variant-0
-    identifiers. Returns the canvases and the variants' identifiers: row for row what a
-    materialised build of the same aug_seed stores (identifiers aside: those are sequential
-    there)."""
+    `count` training examples). x, y, pid: original pairs at the origin with their tasks'
+    original identifiers. Returns the canvases and the variants' identifiers. The one
+    definition of a pool variant's rows: the materialised build stores what this returns and
+    the on-the-fly fixed pool computes it per batch."""
     x, y, pid = np.asarray(x), np.asarray(y), np.asarray(pid)
-    base = _original_base(pid, num_aug)
+    base = _original_base(pid, pools)
     k = pools.draw(base, j)
     tid, cmap = variant(base, k, aug_seed)
     offset = np.zeros((len(x), 2), np.int64)
@@ -262,15 +280,14 @@ def pool_variant(x, y, pid, j, example, count, pools: Pools, *, num_aug: int, au
     )
 
 
-def _original_base(pid: np.ndarray, num_aug: int) -> np.ndarray:
-    base, k0 = split_identifier(pid, num_aug)
-    if (k0 != 0).any() or (pid < 1).any():
+def _original_base(pid: np.ndarray, pools: Pools) -> np.ndarray:
+    base, j0 = pools.split(pid)
+    if (j0 != 0).any():
         raise ValueError("ARC rows to augment must carry original (variant 0) identifiers")
     return base
 
 
-def augment(x, y, pid, keys, pools: Pools, *, num_aug: int, aug_seed: int,
-            translate: bool = True):  # fmt: skip
+def augment(x, y, pid, keys, pools: Pools, *, aug_seed: int, translate: bool = True):
     """A random variant of each row's task pool and a random translation, keyed by keys[b]
     (the on_the_fly regime: a fresh draw every epoch).
 
@@ -279,8 +296,8 @@ def augment(x, y, pid, keys, pools: Pools, *, num_aug: int, aug_seed: int,
     """
     x, y, pid = np.asarray(x), np.asarray(y), np.asarray(pid)
     keys = np.asarray(keys, dtype=np.uint64)
-    base = _original_base(pid, num_aug)
-    j = random_ints(keys, np.minimum(pools.sizes[base], num_aug + 1), stream=30)
+    base = _original_base(pid, pools)
+    j = random_ints(keys, pools.sizes[base], stream=30)
     tid, cmap = pools.transform(base, j, aug_seed)
     offset = np.zeros((len(x), 2), np.int64)
     if translate:
