@@ -87,6 +87,18 @@ def read_logs(root: Path, pattern: str) -> list[str]:
     return texts
 
 
+def logs_holding(root: Path, pattern: str, done: Any, timeout: float = 30.0) -> str:
+    """The joined text of `read_logs(root, pattern)` once `done(text)` holds, or as it is after
+    `timeout` seconds: a worker's buffered output can reach its log file after the run that
+    printed it has returned."""
+    deadline = time.monotonic() + timeout
+    while True:
+        out = "\n".join(read_logs(root, pattern))
+        if done(out) or time.monotonic() > deadline:
+            return out
+        time.sleep(0.5)
+
+
 class LocalRay:
     """A private local Ray cluster: its own short temp dir (session logs land there, so a drill
     can read its workers' output), the given environment for every Ray process, and a
