@@ -57,6 +57,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import yaml
 from common import ROOT, machine, pick_device, save, table
 from services import MlflowServer, moto_process, postgres
+from stack_sampler import StackSampler
 from sweep_overhead import make_timed_trial, read_trials
 
 SMOKE_SWEEP = ROOT / "sweeps" / "smoke.yaml"
@@ -135,6 +136,19 @@ def disrupt(log: Path, at: int, what: str, act: Any, events: list[dict[str, Any]
         print(f"# sweep_scale: {what} after {at} trials: {detail}", flush=True)
 
     threading.Thread(target=watch, daemon=True).start()
+
+
+def sample_end(log: Path, trials: int) -> StackSampler:
+    """A sampler of the driver's (main) thread that starts once every trial has ended."""
+    sampler = StackSampler(threading.main_thread().ident, interval=0.2)
+
+    def watch() -> None:
+        while ended(log) < trials:
+            time.sleep(1)
+        sampler.start()
+
+    threading.Thread(target=watch, daemon=True).start()
+    return sampler
 
 
 def run_sweep_timed(sweep_dict: dict[str, Any], log: Path, address: str) -> dict[str, Any]:
@@ -335,6 +349,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="FRACTION",
         help="kill one worker raylet (no grace) once this fraction has ended",
     )
+    ap.add_argument("--profile-end", action="store_true",
+                    help="sample the driver's stack from the last trial's end to the summary "
+                         "(end_profile in the result)")  # fmt: skip
     ap.add_argument("--label", default="", help="suffix of the result file (before, after...)")
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
@@ -379,10 +396,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 print(f"# sweep_scale: {a.trials} trials on {a.nodes} raylets x "
                       f"{a.gpus_per_node} fake GPU, work dir {work}; watch it in the MLflow "
                       f"UI at {server.url} (experiment trm-scale)", flush=True)  # fmt: skip
+                sampler = sample_end(log, a.trials) if a.profile_end else None
                 run = run_sweep_timed(sweep, log, cluster.address)
+                if sampler is not None:
+                    sampler.stop()
                 conc = a.nodes * a.gpus_per_node * 2  # two trials per GPU (gpus_per_worker 0.5)
                 result = measure(run, log, server, conc)
                 result.update(lost_trials(run, server.url, run["sweep"].num_trials))
+                if sampler is not None:
+                    result["end_profile"] = sampler.top(40)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     result["events"] = events
