@@ -116,8 +116,9 @@ def test_data_that_does_not_fit_the_checkpoint_is_refused(trained):
 
 
 @pytest.mark.slow
-def test_evaluate_sweep_end_to_end(ray_local, trained):
-    """~1 min: 4 settings of one checkpoint as Tune trials; child runs, summary, plot, best."""
+def test_evaluate_sweep_end_to_end(ray_local, trained, capsys):
+    """~1 min: 4 settings of one checkpoint as Tune trials; child runs, summary, plot, best;
+    the summary is the caller's to print (once), ending with where the results are."""
     from pipeline.checkpoints.restore import restore
     from pipeline.sweeping.eval_report import BEST, PLOT
     from pipeline.sweeping.run import run_sweep
@@ -130,6 +131,9 @@ def test_evaluate_sweep_end_to_end(ray_local, trained):
     sweep = SweepConfig.from_dict(d)
     out = run_sweep(sweep, yaml.safe_dump(d), str(work / "sweeps" / "tt"))
 
+    assert "evaluate-mode sweep 'tt'" not in capsys.readouterr().out
+    assert out.console_text().count("evaluate-mode sweep 'tt'") == 1
+    assert f"MLflow parent run {out.parent_run_id}" in out.console_text()
     assert out.exit_code == 0 and len(out.eval_rows) == 4
     assert all(r.metrics["eval/count"] == 48 for r in out.eval_rows)
     runs = child_runs(uri, "tt", out.parent_run_id)

@@ -15,7 +15,7 @@ import yaml
 from pipeline.config.metric_names import RULES, rule_metric
 from pipeline.sweeping.config import EVAL_MODE_FIELDS, SweepConfig
 from pipeline.sweeping.plots import pareto_figure
-from pipeline.sweeping.report import SweepOutcome
+from pipeline.sweeping.report import SweepOutcome, results_where
 from pipeline.tracking.sender import png_bytes
 
 PLOT = "plots/accuracy_vs_inference_flops.png"
@@ -115,7 +115,8 @@ def accuracy_figure(rows: list[EvalRow]):
 def finish_eval_sweep(
     sweep: SweepConfig, ctx: Any, results: Any, tracker: Any, wall_s: float
 ) -> EvalOutcome:
-    """Summarise, print, store and log an evaluate-mode sweep."""
+    """Summarise, store and log an evaluate-mode sweep. The caller prints `console_text()`
+    (as for a training sweep: `pipeline.sweeping.report.finish_sweep`)."""
     from pipeline.data.storage import open_storage
     from pipeline.tracking.tracker import child_runs
 
@@ -126,7 +127,6 @@ def finish_eval_sweep(
             r.run_id = runs.get(ctx.run_key(r.trial_id), "")
     best = best_row(rows, sweep.search.metric, sweep.search.mode)
     text = summary_text(sweep, rows, best)
-    print("\n" + text, flush=True)
     files = {"summary/summary.txt": text + "\n"}
     if best is not None:
         eval_section = {k.split(".", 1)[1]: v for k, v in best.setting.items() if v is not None}
@@ -148,4 +148,5 @@ def finish_eval_sweep(
     return EvalOutcome(
         exp_path=ctx.exp_path, parent_run_id=tracker.run_id or "", tracking_uri=ctx.tracking_uri,
         summary_text=text, exit_code=1 if failed else 0, eval_rows=rows, best=best,
+        where=results_where(ctx, tracker, "summary, best_eval.yaml, accuracy against FLOPs"),
     )  # fmt: skip

@@ -400,11 +400,13 @@ def exit_code(rows: list[TrialRow]) -> int:
     return 0
 
 
-def results_where(ctx: Any, tracker: Any) -> str:
-    """The lines that end the console output: where the results are."""
+def results_where(
+    ctx: Any, tracker: Any, holds: str = "summary, best_config.yaml, plots, trial checkpoints"
+) -> str:
+    """The lines that end the console output: where the results are (`holds`: what)."""
     from pipeline.tracking.server import run_link
 
-    lines = [f"Results: {ctx.exp_path} (summary, best_config.yaml, plots, trial checkpoints)"]
+    lines = [f"Results: {ctx.exp_path} ({holds})"]
     if tracker.run_id:
         lines.append(
             f"MLflow parent run {tracker.run_id}: {run_link(ctx.tracking_uri, tracker.run_id)}"
