@@ -124,30 +124,33 @@ def ended(log: Path) -> int:
     return sum('"event": "end"' in line for line in log.read_text().splitlines())
 
 
-def disrupt(log: Path, at: int, what: str, act: Any, events: list[dict[str, Any]]) -> None:
-    """In a thread: once `at` trials have ended, run `act()` and record it."""
+def when_ended(log: Path, at: int, act: Any) -> None:
+    """In a thread: once `at` trials have ended, run `act()`."""
 
     def watch() -> None:
         while ended(log) < at:
             time.sleep(1)
+        act()
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def disrupt(log: Path, at: int, what: str, act: Any, events: list[dict[str, Any]]) -> None:
+    """Once `at` trials have ended, run `act()` and record it."""
+
+    def run() -> None:
         t = time.time()
         detail = act()
         events.append({"event": what, "t": t, "after_trials": at, "detail": detail})
         print(f"# sweep_scale: {what} after {at} trials: {detail}", flush=True)
 
-    threading.Thread(target=watch, daemon=True).start()
+    when_ended(log, at, run)
 
 
 def sample_end(log: Path, trials: int) -> StackSampler:
     """A sampler of the driver's (main) thread that starts once every trial has ended."""
     sampler = StackSampler(threading.main_thread().ident, interval=0.2)
-
-    def watch() -> None:
-        while ended(log) < trials:
-            time.sleep(1)
-        sampler.start()
-
-    threading.Thread(target=watch, daemon=True).start()
+    when_ended(log, trials, sampler.start)
     return sampler
 
 
