@@ -35,6 +35,8 @@ import pytest
 from hypothesis import settings
 from services import MlflowServer, free_port, moto_process, postgres
 
+from pipeline.tracking.sender import TRIAL_RETURN_S
+
 # CI: the same examples every run (a failure there can be replayed), and a bound on how many
 settings.register_profile("ci", derandomize=True, max_examples=50, deadline=None, database=None)
 if os.environ.get("CI") == "true":
@@ -229,7 +231,7 @@ def ray_local(s3_server):
     # what pipeline/sweeping/run.py sets for the local clusters it starts: a reused trial
     # process waits this long for the previous trial's function to return (Tune's 2 s are
     # too short on a loaded machine)
-    mp.setenv("TUNE_FUNCTION_THREAD_TIMEOUT_S", "60")
+    mp.setenv("TUNE_FUNCTION_THREAD_TIMEOUT_S", TRIAL_RETURN_S)
     # address="local": a new cluster even when /tmp/ray/ray_current_cluster names another one
     # (a `ray start` elsewhere on the machine), which ray.init() would otherwise join
     ctx = ray.init(address="local", num_cpus=2, include_dashboard=True, log_to_driver=True)
@@ -289,7 +291,7 @@ def _ray_head_cluster(s3_server):
         "PATH": venv_bin + os.pathsep + os.environ.get("PATH", ""),
         "RAY_AUTH_MODE": "token",
         "RAY_TRAIN_V2_ENABLED": "1",
-        "TUNE_FUNCTION_THREAD_TIMEOUT_S": "60",  # as in ray_local
+        "TUNE_FUNCTION_THREAD_TIMEOUT_S": TRIAL_RETURN_S,  # as in ray_local
     }
     gcs, dash = free_port(), free_port()
     cmd = [

@@ -30,6 +30,8 @@ import pytest
 import yaml
 from drills import private_cluster, raylet_pid, record
 
+from pipeline.tracking.sender import TRIAL_RETURN_S
+
 SMOKE = Path(__file__).resolve().parents[1] / "sweeps" / "smoke.yaml"
 KILLS, EVERY, LOG_EVERY = 5, 8, 4
 STEPS = EVERY * (KILLS + 3)
@@ -37,7 +39,7 @@ STEPS = EVERY * (KILLS + 3)
 
 @pytest.fixture
 def cluster(monkeypatch):
-    monkeypatch.setenv("TUNE_FUNCTION_THREAD_TIMEOUT_S", "60")
+    monkeypatch.setenv("TUNE_FUNCTION_THREAD_TIMEOUT_S", TRIAL_RETURN_S)
     with private_cluster(monkeypatch, KILLS + 2) as made:
         yield made
 

@@ -177,6 +177,47 @@ def test_a_full_send_buffer_drops_points_and_the_run_says_how_many(
     assert counted == [("dropped", 1)]
 
 
+def test_closing_waits_for_a_slow_server_and_gives_up_on_one_that_stopped_answering(
+    mlflow_server, tmp_path
+):
+    """At a run's end the sender goes on while its sends succeed, however long they take in all
+    (a loaded server still gets the run's last figures), and gives up only after a stretch
+    with none: six uploads of 0.4 s each take longer in all than the 1 s allowed without a
+    send, and all arrive; an upload that hangs longer than that is dropped and counted, and
+    so is what was queued behind it."""
+    import time
+
+    import pipeline.tracking.sender as sender
+    from pipeline.tracking.tracker import Tracker
+
+    tracker = Tracker(mlflow_server, "trm-close", "close", f"{tmp_path}/close", {}, {})
+
+    def slow(name: str, pause: float):
+        def job():
+            time.sleep(pause)
+            sender.upload_bytes(tracker.client, tracker.run_id, b"x", f"slow/{name}.txt")
+
+        return job
+
+    tracker.sender.close()
+    tracker.sender = sender.Sender(tracker.client, tracker.run_id, mlflow_server)
+    for i in range(6):
+        tracker.sender.put_job(f"{i}", slow(f"{i}", 0.4))
+    tracker.sender.close(idle_s=1.0)
+    assert tracker.sender.dropped == 0
+    tracker.sender = sender.Sender(tracker.client, tracker.run_id, mlflow_server)
+    tracker.sender.put_job("hung", slow("hung", 5.0))
+    tracker.sender.put_job("behind", slow("behind", 0.0))
+    tracker.sender.close(idle_s=1.0)
+    assert (tracker.sender.dropped_jobs, tracker.sender.dropped_points) == (2, 0)
+    tracker.finish()  # records what was dropped
+    run = read_run(mlflow_server, tracker.run_id)
+    assert [a for a in run["artifacts"] if a.startswith("slow/")] == [
+        f"slow/{i}.txt" for i in range(6)
+    ]
+    assert run["tags"]["trm.tracking.dropped"] == "0 metric points, 2 artifacts"
+
+
 def test_a_process_ending_before_its_run_closes_still_sends_the_queue(mlflow_server, tmp_path):
     """Tune ends a stopped trial's process without waiting for the trial (Ray runs the process's
     atexit handlers); the sender's thread is a daemon, so the queue would die with it. At exit

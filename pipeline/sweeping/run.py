@@ -39,6 +39,7 @@ from pipeline.sweeping.store import resolved_text, store_sweep
 from pipeline.sweeping.trial import SweepContext, run_trial
 from pipeline.sweeping.tuner import build_tuner
 from pipeline.tasks import carried_tasks
+from pipeline.tracking.sender import TRIAL_RETURN_S
 from pipeline.tracking.server import check_tracking
 from pipeline.tracking.tracker import start_tracker
 from pipeline.training.cluster import (
@@ -67,9 +68,9 @@ def run_sweep(
     t_start = time.time()
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     # a reused trial process waits this long for the previous trial's function to return (its
-    # MLflow run to end) before Tune gives up on reusing it and errors the next trial; Tune's
-    # 2 s are too short on a busy machine (local clusters inherit the driver's environment)
-    os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", "60")
+    # MLflow run to end) before Tune gives up on reusing it and errors the next trial (local
+    # clusters inherit the driver's environment)
+    os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", TRIAL_RETURN_S)
     # Tune's CSV and TensorBoard loggers: files per trial that each experiment-state save
     # uploads again (`tuner.ResultsFile` keeps the one the summary reads)
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")

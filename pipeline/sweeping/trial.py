@@ -35,6 +35,7 @@ from pipeline.sweeping.store import (
 )
 from pipeline.tasks import adopt_tasks
 from pipeline.tracking.prometheus import count_trial
+from pipeline.tracking.sender import TRIAL_RETURN_S
 from pipeline.training.failures import deterministic, root_cause
 
 
@@ -195,10 +196,9 @@ class SweepReportCallback(TuneReportCallback):
 def run_trial(config: dict[str, Any], ctx: SweepContext) -> None:
     """One Tune trial: train the base config with this trial's values."""
     adopt_tasks(ctx.tasks)
-    # Tune reads it in this process when it reuses it for the next trial: how long the trial
-    # function may take to return after Tune stopped it (it sends what its MLflow run still
-    # holds, `pipeline.tracking.sender.FLUSH_TIMEOUT_S`); Tune's default is 2 s
-    os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", "60")
+    # Tune reads it in this process when it reuses it for the next trial (as run_sweep sets it
+    # for clusters that do not inherit the driver's environment)
+    os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", TRIAL_RETURN_S)
     trial_id = tune.get_context().get_trial_id()
     done = completed_result(ctx.exp_path, trial_id)
     if done is not None:

@@ -36,7 +36,14 @@ BATCH_WAIT_S = 1.0
 most per run, however often the loop logs."""
 RETRY_BASE_S, RETRY_MAX_S = 2.0, 60.0
 FLUSH_TIMEOUT_S = 30.0
-"""At the end of a run, how long the sender may take to send what it still holds."""
+"""At the end of a run, how long the sender may go without sending anything before it gives
+up on what it still holds (a server that is away); while sends succeed it goes on, up to
+`FLUSH_CAP_S` in all (a slow or loaded server still gets the run's last figures)."""
+FLUSH_CAP_S = 120.0
+TRIAL_RETURN_S = str(int(FLUSH_CAP_S) + 30)
+"""What sweeps set TUNE_FUNCTION_THREAD_TIMEOUT_S to: how long a reused trial process waits for
+the previous trial's function to return (its run's `close`) before Tune gives up on it; Tune's
+default is 2 s."""
 DROPPED_TAG, DROPPED_METRIC = "trm.tracking.dropped", "tracking/dropped_points"
 
 logger = logging.getLogger("pipeline.tracking.tracker")
@@ -45,14 +52,14 @@ _OPEN: weakref.WeakSet[Sender] = weakref.WeakSet()
 
 @atexit.register
 def _send_what_is_left() -> None:
-    """At interpreter exit, wait (at most `FLUSH_TIMEOUT_S` in all) until every sender not yet
-    closed has sent what it holds. Senders run on daemon threads, so without this a process
+    """At interpreter exit, wait until every sender not yet closed has sent what it holds (at
+    most `FLUSH_CAP_S` in all, each giving up after `FLUSH_TIMEOUT_S` without a send). Senders run on daemon threads, so without this a process
     that ends before its run's `close` is done loses the queue: Tune ends a trial's process
     right after it stopped the trial (ASHA, the budget) without waiting for the trial's
     function, and Ray runs atexit handlers when it ends an actor's process that way."""
-    deadline = time.monotonic() + FLUSH_TIMEOUT_S
+    deadline = time.monotonic() + FLUSH_CAP_S
     for sender in list(_OPEN):
-        sender.flush(max(0.0, deadline - time.monotonic()))
+        sender.flush(cap_s=max(0.0, deadline - time.monotonic()))
 
 
 class Sender:
@@ -65,6 +72,7 @@ class Sender:
         self.max_points, self.max_jobs = max_points, max_jobs
         self.dropped_points = self.dropped_jobs = 0
         self.sent_points = 0
+        self._done = 0  # sends that succeeded (batches and jobs): what `flush` watches
         self._metrics: collections.deque = collections.deque()
         self._jobs: collections.deque[tuple[str, Callable[[], None]]] = collections.deque()
         self._cond = threading.Condition()
@@ -110,21 +118,26 @@ class Sender:
         with self._cond:
             return list(self._metrics)
 
-    def flush(self, timeout_s: float = FLUSH_TIMEOUT_S) -> bool:
-        """Wait until everything queued so far is sent (at most `timeout_s`); whether it was."""
+    def flush(self, idle_s: float = FLUSH_TIMEOUT_S, cap_s: float = FLUSH_CAP_S) -> bool:
+        """Wait until everything queued so far is sent, as long as sends go on succeeding:
+        at most `idle_s` without one, `cap_s` in all; whether everything was sent."""
+        end = time.monotonic() + cap_s
         with self._cond:
-            if not self._thread.is_alive():
-                return not self._pending()
             self._cond.notify()
-            return self._cond.wait_for(lambda: not self._pending(), timeout=timeout_s)
+            while self._pending() and self._thread.is_alive():
+                done, left = self._done, min(idle_s, end - time.monotonic())
+                if left <= 0 or not self._cond.wait_for(
+                    lambda done=done: not self._pending() or self._done != done, timeout=left
+                ):
+                    break
+            return not self._pending()
 
-    def close(self, timeout_s: float = FLUSH_TIMEOUT_S) -> None:
-        """Send what is held (for at most `timeout_s`), then stop; what is still held then
-        counts as dropped."""
+    def close(self, idle_s: float = FLUSH_TIMEOUT_S, cap_s: float = FLUSH_CAP_S) -> None:
+        """Send what is held (`flush`), then stop; what is still held then counts as dropped."""
         with self._cond:
             self._closing = True
-            self._cond.notify()
-        self._thread.join(timeout_s)
+        self.flush(idle_s, cap_s)
+        self._thread.join(1.0)
         _OPEN.discard(self)
         with self._cond:
             self._abandon = True
@@ -135,8 +148,8 @@ class Sender:
                 count_tracking_failure("dropped", len(self._metrics) + len(self._jobs))
                 logger.warning(
                     f"[tracking] MLflow {redact(self.uri)}: {len(self._metrics)} metric "
-                    f"point(s) and {len(self._jobs)} artifact(s) not sent within {timeout_s:.0f}"
-                    " s of the run's end: dropped"
+                    f"point(s) and {len(self._jobs)} artifact(s) not sent by the run's end (no "
+                    f"send succeeded for {idle_s:.0f} s, or {cap_s:.0f} s passed): dropped"
                 )
                 self._metrics.clear()
                 self._jobs.clear()
@@ -180,6 +193,7 @@ class Sender:
             if not points:
                 self._jobs.popleft()
             self.sent_points += points
+            self._done += 1
             held = len(self._metrics) + len(self._jobs)
             self._cond.notify_all()  # a `flush` waiting
         if self._failures:
