@@ -295,22 +295,30 @@ def _ranked(rows: list[TrialRow], mode: str) -> list[TrialRow]:
     return sorted((r for r in rows if r.best is not None), key=lambda r: -sign * r.best)
 
 
-def attach_runs(rows: list[TrialRow], ctx: Any, experiment: str, mode: str) -> None:
-    """MLflow child run of each trial, and the last depth curve of the best trials."""
-    from pipeline.tracking.tracker import child_runs, list_artifacts, load_dict_artifact
+def attach_runs(rows: list[TrialRow], ctx: Any, experiment: str, mode: str) -> dict[str, str]:
+    """MLflow child run of each trial, and the last depth curve of the best trials; returns
+    the stop reason each ended child run already records (trial id -> `trm.stop_reason`)."""
+    from pipeline.tracking.tracker import child_run_states
 
     if not ctx.parent_run_id:
-        return
-    runs = child_runs(ctx.tracking_uri, experiment, ctx.parent_run_id)
+        return {}
+    runs = child_run_states(ctx.tracking_uri, experiment, ctx.parent_run_id, "trm.stop_reason")
+    recorded = {}
     for r in rows:
-        r.run_id = runs.get(ctx.run_key(r.trial_id), "")
-    for r in [r for r in _ranked(rows, mode) if r.run_id][:TOP_CURVES]:
-        found = sorted(p for p in list_artifacts(ctx.tracking_uri, r.run_id, "depth_curve")
-                       if p.endswith(".json"))  # fmt: skip
-        if found:
-            r.curve = list(
-                load_dict_artifact(ctx.tracking_uri, r.run_id, found[-1])["exact_accuracy"]
-            )
+        r.run_id, recorded[r.trial_id] = runs.get(ctx.run_key(r.trial_id), ("", ""))
+    top = [r for r in _ranked(rows, mode) if r.run_id][:TOP_CURVES]
+    with ThreadPoolExecutor(TOP_CURVES) as pool:  # a few round trips each: side by side
+        for r, curve in zip(top, pool.map(lambda r: _last_curve(ctx.tracking_uri, r.run_id), top)):
+            r.curve = curve
+    return recorded
+
+
+def _last_curve(uri: str, run_id: str) -> list[float]:
+    """The depth curve of a run's last evaluation ([] where it logged none)."""
+    from pipeline.tracking.tracker import list_artifacts, load_dict_artifact
+
+    found = sorted(p for p in list_artifacts(uri, run_id, "depth_curve") if p.endswith(".json"))
+    return list(load_dict_artifact(uri, run_id, found[-1])["exact_accuracy"]) if found else []
 
 
 def _log_plots(rows: list[TrialRow], mode: str, tracker: Any, store: Any) -> None:
@@ -357,20 +365,17 @@ def end_child(uri: str, run_id: str, name: str, trial_id: str, reason: str, sche
             client=client)  # fmt: skip
 
 
-def end_children(sweep: SweepConfig, ctx: Any, rows: list[TrialRow]) -> None:
+def end_children(sweep: SweepConfig, ctx: Any, rows: list[TrialRow],
+                 recorded: dict[str, str]) -> None:  # fmt: skip
     """Each child run's final status, display name, stop reason, swept values (params
     `swept.<key>`) and best value of the sweep's metric (`best/<metric>`), unless it was
-    finalised so when its trial ended (`pipeline.sweeping.finalise`): through one client,
-    `ENDERS` runs at a time, without MLflow's "View run" line per run on the console."""
+    finalised so when its trial ended (`pipeline.sweeping.finalise`; `recorded`: the stop
+    reason each run records, from `attach_runs`): through one client, `ENDERS` runs at a
+    time, without MLflow's "View run" line per run on the console."""
     from mlflow.tracking import MlflowClient
 
-    from pipeline.tracking.tracker import child_runs
-
     client = MlflowClient(tracking_uri=ctx.tracking_uri)
-    done = child_runs(ctx.tracking_uri, ctx.base["tracking"]["experiment"], ctx.parent_run_id,
-                      tag="trm.stop_reason") if ctx.parent_run_id else {}  # fmt: skip
-    todo = [r for r in rows
-            if r.run_id and done.get(ctx.run_key(r.trial_id)) != r.stop_reason]  # fmt: skip
+    todo = [r for r in rows if r.run_id and recorded.get(r.trial_id) != r.stop_reason]
 
     def end(r: TrialRow) -> None:
         end_child(ctx.tracking_uri, r.run_id, r.name, r.trial_id, r.stop_reason,
@@ -420,7 +425,7 @@ def finish_sweep(sweep: SweepConfig, ctx: Any, results: Any, tracker: Any, wall_
     from pipeline.data.storage import open_storage
 
     rows = collect_rows(sweep, ctx, results, wall_s)
-    attach_runs(rows, ctx, ctx.base["tracking"]["experiment"], sweep.search.mode)
+    recorded = attach_runs(rows, ctx, ctx.base["tracking"]["experiment"], sweep.search.mode)
     best = best_row(rows, sweep.search.mode)
     store = open_storage(ctx.exp_path)
     where = f"{ctx.exp_path}/best_config.yaml" + (
@@ -451,7 +456,7 @@ def finish_sweep(sweep: SweepConfig, ctx: Any, results: Any, tracker: Any, wall_
         tracker.set_tags({"trm.best_trial": best.trial_id, "trm.best_run_id": best.run_id,
                           "trm.best_checkpoint": best.checkpoint})  # fmt: skip
     tracker.log_metrics(metrics, 0)
-    end_children(sweep, ctx, rows)
+    end_children(sweep, ctx, rows, recorded)
     return SweepOutcome(
         ctx.exp_path,
         tracker.run_id or "",

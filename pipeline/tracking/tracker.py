@@ -393,13 +393,22 @@ def retire_run(uri: str, experiment: str, run_key: str) -> str | None:
 def child_runs(uri: str, experiment: str, parent_run_id: str, tag: str = "") -> dict[str, str]:
     """`run_key` -> run id of every run nested under `parent_run_id` (with `tag`: -> that
     tag's value, '' where the run lacks it or still runs)."""
+    found = child_run_states(uri, experiment, parent_run_id, tag)
+    return {key: ended if tag else run_id for key, (run_id, ended) in found.items()}
+
+
+def child_run_states(
+    uri: str, experiment: str, parent_run_id: str, tag: str
+) -> dict[str, tuple[str, str]]:
+    """`run_key` -> (run id, value of `tag` once the run ended: '' while it runs or where it
+    lacks the tag) of every run nested under `parent_run_id`, in one paged search."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         return {}
-    out: dict[str, str] = {}
+    out: dict[str, tuple[str, str]] = {}
     token = None
     while True:
         page = client.search_runs(
@@ -409,9 +418,8 @@ def child_runs(uri: str, experiment: str, parent_run_id: str, tag: str = "") -> 
             page_token=token,
         )
         for run in page:
-            key = run.data.tags.get(RUN_KEY_TAG, run.info.run_id)
-            ended = run.info.status != "RUNNING"
-            out[key] = (run.data.tags.get(tag, "") if ended else "") if tag else run.info.run_id
+            ended = run.data.tags.get(tag, "") if run.info.status != "RUNNING" else ""
+            out[run.data.tags.get(RUN_KEY_TAG, run.info.run_id)] = (run.info.run_id, ended)
         token = page.token
         if not token:
             return out
