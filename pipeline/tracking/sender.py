@@ -53,10 +53,11 @@ _OPEN: weakref.WeakSet[Sender] = weakref.WeakSet()
 @atexit.register
 def _send_what_is_left() -> None:
     """At interpreter exit, wait until every sender not yet closed has sent what it holds (at
-    most `FLUSH_CAP_S` in all, each giving up after `FLUSH_TIMEOUT_S` without a send). Senders run on daemon threads, so without this a process
-    that ends before its run's `close` is done loses the queue: Tune ends a trial's process
-    right after it stopped the trial (ASHA, the budget) without waiting for the trial's
-    function, and Ray runs atexit handlers when it ends an actor's process that way."""
+    most `FLUSH_CAP_S` in all, each giving up after `FLUSH_TIMEOUT_S` without a send).
+    Senders run on daemon threads, so without this a process that ends before its run's
+    `close` is done loses the queue: Tune ends a trial's process right after it stopped the
+    trial (ASHA, the budget) without waiting for the trial's function, and Ray runs atexit
+    handlers when it ends an actor's process that way."""
     deadline = time.monotonic() + FLUSH_CAP_S
     for sender in list(_OPEN):
         sender.flush(cap_s=max(0.0, deadline - time.monotonic()))
@@ -136,8 +137,8 @@ class Sender:
         """Send what is held (`flush`), then stop; what is still held then counts as dropped."""
         with self._cond:
             self._closing = True
-        self.flush(idle_s, cap_s)
-        self._thread.join(1.0)
+        if self.flush(idle_s, cap_s):  # all sent: the thread ends at once
+            self._thread.join(1.0)
         _OPEN.discard(self)
         with self._cond:
             self._abandon = True
