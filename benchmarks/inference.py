@@ -22,7 +22,6 @@ training recipe; a changed recipe retrains. Writes benchmarks/results/inference[
 from __future__ import annotations
 
 import argparse
-import functools
 import hashlib
 import io
 import json
@@ -51,10 +50,10 @@ from common import (
     timed,
 )
 
+from pipeline.config.run import RunConfig
 from pipeline.data.builders import generate_sudoku
+from pipeline.training.state import TrainState, train_step
 from trm import TRM, TRMConfig
-from trm.losses import act_loss
-from trm.optim import EMA, AdamATan2, lr_lambda
 from trm.puzzles import sudoku
 
 # The small model and its recipe (the cache key is a hash of these two dicts).
@@ -70,14 +69,19 @@ RECIPE = dict(
 QUICK_RECIPE = dict(RECIPE, num_train=200, steps=20, batch=16)
 
 
+LOOP = "pipeline.training.state.train_step"
+"""Part of the cache key: weights trained by another loop (this file's own, before) retrain."""
+
+
 def recipe_key(model: dict, recipe: dict) -> str:
-    blob = json.dumps({"model": model, "recipe": recipe}, sort_keys=True).encode()
+    blob = json.dumps({"model": model, "recipe": recipe, "loop": LOOP}, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def model_config(recipe: dict) -> TRMConfig:
+def model_config(recipe: dict, batch_size: int | None = None) -> TRMConfig:
     n = recipe["size"]
-    return TRMConfig(**MODEL, seq_len=n * n, vocab_size=n + 2, num_puzzle_identifiers=1)
+    return TRMConfig(**MODEL, seq_len=n * n, vocab_size=n + 2, num_puzzle_identifiers=1,
+                     batch_size=batch_size)  # fmt: skip
 
 
 def puzzles(count: int, size: int, seed: int, min_clues: int = 0) -> dict[str, torch.Tensor]:
@@ -101,45 +105,43 @@ def held_out(recipe: dict, count: int) -> dict[str, torch.Tensor]:
     return test
 
 
+def run_config(recipe: dict) -> RunConfig:
+    """The recipe as the training loop's config (data.uri is never read: batches are made here)."""
+    return RunConfig.from_dict({
+        "data": {"uri": "unused", "global_batch_size": recipe["batch"], "seed": recipe["seed"]},
+        "optim": {"lr": recipe["lr"], "lr_warmup_steps": recipe["warmup"],
+                  "lr_min_ratio": recipe["min_ratio"], "weight_decay": recipe["weight_decay"],
+                  "ema_rate": recipe["ema"], "loss_type": recipe["loss"]},
+        "schedule": {"steps": recipe["steps"]},
+    })  # fmt: skip
+
+
 def train(recipe: dict, log: bool = True) -> tuple[TRM, dict[str, Any]]:
-    """The paper's loop in miniature: one optimiser step per ACT step, carry passed on,
-    halted slots take fresh (augmented) puzzles, AdamATan2, warm-up + cosine, EMA weights."""
+    """The training loop's own step (`train_step`: one optimiser step per ACT step, the carry
+    passed on, AdamATan2, warm-up + cosine, EMA) on freshly augmented puzzles; the EMA weights."""
     n, B, steps = recipe["size"], recipe["batch"], recipe["steps"]
-    torch.manual_seed(recipe["seed"])
+    cfg = run_config(recipe)
     data = puzzles(recipe["num_train"], n, seed=recipe["seed"] + 1, min_clues=recipe["min_clues"])
-    model = TRM(model_config(recipe)).train()
-    opt = AdamATan2(model.parameters(), lr=recipe["lr"], betas=(0.9, 0.95),
-                    weight_decay=recipe["weight_decay"])  # fmt: skip
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, functools.partial(
-        lr_lambda, warmup_steps=recipe["warmup"], total_steps=steps,
-        min_ratio=recipe["min_ratio"]))  # fmt: skip
-    ema = EMA(model, recipe["ema"])
+    state = TrainState.create(cfg, model_config(recipe, B), 0, torch.device("cpu"))
+    state.model.train()
     rng = np.random.default_rng(recipe["seed"])
-    carry, t0, seen = None, time.process_time(), Counter()
+    t0, seen = time.process_time(), Counter()
     for step in range(1, steps + 1):
         idx = rng.integers(0, len(data["inputs"]), B)
         x, y = sudoku.augment(data["inputs"][idx].numpy(), data["labels"][idx].numpy(),
                               rng.integers(0, 2**63, B, dtype=np.uint64), n=n)  # fmt: skip
         batch = {"inputs": torch.from_numpy(x), "labels": torch.from_numpy(y),
                  "puzzle_identifiers": data["puzzle_identifiers"][:B]}  # fmt: skip
-        carry = model.initial_carry(batch) if carry is None else carry
-        carry, out = model(carry, batch)
-        loss, m = act_loss(out, carry, loss_type=recipe["loss"])
-        (loss / B).backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        sched.step()
-        ema.update(model)
+        m = train_step(state, state.model, batch, cfg)
         for k in ("count", "exact_accuracy", "steps"):
             seen[k] += float(m[k])
         if log and (step % 250 == 0 or step == steps):
             c = max(seen["count"], 1)
-            print(f"  train step {step}/{steps}: loss {float(loss.detach()) / B:.3f} "
+            print(f"  train step {step}/{steps}: loss {float(m['loss']) / B:.3f} "
                   f"exact {seen['exact_accuracy'] / c:.3f} steps {seen['steps'] / c:.1f} "
                   f"({time.process_time() - t0:.0f} cpu-s)", flush=True)  # fmt: skip
             seen.clear()
-    ema.copy_to(model)
-    return model.eval(), {"train_cpu_s": time.process_time() - t0}
+    return state.eval_model().eval(), {"train_cpu_s": time.process_time() - t0}
 
 
 def load_or_train(recipe: dict, path: Path | None, retrain: bool) -> tuple[TRM, dict[str, Any]]:

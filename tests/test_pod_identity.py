@@ -192,21 +192,15 @@ def test_a_wrong_token_is_refused_with_a_clear_error(pod):
 def test_ray_train_checkpoints_to_s3_through_pod_identity(pod, tmp_path):
     import boto3
     import ray
+    from tiny_run import tiny_run
 
-    from pipeline.config.run import RunConfig
     from pipeline.train import run_training
 
     bucket, _, _ = pod
     data = f"s3://{bucket}/datasets/train4"
     build_sudoku(data, size=4, num_train=128, num_test=16, seed=1, min_clues=10)
-    cfg = RunConfig.from_dict({
-        "name": "pod", "data": {"uri": data, "global_batch_size": 16},
-        "model": {"hidden_size": 16, "num_heads": 2, "expansion": 1.0, "L_layers": 1,
-                  "H_cycles": 1, "L_cycles": 1, "puzzle_emb_ndim": 0, "halt_max_steps": 2},
-        "schedule": {"steps": 4, "log_every": 2}, "eval": {"every": 4, "max_examples": 16},
-        "checkpoint": {"every": 4, "storage_path": f"s3://{bucket}/runs"},
-        "resources": {"num_workers": 1, "cpus_per_worker": 0.5}, "tracking": {"enabled": False},
-    })  # fmt: skip
+    cfg = tiny_run(data, f"s3://{bucket}/runs", "name=pod", "model.puzzle_emb_ndim=0",
+                   "schedule.steps=4", "schedule.log_every=2")  # fmt: skip
     os.environ["RAY_TRAIN_V2_ENABLED"] = "1"
     # its processes inherit the pod environment
     ray.init(address="local", num_cpus=2, include_dashboard=True)

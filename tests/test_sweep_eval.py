@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from tiny_run import tiny_run
 
-from pipeline.config.run import ConfigError, RunConfig
+from pipeline.config.run import ConfigError
 from pipeline.sweeping.config import SweepConfig
 from pipeline.sweeping.eval_trial import bind_checkpoint
 from pipeline.tracking.tracker import child_runs, download_artifact, read_run
@@ -82,17 +83,8 @@ def trained(tmp_path_factory) -> tuple[Path, str]:
     work = tmp_path_factory.mktemp("tt")
     data = str(work / "sudoku4")
     build_sudoku(data, size=4, num_train=256, num_test=48, seed=0, min_clues=10)
-    cfg = RunConfig.from_dict({
-        "name": "tiny",
-        "model": {"hidden_size": 16, "num_heads": 2, "expansion": 1.0, "L_layers": 1,
-                  "H_cycles": 2, "L_cycles": 1, "puzzle_emb_ndim": 0, "halt_max_steps": 3},
-        "optim": {"lr": 3e-3, "lr_warmup_steps": 2, "ema_rate": 0.9},
-        "data": {"uri": data, "global_batch_size": 16},
-        "schedule": {"steps": 8, "log_every": 4},
-        "eval": {"every": 4, "max_examples": 16, "num_pictures": 0},
-        "checkpoint": {"every": 4, "storage_path": str(work / "runs")},
-        "tracking": {"enabled": False},
-    })  # fmt: skip
+    cfg = tiny_run(data, work / "runs", "name=tiny", "model.H_cycles=2", "model.puzzle_emb_ndim=0",
+                   "model.halt_max_steps=3", "schedule.steps=8", "schedule.log_every=4")  # fmt: skip
     run_in_process(cfg, run_info(cfg, "tiny", str(work / "runs")))
     return work, str(work / "runs" / "tiny")
 

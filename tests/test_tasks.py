@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from tiny_run import tiny_run
 
 from pipeline.tasks import Arg, Picture, TaskSpec, TextPuzzle, get_task, register_task, task_names
 from pipeline.tasks.registry import unregister_task
@@ -143,19 +144,11 @@ def test_meta_json_is_checked_by_its_family(tmp_path):
         ShardStream(str(uri), "train", batch_size=4)
 
 
-TINY = {
-    "name": "toy",
-    "model": {"hidden_size": 16, "num_heads": 2, "expansion": 1.0, "L_layers": 1,
-              "H_cycles": 1, "L_cycles": 1, "puzzle_emb_ndim": 0, "puzzle_emb_len": 1,
-              "halt_max_steps": 2},
-    "optim": {"lr": 3e-3, "lr_warmup_steps": 2, "ema_rate": 0.9},
-    "data": {"global_batch_size": 16},
-    "schedule": {"steps": 8, "log_every": 4},
-    "eval": {"every": 4, "max_examples": 16, "depth_steps": 2, "num_pictures": 2},
-    "checkpoint": {"every": 4, "num_to_keep": 0},
-    "resources": {"num_workers": 1, "cpus_per_worker": 0.5},
-    "tracking": {"experiment": "trm-toy"},
-}  # fmt: skip
+# the shared tiny run (tests/tiny_run.py) for the toy family: no puzzle embedding, pictures
+# (they ask the family's Picture), tracked
+TOY_SET = ("name=toy", "model.puzzle_emb_ndim=0", "schedule.steps=8", "schedule.log_every=4",
+           "eval.depth_steps=2", "eval.num_pictures=2", "tracking.enabled=true",
+           "tracking.experiment=trm-toy")  # fmt: skip
 
 
 def test_a_family_registered_in_a_test_builds_streams_trains_evaluates_and_solves(
@@ -175,9 +168,8 @@ def test_a_family_registered_in_a_test_builds_streams_trains_evaluates_and_solve
     assert (plain["inputs"] != moved["inputs"]).any()
 
     config = tmp_path / "toy.yaml"
-    config.write_text(yaml.safe_dump({**TINY, "data": {**TINY["data"], "uri": uri}}))
-    sets = ["--set", f"checkpoint.storage_path={tmp_path / 'runs'}",
-            "--set", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}"]  # fmt: skip
+    config.write_text(yaml.safe_dump(tiny_run(uri, tmp_path / "runs", *TOY_SET).to_dict()))
+    sets = ["--set", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}"]
     assert train.main([str(config), "--local", *sets]) == 0
     assert toy, "the evaluation's pictures did not ask the family's Picture"
     capsys.readouterr()
@@ -201,10 +193,11 @@ def test_a_family_registered_in_a_test_is_swept(toy, ray_local, tmp_path):
     from pipeline.sweeping.run import run_sweep
     from pipeline.sweeping.store import load_sweep
 
+    base = tiny_run(str(tmp_path / "toy"), tmp_path / "runs", *TOY_SET).to_dict()
+    del base["checkpoint"]["metric"]  # a sweep's trials keep checkpoints by the sweep's metric
     sweep = {
         "name": "toy-sweep",
-        "base": {k: v for k, v in TINY.items() if k != "name"}
-        | {"data": {**TINY["data"], "uri": str(tmp_path / "toy")}},
+        "base": {k: v for k, v in base.items() if k != "name"},
         "dataset": {"builder": TOY, "num_train": 64, "num_test": 16},
         "space": {"optim.lr": {"grid": [3e-3]}},
         "search": {"algorithm": "grid", "metric": "eval/accuracy", "mode": "max"},

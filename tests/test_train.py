@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from tiny_run import tiny_run
 
 from pipeline.checkpoints import store as ckpt
 from pipeline.config.run import ConfigError, RunConfig
@@ -20,21 +21,15 @@ from pipeline.training.preflight import preflight
 from pipeline.training.worker import LocalCheckpoints, run_in_process
 from trm import flops
 
-TINY = {
-    "name": "tiny",
-    "model": {
-        "hidden_size": 16, "num_heads": 2, "expansion": 1.0, "L_layers": 1, "H_cycles": 2,
-        "L_cycles": 1, "puzzle_emb_ndim": 16, "puzzle_emb_len": 1, "halt_max_steps": 3,
-        "halt_exploration_prob": 0.3,
-    },
-    "optim": {"lr": 3e-3, "lr_warmup_steps": 3, "lr_min_ratio": 0.2, "puzzle_emb_lr": 1e-2,
-              "ema_rate": 0.9},
-    "data": {"global_batch_size": 16},
-    "schedule": {"steps": 12, "log_every": 1, "report_every": 1},
-    "eval": {"every": 4, "max_examples": 32, "depth_steps": 5, "num_pictures": 2},
-    "checkpoint": {"every": 4, "num_to_keep": 0},
-    "tracking": {"experiment": "trm-test"},
-}  # fmt: skip
+# the shared tiny run (tests/tiny_run.py), with what these tests rely on: two H cycles, three
+# ACT steps, a report per step, depth curves and pictures, the default resources (peak FLOPs
+# probed on this CPU) and retries
+TINY_SET = (
+    "name=tiny", "model.H_cycles=2", "model.halt_max_steps=3", "optim.lr_warmup_steps=3",
+    "optim.lr_min_ratio=0.2", "schedule.report_every=1", "eval.max_examples=32",
+    "eval.depth_steps=5", "eval.num_pictures=2", "checkpoint.max_failures=3",
+    "resources.cpus_per_worker=1", "resources.peak_flops=0", "tracking.experiment=trm-test",
+)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -47,10 +42,8 @@ def sudoku4(tmp_path_factory) -> str:
 
 
 def tiny_cfg(data_uri: str, tmp: Path, *overrides: str) -> RunConfig:
-    d = {**TINY, "data": {**TINY["data"], "uri": data_uri}}
-    d["checkpoint"] = {**TINY["checkpoint"], "storage_path": str(tmp / "runs")}
-    d["tracking"] = {**TINY["tracking"], "uri": f"sqlite:///{tmp / 'mlflow.db'}"}
-    return RunConfig.from_dict(d).with_overrides(list(overrides))
+    return tiny_run(data_uri, tmp / "runs", *TINY_SET, *overrides,
+                    tracking_uri=f"sqlite:///{tmp / 'mlflow.db'}")  # fmt: skip
 
 
 def test_resume_mid_act_is_exact_and_mlflow_holds_the_run(sudoku4, tmp_path):
