@@ -1,5 +1,7 @@
-"""What each Tune experiment-state save uploads at N trials: Tune's default per-trial logger files
-against the pipeline's (`pipeline.sweeping.tuner.ResultsFile`: result.json only).
+"""What each Tune experiment-state save uploads at N trials: Tune's default per-trial logger files,
+one result.json per trial (the pipeline until 2026-12-06), and no trial file at all (the
+pipeline now: `pipeline.sweeping.results_file.ResultsFile` writes result.json straight to
+storage and leaves the staging directory with the experiment's own files).
 
 Tune saves the experiment state every so often during a sweep and once more at its end, and
 each save uploads the driver's whole experiment directory to the sweep's storage, every
@@ -7,9 +9,9 @@ trial's files included, whether they changed or not. This runs N trivial trials 
 R results, as a tiny TRM trial does) through a real Tune experiment on a local Ray with Tune's
 default loggers, then times Tune's own uploader (`ray.train._internal.storage
 ._upload_to_fs_path`, what each save runs) sending that directory to an S3 server (moto on
-loopback): as the defaults leave it, and with only the files the pipeline keeps. The two
+loopback): as the defaults leave it, with result.json only, and with no trial files. The
 uploads alternate, `--repeats` times each; reported: files and seconds per save, and their
-ratio (both from this run).
+ratios to the defaults (all from this run).
 
     python benchmarks/experiment_save.py              # 1,000 trials
     python benchmarks/experiment_save.py --quick      # 100 trials
@@ -34,7 +36,8 @@ from common import machine, pick_device, save, table
 from services import moto_process
 
 BUCKET = "trm-save"
-KEPT = {"result.json"}  # what ResultsFile writes in a trial directory
+KEPT = {"defaults": None, "result_json": {"result.json"}, "no_trial_files": set()}
+"""Files each label keeps in a trial directory (None: all; empty: the directory goes too)."""
 COLUMNS = [("files", "trial files"), ("count", "files per save"),
            ("s", "s per save (median)"), ("ratio", "vs defaults")]  # fmt: skip
 
@@ -64,10 +67,15 @@ def run_trials(n: int, results: int, root: Path) -> Path:
     return root / "exp"
 
 
-def kept_copy(exp: Path, dest: Path) -> Path:
-    """`exp` with only what the pipeline keeps in each trial directory."""
-    shutil.copytree(exp, dest, ignore=lambda d, names: [
-        n for n in names if Path(d).name.startswith("trial_") and n not in KEPT])  # fmt: skip
+def kept_copy(exp: Path, dest: Path, kept: set[str]) -> Path:
+    """`exp` with only the `kept` files in each trial directory (none: no trial directory)."""
+
+    def ignore(d: str, names: list[str]) -> list[str]:
+        if not kept:
+            return [n for n in names if n.startswith("trial_")]
+        return [n for n in names if Path(d).name.startswith("trial_") and n not in kept]
+
+    shutil.copytree(exp, dest, ignore=ignore)
     return dest
 
 
@@ -116,7 +124,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             os.environ.update(aws)
             boto3.client("s3").create_bucket(Bucket=BUCKET)
             exp = run_trials(a.trials, a.results, work / "runs")
-            dirs = {"defaults": exp, "results_file": kept_copy(exp, work / "kept")}
+            dirs = {k: exp if kept is None else kept_copy(exp, work / k, kept)
+                    for k, kept in KEPT.items()}  # fmt: skip
             s3 = pafs.S3FileSystem(endpoint_override=url, scheme="http", region="us-east-1",
                                    access_key="testing", secret_key="testing")  # fmt: skip
             times = time_saves(dirs, s3, a.repeats)
@@ -131,7 +140,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "files_per_save": counts, "trial_files": trial_files,
         "seconds_per_save": {k: [round(t, 3) for t in v] for k, v in times.items()},
         "median_s": {k: round(v, 3) for k, v in med.items()},
-        "ratio_results_file_vs_defaults": round(med["results_file"] / med["defaults"], 3),
+        "ratio_vs_defaults": {k: round(v / med["defaults"], 3) for k, v in med.items()},
         "machine": machine(pick_device(None), "wall"), "args": vars(a),
     }  # fmt: skip
     rows = [{"files": ", ".join(trial_files[k]), "count": counts[k], "s": f"{med[k]:.2f}",

@@ -161,18 +161,19 @@ def test_experiment_save_counts_what_each_save_uploads(tmp_path):
     run_script("experiment_save.py", "--trials", "12", "--repeats", "2", "--out", str(out))
     res = json.loads(out.read_text())
     check_machine(res["machine"])
-    # Tune's defaults leave five files per trial, the pipeline one; the experiment's own
-    # files (state, searcher, tuner) go up with either
-    assert res["trial_files"]["defaults"] == ["events", "params.json", "params.pkl",
-                                              "progress.csv", "result.json"]  # fmt: skip
-    assert res["trial_files"]["results_file"] == ["result.json"]
+    # Tune's defaults leave five files per trial, result.json alone one, the pipeline none;
+    # the experiment's own files (state, searcher, tuner) go up with each
+    assert res["trial_files"] == {"defaults": ["events", "params.json", "params.pkl",
+                                               "progress.csv", "result.json"],
+                                  "result_json": ["result.json"], "no_trial_files": []}  # fmt: skip
     files = res["files_per_save"]
-    assert files["defaults"] - files["results_file"] == 12 * 4, files
-    for label in ("defaults", "results_file"):
+    assert files["defaults"] - files["result_json"] == 12 * 4, files
+    assert files["result_json"] - files["no_trial_files"] == 12, files
+    for label in ("defaults", "result_json", "no_trial_files"):
         assert len(res["seconds_per_save"][label]) == 2
         assert all(positive(t) for t in res["seconds_per_save"][label])
-    ratio = res["median_s"]["results_file"] / res["median_s"]["defaults"]
-    assert res["ratio_results_file_vs_defaults"] == pytest.approx(ratio, abs=1e-3)
+        ratio = res["median_s"][label] / res["median_s"]["defaults"]
+        assert res["ratio_vs_defaults"][label] == pytest.approx(ratio, abs=1e-3)
 
 
 @pytest.mark.slow

@@ -411,3 +411,50 @@ def test_a_dataset_built_otherwise_is_not_trained_on(tmp_path):
     before = (tmp_path / "e" / "meta.json").read_bytes()
     ensure_dataset(sw, str(tmp_path / "e"))  # and then reused untouched
     assert (tmp_path / "e" / "meta.json").read_bytes() == before
+
+
+def test_results_files_go_to_storage_and_survive_a_restore(ray_local, monkeypatch):
+    """Each trial's result.json is written to the sweep's storage (S3 here) and holds every
+    result, those before a restore included; the driver's staging directory, which Tune
+    uploads whole at each save, keeps no trial file."""
+    import ray
+    from ray import tune
+
+    from pipeline.sweeping.results_file import ResultsFile
+
+    def steps_then_fail_once(config):  # by value: workers cannot import this module
+        """Reports steps 1..3 with a checkpoint each; the first attempt raises after step 2."""
+        import tempfile
+
+        from ray import tune
+
+        start = 0
+        if (ckpt := tune.get_checkpoint()) is not None:
+            with ckpt.as_directory() as d:
+                start = int((Path(d) / "step").read_text())
+        for step in range(start + 1, 4):
+            if step == 3 and start == 0:
+                raise RuntimeError("first attempt ends here")
+            with tempfile.TemporaryDirectory() as d:
+                (Path(d) / "step").write_text(str(step))
+                ckpt = tune.Checkpoint.from_directory(d)
+                tune.report({"step": step, "x": config["x"]}, checkpoint=ckpt)
+
+    monkeypatch.setenv("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    exp = f"s3://{ray_local.s3.bucket}/tune/files"
+    trainable = tune.with_resources(steps_then_fail_once, {"cpu": 0.5})
+    tune.Tuner(trainable, param_space={"x": tune.grid_search([1, 2])},
+               run_config=tune.RunConfig(name="files", storage_path=exp.rsplit("/", 1)[0],
+                                         callbacks=[ResultsFile()], verbose=0)).fit()  # fmt: skip
+    results = tune.Tuner.restore(exp, trainable=trainable, resume_errored=True).fit()
+
+    assert len(results) == 2 and not results.errors
+    s3 = ray_local.s3.client()
+    for r in results:
+        key = f"{r.path.removeprefix('s3://').split('/', 1)[1]}/result.json"
+        lines = s3.get_object(Bucket=ray_local.s3.bucket, Key=key)["Body"].read().splitlines()
+        assert [json.loads(line)["step"] for line in lines] == [1, 2, 3], key
+        assert list(r.metrics_dataframe["step"]) == [1, 2, 3]
+    session = Path(ray._private.worker._global_node.get_session_dir_path())
+    staged = [p for p in session.glob("artifacts/*/files/driver_artifacts/**/*") if p.is_file()]
+    assert staged and not [p for p in staged if p.name == "result.json"], staged

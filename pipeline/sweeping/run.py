@@ -72,7 +72,7 @@ def run_sweep(
     # clusters inherit the driver's environment)
     os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", TRIAL_RETURN_S)
     # Tune's CSV and TensorBoard loggers: files per trial that each experiment-state save
-    # uploads again (`tuner.ResultsFile` keeps the one the summary reads)
+    # uploads again (`results_file.ResultsFile` writes the one the summary reads)
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     if sweep.mode == "evaluate":  # the run config comes with the checkpoint
         from pipeline.sweeping.eval_trial import bind_checkpoint

@@ -8,29 +8,17 @@ import warnings
 from typing import Any
 
 from ray import tune
-from ray.tune.logger import JsonLoggerCallback
 
 from pipeline.config.run import RunConfig
 from pipeline.sweeping.config import SweepConfig
 from pipeline.sweeping.monitor import SweepMonitor
+from pipeline.sweeping.results_file import ResultsFile
 from pipeline.sweeping.space import trial_config
 from pipeline.sweeping.trial import flops_per_example, trial_dirname
 
 
 def _dirname(trial: Any) -> str:
     return trial_dirname(trial.trial_id)
-
-
-class ResultsFile(JsonLoggerCallback):
-    """Tune's `result.json` per trial (the evaluation history the summary reads through
-    `Result.metrics_dataframe`) and no other file: Tune uploads the driver's whole experiment
-    directory at each experiment-state save, so every file per trial is re-sent each time
-    (its default loggers leave five: result.json, progress.csv, TensorBoard events,
-    params.json, params.pkl). Tune's own defaults are off (`run.py` sets
-    TUNE_DISABLE_AUTO_CALLBACK_LOGGERS); a trial's config is in the experiment state."""
-
-    def update_config(self, trial: Any, config: dict[str, Any]) -> None:
-        self._trial_configs[trial] = config  # no params.json / params.pkl
 
 
 def grid_longest_first(sweep: SweepConfig, base: RunConfig) -> dict[str, list[Any]]:
