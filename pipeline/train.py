@@ -9,10 +9,11 @@ checkpoints to a local or s3:// storage path, metrics and pictures in MLflow.
 
 Three layers, as in Ray's Train + Tune examples: `pipeline.training.worker.train_loop_per_worker` runs on
 each worker, `run_training` builds the `TorchTrainer` and fits it, and a sweep
-(pipeline/sweep.py) calls `run_training` (or `pipeline.training.worker.run_in_process` for 1-worker
-trials) per trial. Every check that can fail without a GPU or a worker (config values, dataset
+(pipeline/sweep.py) calls `train_prepared` (or `pipeline.training.worker.run_in_process` for
+1-worker trials) per trial. Every check that can fail without a GPU or a worker (config values, dataset
 present and matching the model, storage writable, paths readable on every node) runs before any
-worker starts (pipeline/training/preflight.py).
+worker starts (pipeline/training/preflight.py), once: `prepare_run` turns the config into a
+`PreparedRun` (pipeline/training/prepared.py) that the layers below pass on.
 
 Re-running the same `name` with the same storage path resumes from its latest checkpoint;
 a changed model or batch size is refused before any worker starts (`--fresh` starts over).
@@ -21,14 +22,14 @@ a changed model or batch size is refused before any worker starts (`--fresh` sta
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-from pipeline.checkpoints.store import latest_local_checkpoint
+from pipeline.checkpoints.directory import CheckpointStore
 from pipeline.config.run import ConfigError, RunConfig, describe
 from pipeline.data.storage import absolute, is_local
 from pipeline.training.cluster import (
@@ -38,68 +39,38 @@ from pipeline.training.cluster import (
     decide_use_gpu,
     scaling_config,
 )
-from pipeline.training.preflight import preflight
-from pipeline.training.schedule import with_epoch_steps
+from pipeline.training.preflight import check_on_nodes
+from pipeline.training.prepared import PreparedRun, prepare_run
 from pipeline.training.worker import RunInfo, loop_config, run_in_process
-
-
-def with_absolute_paths(cfg: RunConfig) -> RunConfig:
-    """Local data and storage paths made absolute here: workers run in other directories."""
-    return cfg.model_copy(
-        update={
-            "data": cfg.data.model_copy(update={"uri": absolute(cfg.data.uri)}),
-            "checkpoint": cfg.checkpoint.model_copy(
-                update={"storage_path": absolute(cfg.checkpoint.storage_path)}
-            ),
-        }
-    )
 
 
 # ---- the driver -----------------------------------------------------------------------------
 def run_info(cfg: RunConfig, name: str, storage_path: str, parent_run_id: str = "") -> RunInfo:
-    """Resolve, on the driver, what workers cannot: tracking URI (absolute), code version."""
-    from pipeline.tracking.provenance import code_version
+    """The `RunInfo` of an in-process run of `cfg` (no checks: `prepare_run` checks)."""
     from pipeline.tracking.server import resolve_tracking_uri
 
-    return RunInfo(
-        name=name,
-        run_key=f"{storage_path}/{name}",
-        tracking_uri=resolve_tracking_uri(cfg.tracking.uri) if cfg.tracking.enabled else "",
-        code_version=code_version(),
-        parent_run_id=parent_run_id,
-    )
+    uri = resolve_tracking_uri(cfg.tracking.uri) if cfg.tracking.enabled else ""
+    return PreparedRun(cfg, name, storage_path, uri).info(parent_run_id)
 
 
-def build_trainer(
-    cfg: RunConfig,
-    *,
-    name: str | None = None,
-    storage_path: str | None = None,
-    callbacks: Sequence[Any] = (),
-    parent_run_id: str = "",
-    check: bool = True,
-) -> Any:
-    """The `TorchTrainer` of a run (checks run first when `check`)."""
+def build_trainer(run: PreparedRun, callbacks: Sequence[Any] = (), parent_run_id: str = "") -> Any:
+    """The `TorchTrainer` of a prepared run; its local paths are checked on every node first
+    (a cluster of more than one node)."""
     import ray.train
 
     from pipeline.training.failures import TorchTrainer
     from pipeline.training.worker import train_loop_per_worker
 
-    name = name or cfg.name
-    cfg = with_absolute_paths(cfg)
-    storage_path = absolute(storage_path or cfg.checkpoint.storage_path)
-    if check:
-        preflight(cfg, storage_path, cluster=True)
-    cfg = with_epoch_steps(cfg)  # nothing to do when `main` (or a sweep) converted it
-    info = run_info(cfg, name, storage_path, parent_run_id)
+    cfg = run.cfg
+    check_on_nodes(cfg, run.storage_path)
     use_gpu = decide_use_gpu(cfg, cluster_nodes())
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=loop_config(cfg, info),
+        train_loop_config=loop_config(cfg, run.info(parent_run_id)),
         scaling_config=scaling_config(cfg, use_gpu),
         run_config=ray.train.RunConfig(
-            name=name,
-            storage_path=storage_path,
+            name=run.name,
+            storage_path=run.storage_path,
             failure_config=ray.train.FailureConfig(max_failures=cfg.checkpoint.max_failures),
             checkpoint_config=checkpoint_config(cfg.checkpoint),
             callbacks=list(callbacks),
@@ -129,35 +100,36 @@ def run_training(
     locations as tags. Raises the run's error if it failed after all retries.
     """
     connect_ray(None, reuse=True)
-    name = name or cfg.name
-    storage_path = absolute(storage_path or cfg.checkpoint.storage_path)
-    trainer = build_trainer(
-        cfg, name=name, storage_path=storage_path, callbacks=callbacks, parent_run_id=parent_run_id
-    )
+    run = prepare_run(cfg, name=name, storage_path=storage_path)
+    return train_prepared(run, callbacks, parent_run_id)
+
+
+def train_prepared(run: PreparedRun, callbacks: Sequence[Any] = (), parent_run_id: str = "") -> Any:
+    """`run_training` of a run prepared already (Ray connected)."""
+    cfg = run.cfg
+    trainer = build_trainer(run, callbacks, parent_run_id)
     try:
         result = trainer.fit()
     except Exception as e:
-        raise _storage_named(e, storage_path) from e
-    if cfg.tracking.enabled and result.checkpoint is not None:
-        from pipeline.tracking.server import resolve_tracking_uri
+        raise _storage_named(e, run.storage_path) from e
+    if run.tracking_uri and result.checkpoint is not None:
         from pipeline.tracking.tracker import tag_run
 
         tags = {"checkpoint.final": checkpoint_uri(result.checkpoint)}
         if result.best_checkpoints:
             best = max(result.best_checkpoints, key=lambda cm: _rank(cm[1], cfg.checkpoint.mode))
             tags["checkpoint.best"] = checkpoint_uri(best[0])
-        uri = resolve_tracking_uri(cfg.tracking.uri)
-        run_id = tag_run(uri, cfg.tracking.experiment, f"{storage_path}/{name}", tags)
+        run_id = tag_run(run.tracking_uri, cfg.tracking.experiment, run.run_dir, tags)
         best_ckpt = best[0] if result.best_checkpoints else result.checkpoint
         if run_id is not None:
-            log_models(uri, run_id, {"final": result.checkpoint, "best": best_ckpt})
+            log_models(run.tracking_uri, run_id, {"final": result.checkpoint, "best": best_ckpt})
     return result
 
 
 def _rank(metrics: dict[str, Any], mode: str) -> tuple[float, int]:
     """How a checkpoint reported with `metrics` ranks for `checkpoint.best`: by its
     `clock.SCORE` (what Ray Train's retention kept it by), the earliest of equal scores, as
-    `retention.best_checkpoint` ranks a directory's checkpoints."""
+    `CheckpointStore.best` ranks a directory's checkpoints."""
     from pipeline.checkpoints.clock import SCORE
 
     value = float(metrics.get(SCORE, -math.inf if mode == "max" else math.inf))
@@ -191,25 +163,18 @@ def _storage_named(error: Exception, storage_path: str) -> Exception:
     )
 
 
-def run_local(cfg: RunConfig, *, name: str | None = None, storage_path: str | None = None):
-    """The same loop in this process (no Ray); checkpoints under a local storage path."""
-    name = name or cfg.name
-    storage_path = absolute(storage_path or cfg.checkpoint.storage_path)
-    if not is_local(storage_path):
-        raise ConfigError("--local keeps checkpoints on a local checkpoint.storage_path only")
-    cfg = with_absolute_paths(cfg.with_overrides(["resources.num_workers=1"]))
-    preflight(cfg, storage_path, cluster=False)
-    cfg = with_epoch_steps(cfg.with_overrides([f"checkpoint.storage_path={storage_path}"]))
-    info = run_info(cfg, name, storage_path)
+def run_local(run: PreparedRun) -> dict[str, float]:
+    """The same loop in this process (no Ray; `run` on a local storage path, one worker)."""
+    cfg, info = run.cfg, run.info()
     metrics = run_in_process(cfg, info)
-    final = latest_local_checkpoint(Path(storage_path) / name)
+    store = CheckpointStore(run.run_dir)
+    with contextlib.ExitStack() as stack:
+        final = (store.newest_complete(stack) or ("", ""))[0]
     if info.tracking_uri and final:
         from pipeline.checkpoints import store as ckpt
-        from pipeline.checkpoints.retention import best_checkpoint
         from pipeline.tracking.tracker import log_model, tag_run
 
-        best = best_checkpoint(str(Path(storage_path) / name), cfg.checkpoint.metric,
-                               cfg.checkpoint.mode)[0] or final  # fmt: skip
+        best = store.best(cfg.checkpoint.metric, cfg.checkpoint.mode)[0] or final
         run_id = tag_run(info.tracking_uri, cfg.tracking.experiment, info.run_key,
                          {"checkpoint.final": final, "checkpoint.best": best})  # fmt: skip
         if run_id is not None:
@@ -262,33 +227,23 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        cfg = RunConfig.from_yaml(args.config, args.overrides)
-        if args.name:
-            cfg = cfg.with_overrides([f"name={args.name}"])
-        if args.storage_path:
-            cfg = cfg.with_overrides([f"checkpoint.storage_path={args.storage_path}"])
-        storage = absolute(cfg.checkpoint.storage_path)
+        run = _prepared(args)
         if args.dry_run:
             import yaml
 
-            meta = preflight(cfg, storage, cluster=False)
-            cfg = with_epoch_steps(cfg, lambda line: print(f"# {line}"))
-            print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
-            print(f"# dataset: {meta.task}, seq_len {meta.seq_len}, vocab {meta.vocab_size}")
-            print(f"# storage: {storage}/{cfg.name}")
+            print(yaml.safe_dump(run.cfg.to_dict(), sort_keys=False), end="")
+            m = run.meta
+            print(f"# dataset: {m.task}, seq_len {m.seq_len}, vocab {m.vocab_size}")
+            print(f"# storage: {run.run_dir}")
             return 0
-        if cfg.tracking.enabled:  # before Ray's start-up; preflight checks it again
-            from pipeline.tracking.server import check_tracking, resolve_tracking_uri
-
-            check_tracking(resolve_tracking_uri(cfg.tracking.uri))
-        cfg = _prepare_resume(cfg, storage, fresh=args.fresh)
+        _prepare_resume(run, fresh=args.fresh)
         if args.local:
-            metrics = run_local(cfg)
-            print(_final_line(metrics, cfg))
-            _print_mlflow_link(cfg)
+            metrics = run_local(run)
+            print(_final_line(metrics, run.cfg))
+            _print_mlflow_link(run)
             return 0
         connect_ray(args.address, reuse=True)
-        result = run_training(cfg)
+        result = train_prepared(run)
     except (
         ConfigError,
         ConnectionError,
@@ -300,45 +255,50 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         print(f"error: training failed: {root_cause(e)}", file=sys.stderr)
         return 1
-    print(_final_line(result.metrics or {}, cfg))
+    print(_final_line(result.metrics or {}, run.cfg))
     if result.checkpoint is not None:
         print(f"final checkpoint: {checkpoint_uri(result.checkpoint)}")
-    _print_mlflow_link(cfg)
+    _print_mlflow_link(run)
     return 0
 
 
-def _prepare_resume(cfg: RunConfig, storage: str, fresh: bool) -> RunConfig:
-    """`--fresh`: discard the run of this name; convert `schedule.epochs` to steps (once, here,
-    so the stored run config holds them); then refuse a resume that its checkpoints cannot
-    take (pipeline/checkpoints/resume.py). Returns the converted config."""
-    from pipeline.checkpoints.resume import check_resume, discard_run, resolved
-    from pipeline.training.preflight import check_dataset
+def _prepared(args: argparse.Namespace) -> PreparedRun:
+    """The run the command line asks for, checked once, before Ray starts (a dead tracking
+    server or a missing dataset is one line now, not minutes of retries later)."""
+    sets = [f"name={args.name}"] if args.name else []
+    sets += [f"checkpoint.storage_path={args.storage_path}"] if args.storage_path else []
+    cfg = RunConfig.from_yaml(args.config, [*args.overrides, *sets])
+    if args.local:
+        if not is_local(absolute(cfg.checkpoint.storage_path)):
+            raise ConfigError("--local keeps checkpoints on a local checkpoint.storage_path only")
+        cfg = cfg.with_overrides(["resources.num_workers=1"])
+    say = (lambda line: print(f"# {line}")) if args.dry_run else None
+    return prepare_run(cfg, say=say)
 
-    run_dir = f"{storage}/{cfg.name}"
+
+def _prepare_resume(run: PreparedRun, fresh: bool) -> None:
+    """`--fresh`: discard the run of this name (and retire its MLflow run); then refuse a
+    resume that its checkpoints cannot take (pipeline/checkpoints/resume.py)."""
+    from pipeline.checkpoints.resume import check_resume, discard_run, resolved
+
     if fresh:
-        discard_run(run_dir)
-        if cfg.tracking.enabled:
-            from pipeline.tracking.server import resolve_tracking_uri
+        discard_run(run.run_dir)
+        if run.tracking_uri:
             from pipeline.tracking.tracker import retire_run
 
-            retire_run(resolve_tracking_uri(cfg.tracking.uri), cfg.tracking.experiment, run_dir)
-    meta = check_dataset(cfg)
-    cfg = with_epoch_steps(cfg)
-    check_resume(run_dir, resolved(cfg, cfg.resolve(meta).to_dict()))
-    return cfg
+            retire_run(run.tracking_uri, run.cfg.tracking.experiment, run.run_dir)
+    check_resume(run.run_dir, resolved(run.cfg, run.cfg.resolve(run.meta).to_dict()))
 
 
-def _print_mlflow_link(cfg: RunConfig) -> None:
+def _print_mlflow_link(run: PreparedRun) -> None:
     """The run's page on a tracking server, else how to open the local store."""
-    if not cfg.tracking.enabled:
+    if not run.tracking_uri:
         return
-    from pipeline.tracking.server import resolve_tracking_uri, run_link
+    from pipeline.tracking.server import run_link
     from pipeline.tracking.tracker import find_run
 
-    uri = resolve_tracking_uri(cfg.tracking.uri)
-    storage = absolute(cfg.checkpoint.storage_path)
-    run_id = find_run(uri, cfg.tracking.experiment, f"{storage}/{cfg.name}")
-    print(f"MLflow: {run_link(uri, run_id) if run_id else uri}")
+    run_id = find_run(run.tracking_uri, run.cfg.tracking.experiment, run.run_dir)
+    print(f"MLflow: {run_link(run.tracking_uri, run_id) if run_id else run.tracking_uri}")
 
 
 def _final_line(metrics: dict[str, Any], cfg: RunConfig) -> str:

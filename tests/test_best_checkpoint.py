@@ -29,23 +29,23 @@ def evaluate_json(checkpoint: str, capsys) -> dict:
 
 
 def test_run_local_tags_the_checkpoint_of_its_best_evaluation(tmp_path, capsys):
-    from test_train import TINY
+    from test_train import TINY_SET
+    from tiny_run import tiny_run
 
-    from pipeline.config.run import RunConfig
     from pipeline.data import build_sudoku
     from pipeline.tracking.tracker import find_run, read_run
     from pipeline.train import run_local
+    from pipeline.training.prepared import prepare_run
 
     data = str(tmp_path / "sudoku4")
     build_sudoku(data, size=4, num_train=256, num_test=32, seed=0, min_clues=10)
-    d = {**TINY, "data": {**TINY["data"], "uri": data},
-         "schedule": {"steps": 12, "log_every": 2},
-         "eval": {"every": 2, "max_examples": 0, "num_pictures": 0},
-         "checkpoint": {"every": 12, "num_to_keep": 1, "metric": "eval/accuracy", "mode": "min",
-                        "storage_path": str(tmp_path / "runs")},
-         "tracking": {"experiment": "best", "uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}}  # fmt: skip
-    cfg = RunConfig.from_dict(d)
-    run_local(cfg)
+    cfg = tiny_run(data, tmp_path / "runs", *TINY_SET, "schedule.steps=12", "schedule.log_every=2",
+                   "schedule.report_every=0", "eval.every=2", "eval.max_examples=0",
+                   "eval.depth_steps=0", "eval.num_pictures=0", "checkpoint.every=12",
+                   "checkpoint.num_to_keep=1", "checkpoint.metric=eval/accuracy",
+                   "checkpoint.mode=min", "tracking.experiment=best",
+                   tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")  # fmt: skip
+    run_local(prepare_run(cfg))
     uri = cfg.tracking.uri
     run = read_run(uri, find_run(uri, "best", str(tmp_path / "runs" / "tiny")))
     history = dict(run["metrics"]["eval/accuracy"])
@@ -74,9 +74,9 @@ def test_worker_group_retention_keeps_the_best_over_later_time_based_checkpoints
     from ray.train import Checkpoint
     from ray.train._internal.checkpoint_manager import _CheckpointManager
     from ray.train._internal.session import _TrainingResult
-    from test_train import TINY
+    from test_train import TINY_SET
+    from tiny_run import tiny_run
 
-    from pipeline.config.run import RunConfig
     from pipeline.data import build_sudoku
     from pipeline.train import _rank
     from pipeline.training.cluster import checkpoint_config
@@ -84,13 +84,12 @@ def test_worker_group_retention_keeps_the_best_over_later_time_based_checkpoints
 
     data = str(tmp_path / "sudoku4")
     build_sudoku(data, size=4, num_train=256, num_test=32, seed=0, min_clues=10)
-    d = {**TINY, "data": {**TINY["data"], "uri": data},
-         "schedule": {"steps": 12, "log_every": 1},
-         "eval": {"every": 4, "max_examples": 0, "num_pictures": 0},
-         "checkpoint": {"every": 12, "num_to_keep": 1, "metric": "eval/accuracy", "mode": "min",
-                        "every_minutes": 1e-9},  # a time-based checkpoint at every log step
-         "tracking": {"enabled": False}}  # fmt: skip
-    cfg = RunConfig.from_dict(d)
+    cfg = tiny_run(data, tmp_path / "runs", *TINY_SET, "schedule.steps=12", "schedule.log_every=1",
+                   "schedule.report_every=0", "eval.every=4", "eval.max_examples=0",
+                   "eval.depth_steps=0", "eval.num_pictures=0", "checkpoint.every=12",
+                   "checkpoint.num_to_keep=1", "checkpoint.metric=eval/accuracy",
+                   "checkpoint.mode=min",
+                   "checkpoint.every_minutes=1e-9")  # a time-based checkpoint at every log step
     manager = _CheckpointManager(checkpoint_config(cfg.checkpoint))
     history: dict[int, dict] = {}
 

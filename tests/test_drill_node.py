@@ -20,6 +20,7 @@ import pytest
 from drills import (
     actor_pids,
     build_tiny_sudoku,
+    logs_holding,
     private_cluster,
     raylet_pid,
     read_logs,
@@ -40,8 +41,15 @@ def cluster(monkeypatch):
         yield c, nodes, Path(temp)
 
 
+WORKER_LOGS = "session_*/logs/worker-*.out"
+
+
+def _resumed(worker_output: str) -> bool:
+    return "resumed from step" in worker_output
+
+
 def _worker_output(temp: Path) -> str:
-    return "\n".join(read_logs(temp, "session_*/logs/worker-*.out"))
+    return "\n".join(read_logs(temp, WORKER_LOGS))
 
 
 @pytest.mark.slow
@@ -69,11 +77,8 @@ def test_node_running_a_worker_is_lost_and_the_run_finishes(cluster, tmp_path):
         lost["latest"] = max(p.name for p in first.parent.glob("checkpoint_*"))
         lost["t"] = time.monotonic()
         c.remove_node(victim, allow_graceful=False)
-        while time.monotonic() < deadline:
-            if "resumed from step" in _worker_output(temp):
-                lost["recovery_s"] = time.monotonic() - lost["t"]
-                return
-            time.sleep(0.2)
+        if _resumed(logs_holding(temp, WORKER_LOGS, _resumed, deadline - time.monotonic())):
+            lost["recovery_s"] = time.monotonic() - lost["t"]
 
     killer = threading.Thread(target=remove_a_worker_node, daemon=True)
     killer.start()

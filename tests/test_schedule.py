@@ -10,7 +10,7 @@ import json
 import pytest
 import yaml
 from test_arc_vote import _arc_source
-from test_train import TINY
+from tiny_run import TINY_RUN
 
 from pipeline.config.fields import apply_overrides
 from pipeline.config.run import ConfigError, RunConfig
@@ -36,9 +36,10 @@ def data(tmp_path_factory) -> dict[str, str]:
 
 
 def cfg_for(uri: str, *overrides: str) -> RunConfig:
-    """TINY on `uri` with the schedule given by `overrides` only (applied before validation,
-    as `--set` is)."""
-    d = {**TINY, "data": {**TINY["data"], "uri": uri}, "schedule": {"log_every": 1}}
+    """The tiny run (tests/tiny_run.py) on `uri` with the schedule given by `overrides` only
+    (applied before validation, as `--set` is)."""
+    d = {**TINY_RUN, "name": "tiny", "data": {**TINY_RUN["data"], "uri": uri},
+         "schedule": {"log_every": 1}}
     return RunConfig.from_dict(apply_overrides(d, overrides))
 
 
@@ -111,7 +112,7 @@ def test_a_run_by_epochs_converts_once_trains_and_logs_the_steps(data, tmp_path,
 
     db, runs = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "runs"
     cfg = cfg_for(data["fly"], "schedule.epochs=1", "eval.every=3", "checkpoint.every=6",
-                  f"checkpoint.storage_path={runs}", "tracking.experiment=ep",
+                  f"checkpoint.storage_path={runs}", "tracking.enabled=true", "tracking.experiment=ep",
                   f"tracking.uri={db}", "eval.num_pictures=0")  # fmt: skip
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(cfg.to_dict()))

@@ -232,7 +232,7 @@ def test_a_large_sweep_prints_its_best_trials_and_grid_points_not_every_row():
 
 def test_the_end_of_a_sweep_lists_its_directory_once(tmp_path, monkeypatch):
     from pipeline.checkpoints import store as ckpt
-    from pipeline.checkpoints.retention import best_checkpoint
+    from pipeline.checkpoints.directory import CheckpointStore
     from pipeline.sweeping import store
 
     exp = tmp_path / "sweep"
@@ -257,11 +257,11 @@ def test_the_end_of_a_sweep_lists_its_directory_once(tmp_path, monkeypatch):
     listing = store.SweepListing(str(exp))
     a = listing.checkpoints(f"{exp}/trial_a")
     assert [(s.name, s.step) for s in a] == [("checkpoint_000016", 16), ("checkpoint_000008", 8)]
-    assert best_checkpoint(f"{exp}/trial_a", "eval/accuracy", "max", stored=a) == (
+    assert CheckpointStore(f"{exp}/trial_a").best("eval/accuracy", "max", stored=a) == (
         f"{exp}/trial_a/checkpoint_000008", 8)  # fmt: skip
     # the same order as the per-directory listing the trial itself resumes from
     assert [s.name for s in listing.checkpoints(f"{exp}/trial_b")] == [
-        s.name for s in ckpt.stored_in(*ckpt.filesystem(f"{exp}/trial_b"))]  # fmt: skip
+        s.name for s in CheckpointStore(f"{exp}/trial_b").stored()]  # fmt: skip
     assert listing.failed_line("b") == "ValueError: bad" and listing.failed_line("a") is None
     assert listing.checkpoints(f"{exp}/trial_c") == []
     assert lists == [""]  # one listing for everything

@@ -4,6 +4,7 @@ clear errors raised before any worker starts. Ray runs are in test_train_ray.py.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import shutil
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 from tiny_run import tiny_run
 
 from pipeline.checkpoints import store as ckpt
+from pipeline.checkpoints.directory import CheckpointStore
 from pipeline.config.run import ConfigError, RunConfig
 from pipeline.data import read_meta
 from pipeline.tracking.tracker import find_run, read_run
@@ -261,7 +263,8 @@ def test_a_run_resumed_from_its_final_checkpoint_reports_its_result_again(tmp_pa
     info = run_info(cfg, "final", str(tmp_path / "runs"))
     first = LocalCheckpoints(tmp_path / "runs" / "final")
     run_in_process(cfg, info, report=first)
-    final = ckpt.latest_local_checkpoint(tmp_path / "runs" / "final")
+    with contextlib.ExitStack() as stack:  # local: the directory outlives the stack
+        _, final = CheckpointStore(str(tmp_path / "runs" / "final")).newest_complete(stack)
     again: list[dict] = []
     last = run_in_process(cfg, info, report=lambda m, d: again.append(m), resume_dir=final)
     assert [m["step"] for m in again] == [cfg.schedule.steps]
@@ -275,10 +278,8 @@ def test_time_based_checkpoints_between_step_checkpoints_resume_but_are_never_ra
 ):
     """checkpoint.every_minutes: a checkpoint at each log step once that much time has passed
     (here 60 us: every log step), besides the step-based ones; its report holds no eval metrics
-    (the last evaluation was at an earlier step), so retention keeps it only as the latest; a
+    (the last evaluation was at an earlier step), so pruning keeps it only as the latest; a
     run resumes from it."""
-    from pipeline.checkpoints import retention
-
     # one evaluation, at step 12: an evaluation that improves the best is checkpointed too
     base = [
         "checkpoint.every=12",
@@ -304,7 +305,7 @@ def test_time_based_checkpoints_between_step_checkpoints_resume_but_are_never_ra
         assert any(k.startswith("eval/") for k in report) == (step == 12), (step, report)
     at9 = tmp_path / "at9"
     shutil.copytree(run_dir / "checkpoint_00000009", at9)
-    assert retention.prune(str(run_dir), 1, "eval/exact_accuracy", "max")  # 12: latest and best
+    assert CheckpointStore(str(run_dir)).prune(1, "eval/exact_accuracy", "max")  # 12: latest, best
     assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoint_00000012"]
 
     # resumed from the time-based checkpoint at step 9, the run ends as the uninterrupted one

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from pipeline.checkpoints import store as ckpt
+from pipeline.checkpoints.directory import CheckpointStore, filesystem, newest_complete
 from pipeline.config.run import ConfigError, RunConfig
 from pipeline.data.storage import absolute
 from pipeline.training.state import batch_chunk
@@ -64,7 +65,7 @@ def restore(
             f"{uri!r} is neither a checkpoint directory (with {ckpt.TRAINER_FILE}) nor a run "
             f"directory holding checkpoint_* directories"
         )
-    chosen = ckpt.newest_complete(candidates, stack, say)
+    chosen = newest_complete(candidates, stack, say)
     assert chosen is not None  # candidates is not empty: a complete one or CheckpointError
     state = ckpt.load(chosen[1], ckpt.TRAINER_FILE)
     mcfg = TRMConfig.from_dict(state["model_config"])
@@ -127,7 +128,7 @@ def _candidates(uri: str) -> Iterator[tuple[str, Any]]:
     import pyarrow.fs as pafs
 
     uri = uri.rstrip("/")
-    fs, path = ckpt.filesystem(uri)
+    fs, path = filesystem(uri)
     trainer = fs.get_file_info(f"{path}/{ckpt.TRAINER_FILE}")
     if trainer.type == pafs.FileType.File:
         import ray.train
@@ -135,7 +136,7 @@ def _candidates(uri: str) -> Iterator[tuple[str, Any]]:
         name = uri if "://" in uri else absolute(uri)
         yield name, ray.train.Checkpoint(path, filesystem=fs).as_directory()
         return
-    yield from ckpt.stored_checkpoints(uri if "://" in uri else absolute(uri))
+    yield from CheckpointStore(uri if "://" in uri else absolute(uri)).candidates()
 
 
 def load_model(uri: str, run_id: str, which: str = "best") -> TRM:

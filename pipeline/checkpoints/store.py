@@ -13,23 +13,17 @@ load recomputes the digest and raises `CheckpointError` on a missing file or a m
 truncated or corrupted checkpoint is reported instead of silently resuming from garbage.
 Distinct file names per rank let Ray Train merge all ranks' files into one checkpoint.
 
-Which checkpoint a run resumes from: `first_complete_checkpoint` takes the newest complete
-one among candidates (`resume_candidates` for a Ray Train worker: its run directory in
-storage and Ray Train's record; `local_checkpoints` for runs without Ray), skipping and naming
-damaged or half-written ones. `stored_in` lists a directory's checkpoints newest first, by the
-step in the `report.json` a sweep trial puts beside its files, else by name.
+The directories that hold checkpoints (saving, listing, pruning, resuming) are
+`pipeline.checkpoints.directory`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
 import os
 import random
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -134,61 +128,7 @@ def restore_rng(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-# ---- the checkpoint to resume from ----------------------------------------------------------
-def recorded_name(checkpoint: Any) -> str:
-    """The directory name (`checkpoint_<step>`) of the checkpoint Ray Train hands over; ''
-    when it hands over none."""
-    return checkpoint.path.rstrip("/").rpartition("/")[2] if checkpoint is not None else ""
-
-
-def resume_candidates(
-    checkpoint: Any, run_dir: str, say: Callable[[str], None]
-) -> Iterator[tuple[str, Any]]:
-    """What a Ray Train worker may resume from, newest first: checkpoints in the run directory
-    newer than the one Ray Train hands over, then that one and the older ones.
-
-    Ray Train hands over the latest checkpoint its controller has recorded, and the controller
-    records a report up to a poll interval (2 s) after the workers made it: a group that dies
-    in that window, or storage that fails before the run snapshot is written, leaves complete
-    checkpoints in storage that Ray Train does not know of. Resuming from an older one would
-    lose more than a checkpoint interval; starting over (no record at all) would lose the run.
-    """
-    known = recorded_name(checkpoint)
-    try:
-        stored = list(stored_checkpoints(run_dir))
-    except OSError as e:  # fail (Ray Train retries the group) rather than resume from less
-        from pipeline.data.errors import StorageError
-
-        raise StorageError(f"cannot list the checkpoints in {run_dir}: {e}") from e
-    newer = [(name, opener) for name, opener in stored if name.rpartition("/")[2] > known]
-    if newer:
-        say(f"storage holds checkpoints newer than Ray Train's record ({known or 'none'}): "
-            f"{', '.join(n.rpartition('/')[2] for n, _ in newer)}")  # fmt: skip
-    yield from newer
-    if checkpoint is not None:
-        yield from _ray_checkpoints(checkpoint)
-
-
-def _ray_checkpoints(checkpoint: Any) -> Iterator[tuple[str, Any]]:
-    """(name, context giving a local directory) of the checkpoint Ray Train hands over, then of
-    the run's older checkpoints in the same storage, newest first (names sort by step)."""
-    yield checkpoint.path, checkpoint.as_directory()
-    parent, _, name = checkpoint.path.rstrip("/").rpartition("/")
-    for s in stored_in(checkpoint.filesystem, parent):
-        if s.name < name:
-            yield s.path, s.opener()
-
-
-def stored_checkpoints(run_dir: str) -> Iterator[tuple[str, Any]]:
-    """Candidates for `first_complete_checkpoint` in a run directory (local path or s3://):
-    (URI, context giving a local directory), newest first (`stored_in`)."""
-    from pipeline.data.storage import join
-
-    for s in stored_in(*filesystem(run_dir)):
-        yield join(run_dir, s.name), s.opener()
-
-
-# ---- the checkpoints in a directory -----------------------------------------------------------
+# ---- files beside a checkpoint's own ------------------------------------------------------------
 def write_report(directory: str | Path, metrics: dict[str, Any]) -> None:
     """Put a report's scalar metrics beside the checkpoint files (`REPORT_FILE`)."""
     scalars = {k: v for k, v in metrics.items() if isinstance(v, int | float | str | bool)}
@@ -210,109 +150,3 @@ def read_report(directory: str | Path) -> dict[str, Any]:
     """The metrics `write_report` put beside a checkpoint's files; {} when it has none."""
     path = Path(directory) / REPORT_FILE
     return json.loads(path.read_text()) if path.is_file() else {}
-
-
-@dataclass
-class Stored:
-    """A checkpoint directory in storage and the report it was made with (empty if none)."""
-
-    fs: Any
-    """The `pyarrow.fs` filesystem it is on."""
-    path: str
-    metrics: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def name(self) -> str:
-        return self.path.rpartition("/")[2]
-
-    @property
-    def step(self) -> int:
-        return int(self.metrics.get("step", -1))
-
-    def opener(self) -> Any:
-        """A context giving a local directory with its files (downloaded from s3://)."""
-        import ray.train
-
-        return ray.train.Checkpoint(self.path, filesystem=self.fs).as_directory()
-
-
-def filesystem(uri: str) -> tuple[Any, str]:
-    """(`pyarrow.fs` filesystem, path on it) of a local path or s3:// URI."""
-    import pyarrow.fs as pafs
-
-    from pipeline.data.storage import absolute
-
-    return pafs.FileSystem.from_uri(uri if "://" in uri else f"file://{absolute(uri)}")
-
-
-def stored_in(fs: Any, parent: str) -> list[Stored]:
-    """The `checkpoint_*` directories under `parent`, newest first: by the step in their report
-    where they have one, else by name (Ray Train names them by step; a resumed Tune trial may
-    reuse a name for a later step)."""
-    import pyarrow.fs as pafs
-
-    infos = fs.get_file_info(pafs.FileSelector(parent, allow_not_found=True))
-    found = [Stored(fs, i.path) for i in infos
-             if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint_")]  # fmt: skip
-    for s in found:
-        with contextlib.suppress(OSError, ValueError):
-            with fs.open_input_stream(f"{s.path}/{REPORT_FILE}") as f:
-                s.metrics = json.loads(f.read())
-    return newest_first(found)
-
-
-def newest_first(found: list[Stored]) -> list[Stored]:
-    """Checkpoints ordered as `stored_in` orders them."""
-    return sorted(found, key=lambda s: (s.step, s.name), reverse=True)
-
-
-def first_complete_checkpoint(
-    candidates: Iterable[tuple[str, Any]],
-    stack: contextlib.ExitStack,
-    say: Callable[[str], None] = print,
-) -> str | None:
-    """Local directory of the newest complete checkpoint among `candidates` (see
-    `newest_complete`), or None when there are no candidates."""
-    found = newest_complete(candidates, stack, say)
-    return found[1] if found is not None else None
-
-
-def newest_complete(
-    candidates: Iterable[tuple[str, Any]],
-    stack: contextlib.ExitStack,
-    say: Callable[[str], None] = print,
-) -> tuple[str, str] | None:
-    """(name, local directory) of the newest complete checkpoint (`checkpoint.verify`) among
-    `candidates`, (name, context giving a local directory) newest first, kept open by `stack`.
-    Damaged or half-written ones are named and skipped; `CheckpointError` when there are
-    checkpoints but none is complete (starting over silently would lose the run)."""
-    bad = []
-    for name, opener in candidates:
-        with contextlib.ExitStack() as inner:
-            directory = inner.enter_context(opener)
-            try:
-                verify(directory)
-            except CheckpointError as e:
-                bad.append(f"{name}: {e}")
-                say(f"skipping checkpoint {name}: {e}")
-                continue
-            stack.enter_context(inner.pop_all())
-            if bad:
-                say(f"using the previous complete checkpoint {name}")
-            return name, directory
-    if bad:
-        raise CheckpointError("no complete checkpoint: " + "; ".join(bad))
-    return None
-
-
-def local_checkpoints(directory: str | Path) -> Iterator[tuple[str, Any]]:
-    """Candidates for `first_complete_checkpoint` under a local run directory, newest first."""
-    found = sorted(Path(directory).glob("checkpoint_*")) if Path(directory).is_dir() else []
-    for path in reversed(found):
-        yield str(path), contextlib.nullcontext(str(path))
-
-
-def latest_local_checkpoint(directory: str | Path) -> str | None:
-    """The newest complete checkpoint under a local run directory, or None."""
-    with contextlib.ExitStack() as stack:
-        return first_complete_checkpoint(local_checkpoints(directory), stack)

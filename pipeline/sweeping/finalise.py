@@ -22,7 +22,7 @@ from typing import Any
 
 from ray import tune
 
-from pipeline.checkpoints.retention import best_checkpoint
+from pipeline.checkpoints.directory import CheckpointStore
 from pipeline.sweeping.report import end_child
 from pipeline.sweeping.store import failed_line
 
@@ -171,7 +171,7 @@ def log_best_model(uri: str, run_id: str, directory: str, metric: str, mode: str
 
     from pipeline.checkpoints.restore import restore
 
-    checkpoint, _ = best_checkpoint(directory, metric, mode)
+    checkpoint, _ = CheckpointStore(directory).best(metric, mode)
     if not checkpoint:
         return False
     with contextlib.ExitStack() as stack, tempfile.TemporaryDirectory(prefix="trm-model-") as d:

@@ -8,7 +8,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.checkpoints.retention import best_checkpoint
+from pipeline.checkpoints.directory import CheckpointStore
 from pipeline.sweeping.config import SweepConfig, effective_depth
 from pipeline.sweeping.findings import EXACT, halt_points, steps_to
 from pipeline.sweeping.store import SweepListing
@@ -114,8 +114,8 @@ def trial_row(sweep: SweepConfig, ctx: Any, result: Any, listing: SweepListing) 
     row.steps_to_95 = steps_to(exact)
     row.halt = _last_halt(df, m)
     directory = ctx.checkpoint_dir(trial_id, cfg.resources.num_workers)
-    row.checkpoint, row.checkpoint_step = best_checkpoint(
-        directory, metric, sweep.search.mode, stored=listing.checkpoints(directory)
+    row.checkpoint, row.checkpoint_step = CheckpointStore(directory).best(
+        metric, sweep.search.mode, stored=listing.checkpoints(directory)
     )
     row.step, row.examples = int(m.get("step", 0)), int(m.get("examples", 0))
     row.flops, row.wall_s = float(m.get("flops", 0.0)), float(m.get("time_total_s", 0.0))

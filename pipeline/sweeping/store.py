@@ -148,9 +148,10 @@ class SweepListing:
 
     def checkpoints(self, directory: str) -> list[Any]:
         """The `checkpoint_*` directories under `directory` (a URI under the sweep directory)
-        with their reports, as `pipeline.checkpoints.store.Stored`, ordered as `stored_in`
+        with their reports, as `pipeline.checkpoints.directory.Stored`, ordered as `stored_in`
         orders them."""
-        from pipeline.checkpoints.store import REPORT_FILE, Stored, newest_first
+        from pipeline.checkpoints.directory import Stored, newest_first
+        from pipeline.checkpoints.store import REPORT_FILE
 
         rel = directory.removeprefix(self.exp_path).strip("/")
         return newest_first([

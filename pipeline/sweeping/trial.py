@@ -22,8 +22,7 @@ import ray
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from pipeline.checkpoints import retention
-from pipeline.checkpoints import store as ckpt
+from pipeline.checkpoints.directory import CheckpointStore
 from pipeline.config.run import RunConfig
 from pipeline.sweeping.space import trial_config
 from pipeline.sweeping.store import (
@@ -77,7 +76,7 @@ class SweepContext:
 
     def checkpoint_dir(self, trial_id: str, num_workers: int) -> str:
         """Where a trial's checkpoints are: its Tune trial directory (one-process trials keep
-        them there, `retention`), or its Ray Train run directory (multi-worker trials)."""
+        them there, `CheckpointStore`), or its Ray Train run directory (multi-worker trials)."""
         if num_workers > 1:
             return f"{self.trials_path}/{self.trial_name(trial_id)}"
         return f"{self.exp_path}/{trial_dirname(trial_id)}"
@@ -162,7 +161,7 @@ def with_time_axes(metrics: dict[str, Any], cfg: RunConfig, flops_per_row: float
 
 class TuneReporter:
     """The `report` of an in-process trial: evaluation reports to Tune; checkpoints to the
-    trial's directory, pruned there (`retention`)."""
+    trial's directory, pruned there (`CheckpointStore`)."""
 
     def __init__(self, cfg: RunConfig, flops_per_row: float, trial_uri: str):
         self.cfg, self.flops_per_row, self.trial_uri = cfg, flops_per_row, trial_uri
@@ -172,8 +171,9 @@ class TuneReporter:
             return  # training-only reports go to MLflow; Tune ranks on evaluations
         if checkpoint_dir is not None:  # stored before Tune sees the report
             ck = self.cfg.checkpoint
-            retention.persist(checkpoint_dir, self.trial_uri, int(metrics["step"]))
-            retention.prune(self.trial_uri, ck.num_to_keep, ck.metric, ck.mode)
+            store = CheckpointStore(self.trial_uri)
+            store.save(checkpoint_dir, int(metrics["step"]))
+            store.prune(ck.num_to_keep, ck.metric, ck.mode)
         tune.report(with_time_axes(metrics, self.cfg, self.flops_per_row))
 
 
@@ -238,8 +238,8 @@ def _begin_attempt(ctx: SweepContext, cfg: RunConfig, trial_id: str) -> bool:
     away without progress used up max_failures (the trial ends with that line). Tune itself
     retries every trial without limit (`tuner`): the count of the trial's own failures is
     kept here, so that preemptions and lost nodes cost no retries."""
-    newest = next(iter(ckpt.stored_in(*ckpt.filesystem(
-        ctx.checkpoint_dir(trial_id, cfg.resources.num_workers)))), None)  # fmt: skip
+    stored = CheckpointStore(ctx.checkpoint_dir(trial_id, cfg.resources.num_workers)).stored()
+    newest = stored[0] if stored else None
     a = begin_attempt(ctx.exp_path, trial_id, newest.step if newest else -1,
                       ray.get_runtime_context().get_node_id(), _node_alive)  # fmt: skip
     if a["lost"]:
@@ -270,17 +270,15 @@ def _node_alive(node_id: str, wait_s: float = NODE_DEATH_WAIT_S) -> bool:
 
 
 def _train_with_workers(cfg: RunConfig, ctx: SweepContext) -> None:
-    from pipeline.train import run_training
+    from pipeline.train import train_prepared
+    from pipeline.training.prepared import PreparedRun
 
-    # Train V2 resumes a run with the same name and storage from its own checkpoints, so a
-    # retried trial continues where its worker group stopped
-    run_training(
-        cfg,
-        name=cfg.name,
-        storage_path=ctx.trials_path,
-        callbacks=[SweepReportCallback(cfg, flops_per_example(cfg))],
-        parent_run_id=ctx.parent_run_id,
-    )
+    # prepared by the sweep (paths, tracking URI, datasets and storage checked for every
+    # trial before the first started). Train V2 resumes a run with the same name and storage
+    # from its own checkpoints, so a retried trial continues where its worker group stopped
+    uri = ctx.tracking_uri if cfg.tracking.enabled else ""
+    run = PreparedRun(cfg, cfg.name, ctx.trials_path, uri)
+    train_prepared(run, [SweepReportCallback(cfg, flops_per_example(cfg))], ctx.parent_run_id)
 
 
 def _train_in_process(
@@ -304,9 +302,9 @@ def _train_in_process(
     report = TuneReporter(cfg, flops_per_example(cfg), trial_uri)
     try:
         with contextlib.ExitStack() as stack:
-            # a retried or resumed trial: its highest-step complete checkpoint (`retention`)
-            candidates = ckpt.stored_checkpoints(trial_uri)
-            resume_dir = ckpt.first_complete_checkpoint(candidates, stack)
+            # a retried or resumed trial: its highest-step complete checkpoint
+            found = CheckpointStore(trial_uri).newest_complete(stack)
+            resume_dir = found[1] if found else None
             run_in_process(cfg, info, report=report, resume_dir=resume_dir, device=device)
     finally:
         # Tune runs the next trial in this process (reuse_actors): free this one's memory,

@@ -106,7 +106,7 @@ def build_tuner(
             # Tune retries every trial without limit: a trial counts its own failures against
             # max_failures itself (`trial._begin_attempt`), so lost nodes cost no retries
             failure_config=tune.FailureConfig(max_failures=-1),
-            # no checkpoint_config: trials keep their checkpoints themselves (`retention`)
+            # no checkpoint_config: trials keep their checkpoints themselves (`CheckpointStore`)
             verbose=0,  # the monitor prints a status line and one line per finished trial
         ),
     )

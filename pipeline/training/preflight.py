@@ -81,15 +81,21 @@ def preflight(cfg: RunConfig, storage_path: str, *, cluster: bool) -> Any:
 
         check_tracking(resolve_tracking_uri(cfg.tracking.uri))
     if cluster:
-        import ray
-
-        if len([n for n in ray.nodes() if n.get("Alive")]) > 1:
-            if is_local(cfg.data.uri):
-                meta_path = Path(cfg.data.uri.removeprefix("file://")) / "meta.json"
-                check_readable_on_nodes(str(meta_path), "data.uri")
-            if is_local(storage_path):
-                check_readable_on_nodes(storage_path, "checkpoint.storage_path")
+        check_on_nodes(cfg, storage_path)
     return meta
+
+
+def check_on_nodes(cfg: RunConfig, storage_path: str) -> None:
+    """On a Ray cluster of more than one node: the local dataset and storage paths readable on
+    every node (an s3:// one needs no check)."""
+    import ray
+
+    if len([n for n in ray.nodes() if n.get("Alive")]) > 1:
+        if is_local(cfg.data.uri):
+            meta_path = Path(cfg.data.uri.removeprefix("file://")) / "meta.json"
+            check_readable_on_nodes(str(meta_path), "data.uri")
+        if is_local(storage_path):
+            check_readable_on_nodes(storage_path, "checkpoint.storage_path")
 
 
 # ---- on every node --------------------------------------------------------------------------

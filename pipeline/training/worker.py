@@ -36,7 +36,6 @@ import contextlib
 import copy
 import dataclasses
 import logging
-import os
 import shutil
 import sys
 import tempfile
@@ -51,6 +50,12 @@ import torch
 import trm
 from pipeline.checkpoints import store as ckpt
 from pipeline.checkpoints.clock import CheckpointClock, scored, unranked
+from pipeline.checkpoints.directory import (
+    CheckpointStore,
+    newest_complete,
+    recorded_name,
+    resume_candidates,
+)
 from pipeline.config.run import ConfigError, RunConfig, flatten
 from pipeline.evaluation.evaluator import Evaluator
 from pipeline.tasks import adopt_tasks, carried_tasks
@@ -393,8 +398,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     checkpoint = ray.train.get_checkpoint()
     with _without_traceback(), contextlib.ExitStack() as stack:
         # the directory is only valid inside this block; train_loop reads it before training
-        candidates = ckpt.resume_candidates(checkpoint, info.run_key, say)
-        found = ckpt.newest_complete(candidates, stack, say)
+        candidates = resume_candidates(checkpoint, info.run_key, say)
+        found = newest_complete(candidates, stack, say)
         session = Session(
             world_rank=ctx.get_world_rank(),
             world_size=ctx.get_world_size(),
@@ -402,7 +407,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             report=report,
             resume_dir=found[1] if found else None,
             resume_unrecorded=found is not None
-            and found[0].rpartition("/")[2] != ckpt.recorded_name(checkpoint),
+            and found[0].rpartition("/")[2] != recorded_name(checkpoint),
             wrap_model=lambda m: ray.train.torch.prepare_model(
                 m, parallel_strategy_kwargs=_no_buffer_sync()
             ),
@@ -464,7 +469,8 @@ def run_in_process(
         if report is None:
             store = Path(cfg.checkpoint.storage_path) / info.name
             if resume_dir is None:
-                resume_dir = ckpt.first_complete_checkpoint(ckpt.local_checkpoints(store), stack)
+                found = CheckpointStore(str(store)).newest_complete(stack)
+                resume_dir = found[1] if found else None
             report = LocalCheckpoints(store, cfg.checkpoint.num_to_keep, cfg.checkpoint.metric,
                                       cfg.checkpoint.mode)  # fmt: skip
         session = Session(0, 1, device or default_device(), report, resume_dir)
@@ -473,27 +479,19 @@ def run_in_process(
 
 class LocalCheckpoints:
     """A `report` for in-process runs without Ray: keeps checkpoints under a local directory
-    (the latest and the `num_to_keep` best by `metric`, `pipeline.checkpoints.retention`)."""
+    (the latest and the `num_to_keep` best by `metric`: `CheckpointStore.prune`)."""
 
     def __init__(self, directory: str | Path, num_to_keep: int = 0,
                  metric: str = "eval/exact_accuracy", mode: str = "max"):  # fmt: skip
         if str(directory).startswith("s3://"):
             raise ConfigError("in-process runs without Ray keep checkpoints on a local path only")
-        self.directory = Path(directory)
+        self.store = CheckpointStore(str(directory))
         self.num_to_keep, self.metric, self.mode = num_to_keep, metric, mode
         self.history: list[dict[str, Any]] = []
 
     def __call__(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
-        from pipeline.checkpoints import retention
-
         self.history.append(dict(metrics))
         if checkpoint_dir is None:
             return
-        self.directory.mkdir(parents=True, exist_ok=True)
-        dst = self.directory / f"checkpoint_{int(metrics['step']):08d}"
-        tmp = self.directory / f".{dst.name}.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(checkpoint_dir, tmp)
-        shutil.rmtree(dst, ignore_errors=True)
-        os.replace(tmp, dst)
-        retention.prune(str(self.directory), self.num_to_keep, self.metric, self.mode)
+        self.store.save(checkpoint_dir, int(metrics["step"]))
+        self.store.prune(self.num_to_keep, self.metric, self.mode)
