@@ -270,6 +270,7 @@ def _node_alive(node_id: str, wait_s: float = NODE_DEATH_WAIT_S) -> bool:
 
 
 def _train_with_workers(cfg: RunConfig, ctx: SweepContext) -> None:
+    from pipeline.data.storage import is_local
     from pipeline.train import train_prepared
     from pipeline.training.prepared import PreparedRun
 
@@ -278,6 +279,8 @@ def _train_with_workers(cfg: RunConfig, ctx: SweepContext) -> None:
     # from its own checkpoints, so a retried trial continues where its worker group stopped
     uri = ctx.tracking_uri if cfg.tracking.enabled else ""
     run = PreparedRun(cfg, cfg.name, ctx.trials_path, uri)
+    if is_local(run.storage_path):  # probed on every node before the workers start
+        os.makedirs(run.storage_path, exist_ok=True)
     train_prepared(run, [SweepReportCallback(cfg, flops_per_example(cfg))], ctx.parent_run_id)
 
 
