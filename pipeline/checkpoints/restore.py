@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from pipeline.checkpoints import store as ckpt
-from pipeline.checkpoints.directory import CheckpointStore, filesystem, newest_complete
+from pipeline.checkpoints.directory import CheckpointStore, Stored, filesystem, newest_complete
 from pipeline.config.run import ConfigError, RunConfig
 from pipeline.data.storage import absolute
 from pipeline.training.state import batch_chunk
@@ -131,10 +131,7 @@ def _candidates(uri: str) -> Iterator[tuple[str, Any]]:
     fs, path = filesystem(uri)
     trainer = fs.get_file_info(f"{path}/{ckpt.TRAINER_FILE}")
     if trainer.type == pafs.FileType.File:
-        import ray.train
-
-        name = uri if "://" in uri else absolute(uri)
-        yield name, ray.train.Checkpoint(path, filesystem=fs).as_directory()
+        yield (uri if "://" in uri else absolute(uri)), Stored(fs, path).opener()
         return
     yield from CheckpointStore(uri if "://" in uri else absolute(uri)).candidates()
 

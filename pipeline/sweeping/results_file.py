@@ -39,6 +39,8 @@ class ResultsFile(tune.Callback):
         self._queued: set[str] = set()
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
+        self._made: set[str] = set()
+        """Trial directories made in storage (by the writer thread only)."""
         self._staging_cleared = False
 
     def __getstate__(self) -> dict[str, Any]:
@@ -86,7 +88,9 @@ class ResultsFile(tune.Callback):
             body = "".join(f"{line}\n" for line in self._lines[trial_id]).encode()
         fs, directory = storage.storage_filesystem, storage.trial_fs_path
         try:
-            fs.create_dir(directory, recursive=True)
+            if directory not in self._made:  # once per trial: on S3 each call is a request
+                fs.create_dir(directory, recursive=True)
+                self._made.add(directory)
             with fs.open_output_stream(f"{directory}/{NAME}") as f:
                 f.write(body)
         except Exception as e:  # the sweep goes on; its summary lacks this trial's history

@@ -65,13 +65,12 @@ def prepare_run(
     return PreparedRun(with_epoch_steps(cfg, say), name or cfg.name, storage, uri, meta)
 
 
-def with_absolute_paths(cfg: RunConfig, storage_path: str | None = None) -> RunConfig:
-    """Local data and storage paths made absolute (`storage_path`, when given, as the storage
-    path): workers run in other directories."""
-    storage = absolute(storage_path or cfg.checkpoint.storage_path)
+def with_absolute_paths(cfg: RunConfig, storage_path: str) -> RunConfig:
+    """`cfg` with its local data path made absolute (workers run in other directories) and
+    `storage_path` (absolute already) as its storage path."""
     return cfg.model_copy(
         update={
             "data": cfg.data.model_copy(update={"uri": absolute(cfg.data.uri)}),
-            "checkpoint": cfg.checkpoint.model_copy(update={"storage_path": storage}),
+            "checkpoint": cfg.checkpoint.model_copy(update={"storage_path": storage_path}),
         }
     )
