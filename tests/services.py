@@ -27,6 +27,7 @@ import contextlib
 import glob
 import http.client
 import os
+import random
 import shutil
 import signal
 import socket
@@ -40,9 +41,32 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+PORTS_FROM = 20_000
+"""Services get ports from here up to the kernel's ephemeral range, never inside it: a port
+from `bind(0)` is only free until someone else binds, and Ray's many servers (in other test
+workers too) bind ephemeral ports all the time; below 20000 are Ray's worker ports."""
+
+
+def _ephemeral_floor() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32_768  # Linux's default
+
 
 def free_port() -> int:
-    """A TCP port that was free a moment ago on 127.0.0.1 (bind to port 0)."""
+    """A TCP port free now on 127.0.0.1, chosen at random between `PORTS_FROM` and the
+    kernel's ephemeral range, where no `bind(0)` or outgoing connection can take it before
+    the service binds it (`bind(0)` when the kernel's range leaves no room)."""
+    floor = _ephemeral_floor()
+    for _ in range(100 if floor - PORTS_FROM > 1000 else 0):
+        port = random.randrange(PORTS_FROM, floor)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -62,7 +86,7 @@ def _wait_healthy(url: str, proc: subprocess.Popen, log: Path, what: str, limit_
         try:
             urllib.request.urlopen(url, timeout=2).close()
             return
-        except OSError:
+        except (OSError, http.client.HTTPException):  # not up yet, or not ours: it exits
             if time.monotonic() > deadline:
                 raise RuntimeError(
                     f"{what} not healthy after {limit_s:.0f} s: {log.read_text()[-3000:]}"

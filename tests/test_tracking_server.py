@@ -218,6 +218,35 @@ def test_closing_waits_for_a_slow_server_and_gives_up_on_one_that_stopped_answer
     assert run["tags"]["trm.tracking.dropped"] == "0 metric points, 2 artifacts"
 
 
+def test_a_send_that_ends_after_close_gave_up_on_it_is_not_counted_twice():
+    """`close` gives up on a send that hangs and counts what it held as dropped; when that send
+    returns afterwards, the sender thread ends quietly (it once popped from the emptied buffer
+    and died with an IndexError). The client here is in-process: what it stands in for, a hung
+    upload to a real server, is the test above."""
+    import threading
+
+    import pipeline.tracking.sender as sender
+
+    release, errors = threading.Event(), []
+
+    class Hanging:
+        def log_batch(self, run_id, metrics):
+            release.wait(30)
+
+    hook, threading.excepthook = threading.excepthook, errors.append
+    try:
+        s = sender.Sender(Hanging(), "run", "http://nowhere")
+        s.put_metrics([1, 2, 3])
+        s.close(idle_s=0.2, cap_s=0.5)
+        assert (s.dropped_points, s.dropped_jobs) == (3, 0)
+        release.set()
+        s._thread.join(10)
+        assert not s._thread.is_alive()
+    finally:
+        threading.excepthook = hook
+    assert errors == []
+
+
 def test_a_process_ending_before_its_run_closes_still_sends_the_queue(mlflow_server, tmp_path):
     """Tune ends a stopped trial's process without waiting for the trial (Ray runs the process's
     atexit handlers); the sender's thread is a daemon, so the queue would die with it. At exit

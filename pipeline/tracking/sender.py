@@ -189,6 +189,8 @@ class Sender:
 
     def _sent(self, points: int) -> None:
         with self._cond:
+            if self._abandon:  # `close` gave up during this send and counted it as dropped
+                return
             for _ in range(points):
                 self._metrics.popleft()
             if not points:
