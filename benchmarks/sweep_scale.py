@@ -241,7 +241,7 @@ def lost_trials(run: dict[str, Any], tracking_uri: str, expected: int) -> dict[s
     client = MlflowClient(tracking_uri)
     finished, token = set(), None
     flt = f"tags.mlflow.parentRunId = '{outcome.parent_run_id}'"
-    exp = client.get_experiment_by_name(sweep.base["tracking"]["experiment"])
+    exp = client.get_experiment_by_name(sweep.base_config().tracking.experiment)
     while True:
         page = client.search_runs([exp.experiment_id], flt, max_results=1000, page_token=token)
         for r in page:

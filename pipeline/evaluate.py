@@ -150,7 +150,7 @@ def evaluate_checkpoint(
     from pipeline.tracking.tracker import depth_curve_metrics
 
     data = absolute(args.data or r.config.data.uri)
-    cfg = r.config.with_overrides([f"data.uri={data}", *args.overrides])
+    cfg = r.config.with_values({"data.uri": data}).with_overrides(args.overrides)
     meta = read_meta(data)
     check_fits(r, meta, data)
     if args.split not in meta.splits:

@@ -265,13 +265,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _prepared(args: argparse.Namespace) -> PreparedRun:
     """The run the command line asks for, checked once, before Ray starts (a dead tracking
     server or a missing dataset is one line now, not minutes of retries later)."""
-    sets = [f"name={args.name}"] if args.name else []
-    sets += [f"checkpoint.storage_path={args.storage_path}"] if args.storage_path else []
-    cfg = RunConfig.from_yaml(args.config, [*args.overrides, *sets])
+    given = {"name": args.name, "checkpoint.storage_path": args.storage_path}
+    cfg = RunConfig.from_yaml(args.config, args.overrides)
+    cfg = cfg.with_values({k: v for k, v in given.items() if v})  # strings, as typed
     if args.local:
         if not is_local(absolute(cfg.checkpoint.storage_path)):
             raise ConfigError("--local keeps checkpoints on a local checkpoint.storage_path only")
-        cfg = cfg.with_overrides(["resources.num_workers=1"])
+        cfg = cfg.with_values({"resources.num_workers": 1})
     say = (lambda line: print(f"# {line}")) if args.dry_run else None
     return prepare_run(cfg, say=say)
 

@@ -286,7 +286,7 @@ def test_relative_data_uris_in_the_space_reach_trials_absolute(tmp_path, monkeyp
     assert sweep.domains["data.uri"].values == [str(tmp_path / "data/a"), str(tmp_path / "data/b")]
     base = resolve(sweep, str(tmp_path / "runs" / "t"))
     assert base.data.uri == str(tmp_path / "data/x")
-    ctx = SweepContext(name="t", exp_path=str(tmp_path / "runs" / "t"), base=base.to_dict(),
+    ctx = SweepContext(name="t", exp_path=str(tmp_path / "runs" / "t"), base=base,
                        keys={k: dom.names for k, dom in sweep.domains.items()}, metric="m",
                        mode="max", use_gpu=False, code_version="")  # fmt: skip
     params = {"data.uri": sweep.domains["data.uri"].values[1], "data.seed,model.L_layers": [1, 2]}

@@ -171,6 +171,9 @@ def test_cli_dry_run_and_error_exit(sudoku4, tmp_path, capsys):
     assert "does not match the dataset" in capsys.readouterr().err
     assert main([str(path), "--set", "optim.lr=-1"]) == 2
     assert "optim.lr" in capsys.readouterr().err
+    # --name is taken as typed: a numeric name stays a string
+    assert main([str(path), "--dry-run", "--name", "2024"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["name"] == "2024"
 
 
 @pytest.mark.slow

@@ -57,8 +57,19 @@ def set_dotted(d: dict[str, Any], key: str, value: Any, where: str = "") -> None
     node[parts[-1]] = value
 
 
+def with_values(d: dict[str, Any], values: dict[str, Any], where: str = "") -> dict[str, Any]:
+    """A copy of `d` with each dotted key of `values` set to its value, taken as it is."""
+    import copy
+
+    d = copy.deepcopy(d)
+    for key, value in values.items():
+        set_dotted(d, key, copy.deepcopy(value), where)
+    return d
+
+
 def apply_overrides(d: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
-    """Return a copy of `d` with each 'a.b.c=value' applied; value parsed as YAML."""
+    """Return a copy of `d` with each 'a.b.c=value' applied; value parsed as YAML (command-line
+    strings; code that holds typed values uses `with_values`)."""
     import copy
 
     d = copy.deepcopy(d)

@@ -28,6 +28,7 @@ from pipeline.config.fields import (
     flatten,
     require,
     type_name,
+    with_values,
 )
 from pipeline.config.sections import (
     CheckpointConfig,
@@ -172,7 +173,13 @@ class RunConfig(StrictConfig):
         return cls.from_dict(apply_overrides(d, overrides))
 
     def with_overrides(self, overrides: list[str] | tuple[str, ...]) -> RunConfig:
+        """`self` with command-line `key.sub=value` strings applied (values parsed as YAML)."""
         return RunConfig.from_dict(apply_overrides(self.to_dict(), overrides))
+
+    def with_values(self, values: dict[str, Any]) -> RunConfig:
+        """`self` with dotted key -> value set, the values taken as they are (a name "2024"
+        stays a string), and validated again: how code changes a config."""
+        return RunConfig.from_dict(with_values(self.to_dict(), values))
 
     def flat(self) -> dict[str, Any]:
         """Dotted keys -> leaf values (for MLflow params)."""

@@ -122,7 +122,7 @@ def finish_eval_sweep(
 
     rows = collect(sweep, ctx, results)
     if ctx.parent_run_id:
-        runs = child_runs(ctx.tracking_uri, ctx.base["tracking"]["experiment"], ctx.parent_run_id)
+        runs = child_runs(ctx.tracking_uri, ctx.base.tracking.experiment, ctx.parent_run_id)
         for r in rows:
             r.run_id = runs.get(ctx.run_key(r.trial_id), "")
     best = best_row(rows, sweep.search.metric, sweep.search.mode)

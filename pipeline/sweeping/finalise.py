@@ -127,7 +127,7 @@ class LiveRuns(tune.Callback):
             self.ended[tid]["run_id"] = run_id
             end_child(ctx.tracking_uri, run_id, self.ended[tid]["name"], tid, reason,
                       self.scheduler, params, {ctx.metric: best})  # fmt: skip
-            num_workers = int(ctx.base.get("resources", {}).get("num_workers", 1))
+            num_workers = ctx.base.resources.num_workers
             directory = ctx.checkpoint_dir(tid, num_workers)
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(1, thread_name_prefix="best-model")

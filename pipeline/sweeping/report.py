@@ -425,7 +425,7 @@ def finish_sweep(sweep: SweepConfig, ctx: Any, results: Any, tracker: Any, wall_
     from pipeline.data.storage import open_storage
 
     rows = collect_rows(sweep, ctx, results, wall_s)
-    recorded = attach_runs(rows, ctx, ctx.base["tracking"]["experiment"], sweep.search.mode)
+    recorded = attach_runs(rows, ctx, ctx.base.tracking.experiment, sweep.search.mode)
     best = best_row(rows, sweep.search.mode)
     store = open_storage(ctx.exp_path)
     where = f"{ctx.exp_path}/best_config.yaml" + (

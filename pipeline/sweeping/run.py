@@ -88,8 +88,7 @@ def run_sweep(
     connect_ray(address, num_cpus)
     nodes = cluster_nodes()
     use_gpu = decide_use_gpu(base, nodes)
-    resources = base.resources.model_copy(update={"use_gpu": use_gpu})
-    base = base.model_copy(update={"resources": resources})
+    base = base.with_values({"resources.use_gpu": use_gpu})
     fits = check_fits(base, use_gpu, nodes)
     preflight(sweep, base, exp_path.rsplit("/", 1)[0])
     restore = check_resume(sweep.name, exp_path, resume)
@@ -214,7 +213,7 @@ def make_context(
     return SweepContext(
         name=sweep.name,
         exp_path=exp_path,
-        base=base.to_dict(),
+        base=base,
         keys={k: d.names for k, d in sweep.domains.items()},
         metric=sweep.search.metric,
         mode=sweep.search.mode,

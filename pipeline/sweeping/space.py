@@ -9,12 +9,11 @@ ordering of the grid, every trial and the summary all build trial configs throug
 
 from __future__ import annotations
 
-import copy
 import difflib
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.config.fields import ConfigError, StrictConfig, is_num, require, set_dotted
+from pipeline.config.fields import ConfigError, StrictConfig, is_num, require, with_values
 from pipeline.config.run import RunConfig
 from trm.config import is_int
 
@@ -40,9 +39,7 @@ def trial_config(
 ) -> RunConfig:
     """The run config of the trial at `point` (dotted key -> value): `base` with the point's
     values set in place; `name` and extra MLflow `tags` for a trial that runs."""
-    d = copy.deepcopy(base.to_dict() if isinstance(base, RunConfig) else base)
-    for key, value in point.items():
-        set_dotted(d, key, copy.deepcopy(value))
+    d = with_values(base.to_dict() if isinstance(base, RunConfig) else base, point)
     if name is not None:
         d["name"] = name
     if tags:

@@ -50,8 +50,9 @@ class SweepContext:
     name: str
     exp_path: str
     """Tune experiment directory (storage root / sweep name); local absolute path or s3://."""
-    base: dict[str, Any]
-    """Base run config with absolute paths and the resolved tracking URI."""
+    base: RunConfig
+    """Base run config with absolute paths and the resolved tracking URI (`prepare.resolve`);
+    each trial's config is built from it and the trial's point (`trial_config`)."""
     keys: dict[str, list[str]]
     """Search-space key -> the config fields it sets (several for tied keys)."""
     metric: str

@@ -68,9 +68,5 @@ def prepare_run(
 def with_absolute_paths(cfg: RunConfig, storage_path: str) -> RunConfig:
     """`cfg` with its local data path made absolute (workers run in other directories) and
     `storage_path` (absolute already) as its storage path."""
-    return cfg.model_copy(
-        update={
-            "data": cfg.data.model_copy(update={"uri": absolute(cfg.data.uri)}),
-            "checkpoint": cfg.checkpoint.model_copy(update={"storage_path": storage_path}),
-        }
-    )
+    return cfg.with_values({"data.uri": absolute(cfg.data.uri),
+                            "checkpoint.storage_path": storage_path})  # fmt: skip

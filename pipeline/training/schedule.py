@@ -53,4 +53,4 @@ def with_epoch_steps(cfg: RunConfig, say: Callable[[str], None] | None = None) -
     line = (f"schedule.epochs {sch.epochs} = {steps} steps ({rows} training rows per epoch: "
             f"one variant of every puzzle group; global batch {batch})")  # fmt: skip
     (say or (lambda text: print(f"[{cfg.name}] {text}", flush=True)))(line)
-    return cfg.with_overrides([f"schedule.steps={steps}", f"schedule.rows_per_epoch={rows}"])
+    return cfg.with_values({"schedule.steps": steps, "schedule.rows_per_epoch": rows})

@@ -463,7 +463,7 @@ def run_in_process(
     only) and the latest one there is resumed from, like a Ray Train run.
     """
     if cfg.resources.num_workers != 1:
-        cfg = cfg.with_overrides(["resources.num_workers=1"])
+        cfg = cfg.with_values({"resources.num_workers": 1})
     cfg = with_epoch_steps(cfg)  # this process is the driver (nothing to do when converted)
     with contextlib.ExitStack() as stack:
         if report is None:
