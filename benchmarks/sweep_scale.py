@@ -17,7 +17,10 @@ Reported (table on stdout, JSON in benchmarks/results/sweep_scale[_quick][_LABEL
 - wall time against the ideal: sum of trial busy time (trial function start to end) / the
   number of trials that run at once;
 - per-trial overhead: trial start to its first training step, and its last report to the next
-  trial in the same trial process (Tune reuses trial processes);
+  trial in the same trial process (Tune reuses trial processes), split into the trial's tail
+  (last report to its function's end) and the hand-off (that end to the next trial's start);
+- the driver's event loop: seconds spent in the sweep's Tune callbacks (`loop_callbacks_s`, per
+  callback class; the loop also starts the next trials, so time there delays them);
 - MLflow requests per trial and the server's p50/p99 latency (at the proxy);
 - the driver's peak memory (this process's max RSS: the sweep driver runs here);
 - end of sweep: the last trial's end to the printed summary, and its two parts: Tune's end of
@@ -63,7 +66,8 @@ from sweep_overhead import make_timed_trial, read_trials
 SMOKE_SWEEP = ROOT / "sweeps" / "smoke.yaml"
 BUCKET = "trm-scale"
 FIELDS = ["trials", "concurrency", "wall_s", "ideal_s", "ratio_wall_vs_ideal",
-          "to_first_step_s", "report_to_next_trial_s", "mlflow_requests",
+          "to_first_step_s", "report_to_next_trial_s", "trial_tail_s", "handoff_s",
+          "loop_callbacks_s", "loop_callbacks_ms_per_trial", "mlflow_requests",
           "mlflow_requests_per_trial", "mlflow_p50_ms", "mlflow_p99_ms", "mlflow_errors",
           "driver_peak_rss_mib", "last_trial_to_summary_s", "finish_sweep_s", "tune_end_s",
           "trials_lost", "lost", "events"]  # fmt: skip
@@ -100,9 +104,14 @@ def driver_slots() -> int:
 @contextlib.contextmanager
 def gpu_cluster(nodes: int, gpus: int, cpus: int, temp_dir: str):
     """A local Ray cluster as KubeRay runs it: a head with trial-driver slots and no CPUs for
-    trials, `nodes` worker raylets with `cpus` CPUs and `gpus` fake GPUs each."""
+    trials, `nodes` worker raylets with `cpus` CPUs and `gpus` fake GPUs each. Ray records
+    the cluster's address for `ray.init()` under RAY_TMPDIR: pointed into `temp_dir`, so no
+    other Ray user of this machine joins the cluster, and made to exist (a fresh machine has
+    no /tmp/ray)."""
     from ray.cluster_utils import Cluster
 
+    os.environ["RAY_TMPDIR"] = temp_dir
+    (Path(temp_dir) / "ray").mkdir(parents=True, exist_ok=True)
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 0, "resources": {"trial_driver": driver_slots()}, "temp_dir": temp_dir,
         "include_dashboard": False})  # fmt: skip
@@ -176,14 +185,16 @@ def run_sweep_timed(sweep_dict: dict[str, Any], log: Path, address: str) -> dict
     sw.run_trial, sw.finish_sweep = make_timed_trial(original_trial, str(log)), timed_finish
     t0 = time.time()
     phases: dict[str, float] = {}
+    loop: dict[str, float] = {}
     try:
-        with timed_phases(phases):
+        with timed_phases(phases), timed_callbacks(loop):
             outcome = sw.run_sweep(sweep, text, exp_path, address=address)
         print(outcome.console_text(), flush=True)
     finally:
         sw.run_trial, sw.finish_sweep = original_trial, original_finish
     return {"t0": t0, "printed": time.time(), "finish": finish, "outcome": outcome,
-            "sweep": sweep, "exp_path": exp_path, "end_phases": phases}  # fmt: skip
+            "sweep": sweep, "exp_path": exp_path, "end_phases": phases,
+            "loop_callbacks": loop}  # fmt: skip
 
 
 # the end of a sweep, part by part: (module, function) the driver calls by module-global name
@@ -197,25 +208,52 @@ def timed_phases(spent: dict[str, float]) -> Any:
     """Seconds spent in each of END_PHASES while the block runs, into `spent`."""
     import importlib
 
-    originals = []
-    for module_name, name in END_PHASES:
-        module = importlib.import_module(module_name)
-        original = getattr(module, name)
-        originals.append((module, name, original))
+    targets = [(importlib.import_module(m), name, name) for m, name in END_PHASES]
+    with _timed(targets, spent):
+        yield spent
 
-        def timed(*a: Any, _f: Any = original, _n: str = name, **k: Any) -> Any:
-            t = time.time()
+
+# the sweep's Tune callbacks: what the driver's event loop runs besides Tune itself
+LOOP_CALLBACKS = [("pipeline.sweeping.monitor", "SweepMonitor"),
+                  ("pipeline.sweeping.results_file", "ResultsFile"),
+                  ("pipeline.sweeping.finalise", "LiveRuns")]  # fmt: skip
+LOOP_HOOKS = ("on_trial_start", "on_trial_result", "on_trial_complete", "on_trial_error",
+              "on_step_begin", "on_step_end", "on_checkpoint", "on_trial_restore")  # fmt: skip
+
+
+@contextlib.contextmanager
+def timed_callbacks(spent: dict[str, float]) -> Any:
+    """Seconds the event loop spends in each of LOOP_CALLBACKS' per-trial hooks, into `spent`
+    (class name -> s; the end of the experiment is measured apart, as `tune_end_s`)."""
+    import importlib
+
+    classes = [(getattr(importlib.import_module(m), c), c) for m, c in LOOP_CALLBACKS]
+    targets = [(cls, hook, name) for cls, name in classes for hook in LOOP_HOOKS
+               if hook in cls.__dict__]  # fmt: skip
+    with _timed(targets, spent):
+        yield spent
+
+
+@contextlib.contextmanager
+def _timed(targets: list[tuple[Any, str, str]], spent: dict[str, float]) -> Any:
+    """Wraps each (owner, attribute, key) so the seconds its calls take add up in spent[key];
+    puts the originals back at the end."""
+    originals = [(owner, attr, owner.__dict__[attr]) for owner, attr, _ in targets]
+    for (owner, attr, key), (_, _, original) in zip(targets, originals, strict=True):
+
+        def timed(*a: Any, _f: Any = original, _key: str = key, **k: Any) -> Any:
+            t = time.perf_counter()
             try:
                 return _f(*a, **k)
             finally:
-                spent[_n] = round(spent.get(_n, 0.0) + time.time() - t, 2)
+                spent[_key] = spent.get(_key, 0.0) + time.perf_counter() - t
 
-        setattr(module, name, timed)
+        setattr(owner, attr, timed)
     try:
-        yield spent
+        yield
     finally:
-        for module, name, original in originals:
-            setattr(module, name, original)
+        for owner, attr, original in originals:
+            setattr(owner, attr, original)
 
 
 def lost_trials(run: dict[str, Any], tracking_uri: str, expected: int) -> dict[str, Any]:
@@ -266,8 +304,9 @@ def _pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(q * len(xs)))]
 
 
-def report_gaps(trials: list[dict[str, Any]]) -> list[float]:
-    """Per trial process: its trial's last report to the start of the next trial it ran."""
+def report_gaps(trials: list[dict[str, Any]]) -> list[tuple[float, float]]:
+    """Per trial process, per hand-over: (its trial's last report to that trial's end, that end
+    to the start of the next trial it ran)."""
     by_pid: dict[int, list[dict[str, Any]]] = {}
     for t in trials:
         by_pid.setdefault(t.get("pid", 0), []).append(t)
@@ -275,8 +314,15 @@ def report_gaps(trials: list[dict[str, Any]]) -> list[float]:
     for ts in by_pid.values():
         ts.sort(key=lambda t: t["start"])
         for prev, nxt in itertools.pairwise(ts):
-            gaps.append(nxt["start"] - prev.get("last_report", prev["finish"]))
+            last = prev.get("last_report", prev["finish"])
+            gaps.append((prev["finish"] - last, nxt["start"] - prev["finish"]))
     return gaps
+
+
+def _spread(xs: list[float]) -> dict[str, float] | None:
+    if not xs:
+        return None
+    return {"median": round(statistics.median(xs), 2), "p90": round(_pct(xs, 0.9), 2)}
 
 
 def measure(run: dict[str, Any], log: Path, server: MlflowServer, conc: int) -> dict[str, Any]:
@@ -293,8 +339,12 @@ def measure(run: dict[str, Any], log: Path, server: MlflowServer, conc: int) -> 
         "ideal_s": round(ideal, 1), "ratio_wall_vs_ideal": round(wall / ideal, 2),
         "to_first_step_s": {"median": round(statistics.median(first), 2),
                             "p90": round(_pct(first, 0.9), 2)} if first else None,
-        "report_to_next_trial_s": {"median": round(statistics.median(gaps), 2),
-                                   "p90": round(_pct(gaps, 0.9), 2)} if gaps else None,
+        "report_to_next_trial_s": _spread([a + b for a, b in gaps]),
+        "trial_tail_s": _spread([a for a, _ in gaps]),
+        "handoff_s": _spread([b for _, b in gaps]),
+        "loop_callbacks_s": {k: round(v, 1) for k, v in run["loop_callbacks"].items()},
+        "loop_callbacks_ms_per_trial": round(
+            1000 * sum(run["loop_callbacks"].values()) / max(1, len(trials)), 1),
         "mlflow_requests": len(requests),
         "mlflow_requests_per_trial": round(len(requests) / max(1, len(trials)), 1),
         "mlflow_p50_ms": round(_pct(lat, 0.5), 1), "mlflow_p99_ms": round(_pct(lat, 0.99), 1),
@@ -305,7 +355,7 @@ def measure(run: dict[str, Any], log: Path, server: MlflowServer, conc: int) -> 
         "finish_sweep_s": round(run["finish"]["end"] - run["finish"]["start"], 1),
         # Tune's end of the experiment: its last state save to storage, the result grid
         "tune_end_s": round(run["finish"]["start"] - max(t["finish"] for t in trials), 1),
-        "end_phases_s": run["end_phases"],
+        "end_phases_s": {k: round(v, 2) for k, v in run["end_phases"].items()},
     }  # fmt: skip
 
 

@@ -399,6 +399,8 @@ def test_sweep_scale_loses_no_trial(tmp_path):
     check_machine(res["machine"])
     assert [f for f in sweep_scale.FIELDS if f not in res] == []
     assert res["trials"] == 16 and res["trials_lost"] == 0, res["lost"]
+    # the event loop's time in each of the sweep's callbacks was measured
+    assert set(res["loop_callbacks_s"]) == {"SweepMonitor", "ResultsFile", "LiveRuns"}
     assert res["lost"] == {"summary_rows": 16, "with_checkpoint": 16,
                            "finished_child_runs": 16, "ids": []}  # fmt: skip
     assert res["concurrency"] == 8  # 4 raylets x 1 fake GPU x 2 trials per GPU
