@@ -46,9 +46,9 @@ def test_child_runs_are_finalised_when_their_trials_end(ray_local, work, monkeyp
     fitting, seen = threading.Event(), {"ended_children": set(), "summary": None}
     fitting.set()
 
-    def poll():  # every 2 s; the summary read once, when the first child has ended
+    def poll():  # every 2 s, until the summary lists a trial that ended
         parent = None
-        while fitting.is_set() and not seen["summary"]:
+        while fitting.is_set() and not (seen["summary"] or {}).get("trials"):
             time.sleep(2)
             parent = parent or find_run(uri, "trm-sweeps", PARENT_KEY_PREFIX + exp_path)
             if parent:

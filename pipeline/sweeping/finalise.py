@@ -4,10 +4,11 @@ and its best models registered at the end (`register_top`).
 When a trial ends, its child run gets its final status (FINISHED; KILLED when the scheduler or
 the budget stopped it; FAILED on an error), its `stop_reason` tag, `swept.*` params,
 `best/<metric>` and its best checkpoint's model as an MLflow model (`MODEL_PATH`, loadable with
-`mlflow.pytorch.load_model("runs:/<run id>/best_model")`; logged on a background thread). The
-parent run's `summary/summary.json` and `best/<metric>` are rewritten at every trial end and
-every `SUMMARY_EVERY_S`, so MLflow's comparison view is current during a multi-day sweep; the
-end of the sweep (`pipeline.sweeping.report`) writes the full summary over it."""
+`mlflow.pytorch.load_model("runs:/<run id>/best_model")`). The parent run's
+`summary/summary.json` and `best/<metric>` are rewritten after trial ends (coalesced: one write
+covers every trial that ended while it waited) and every `SUMMARY_EVERY_S`, so MLflow's
+comparison view is current during a multi-day sweep; the end of the sweep
+(`pipeline.sweeping.report`) writes the full summary over it."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import contextlib
 import json
 import logging
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -44,26 +46,37 @@ def stop_reason(result: dict[str, Any], total_steps: int, budget_spent: bool) ->
 
 class LiveRuns(tune.Callback):
     """Finalises each trial's child run when it ends and keeps the parent run's summary
-    current. Pickled with the Tune experiment (it survives `Tuner.restore`): clients and the
-    model-logging thread are made on first use, never pickled."""
+    current. Tune calls it on the driver's event loop, which also starts the next trials, so
+    the loop only records what ended; every MLflow and storage call runs on one background
+    thread, in order, and summary writes asked for while one is queued coalesce into it.
+    Pickled with the Tune experiment (it survives `Tuner.restore`): the client, the lock and
+    the thread are made on first use, never pickled."""
 
     def __init__(self, ctx: Any, experiment: str, scheduler: str, monitor: Any):
-        self.ctx, self.experiment, self.scheduler, self.monitor = (
-            ctx,
-            experiment,
-            scheduler,
-            monitor,
-        )
+        self.ctx, self.experiment, self.scheduler = ctx, experiment, scheduler
+        self.monitor = monitor
         self.sign = 1 if ctx.mode == "max" else -1
         self.best: dict[str, tuple[float, int]] = {}
         """trial id -> (best value of the sweep's metric, its step) so far."""
         self.ended: dict[str, dict[str, Any]] = {}
+        self.running: list[str] = []
         self.last_summary = 0.0
-        self._client: Any = None
-        self._pool: ThreadPoolExecutor | None = None
+        self.__setstate__(self.__dict__)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_client": None, "_pool": None}
+        with self._lock:  # copies: the background thread may update an entry meanwhile
+            state = {k: v for k, v in self.__dict__.items()
+                     if k not in ("_client", "_pool", "_lock", "_summary_queued")}  # fmt: skip
+            state["ended"] = {tid: dict(entry) for tid, entry in self.ended.items()}
+            state["best"] = dict(self.best)
+            return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._client: Any = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+        self._summary_queued = False
 
     @property
     def client(self) -> Any:
@@ -73,93 +86,118 @@ class LiveRuns(tune.Callback):
             self._client = MlflowClient(tracking_uri=self.ctx.tracking_uri)
         return self._client
 
+    # ---- Tune's event loop: no I/O -------------------------------------------------------
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         value = result.get(self.ctx.metric)
         old = self.best.get(trial.trial_id)
         if isinstance(value, int | float) and (
             old is None or self.sign * value > self.sign * old[0]
         ):
-            self.best[trial.trial_id] = (float(value), int(result.get("step", 0)))
+            with self._lock:
+                self.best[trial.trial_id] = (float(value), int(result.get("step", 0)))
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        error = failed_line(self.ctx.exp_path, trial.trial_id) if self.ctx.exp_path else None
-        if error:
-            self._end(trial, "error", error)
-            return
         total = self.monitor.total_steps(trial.config)
-        self._end(trial, stop_reason(trial.last_result or {}, total, bool(self.monitor.tripped)))
+        reason = stop_reason(trial.last_result or {}, total, bool(self.monitor.tripped))
+        self._end(trial, reason, "", trials)  # a recorded input error overrides it (`_finalise`)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         error = trial.get_error()
         lines = str(error or "").strip().splitlines()
-        self._end(trial, "error", f"{type(error).__name__}: {lines[-1][:200]}" if lines else "")
+        line = f"{type(error).__name__}: {lines[-1][:200]}" if lines else ""
+        self._end(trial, "error", line, trials)
 
     def on_step_end(self, iteration, trials, **info) -> None:
         if time.monotonic() - self.last_summary >= SUMMARY_EVERY_S:
-            self._summary(trials)
+            self._ask_summary(trials)
 
     def on_experiment_end(self, trials, **info) -> None:
-        self._summary(trials)
+        self._ask_summary(trials)
         if self._pool is not None:
-            self._pool.shutdown(wait=True)  # every best model logged before the sweep ends
+            self._pool.shutdown(wait=True)  # every trial finalised before the sweep's end
             self._pool = None
 
-    def _end(self, trial: Any, reason: str, error: str = "") -> None:
+    def _end(self, trial: Any, reason: str, error: str, trials: list[Any]) -> None:
         if not self.ctx.parent_run_id:
             return
-        try:
-            self._finalise(trial, reason, error)
-        except Exception as e:  # the sweep goes on; its end sets the run's state again
-            logger.warning(f"[sweep] MLflow run of trial {trial.trial_id} not finalised: {e}")
-
-    def _finalise(self, trial: Any, reason: str, error: str) -> None:
-        from pipeline.tracking.tracker import find_run
-
         tid, ctx = trial.trial_id, self.ctx
-        params = ctx.assignments(trial.config)
         best, best_step = self.best.get(tid, (None, 0))
-        self.ended[tid] = {"trial_id": tid, "name": ctx.display_name(trial.config, tid),
-                           "params": params, "best": best, "best_step": best_step,
-                           "step": int((trial.last_result or {}).get("step", 0)),
-                           "stop_reason": reason, "error": error, "run_id": ""}  # fmt: skip
-        run_id = find_run(ctx.tracking_uri, self.experiment, ctx.run_key(tid))
-        if run_id is not None:
-            self.ended[tid]["run_id"] = run_id
-            end_child(ctx.tracking_uri, run_id, self.ended[tid]["name"], tid, reason,
-                      self.scheduler, params, {ctx.metric: best})  # fmt: skip
-            num_workers = ctx.base.resources.num_workers
-            directory = ctx.checkpoint_dir(tid, num_workers)
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(1, thread_name_prefix="best-model")
-            self._pool.submit(self._log_model, run_id, directory, tid)
-        self._summary()
+        entry = {"trial_id": tid, "name": ctx.display_name(trial.config, tid),
+                 "params": ctx.assignments(trial.config), "best": best, "best_step": best_step,
+                 "step": int((trial.last_result or {}).get("step", 0)),
+                 "stop_reason": reason, "error": error, "run_id": ""}  # fmt: skip
+        with self._lock:
+            self.ended[tid] = entry
+        self._background(self._finalise, entry)
+        self._ask_summary(trials)  # before the model: it takes seconds
+        self._background(self._log_model, entry)
 
-    def _log_model(self, run_id: str, directory: str, trial_id: str) -> None:
-        try:
-            log_best_model(self.ctx.tracking_uri, run_id, directory, self.ctx.metric, self.ctx.mode)
-        except Exception as e:
-            logger.warning(f"[sweep] best model of trial {trial_id} not logged: {e}")
-
-    def _summary(self, trials: list[Any] | None = None) -> None:
-        """The parent run's running summary and best-so-far value."""
+    def _ask_summary(self, trials: list[Any] | None) -> None:
         self.last_summary = time.monotonic()
         if not self.ctx.parent_run_id:
             return
-        running = [t.trial_id for t in trials or [] if t.status == "RUNNING"]
-        ranked = [(v, s, t) for t, (v, s) in self.best.items()]
-        top = max(ranked, key=lambda x: self.sign * x[0]) if ranked else None
-        summary = {"metric": self.ctx.metric, "mode": self.ctx.mode, "running": True,
-                   "best": {"value": top[0], "step": top[1], "trial_id": top[2]} if top else None,
-                   "trials_ended": len(self.ended), "trials_running": running,
-                   "trials": list(self.ended.values())}  # fmt: skip
+        with self._lock:
+            if trials is not None:
+                self.running = [t.trial_id for t in trials if t.status == "RUNNING"]
+            if self._summary_queued:  # the queued write will show this too
+                return
+            self._summary_queued = True
+        self._background(self._summary)
+
+    def _background(self, job: Any, *args: Any) -> None:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="sweep-live-runs")
+        self._pool.submit(self._guarded, job, *args)
+
+    @staticmethod
+    def _guarded(job: Any, *args: Any) -> None:
         try:
-            self.client.log_text(self.ctx.parent_run_id, json.dumps(summary, indent=1,
-                                 default=str), RUNNING_SUMMARY)  # fmt: skip
-            if top is not None:
-                self.client.log_metric(self.ctx.parent_run_id, f"best/{self.ctx.metric}", top[0],
-                                       step=len(self.ended))  # fmt: skip
-        except Exception as e:
-            logger.warning(f"[sweep] running summary not written to the parent run: {e}")
+            job(*args)
+        except Exception as e:  # the sweep goes on; its end sets the runs' state again
+            logger.warning(f"[sweep] MLflow not updated ({job.__name__}): {e}")
+
+    # ---- the background thread -----------------------------------------------------------
+    def _finalise(self, entry: dict[str, Any]) -> None:
+        from pipeline.tracking.tracker import find_run
+
+        tid, ctx = entry["trial_id"], self.ctx
+        failed = failed_line(ctx.exp_path, tid) if ctx.exp_path else None
+        if failed and entry["stop_reason"] != "error":  # input that fails every time
+            with self._lock:
+                entry.update(stop_reason="error", error=failed)
+        run_id = find_run(ctx.tracking_uri, self.experiment, ctx.run_key(tid))
+        if run_id is None:
+            return
+        with self._lock:
+            entry["run_id"] = run_id
+        end_child(ctx.tracking_uri, run_id, entry["name"], tid, entry["stop_reason"],
+                  self.scheduler, entry["params"], {ctx.metric: entry["best"]})  # fmt: skip
+
+    def _log_model(self, entry: dict[str, Any]) -> None:
+        ctx = self.ctx
+        if entry["run_id"]:
+            directory = ctx.checkpoint_dir(entry["trial_id"], ctx.base.resources.num_workers)
+            try:
+                log_best_model(ctx.tracking_uri, entry["run_id"], directory, ctx.metric, ctx.mode)
+            except Exception as e:
+                logger.warning(f"[sweep] best model of trial {entry['trial_id']} not logged: {e}")
+
+    def _summary(self) -> None:
+        """The parent run's running summary and best-so-far value."""
+        with self._lock:
+            self._summary_queued = False
+            ranked = [(v, s, t) for t, (v, s) in self.best.items()]
+            top = max(ranked, key=lambda x: self.sign * x[0]) if ranked else None
+            summary = json.dumps(
+                {"metric": self.ctx.metric, "mode": self.ctx.mode, "running": True,
+                 "best": {"value": top[0], "step": top[1], "trial_id": top[2]} if top else None,
+                 "trials_ended": len(self.ended), "trials_running": list(self.running),
+                 "trials": list(self.ended.values())}, indent=1, default=str)  # fmt: skip
+            ended = len(self.ended)
+        self.client.log_text(self.ctx.parent_run_id, summary, RUNNING_SUMMARY)
+        if top is not None:
+            self.client.log_metric(self.ctx.parent_run_id, f"best/{self.ctx.metric}", top[0],
+                                   step=ended)  # fmt: skip
 
 
 def log_best_model(uri: str, run_id: str, directory: str, metric: str, mode: str) -> bool:
