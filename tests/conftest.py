@@ -293,6 +293,7 @@ def _ray_head_cluster(s3_server):
         "RAY_TRAIN_V2_ENABLED": "1",
         "TUNE_FUNCTION_THREAD_TIMEOUT_S": TRIAL_RETURN_S,  # as in ray_local
     }
+    _ensure_ray_auth_token(venv_bin, env)
     gcs, dash = free_port(), free_port()
     cmd = [
         str(Path(venv_bin) / "ray"), "start", "--head", "--node-ip-address=127.0.0.1",
@@ -318,6 +319,15 @@ def _ray_head_cluster(s3_server):
                 p.kill()
         psutil.wait_procs(alive, timeout=10)
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _ensure_ray_auth_token(venv_bin: str, env: dict[str, str]) -> None:
+    """Token authentication needs a token file; a fresh machine has none, and `ray start`
+    does not make one. Generated once, never overwritten (a running cluster may use it)."""
+    path = Path(env.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+    if not path.exists() and not env.get("RAY_AUTH_TOKEN"):
+        subprocess.run([str(Path(venv_bin) / "ray"), "get-auth-token", "--generate"], env=env,
+                       capture_output=True, check=True, timeout=120)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
