@@ -337,8 +337,7 @@ def measure(run: dict[str, Any], log: Path, server: MlflowServer, conc: int) -> 
     return {
         "trials": len(trials), "concurrency": conc, "wall_s": round(wall, 1),
         "ideal_s": round(ideal, 1), "ratio_wall_vs_ideal": round(wall / ideal, 2),
-        "to_first_step_s": {"median": round(statistics.median(first), 2),
-                            "p90": round(_pct(first, 0.9), 2)} if first else None,
+        "to_first_step_s": _spread(first),
         "report_to_next_trial_s": _spread([a + b for a, b in gaps]),
         "trial_tail_s": _spread([a for a, _ in gaps]),
         "handoff_s": _spread([b for _, b in gaps]),
