@@ -267,7 +267,9 @@ def test_a_damaged_shard_ends_its_trial_once_naming_the_shard(ray_local, work, t
     shard.write_bytes(shard.read_bytes()[:-200])
     sweep = yaml.safe_load(SMOKE.read_text())
     sweep.pop("dataset", None)
-    sweep["space"] = {"model.H_cycles": {"grid": [1]}}
+    # two swept keys: Tune's check that a result holds the metric counts the flattened config
+    # of a trial that ends without reporting, and stopped the whole sweep over this trial
+    sweep["space"] = {"model.H_cycles": {"grid": [1]}, "optim.lr": {"grid": [3e-3]}}
     sweep["max_failures"] = 2
     path = tmp_path / "damaged.yaml"
     path.write_text(yaml.safe_dump(sweep))
