@@ -161,7 +161,7 @@ class LiveRuns(tune.Callback):
         from pipeline.tracking.tracker import find_run
 
         tid, ctx = entry["trial_id"], self.ctx
-        failed = failed_line(ctx.exp_path, tid) if ctx.exp_path else None
+        failed = failed_line(self.monitor.records(), tid) if ctx.exp_path else None
         if failed and entry["stop_reason"] != "error":  # input that fails every time
             with self._lock:
                 entry.update(stop_reason="error", error=failed)

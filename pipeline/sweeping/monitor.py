@@ -8,6 +8,7 @@ from typing import Any
 
 from ray import tune
 
+from pipeline.data.storage import open_storage
 from pipeline.sweeping.store import failed_line, record_completed
 
 
@@ -94,12 +95,23 @@ class SweepMonitor(tune.Callback, tune.Stopper):
             flush=True,
         )
 
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "_store"}  # a client: not saved
+
+    def records(self) -> Any:
+        """The sweep directory's storage, opened once and shared with `LiveRuns`: Tune's event
+        loop (which also starts the next trials) runs this callback for every trial that ends,
+        and a new S3 client costs ~0.15 s of CPU."""
+        if getattr(self, "_store", None) is None:
+            self._store = open_storage(self.exp_path)
+        return self._store
+
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         r = trial.last_result or {}
         exp_path = getattr(self, "exp_path", "")  # monitors pickled before it existed lack it
         if exp_path:  # before the line below: an ended trial is never trained again
-            record_completed(exp_path, trial.trial_id, r)
-        failed = failed_line(exp_path, trial.trial_id) if exp_path else None
+            record_completed(self.records(), trial.trial_id, r)
+        failed = failed_line(self.records(), trial.trial_id) if exp_path else None
         if failed:
             print(f"[sweep] trial {trial.trial_id} failed, not retried (its input fails the "
                   f"same way every time): {failed}", flush=True)  # fmt: skip
