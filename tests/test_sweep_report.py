@@ -244,6 +244,8 @@ def test_the_end_of_a_sweep_lists_its_directory_once(tmp_path, monkeypatch):
     (exp / "trial_b" / "checkpoint_000099").mkdir()  # no report, no files: not a checkpoint
     (exp / "trial_b" / "checkpoint_000099" / "x").write_text("half")
     store.record_failed(str(exp), "b", "ValueError: bad")
+    store.begin_attempt(str(exp), "a", -1, "node-1")
+    store.begin_attempt(str(exp), "a", 8, "node-2")  # the first got further: lost (preempted)
     lists = []
     original = store.open_storage
 
@@ -264,4 +266,5 @@ def test_the_end_of_a_sweep_lists_its_directory_once(tmp_path, monkeypatch):
         s.name for s in CheckpointStore(f"{exp}/trial_b").stored()]  # fmt: skip
     assert listing.failed_line("b") == "ValueError: bad" and listing.failed_line("a") is None
     assert listing.checkpoints(f"{exp}/trial_c") == []
+    assert listing.preemptions("a") == 1 and listing.preemptions("b") == 0  # b: no record
     assert lists == [""]  # one listing for everything

@@ -125,7 +125,8 @@ READERS = 16
 class SweepListing:
     """Everything under a sweep's directory, listed once (one paginated listing on S3 instead
     of one listing and a few HEAD requests per trial), read through one storage client: the
-    failed-trial records and every trial's checkpoints with their reports (`checkpoints`)."""
+    failed-trial records, the attempt records and every trial's checkpoints with their reports
+    (`checkpoints`)."""
 
     def __init__(self, exp_path: str) -> None:
         from pipeline.checkpoints.store import REPORT_FILE
@@ -145,8 +146,13 @@ class SweepListing:
                     if parts[i + 1 :] == [REPORT_FILE]:
                         reports.append(key)
                     break
+        # every trial that started has an attempt record: read side by side with the reports
+        # (one by one they were most of the end of a 1,000-trial sweep)
+        attempts = [k for k in keys if k.startswith(f"{ATTEMPTS_DIR}/")]
         with ThreadPoolExecutor(READERS) as pool:  # the shared client is thread-safe
-            self._reports = dict(zip(reports, pool.map(self._read_json, reports)))
+            read = dict(zip(reports + attempts, pool.map(self._read_json, reports + attempts)))
+        self._reports = {k: read[k] for k in reports}
+        self._attempts = {k: read[k] for k in attempts}
 
     def failed_line(self, trial_id: str) -> str | None:
         """As `failed_line`, from the listing (a read only for trials that have a record)."""
@@ -175,9 +181,8 @@ class SweepListing:
             return {}
 
     def preemptions(self, trial_id: str) -> int:
-        """The trial's lost attempts (`trial_attempts`), read only when it has a record."""
-        key = f"{ATTEMPTS_DIR}/{trial_id}.json"
-        return self._read_json(key).get("lost", 0) if key in self._keys else 0
+        """The trial's lost attempts (`trial_attempts`; 0 without a record)."""
+        return self._attempts.get(f"{ATTEMPTS_DIR}/{trial_id}.json", {}).get("lost", 0)
 
 
 def trial_attempts(exp_path: str, trial_id: str) -> dict[str, Any]:
