@@ -58,12 +58,16 @@ def depth_figure(rows: list[Any]):
     for i, (layers, members) in enumerate(_layer_groups(done).items()):
         name, colour = f"L_layers={layers}" if layers is not None else "trials", f"C{i}"
         groups = seed_groups(members)
+        points: dict[str, tuple[list[float], list[float]]] = {"o": ([], []), "x": ([], [])}
         for g in groups:
             n = len(g.rows)
             for j, r in enumerate(g.rows):
-                x = r.depth + (width * (j - (n - 1) / 2) / max(n - 1, 1) if n > 1 else 0)
-                ax.scatter([x], [r.exact], c=colour, s=18, alpha=0.7,
-                           marker="x" if r.stop_reason != "completed" else "o")  # fmt: skip
+                xs, ys = points["x" if r.stop_reason != "completed" else "o"]
+                xs.append(r.depth + (width * (j - (n - 1) / 2) / max(n - 1, 1) if n > 1 else 0))
+                ys.append(r.exact)
+        for marker, (xs, ys) in points.items():  # one collection per marker, not per trial
+            if xs:
+                ax.scatter(xs, ys, c=colour, s=18, alpha=0.7, marker=marker)
         here = sorted({g.depth for g in groups})
         means = [max(g.mean("exact") for g in groups if g.depth == d) for d in here]
         ax.plot(here, means, c=colour, lw=1.5, marker="_", ms=14, label=f"{name}: mean over seeds")
