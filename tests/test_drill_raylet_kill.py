@@ -66,8 +66,18 @@ def _sweep(tmp_path: Path):
 
 
 def _newest_checkpoint(exp: Path) -> int:
-    done = [int(p.parent.name.split("_")[1]) for p in exp.glob("trial_*/checkpoint_*/*.sha256")]
-    return max(done, default=-1)
+    """The newest complete checkpoint's step, by the check a resume makes (`store.verify`): a
+    copy the kill cuts short is not counted (counting any checksum file, a kill mid-copy
+    expected a resume from the half-written checkpoint; CI hit that)."""
+    from pipeline.checkpoints.store import verify
+
+    for d in sorted(exp.glob("trial_*/checkpoint_*"), key=lambda d: d.name, reverse=True):
+        try:
+            verify(d)
+        except Exception:  # missing, short or still being copied
+            continue
+        return int(d.name.split("_")[1])
+    return -1
 
 
 def _trial_node(nodes: list):
