@@ -133,7 +133,7 @@ class SweepListing:
 
         self.exp_path = exp_path.rstrip("/")
         self.store = open_storage(self.exp_path)
-        self._keys = keys = set(self.store.list())
+        keys = set(self.store.list())
         self._failed = {k.removeprefix(f"{FAILED_DIR}/").removesuffix(".txt")
                         for k in keys if k.startswith(f"{FAILED_DIR}/")}  # fmt: skip
         self._checkpoints: dict[str, set[str]] = {}  # directory -> checkpoint names
