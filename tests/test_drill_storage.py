@@ -215,8 +215,11 @@ def _incomplete(bucket: str, prefix: str, tmp) -> str:
     return ""
 
 
-def _resumes(out: str) -> list[str]:
-    return [line for line in out.splitlines() if "resum" in line or "skipping" in line]
+def _resumes(out: str) -> str:
+    """The lines of the workers' output that say where a run resumed from, or what it skipped."""
+    said = ("resumed from", "resuming", "skipping checkpoint", "previous complete checkpoint",
+            "copying it again")  # fmt: skip
+    return "\n".join(line for line in out.splitlines() if any(s in line for s in said))
 
 
 def _names_endpoint(error: BaseException, proxy: FaultProxy) -> None:
@@ -240,7 +243,7 @@ def test_short_outage_during_checkpoint_upload_is_ridden_out(ray_on_proxy, tmp_p
     assert outage, "no checkpoint upload was interrupted"
     assert first.error is None and first.metrics["step"] == 12
     problem = _incomplete(bucket, "runs/upload-short/checkpoint_00000012/", tmp_path)
-    assert not problem, (problem, outage, _resumes(ray_.worker_output()))
+    assert not problem, f"{problem}\noutage at {outage}\n{_resumes(ray_.worker_output())}"
 
     t = time.monotonic()
     result = run_training(cfg.with_overrides(["schedule.steps=16"]), name="upload-short")

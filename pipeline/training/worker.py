@@ -56,6 +56,7 @@ from pipeline.checkpoints.directory import (
     recorded_name,
     resume_candidates,
 )
+from pipeline.checkpoints.upload import upload_checked
 from pipeline.config.run import ConfigError, RunConfig, flatten
 from pipeline.evaluation.evaluator import Evaluator
 from pipeline.tasks import adopt_tasks, carried_tasks
@@ -392,6 +393,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 metrics,
                 checkpoint=ray.train.Checkpoint.from_directory(checkpoint_dir),
                 checkpoint_dir_name=f"checkpoint_{int(metrics['step']):08d}",
+                checkpoint_upload_fn=upload_checked,
             )
 
     say = lambda msg: print(msg, file=sys.__stdout__, flush=True)  # noqa: E731
