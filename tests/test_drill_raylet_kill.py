@@ -81,7 +81,7 @@ def _newest_checkpoint(exp: Path) -> int:
 
 
 def _trial_node(nodes: list):
-    """The node whose raylet runs the trial's actor (`ray::ImplicitFunc...`), or None: one
+    """The node whose raylet runs the trial's actor (`ray::run_trial...`), or None: one
     pass over the process table (a walk per node costs a pass each, slower than a checkpoint
     interval on a loaded machine)."""
     import psutil
@@ -90,7 +90,7 @@ def _trial_node(nodes: list):
     for p in psutil.process_iter(["pid", "ppid", "cmdline"]):
         parent[p.info["pid"]] = p.info["ppid"]
         title = (p.info["cmdline"] or [""])[0]
-        if title.split(".")[0] == "ray::ImplicitFunc":
+        if title.split(".")[0] == "ray::run_trial":
             actors.append(p.info["pid"])
     by_raylet = {}
     for n in nodes:

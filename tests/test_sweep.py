@@ -314,7 +314,7 @@ def test_failed_trial_is_retried_from_its_last_checkpoint(ray_local, work, tmp_p
             checkpoints = sorted(p.name for p in exp.glob("trial_*/checkpoint_*"))
             if len(checkpoints) >= 2:
                 seen[:] = checkpoints
-                for pid in ray_local.actor_pids("ImplicitFunc"):  # the Tune trial
+                for pid in ray_local.actor_pids("run_trial"):  # the Tune trial
                     os.kill(pid, signal.SIGKILL)
                     killed.append(pid)
                     return

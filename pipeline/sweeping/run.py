@@ -98,7 +98,7 @@ def run_sweep(
     restore = check_resume(sweep.name, exp_path, resume)
     tracker = start_parent_run(given, sweep_text, base, exp_path, fits, restore, resume)
     ctx = make_context(sweep, base, exp_path, use_gpu, tracker.run_id or "")
-    trainable = tune.with_resources(trial_function(sweep, ctx), trial_resources(base, use_gpu))
+    trainable = trial_function(sweep, ctx, trial_resources(base, use_gpu))
     concurrency = sweep.concurrency or fits
     print(
         f"[sweep] {sweep.name}: {sweep.num_trials} trial(s), {concurrency} at a time "
@@ -146,13 +146,36 @@ def _fit_and_finish(sweep: SweepConfig, base: RunConfig, ctx: SweepContext, trai
     return outcome
 
 
-def trial_function(sweep: SweepConfig, ctx: SweepContext) -> Any:
-    """What each Tune trial runs: training, or (evaluate mode) evaluating the checkpoint."""
+def trial_function(sweep: SweepConfig, ctx: SweepContext, resources: Any) -> Any:
+    """What each Tune trial runs, asking for `resources`: training, or (evaluate mode)
+    evaluating the checkpoint."""
     if sweep.mode == "evaluate":
         from pipeline.sweeping.eval_trial import run_eval_trial
 
-        return tune.with_parameters(run_eval_trial, ctx=ctx, checkpoint=sweep.checkpoint)
-    return tune.with_parameters(run_trial, ctx=ctx)
+        fn = tune.with_parameters(run_eval_trial, ctx=ctx, checkpoint=sweep.checkpoint)
+    else:
+        fn = tune.with_parameters(run_trial, ctx=ctx)
+    return sending_on_stop(tune.with_resources(fn, resources))
+
+
+def sending_on_stop(fn: Any) -> Any:
+    """Tune's trainable for the trial function `fn`, which on `stop` first sends what the
+    process's MLflow runs still hold (`send_what_is_left`). Tune stops a trial (ASHA, the
+    budget) while its function may still hold the last evaluation's metrics and figures, then
+    removes the process once `stop` returns; sending them at exit alone lost them when that
+    removal was not graceful in time (a child run without its last figures, on a loaded
+    machine). Named as `fn`: Tune names trials by it, Ray the trial's process (`ray::run_trial`)."""
+    from ray.tune.trainable.function_trainable import wrap_function
+
+    from pipeline.tracking.sender import send_what_is_left
+
+    class SendingTrial(wrap_function(fn)):
+        def cleanup(self) -> None:
+            send_what_is_left()
+            super().cleanup()
+
+    SendingTrial.__name__ = SendingTrial.__qualname__ = fn.__name__
+    return SendingTrial
 
 
 def check_resume(name: str, exp_path: str, resume: bool) -> bool:

@@ -51,13 +51,13 @@ _OPEN: weakref.WeakSet[Sender] = weakref.WeakSet()
 
 
 @atexit.register
-def _send_what_is_left() -> None:
-    """At interpreter exit, wait until every sender not yet closed has sent what it holds (at
-    most `FLUSH_CAP_S` in all, each giving up after `FLUSH_TIMEOUT_S` without a send).
-    Senders run on daemon threads, so without this a process that ends before its run's
-    `close` is done loses the queue: Tune ends a trial's process right after it stopped the
-    trial (ASHA, the budget) without waiting for the trial's function, and Ray runs atexit
-    handlers when it ends an actor's process that way."""
+def send_what_is_left() -> None:
+    """Wait until every sender not yet closed has sent what it holds (at most `FLUSH_CAP_S` in
+    all, each giving up after `FLUSH_TIMEOUT_S` without a send); at interpreter exit, and when
+    Tune stops a sweep trial (`pipeline/sweeping/run.py`). Senders run on daemon threads, so
+    without this a process that ends before its run's `close` is done loses the queue: Tune
+    ends a trial's process right after it stopped the trial (ASHA, the budget) without waiting
+    for the trial's function, and atexit handlers only run when that end is graceful."""
     deadline = time.monotonic() + FLUSH_CAP_S
     for sender in list(_OPEN):
         sender.flush(cap_s=max(0.0, deadline - time.monotonic()))

@@ -50,8 +50,8 @@ def record(drill: str, **numbers: Any) -> None:
 
 
 def actor_pids(class_name: str, root: int | None = None) -> list[int]:
-    """Sorted pids of live Ray actor processes of `class_name` (Tune function trials are
-    `ImplicitFunc`, Ray Train workers `RayTrainWorker`) among the descendants of process `root`
+    """Sorted pids of live Ray actor processes of `class_name` (sweep trials are
+    `run_trial`, Ray Train workers `RayTrainWorker`) among the descendants of process `root`
     (default: this process, whose `ray.init` started the raylet that forks the workers; or a
     raylet's pid), read from their process titles (`ray::CLASS.method`). No State API call,
     which can time out on a loaded machine, and never a process of another Ray."""
