@@ -108,7 +108,11 @@ def test_smoke_sweep_end_to_end(ray_local, work, capfd):
         evals = child["metrics"]["eval/accuracy"]
         assert max(s for s, _ in evals) == r.step
         assert max(v for _, v in evals) == pytest.approx(r.best)
-        assert any(a.startswith("depth_curve/") for a in child["artifacts"])
+        tracking = "\n".join(line for line in console.splitlines() if "[tracking]" in line)
+        assert any(a.startswith("depth_curve/") for a in child["artifacts"]), (
+            f"trial {r.trial_id} ({r.stop_reason}): artifacts {sorted(child['artifacts'])}, "
+            f"tags {child['tags'].get('trm.tracking.dropped')}\n{tracking}"
+        )
 
     # each trial directory holds Tune's result.json (the evaluation history the summary reads)
     # and none of Tune's other per-trial files, which every experiment-state save re-uploads
