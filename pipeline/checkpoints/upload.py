@@ -17,12 +17,12 @@ files, the worker group fails and the run resumes from its previous checkpoint (
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 from pipeline.checkpoints.store import CheckpointError
+from pipeline.data.storage import retry_policy
 
 
 def upload_checked(checkpoint: Any, dir_name: str, storage: Any = None) -> Any:
@@ -33,8 +33,7 @@ def upload_checked(checkpoint: Any, dir_name: str, storage: Any = None) -> Any:
         import ray.train
 
         storage = ray.train.get_context().get_storage()
-    attempts = int(os.environ.get("TRM_S3_MAX_ATTEMPTS", 4))
-    base_s = float(os.environ.get("TRM_S3_RETRY_BASE_S", 0.5))
+    attempts, base_s = retry_policy()
     for attempt in range(1, attempts + 1):
         persisted = storage.persist_current_checkpoint(checkpoint, dir_name)
         lost = missing(checkpoint.path, storage.storage_filesystem, persisted.path)

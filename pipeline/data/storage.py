@@ -140,6 +140,19 @@ class LocalStorage:
 _RETRY_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "InternalError"}
 
 
+def retry_policy(max_attempts: int | None = None, retry_base_s: float | None = None):
+    """(attempts, base pause in s) of the project's S3 retries: the arguments, else
+    `TRM_S3_MAX_ATTEMPTS` (4) and `TRM_S3_RETRY_BASE_S` (0.5); the pause doubles from the base
+    after each failed attempt."""
+    attempts = int(max_attempts or os.environ.get("TRM_S3_MAX_ATTEMPTS", 4))
+    base_s = float(
+        retry_base_s if retry_base_s is not None else os.environ.get("TRM_S3_RETRY_BASE_S", 0.5)
+    )
+    if attempts < 1:
+        raise ValueError(f"max_attempts must be >= 1, got {attempts}")
+    return attempts, base_s
+
+
 class S3Storage:
     def __init__(self, uri: str, *, max_attempts: int | None = None, retry_base_s=None):
         import boto3
@@ -151,12 +164,7 @@ class S3Storage:
             raise ValueError(f"S3 URI {uri!r} has no bucket name")
         self.bucket, self.prefix = bucket, prefix.strip("/")
         self.uri = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
-        self.max_attempts = int(max_attempts or os.environ.get("TRM_S3_MAX_ATTEMPTS", 4))
-        self.retry_base_s = float(
-            retry_base_s if retry_base_s is not None else os.environ.get("TRM_S3_RETRY_BASE_S", 0.5)
-        )
-        if self.max_attempts < 1:
-            raise ValueError(f"max_attempts must be >= 1, got {self.max_attempts}")
+        self.max_attempts, self.retry_base_s = retry_policy(max_attempts, retry_base_s)
         config = Config(
             retries={"total_max_attempts": 1},  # retries are ours (bounded, named in errors)
             connect_timeout=float(os.environ.get("TRM_S3_CONNECT_TIMEOUT_S", 5)),
